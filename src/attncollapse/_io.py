@@ -132,3 +132,88 @@ def environment() -> dict[str, Any]:
         "gpu": gpu,
         "cpu_count": os.cpu_count(),
     }
+
+
+# --- checkpoint directories -------------------------------------------------------------
+# A checkpoint is a directory `step-<N>` of files plus `manifest.json` (sha256 of each
+# file) written last. It is assembled under a temporary name and renamed into place, so a
+# crash leaves either the whole checkpoint or none; the manifest catches files damaged
+# after the fact.
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step-{step:09d}"
+
+
+@contextmanager
+def checkpoint_dir(root: str | os.PathLike, step: int) -> Iterator[Path]:
+    """Yield a temporary directory to fill; on success it becomes `root/step-<N>`."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{checkpoint_name(step)}.", dir=root))
+    final = root / checkpoint_name(step)
+    try:
+        yield tmp
+        manifest = {"step": step, "files": {p.name: _sha256(p) for p in sorted(tmp.iterdir())}}
+        write_json(tmp / "manifest.json", manifest)
+        if final.exists():
+            import shutil
+
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def verify_checkpoint(path: str | os.PathLike) -> str | None:
+    """None if the checkpoint directory is complete and intact, else what is wrong."""
+    path = Path(path)
+    mf = path / "manifest.json"
+    if not mf.is_file():
+        return "no manifest (incomplete)"
+    try:
+        manifest = read_json(mf)
+    except (OSError, ValueError) as exc:
+        return f"unreadable manifest: {exc}"
+    for name, digest in manifest.get("files", {}).items():
+        f = path / name
+        if not f.is_file():
+            return f"missing {name}"
+        if _sha256(f) != digest:
+            return f"checksum mismatch in {name}"
+    return None
+
+
+def checkpoints(root: str | os.PathLike) -> list[Path]:
+    """Checkpoint directories under `root`, newest (highest step) first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return sorted((p for p in root.glob("step-*") if p.is_dir()), reverse=True)
+
+
+def prune_checkpoints(root: str | os.PathLike, keep: int) -> None:
+    import shutil
+
+    for old in checkpoints(root)[keep:]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def save_tensors(path: str | os.PathLike, tensors: dict) -> None:
+    """Atomically write a dict of tensors as safetensors (detached, contiguous, on CPU)."""
+    from safetensors.torch import save_file
+
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))

@@ -1,0 +1,428 @@
+"""One fine-tuning run, written out top to bottom: setup, loop, eval point, checkpoint, finish.
+
+`run(cfg, run_dir)` resumes by default: started again on a directory with checkpoints,
+it continues from the newest intact one and ends with the same numbers as an
+uninterrupted run (data order, flips and dropout are all seeded or checkpointed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from . import _io, metrics
+from .config import RunConfig, diff_fields, fingerprint, fingerprint_fields
+from .data import Feeder, load_splits
+from .evaluate import accuracy, attention_table, autocast, effective_precision, eval_rows, resolve_device
+from .models import apply_lora, build_classifier, count_parameters, freeze_layers, freeze_projection, load_clip
+from .probe import attention_modules, probing, stack_rows
+from .regularizers import apr, entropy_floor
+
+N_OVERLAY = 4  # eval images whose attention maps are kept for the overlay figure
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+class ConfigMismatch(RuntimeError):
+    """A run directory holds checkpoints of a different config."""
+
+
+@dataclass
+class TrainState:
+    """Exactly what a checkpoint holds besides weights, optimizer and RNG."""
+
+    step: int = 0
+    best_acc: float = -1.0
+    best_step: int = -1
+    last_acc: float | None = None
+    loss_sum: float = 0.0
+    loss_count: int = 0
+    wall_time_s: float = 0.0
+    images_seen: int = 0
+    points: list = field(default_factory=list)
+
+
+# --- setup ------------------------------------------------------------------------------
+
+def build(cfg: RunConfig, num_classes: int, device: torch.device, class_names: list[str] | None = None):
+    """The pretrained CLIP and the classifier to train, frozen and wrapped per `cfg`."""
+    clip = load_clip(cfg.model)  # presets use one fixed init: the same "pretrained" model for every run
+    clip.requires_grad_(False)
+    clip.vision_model.requires_grad_(True)
+    clip.visual_projection.requires_grad_(True)
+    torch.manual_seed(cfg.seed)
+    text_head = None
+    if cfg.head_init == "text":
+        from . import zeroshot
+
+        text_head = zeroshot.head_from_text(clip, cfg.model, class_names or [], device=device)
+    clf = build_classifier(clip, num_classes, text_head=text_head)
+    if cfg.method == "lora":
+        apply_lora(clf, rank=cfg.lora.rank, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout,
+                   targets=cfg.lora.targets)
+    freeze_layers(clf, cfg.freeze_layers)
+    if cfg.freeze_projection:
+        freeze_projection(clf)
+    clip.to(device)
+    clf.to(device)
+    return clip, clf
+
+
+def lr_at(step: int, total: int, peak: float, warmup_frac: float) -> float:
+    """Linear warmup over `warmup_frac` of the steps, then cosine to 0 (reports §2.3)."""
+    warm = int(total * warmup_frac)
+    if step < warm:
+        return peak * step / warm
+    progress = (step - warm) / max(1, total - warm)
+    return peak * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def _batch_indices(step: int, spe: int, n: int, batch: int, seed: int) -> torch.Tensor:
+    # The permutation of an epoch depends only on (seed, epoch), so a resumed run sees the
+    # same order without checkpointing any sampler state.
+    epoch, b = divmod(step, spe)
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    perm = torch.randperm(n, generator=g)
+    return perm[b * batch:(b + 1) * batch]
+
+
+def _flip_mask(step: int, size: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed * 7_919 + step * 104_729 + 1)
+    return torch.rand(size, generator=g) < 0.5
+
+
+def trainable(clf: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p for n, p in clf.named_parameters() if p.requires_grad}
+
+
+# --- checkpoints ------------------------------------------------------------------------
+
+def _save_checkpoint(ckpt_root: Path, cfg: RunConfig, clf, opt, scaler, state: TrainState, extra: dict) -> None:
+    with _io.checkpoint_dir(ckpt_root, state.step) as d:
+        save_file({n: p.detach().contiguous().cpu() for n, p in trainable(clf).items()}, d / "model.safetensors")
+        torch.save({
+            "train_state": asdict(state),
+            "optimizer": opt.state_dict(),
+            "scaler": scaler.state_dict(),
+            "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "fingerprint": fingerprint(cfg),
+            "fields": fingerprint_fields(cfg),
+            **extra,
+        }, d / "state.pt")
+    _io.prune_checkpoints(ckpt_root, cfg.keep_checkpoints)
+
+
+def _load_newest(ckpt_root: Path, cfg: RunConfig):
+    """(path, model tensors, state dict) of the newest intact checkpoint, or None.
+
+    A damaged checkpoint is skipped with a warning in favour of the one before; one
+    written under a different config is an error naming the differing keys.
+    """
+    for path in _io.checkpoints(ckpt_root):
+        problem = _io.verify_checkpoint(path)
+        if problem is None:
+            try:
+                tensors = load_file(path / "model.safetensors")
+                blob = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
+            except Exception as exc:  # noqa: BLE001 - any unreadable file means "skip it"
+                problem = f"unreadable: {exc}"
+        if problem is not None:
+            warnings.warn(f"skipping checkpoint {path.name}: {problem}", stacklevel=2)
+            continue
+        if blob["fingerprint"] != fingerprint(cfg):
+            keys = diff_fields(blob["fields"], fingerprint_fields(cfg))
+            raise ConfigMismatch(f"{ckpt_root.parent}: checkpoints were written with a different config; "
+                                 f"differing keys: {', '.join(keys)}")
+        return path, tensors, blob
+    return None
+
+
+def _load_weights(clf: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    params = dict(clf.named_parameters())
+    unknown = sorted(set(tensors) - set(params))
+    if unknown:
+        raise RuntimeError(f"checkpoint holds parameters the model lacks: {unknown[:5]}")
+    with torch.no_grad():
+        for n, t in tensors.items():
+            params[n].copy_(t)
+
+
+# --- the run ----------------------------------------------------------------------------
+
+def run(cfg: RunConfig, run_dir: str | Path) -> dict:
+    """Train one configuration into `run_dir` and return the content of final.json."""
+    from tqdm.auto import tqdm
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_root = run_dir / "checkpoints"
+    device = resolve_device(cfg.device)
+    precision = effective_precision(cfg.optim.precision, device)
+
+    # Setup: data, model, optimizer, reference for APR.
+    probe_clip = load_clip(cfg.model)
+    size = probe_clip.config.vision_config.image_size
+    del probe_clip
+    splits = load_splits(cfg.dataset, cfg.data, image_size=size)
+    train_feed = Feeder(splits.train, device, resident=_resident(cfg, device))
+    val_feed = Feeder(splits.val, device)
+    eval_feed = Feeder(splits.eval_set, device)
+    clip, clf = build(cfg, splits.train.num_classes, device, splits.train.class_names)
+    n_layers = len(attention_modules(clf.vision))
+    reg = cfg.regularizer.kind
+    ref_vision = None
+    if reg == "apr" and cfg.method == "full":
+        # A frozen copy of the pretrained tower gives the reference rows (half precision
+        # on GPU: it only runs forward). LoRA uses its adapter-disabled forward instead.
+        ref_vision = copy.deepcopy(clf.vision).requires_grad_(False).eval()
+        if device.type == "cuda":
+            ref_vision.to(torch.bfloat16)
+    params = list(trainable(clf).values())
+    opt = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
+                            fused=bool(cfg.optim.fused and device.type == "cuda"))
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    n_train, batch = len(splits.train), cfg.optim.batch_size
+    spe = max(1, math.ceil(n_train / batch))
+    total = max(1, math.ceil(spe * cfg.optim.epochs))
+    eval_every = max(1, spe // cfg.eval.points_per_epoch)
+    val_every = max(1, spe // cfg.eval.val_per_epoch)
+    ckpt_every = max(1, spe // cfg.checkpoints_per_epoch)
+
+    # Resume from the newest intact checkpoint, if any.
+    state = TrainState()
+    overlay_initial = None
+    found = _load_newest(ckpt_root, cfg)
+    if found is not None:
+        path, tensors, blob = found
+        _load_weights(clf, tensors)
+        opt.load_state_dict(blob["optimizer"])
+        scaler.load_state_dict(blob["scaler"])
+        torch.set_rng_state(blob["rng_cpu"])
+        if blob["rng_cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(blob["rng_cuda"])
+        state = TrainState(**blob["train_state"])
+        overlay_initial = blob.get("overlay_initial")
+        print(f"[{cfg.id}] resuming from {path.name} (step {state.step}/{total})")
+    else:
+        torch.manual_seed(cfg.seed)  # dropout stream of a fresh run
+    _io.write_yaml(run_dir / "config.yaml", cfg.model_dump(mode="json"))
+    _io.write_json(run_dir / "env.json", {**_io.environment(), "device_used": str(device),
+                                         "precision_used": precision})
+    tb = _tensorboard(run_dir, state.step)
+
+    def eval_point(step: int, *, with_val: bool) -> dict:
+        rows = eval_rows(clf.vision, eval_feed, batch_size=cfg.eval.batch_size, precision=precision)
+        table = attention_table(None, None, cfg.eval, rows=rows)
+        loss = state.loss_sum / state.loss_count if state.loss_count else None
+        if loss is not None and not math.isfinite(loss):
+            msg = f"[{cfg.id}] training diverged: loss {loss} at step {step}"
+            _io.write_text(run_dir / "error.txt", msg + "\n")
+            raise TrainingDiverged(msg)
+        acc = accuracy(clf, val_feed, batch_size=max(batch, 256), precision=precision) if with_val else None
+        point = {"step": step, "epoch": step / spe, "lr": lr_at(max(step - 1, 0), total, cfg.optim.lr,
+                                                                cfg.optim.warmup_frac) if step else 0.0,
+                 "train_loss": loss, "val_acc": acc, "layers": table, "mean": metrics.layer_mean(table)}
+        state.points.append(point)
+        state.loss_sum, state.loss_count = 0.0, 0
+        if acc is not None:
+            state.last_acc = acc
+            if acc > state.best_acc:
+                state.best_acc, state.best_step = acc, step
+                _io.save_tensors(ckpt_root / "best.safetensors", trainable(clf))
+        for name, value in point["mean"].items():
+            tb.add_scalar(f"attention/{name}", value, step)
+        if loss is not None:
+            tb.add_scalar("train/loss", loss, step)
+        if acc is not None:
+            tb.add_scalar("val/acc", acc, step)
+        _write_history(run_dir, cfg, state, splits, spe, total)
+        return point, rows
+
+    if not state.points:  # the initial point: the model before its first step
+        _, rows0 = eval_point(0, with_val=False)
+        overlay_initial = rows0[:, :N_OVERLAY].contiguous()
+    floor = None
+    if reg == "entropy_floor":
+        floor = cfg.regularizer.floor_ratio * torch.tensor(state.points[0]["layers"]["entropy"], device=device)
+
+    # The loop.
+    clf.train()
+    fwd = torch.compile(clf) if cfg.optim.compile and device.type == "cuda" else clf
+    loss_acc = torch.zeros((), device=device)
+    n_acc = 0
+    t0 = time.perf_counter()
+    bar = tqdm(total=total, initial=state.step, desc=cfg.id, unit="step", dynamic_ncols=True)
+    with probing(clf.vision) if reg != "none" else contextlib.nullcontext() as rows:
+        while state.step < total:
+            s = state.step
+            for group in opt.param_groups:
+                group["lr"] = lr_at(s, total, cfg.optim.lr, cfg.optim.warmup_frac)
+            idx = _batch_indices(s, spe, n_train, batch, cfg.seed)
+            flip = _flip_mask(s, len(idx), cfg.seed) if cfg.data.hflip else None
+            x, y = train_feed.get(idx, flip=flip)
+            with autocast(device, precision):
+                if reg == "none":
+                    loss = nn.functional.cross_entropy(fwd(x), y)
+                else:
+                    ref = _reference_rows(clf, ref_vision, x, rows, n_layers) if reg == "apr" else None
+                    rows.clear()
+                    logits = clf(x)
+                    cur = stack_rows(rows, n_layers)
+                    loss = nn.functional.cross_entropy(logits, y)
+                    if reg == "apr":
+                        loss = loss + apr(cur, ref, cfg.regularizer.lam)
+                    else:
+                        loss = loss + entropy_floor(cur, floor, cfg.regularizer.lam)
+            scaler.scale(loss).backward()
+            if cfg.optim.grad_clip is not None:
+                scaler.unscale_(opt)
+                nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
+            scaler.step(opt)
+            scaler.update()
+            opt.zero_grad(set_to_none=True)
+            loss_acc += loss.detach().float()
+            state.images_seen += len(idx)
+            n_acc += 1
+            state.step = s + 1
+            bar.update(1)
+            done = state.step == total
+            want_val = state.step % val_every == 0 or done
+            want_ckpt = state.step % ckpt_every == 0 or done
+            if state.step % eval_every == 0 or want_val or want_ckpt:
+                state.loss_sum += loss_acc.item()
+                state.loss_count += n_acc
+                loss_acc.zero_()
+                n_acc = 0
+                now = time.perf_counter()
+                state.wall_time_s += now - t0
+                t0 = now
+                if state.step % eval_every == 0 or want_val:
+                    point, _ = eval_point(state.step, with_val=want_val)
+                    bar.set_postfix(loss=f"{point['train_loss']:.3f}",
+                                    acc=f"{state.last_acc:.3f}" if state.last_acc is not None else "-")
+                elif not math.isfinite(state.loss_sum):
+                    eval_point(state.step, with_val=False)  # records and raises the divergence
+                if want_ckpt:
+                    _save_checkpoint(ckpt_root, cfg, clf, opt, scaler, state,
+                                     {"overlay_initial": overlay_initial})
+                clf.train()
+    bar.close()
+    tb.close()
+    return _finish(cfg, run_dir, clip, clf, splits, state, overlay_initial, device, precision, total)
+
+
+def _reference_rows(clf, ref_vision, x, rows, n_layers):
+    """Rows of the pretrained model on batch `x` (no grad)."""
+    with torch.no_grad():
+        if ref_vision is not None:
+            with probing(ref_vision) as ref:
+                ref_vision(pixel_values=x)
+            return stack_rows(ref, n_layers).float()
+        rows.clear()
+        with clf.vision.disable_adapter():  # LoRA: the base model, no second copy in memory
+            clf.vision(pixel_values=x)
+        return stack_rows(rows, n_layers).float()
+
+
+def _resident(cfg: RunConfig, device: torch.device) -> bool | None:
+    return {"auto": None, "always": True, "never": False}[cfg.data.gpu_resident]
+
+
+def _tensorboard(run_dir: Path, step: int):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is a declared dependency; keep runs going without it
+        warnings.warn("tensorboard is not installed; no TensorBoard scalars", stacklevel=2)
+        return _NoBoard()
+    # purge_step drops events a crashed attempt wrote past the checkpoint we resume from.
+    return SummaryWriter(str(run_dir / "tb"), purge_step=step if step else None)
+
+
+class _NoBoard:
+    def add_scalar(self, *a, **k):
+        pass
+
+    def close(self):
+        pass
+
+
+def _write_history(run_dir, cfg, state, splits, spe, total) -> None:
+    _io.write_json(run_dir / "history.json", {
+        "run_id": cfg.id, "seed": cfg.seed, "num_layers": len(state.points[0]["layers"]["entropy"]),
+        "eval_idx": splits.eval_idx.tolist(), "split_protocol": splits.protocol,
+        "steps_per_epoch": spe, "total_steps": total, "points": state.points,
+    })
+
+
+def _finish(cfg, run_dir, clip, clf, splits, state, overlay_initial, device, precision, total) -> dict:
+    initial, final = state.points[0]["layers"], state.points[-1]["layers"]
+    init_mean, final_mean = metrics.layer_mean(initial), metrics.layer_mean(final)
+    params = count_parameters(clf)
+    eval_feed = Feeder(splits.eval_set, device)
+    overlay_final = eval_rows(clf.vision, eval_feed, batch_size=cfg.eval.batch_size,
+                              precision=precision)[:, :N_OVERLAY]
+    np.savez_compressed(_io_tmp := run_dir / "overlays.tmp.npz",
+                        images=splits.eval_set.images[:N_OVERLAY],
+                        initial=overlay_initial.cpu().numpy(), final=overlay_final.cpu().numpy())
+    _io_tmp.replace(run_dir / "overlays.npz")
+    train_images = state.images_seen
+    result = {
+        "run_id": cfg.id, "seed": cfg.seed, "status": "done", "method": cfg.method,
+        "dataset": cfg.dataset, "model": cfg.model, "split_protocol": splits.protocol,
+        "select_split": "test" if splits.protocol == "hub" else "val",
+        "best_acc": state.best_acc, "best_step": state.best_step, "final_acc": state.last_acc,
+        "initial": initial, "final": final, "initial_mean": init_mean, "final_mean": final_mean,
+        "delta_pct": {k: metrics.delta_pct(init_mean[k], final_mean[k]) for k in init_mean},
+        "delta_pct_layers": {k: [metrics.delta_pct(a, b) for a, b in zip(initial[k], final[k])]
+                             for k in initial},
+        "steps": total, "train_images": train_images, "wall_time_s": state.wall_time_s,
+        "images_per_s": train_images / state.wall_time_s if state.wall_time_s > 0 else None,
+        "trainable_params": params["trainable"], "total_params": params["total"],
+        "precision_used": precision, "zeroshot": {}, "zeroshot_acc": None,
+        "zeroshot_acc_base_only": None, "wise": [],
+    }
+    if cfg.zeroshot.enabled and cfg.zeroshot.datasets:
+        from . import zeroshot
+
+        best = run_dir / "checkpoints" / "best.safetensors"
+        if best.exists():  # zero-shot of the selected checkpoint, as the original study did
+            _load_weights(clf, load_file(best))
+        result.update(zeroshot.evaluate_for_run(cfg, clip, clf, splits, device=device, precision=precision))
+    _io.write_json(run_dir / "final.json", result)
+    return result
+
+
+def load_trained(run_dir: str | Path, *, which: str = "best", device: str = "auto"):
+    """Rebuild a run's model with its trained weights: (clip, clf, cfg).
+
+    Args:
+        which: "best" (the selected checkpoint) or "last" (the newest checkpoint).
+    """
+    run_dir = Path(run_dir)
+    cfg = RunConfig.model_validate(_io.read_yaml(run_dir / "config.yaml"))
+    dev = resolve_device(device)
+    if which == "best" and (run_dir / "checkpoints" / "best.safetensors").exists():
+        tensors = load_file(run_dir / "checkpoints" / "best.safetensors")
+    else:
+        found = _load_newest(run_dir / "checkpoints", cfg)
+        if found is None:
+            raise FileNotFoundError(f"{run_dir}: no checkpoint to load")
+        tensors = found[1]
+    num_classes = tensors["head.weight"].shape[0]
+    clip, clf = build(cfg.model_copy(update={"head_init": "random"}), num_classes, dev)
+    clf.normalize_features = cfg.head_init == "text"
+    _load_weights(clf, tensors)
+    return clip, clf.eval(), cfg
