@@ -1,0 +1,182 @@
+"""Engine contracts on the tiny model: learns, regularizers act, resume is exact."""
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from attncollapse import metrics, train
+from attncollapse.data import Feeder, load_splits
+from attncollapse.evaluate import eval_rows
+from attncollapse.models import load_clip
+
+from conftest import tiny_run_config
+
+
+def _final(run_dir):
+    return json.loads((run_dir / "final.json").read_text())
+
+
+def _history(run_dir):
+    return json.loads((run_dir / "history.json").read_text())
+
+
+def test_full_ft_learns_and_writes_every_output(tmp_path):
+    cfg = tiny_run_config(**{"optim.epochs": 3})
+    out = train.run(cfg, tmp_path / "r")
+    assert out["best_acc"] > 0.3  # 10 classes: chance is 0.1
+    hist = _history(tmp_path / "r")
+    spe = hist["steps_per_epoch"]
+    assert spe == 8 and hist["total_steps"] == 24
+    steps = [p["step"] for p in hist["points"]]
+    assert steps[0] == 0 and steps[-1] == 24 and steps == sorted(steps)
+    assert hist["points"][0]["train_loss"] is None
+    # Δ% is computed from the step-0 and last points.
+    ent0 = np.mean(hist["points"][0]["layers"]["entropy"])
+    ent1 = np.mean(hist["points"][-1]["layers"]["entropy"])
+    assert out["delta_pct"]["entropy"] == pytest.approx(100 * (ent1 - ent0) / ent0)
+    for name in ["config.yaml", "env.json", "history.json", "final.json", "overlays.npz"]:
+        assert (tmp_path / "r" / name).is_file(), name
+    assert list((tmp_path / "r" / "tb").iterdir())
+    env = json.loads((tmp_path / "r" / "env.json").read_text())
+    assert env["torch"] and env["transformers"] and env["peft"]
+    ov = np.load(tmp_path / "r" / "overlays.npz")
+    assert ov["initial"].shape == ov["final"].shape == (3, 4, 4, 17)
+    # Each point records the lr of the last update before it.
+    assert hist["points"][-1]["lr"] == pytest.approx(train.lr_at(23, 24, cfg.optim.lr, 0.05))
+
+
+def test_lr_schedule_matches_warmup_cosine():
+    assert train.lr_at(0, 100, 1.0, 0.05) == 0.0
+    assert train.lr_at(5, 100, 1.0, 0.05) == pytest.approx(1.0)
+    assert train.lr_at(52, 100, 1.0, 0.05) == pytest.approx(0.5 * (1 + np.cos(np.pi * 47 / 95)))
+    assert train.lr_at(100, 100, 1.0, 0.05) == pytest.approx(0.0, abs=1e-12)
+
+
+def _kl_to_initial(run_dir, cfg):
+    """Mean KL(final ‖ initial) of the eval-subset rows, from a rebuilt model."""
+    clip, clf, _ = train.load_trained(run_dir, which="last", device="cpu")
+    splits = load_splits(cfg.dataset, cfg.data, image_size=32)
+    feed = Feeder(splits.eval_set, "cpu")
+    final = eval_rows(clf.vision, feed, batch_size=32, precision="fp32")
+    initial = eval_rows(load_clip("tiny").vision_model, feed, batch_size=32, precision="fp32")
+    p, q = metrics.patch_rows(final), metrics.patch_rows(initial)
+    return (p * (p.log() - q.log())).sum(-1).mean().item()
+
+
+def test_apr_keeps_attention_closer_to_pretrained(tmp_path):
+    common = {"optim.lr": 3e-3, "optim.epochs": 2}
+    plain = tiny_run_config(**common)
+    reg = tiny_run_config(**common, **{"regularizer.kind": "apr", "regularizer.lam": 50.0})
+    train.run(plain, tmp_path / "plain")
+    train.run(reg, tmp_path / "apr")
+    kl_plain, kl_reg = _kl_to_initial(tmp_path / "plain", plain), _kl_to_initial(tmp_path / "apr", reg)
+    assert kl_reg < 0.5 * kl_plain, (kl_reg, kl_plain)
+
+
+def test_entropy_floor_keeps_entropy_higher(tmp_path):
+    common = {"optim.lr": 1e-2, "optim.epochs": 2}
+    plain = train.run(tiny_run_config(**common), tmp_path / "plain")
+    reg = train.run(tiny_run_config(**common, **{"regularizer.kind": "entropy_floor", "regularizer.lam": 50.0,
+                                                 "regularizer.floor_ratio": 1.0}), tmp_path / "floor")
+    assert plain["delta_pct"]["entropy"] < 0
+    assert reg["delta_pct"]["entropy"] > plain["delta_pct"]["entropy"]
+
+
+class _Crash(Exception):
+    pass
+
+
+def _crash_at(monkeypatch, step):
+    real = train._flip_mask
+
+    def flip(s, size, seed):
+        if s == step:
+            raise _Crash(f"killed at step {s}")
+        return real(s, size, seed)
+
+    monkeypatch.setattr(train, "_flip_mask", flip)
+
+
+@pytest.mark.parametrize("overrides", [
+    {},  # full FT with flips
+    {"method": "lora", "lora.rank": 2, "regularizer.kind": "apr", "regularizer.lam": 1.0},  # dropout RNG + probe
+])
+def test_interrupt_and_resume_equals_uninterrupted(tmp_path, monkeypatch, overrides):
+    cfg = tiny_run_config(**{"checkpoints_per_epoch": 2, **overrides})
+    ref = train.run(cfg, tmp_path / "ref")
+    _crash_at(monkeypatch, 11)  # after the step-8 checkpoint, before the step-12 one
+    with pytest.raises(_Crash):
+        train.run(cfg, tmp_path / "cut")
+    monkeypatch.undo()
+    assert not (tmp_path / "cut" / "final.json").exists()
+    got = train.run(cfg, tmp_path / "cut")
+    for key in ["best_acc", "final_acc", "best_step", "delta_pct", "final", "initial"]:
+        assert got[key] == ref[key], key
+    assert [p["train_loss"] for p in _history(tmp_path / "cut")["points"]] == \
+           [p["train_loss"] for p in _history(tmp_path / "ref")["points"]]
+    a = load_file(tmp_path / "ref" / "checkpoints" / "step-000000016" / "model.safetensors")
+    b = load_file(tmp_path / "cut" / "checkpoints" / "step-000000016" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_corrupt_checkpoint_is_skipped_for_the_one_before(tmp_path, monkeypatch):
+    cfg = tiny_run_config(**{"checkpoints_per_epoch": 2, "keep_checkpoints": 3})
+    ref = train.run(cfg, tmp_path / "ref")
+    _crash_at(monkeypatch, 13)
+    with pytest.raises(_Crash):
+        train.run(cfg, tmp_path / "cut")
+    monkeypatch.undo()
+    newest = tmp_path / "cut" / "checkpoints" / "step-000000012" / "model.safetensors"
+    newest.write_bytes(newest.read_bytes()[:100])  # half-written
+    with pytest.warns(UserWarning, match="skipping checkpoint step-000000012"):
+        got = train.run(cfg, tmp_path / "cut")
+    assert got["final"] == ref["final"] and got["best_acc"] == ref["best_acc"]
+
+
+def test_resume_with_a_different_config_is_refused(tmp_path, monkeypatch):
+    cfg = tiny_run_config()
+    _crash_at(monkeypatch, 10)
+    with pytest.raises(_Crash):
+        train.run(cfg, tmp_path / "r")
+    monkeypatch.undo()
+    other = tiny_run_config(**{"optim.lr": 5e-4, "optim.weight_decay": 0.1})
+    with pytest.raises(train.ConfigMismatch, match="optim.lr, optim.weight_decay"):
+        train.run(other, tmp_path / "r")
+
+
+def test_nan_loss_stops_with_a_recorded_error(tmp_path, monkeypatch):
+    real = torch.nn.functional.cross_entropy
+    monkeypatch.setattr(torch.nn.functional, "cross_entropy", lambda *a, **k: real(*a, **k) * float("nan"))
+    with pytest.raises(train.TrainingDiverged, match="diverged"):
+        train.run(tiny_run_config(), tmp_path / "r")
+    assert "diverged" in (tmp_path / "r" / "error.txt").read_text()
+    assert not (tmp_path / "r" / "final.json").exists()
+
+
+def test_lora_run_checkpoints_only_adapters_projection_and_head(tmp_path):
+    cfg = tiny_run_config(method="lora", **{"lora.rank": 2})
+    train.run(cfg, tmp_path / "r")
+    saved = load_file(tmp_path / "r" / "checkpoints" / "best.safetensors")
+    assert all("lora_" in k or k.startswith(("head.", "projection.")) for k in saved)
+    clip, clf, _ = train.load_trained(tmp_path / "r", device="cpu")
+    base = load_clip("tiny")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad(), clf.vision.disable_adapter():
+        assert torch.equal(clf.vision(pixel_values=x).pooler_output, base.vision_model(pixel_values=x).pooler_output)
+
+
+def test_frozen_layers_unchanged_after_a_run(tmp_path):
+    cfg = tiny_run_config(freeze_layers=2)
+    train.run(cfg, tmp_path / "r")
+    saved = load_file(tmp_path / "r" / "checkpoints" / "best.safetensors")
+    assert not any(k.startswith(("vision.encoder.layers.0.", "vision.encoder.layers.1.", "vision.embeddings."))
+                   for k in saved)
+    assert any(k.startswith("vision.encoder.layers.2.") for k in saved)
+    _, clf, _ = train.load_trained(tmp_path / "r", device="cpu")
+    base = load_clip("tiny").vision_model
+    assert torch.equal(clf.vision.encoder.layers[1].mlp.fc1.weight, base.encoder.layers[1].mlp.fc1.weight)
+    assert not torch.equal(clf.vision.encoder.layers[2].mlp.fc1.weight, base.encoder.layers[2].mlp.fc1.weight)
