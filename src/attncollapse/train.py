@@ -181,7 +181,6 @@ def run(cfg: RunConfig, run_dir: str | Path) -> dict:
     val_feed = Feeder(splits.val, device)
     eval_feed = Feeder(splits.eval_set, device)
     clip, clf = build(cfg, splits.train.num_classes, device, splits.train.class_names)
-    n_layers = len(attention_modules(clf.vision))
     reg = cfg.regularizer.kind
     ref_vision = None
     if reg == "apr" and cfg.method == "full":
@@ -260,12 +259,13 @@ def run(cfg: RunConfig, run_dir: str | Path) -> dict:
 
     # The loop.
     clf.train()
-    fwd = torch.compile(clf) if cfg.optim.compile and device.type == "cuda" else clf
     loss_acc = torch.zeros((), device=device)
     n_acc = 0
     t0 = time.perf_counter()
     bar = tqdm(total=total, initial=state.step, desc=cfg.id, unit="step", dynamic_ncols=True)
     with probing(clf.vision) if reg != "none" else contextlib.nullcontext() as rows:
+        step_fn = make_step(cfg, clf, opt, scaler, device=device, precision=precision, rows=rows,
+                            ref_vision=ref_vision, floor=floor)
         while state.step < total:
             s = state.step
             for group in opt.param_groups:
@@ -273,26 +273,7 @@ def run(cfg: RunConfig, run_dir: str | Path) -> dict:
             idx = _batch_indices(s, spe, n_train, batch, cfg.seed)
             flip = _flip_mask(s, len(idx), cfg.seed) if cfg.data.hflip else None
             x, y = train_feed.get(idx, flip=flip)
-            with autocast(device, precision):
-                if reg == "none":
-                    loss = nn.functional.cross_entropy(fwd(x), y)
-                else:
-                    ref = _reference_rows(clf, ref_vision, x, rows, n_layers) if reg == "apr" else None
-                    rows.clear()
-                    logits = clf(x)
-                    cur = stack_rows(rows, n_layers)
-                    loss = nn.functional.cross_entropy(logits, y)
-                    if reg == "apr":
-                        loss = loss + apr(cur, ref, cfg.regularizer.lam)
-                    else:
-                        loss = loss + entropy_floor(cur, floor, cfg.regularizer.lam)
-            scaler.scale(loss).backward()
-            if cfg.optim.grad_clip is not None:
-                scaler.unscale_(opt)
-                nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
-            scaler.step(opt)
-            scaler.update()
-            opt.zero_grad(set_to_none=True)
+            loss = step_fn(x, y)
             loss_acc += loss.detach().float()
             state.images_seen += len(idx)
             n_acc += 1
@@ -322,6 +303,45 @@ def run(cfg: RunConfig, run_dir: str | Path) -> dict:
     bar.close()
     tb.close()
     return _finish(cfg, run_dir, clip, clf, splits, state, overlay_initial, device, precision, total)
+
+
+def make_step(cfg: RunConfig, clf: nn.Module, opt, scaler, *, device: torch.device, precision: str,
+              rows: list | None = None, ref_vision: nn.Module | None = None, floor: torch.Tensor | None = None):
+    """One optimisation step as a function of a batch: `step(x, y) -> loss` (on device).
+
+    Plain runs use the fused attention and no probe (`torch.compile`d when asked);
+    regularized runs read the probe rows that `rows` (from an active `probing` block)
+    collects during the forward.
+    """
+    reg = cfg.regularizer.kind
+    n_layers = len(attention_modules(clf.vision))
+    params = [p for p in clf.parameters() if p.requires_grad]
+    fwd = torch.compile(clf) if cfg.optim.compile and device.type == "cuda" and reg == "none" else clf
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with autocast(device, precision):
+            if reg == "none":
+                loss = nn.functional.cross_entropy(fwd(x), y)
+            else:
+                ref = _reference_rows(clf, ref_vision, x, rows, n_layers) if reg == "apr" else None
+                rows.clear()
+                logits = clf(x)
+                cur = stack_rows(rows, n_layers)
+                loss = nn.functional.cross_entropy(logits, y)
+                if reg == "apr":
+                    loss = loss + apr(cur, ref, cfg.regularizer.lam)
+                else:
+                    loss = loss + entropy_floor(cur, floor, cfg.regularizer.lam)
+        scaler.scale(loss).backward()
+        if cfg.optim.grad_clip is not None:
+            scaler.unscale_(opt)
+            nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad(set_to_none=True)
+        return loss
+
+    return step
 
 
 def _reference_rows(clf, ref_vision, x, rows, n_layers):
