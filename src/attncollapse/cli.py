@@ -1,0 +1,197 @@
+"""The `attncollapse` command: parsing and printing only; the work lives in the modules.
+
+    attncollapse run paper [--only E2,A1] [--executor ray] [--set optim.epochs=1]
+    attncollapse demo
+    attncollapse validate configs/paper.yaml
+    attncollapse status runs/paper
+    attncollapse report runs/paper
+    attncollapse zeroshot runs/paper/E5 --datasets cifar100
+    attncollapse baseline --model openai/clip-vit-base-patch32 --data eurosat --out runs/e1
+
+Imports happen inside the commands, so `attncollapse --help` does not load torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _kv(items: list[str] | None) -> dict:
+    from .config import parse_value
+
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"error: expected KEY=VALUE, got {item!r}")
+        out[key.strip()] = parse_value(value)
+    return out
+
+
+def _run(args: argparse.Namespace, matrix_path: str) -> int:
+    from .config import load_matrix
+    from .runner import run_matrix
+
+    matrix = load_matrix(matrix_path, overrides=args.set or [])  # ConfigError → main
+    out = args.out or str(Path("runs") / matrix.name)
+    summary = run_matrix(matrix, out, only=args.only, executor=args.executor, gpus=args.gpus,
+                         runs_per_gpu=args.runs_per_gpu, executor_options=_kv(args.executor_opt),
+                         analyze=not args.no_analysis)
+    return 0 if summary["ok"] else 1
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    return _run(args, args.matrix)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    args.out = args.out or "runs/demo"
+    return _run(args, "demo")
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from .config import load_matrix, load_run_config, read_config_yaml, resolve_config_path
+
+    path = resolve_config_path(args.file)
+    data, _dups = read_config_yaml(path)
+    if isinstance(data, dict) and "runs" in data:
+        matrix = load_matrix(path, overrides=args.set or [])
+        runs = matrix.expand()
+        print(f"{path}: ok — matrix {matrix.name!r}, {len(runs)} runs"
+              + (f" + E1 baseline on {', '.join(matrix.baseline)}" if matrix.baseline else ""))
+        print("  " + " ".join(r.id for r in runs))
+    else:
+        cfg = load_run_config(path, overrides=args.set or [])
+        print(f"{path}: ok — run {cfg.id!r} ({cfg.method} on {cfg.dataset}, model {cfg.model})")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from .runner import format_status, status
+
+    print(format_status(status(args.dir)))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .runner import run_analysis
+
+    state = run_analysis(args.dir)
+    for stage, s in state.items():
+        print(f"{stage:>8}: {s}")
+    return 1 if any(s.startswith("failed") for s in state.values()) else 0
+
+
+def cmd_zeroshot(args: argparse.Namespace) -> int:
+    from .zeroshot import evaluate_run
+
+    final = evaluate_run(args.run_dir, datasets=args.datasets or None, device=args.device)
+    for name, block in (final.get("zeroshot") or {}).items():
+        extra = "".join(f"  {k} {block[k]:.4f}" for k in ("top5", "acc_base_only", "acc_frozen_projection")
+                        if isinstance(block.get(k), (int, float)))
+        print(f"{name:>12}: acc {block.get('acc', float('nan')):.4f}{extra}")
+    return 0
+
+
+def cmd_baseline(args: argparse.Namespace) -> int:
+    from . import _io
+    from .config import DataConfig, EvalConfig, ZeroShotConfig
+    from .evaluate import baseline, format_table
+
+    data_cfg = DataConfig(eval_subset_size=args.eval_images)
+    zs_cfg = ZeroShotConfig(datasets=args.zeroshot) if args.zeroshot else None
+    out = Path(args.out)
+    result = baseline(args.model, args.data, data_cfg=data_cfg, eval_cfg=EvalConfig(), out_dir=out,
+                      zeroshot_cfg=zs_cfg, device=args.device, out_name="baseline.json")
+    if not (out / "baseline.json").exists():
+        _io.write_json(out / "baseline.json", result)
+    print(f"{args.model} on {args.data}: {result.get('images')} eval images "
+          f"(head diversity: {result.get('diversity')})")
+    print(format_table(result["layers"]))
+    for name, block in (result.get("zeroshot") or {}).items():
+        print(f"zero-shot {name}: {block.get('acc')}")
+    from .figures import baseline_structure
+
+    png = baseline_structure(result, out / "fig2_baseline_structure.png")
+    print(f"wrote {out / 'baseline.json'} and {png}")
+    return 0
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", help="matrix directory (default runs/<matrix name>)")
+    p.add_argument("--only", help="run ids, entries, groups or globs, comma-separated (E2,A1,R*); E1 = baselines")
+    p.add_argument("--executor", choices=["local", "ray", "slurm"], default="local")
+    p.add_argument("--gpus", help="GPUs: a count (one local worker each) or ids like 0,2")
+    p.add_argument("--runs-per-gpu", type=int, default=1, help="runs sharing one GPU (default 1)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a field of defaults (optim.lr=1e-4), a run (runs.E3.optim.epochs=1) "
+                        "or the matrix (seeds=[1,2]); repeatable")
+    p.add_argument("--executor-opt", action="append", metavar="KEY=VALUE",
+                   help="executor setting, e.g. slurm_partition=gpu, timeout_min=600, cluster=local; repeatable")
+    p.add_argument("--no-analysis", action="store_true", help="skip results.csv, stats, figures and report")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="attncollapse",
+        description="Measure, control and report how fine-tuning reshapes CLIP's attention.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run a matrix (skips finished runs, resumes partial ones)")
+    p.add_argument("matrix", help="matrix YAML, or a packaged config: paper, demo, paper-shapes")
+    _add_run_options(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("demo", help="the whole study in miniature on CPU (runs/demo)")
+    _add_run_options(p)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("validate", help="check a matrix or run config; print every problem")
+    p.add_argument("file")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("status", help="where a matrix directory stands")
+    p.add_argument("dir")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("report", help="results.csv, statistics, figures and report of a matrix directory")
+    p.add_argument("dir")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("zeroshot", help="zero-shot evaluation of a finished run")
+    p.add_argument("run_dir")
+    p.add_argument("--datasets", nargs="+", help="zero-shot sources (default: the run's config)")
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=cmd_zeroshot)
+
+    p = sub.add_parser("baseline", help="E1: attention structure of a pretrained model")
+    p.add_argument("--model", required=True, help="hub id, local directory or preset (tiny)")
+    p.add_argument("--data", required=True, help="dataset source (eurosat, pets, synthetic, hf:<id>, ...)")
+    p.add_argument("--out", required=True, help="directory for baseline.json and fig2_baseline_structure.png")
+    p.add_argument("--eval-images", type=int, default=200, help="fixed eval subset size (reports: 200)")
+    p.add_argument("--zeroshot", nargs="*", help="also measure zero-shot accuracy on these sources")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_baseline)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script; returns the exit status (tests call it in-process)."""
+    from .config import ConfigError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
