@@ -180,3 +180,29 @@ def test_frozen_layers_unchanged_after_a_run(tmp_path):
     base = load_clip("tiny").vision_model
     assert torch.equal(clf.vision.encoder.layers[1].mlp.fc1.weight, base.encoder.layers[1].mlp.fc1.weight)
     assert not torch.equal(clf.vision.encoder.layers[2].mlp.fc1.weight, base.encoder.layers[2].mlp.fc1.weight)
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_cached_apr_reference_equals_the_online_forward(method):
+    cfg = tiny_run_config(method=method, **{"lora.rank": 2, "regularizer.kind": "apr", "regularizer.lam": 1.0})
+    splits = load_splits(cfg.dataset, cfg.data, image_size=32)
+    feed = Feeder(splits.train, "cpu")
+    clip, clf = train.build(cfg, splits.train.num_classes, torch.device("cpu"))
+    ref_vision = None
+    if method == "full":
+        import copy
+        ref_vision = copy.deepcopy(clf.vision).requires_grad_(False).eval()
+    cache = train.ReferenceRows.build(clf, ref_vision, feed, hflip=True, batch_size=100, precision="fp32")
+    # Train the live model away from the reference: the table must still be the pretrained one.
+    with torch.no_grad():
+        for n, p in clf.named_parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.3)
+    idx = torch.tensor([5, 17, 3, 200])
+    flip = torch.tensor([True, False, True, False])
+    x, _ = feed.get(idx, flip=flip)
+    from attncollapse.probe import probing
+    with probing(clf.vision) as rows:
+        online = train._reference_rows(clf, ref_vision, x, rows, 3)
+    torch.testing.assert_close(cache.lookup(idx, flip), online, atol=1e-6, rtol=1e-5)
+    assert cache.table.shape == (2, len(feed), 3, 4, 17)

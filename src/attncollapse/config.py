@@ -91,8 +91,14 @@ class OptimConfig(_Strict):
     """Autocast precision (reports: fp16 AMP with a GradScaler)."""
     fused: bool = True
     """Use the fused AdamW kernel on CUDA (same maths, fewer launches)."""
-    compile: bool = False
-    """torch.compile the training step's model (CUDA only)."""
+    compile: Literal["off", "default", "reduce-overhead", "max-autotune"] = "off"
+    """torch.compile mode for the training forward/backward on CUDA ("reduce-overhead"
+    adds CUDA graphs); true/false mean "default"/"off"."""
+
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _compile_bool(cls, v):
+        return {True: "default", False: "off"}.get(v, v) if isinstance(v, bool) else v
 
 
 class RegularizerConfig(_Strict):
@@ -102,6 +108,10 @@ class RegularizerConfig(_Strict):
     """Regularizer weight λ (reports: APR 0.01/0.1/1.0, entropy floor 0.01/0.1)."""
     floor_ratio: float = Field(0.7, gt=0, le=1)
     """Entropy floor τ_l = ratio × pretrained per-layer entropy (original: 0.7)."""
+    reference: Literal["cached", "online"] = "cached"
+    """APR reference rows: computed once per training image and flip state before the
+    first step ("cached": the same values, no second forward per step) or by a second
+    forward of the pretrained model every step ("online", the original's way)."""
 
 
 class EvalConfig(_Strict):
