@@ -29,11 +29,14 @@ from attncollapse.probe import probing  # noqa: E402
 KINDS = {
     "reports (eager+attn)": {},
     "full": {},
-    "full+compile": {"optim": {"compile": True}},
+    "full+compile": {"optim": {"compile": "default"}},
+    "full+compile-ro": {"optim": {"compile": "reduce-overhead"}},
     "lora r8": {"method": "lora", "optim": {"lr": 1e-4}},
-    "apr": {"regularizer": {"kind": "apr", "lam": 0.1}},
+    "lora r8+compile-ro": {"method": "lora", "optim": {"lr": 1e-4, "compile": "reduce-overhead"}},
+    "apr (online ref)": {"regularizer": {"kind": "apr", "lam": 0.1, "reference": "online"}},
+    "apr (cached ref)": {"regularizer": {"kind": "apr", "lam": 0.1, "reference": "cached"}},
     "entropy_floor": {"regularizer": {"kind": "entropy_floor", "lam": 0.1}},
-    "lora+apr": {"method": "lora", "regularizer": {"kind": "apr", "lam": 0.1}},
+    "lora+apr (cached ref)": {"method": "lora", "regularizer": {"kind": "apr", "lam": 0.1}},
 }
 
 
@@ -91,8 +94,18 @@ def measure(kind: str, model: str, batch: int, precision: str, device: torch.dev
                            device=device)
         step = train.make_step(cfg, clf, opt, scaler, device=device, precision=precision, rows=rows,
                                ref_vision=ref, floor=floor)
+    lookup = lambda: None  # noqa: E731
+    if reg == "apr" and cfg.regularizer.reference == "cached":
+        # The engine's table, filled with random rows (values do not change the cost).
+        cfgv = clip.config.vision_config
+        tokens = (size // cfgv.patch_size) ** 2 + 1
+        table = torch.rand(2, 4096, n_layers, cfgv.num_attention_heads, tokens, device=device,
+                           dtype=torch.float16 if device.type == "cuda" else torch.float32)
+        cache = train.ReferenceRows(table)
+        lookup = lambda: cache.lookup(torch.randint(0, 4096, (batch,)), torch.rand(batch) < 0.5)  # noqa: E731
     reset_peak(device)
-    t = time_steps(lambda: step(x, y), device, warmup=args.warmup, iters=args.iters)
+    t = time_steps(lambda: step(x, y, lookup()) if not kind.startswith("reports") else step(x, y), device,
+                   warmup=args.warmup, iters=args.iters)
     if ctx:
         ctx.__exit__(None, None, None)
     return {"kind": kind, "batch": batch, "img/s": batch / t, "ms/step": 1000 * t,

@@ -1,0 +1,129 @@
+"""Every registered figure renders from the fixture, and is skipped (not drawn) without its runs."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import pytest
+
+from analysis_fixture import build_matrix, rendered_matrix
+from attncollapse import figures, stats
+
+
+def _png_info(path: Path) -> tuple[int, int, float | None]:
+    """(width, height, dpi) from the PNG's IHDR and pHYs chunks."""
+    b = path.read_bytes()
+    assert b[:8] == b"\x89PNG\r\n\x1a\n", f"{path.name} is not a PNG"
+    w = h = dpi = None
+    i = 8
+    while i < len(b):
+        n, kind = struct.unpack(">I", b[i:i + 4])[0], b[i + 4:i + 8]
+        if kind == b"IHDR":
+            w, h = struct.unpack(">II", b[i + 8:i + 16])
+        elif kind == b"pHYs":
+            dpi = struct.unpack(">I", b[i + 8:i + 12])[0] * 0.0254
+        elif kind in (b"IDAT", b"IEND"):
+            break
+        i += 12 + n
+    return w, h, dpi
+
+
+@pytest.fixture(scope="module")
+def matrix() -> Path:
+    return rendered_matrix()
+
+
+@pytest.mark.parametrize("name", list(figures.FIGURES))
+def test_every_figure_renders_from_the_fixture(matrix, name):
+    index = json.loads((matrix / "figures" / "figures.json").read_text())
+    assert "file" in index[name], f"{name} not drawn: {index[name]}"
+    path = matrix / index[name]["file"]
+    w, h, dpi = _png_info(path)
+    assert w >= 400 and h >= 250 and path.stat().st_size > 10_000, (w, h, path.stat().st_size)
+    assert dpi is not None and dpi >= 149.9  # print resolution
+
+
+def test_registry_covers_the_reports_figure_index():
+    wanted = ["fig2_baseline_structure", "fig3_triple_curve", "fig4_layer_entropy_heatmap", "fig5_fullft_vs_lora",
+              "fig5b_fullft_vs_lora_pets", "fig6_lr_sweep", "fig7_collapse_vs_zeroshot", "fig8_regularization",
+              "fig9_head_diversity", "extra_erf95_evolution", "extra_frozen_layers", "extra_lora_qkvo",
+              "fig10_per_layer_delta_heatmap", "fig11_statistical_summary", "fig12_training_dynamics",
+              "fig13_metric_correlations", "fig14_convergence", "fig15_zeroshot_extended", "fig16_dashboard",
+              "fig17_gini_evolution"]
+    assert set(wanted) <= set(figures.FIGURES)
+    assert set(figures.FIGURES) == set(figures.CAPTIONS)
+
+
+def test_empty_matrix_skips_every_figure(tmp_path):
+    d = build_matrix(tmp_path / "m", [], baseline=False)
+    res = figures.render_all(d)
+    assert set(res) == set(figures.FIGURES)
+    for name, r in res.items():
+        assert isinstance(r, str) and not r.startswith("failed"), (name, r)
+        assert not (d / "figures" / f"{name}.png").exists()
+    index = json.loads((d / "figures" / "figures.json").read_text())
+    assert all("skipped" in v for v in index.values())
+
+
+MISSING_WITH_E2_ONLY = ["fig5_fullft_vs_lora", "fig5b_fullft_vs_lora_pets", "fig6_lr_sweep", "fig8_regularization",
+                        "fig11_statistical_summary", "fig13_metric_correlations", "extra_frozen_layers",
+                        "extra_lora_qkvo", "extra_wise_interpolation", "extra_attention_overlays"]
+
+
+def test_partial_matrix_skips_the_figures_without_runs(tmp_path):
+    # Only E2 (+ baseline): no LoRA, no sweep, no regularizers, no overlays, no WiSE curve.
+    d = build_matrix(tmp_path / "m", ["E2"], overlays=(), wise=())
+    ctx = figures.Ctx.load(d)
+    for name in MISSING_WITH_E2_ONLY:
+        out = d / "figures" / f"{name}.png"
+        r = figures.FIGURES[name](ctx, out)
+        assert isinstance(r, str) and r, name
+        assert not out.exists(), name
+    # the figures that need only E2 do draw (two, to keep the test fast)
+    for name in ("fig3_triple_curve", "fig2_baseline_structure"):
+        assert isinstance(figures.FIGURES[name](ctx, d / "figures" / f"{name}.png"), Path)
+
+
+def test_stale_figure_is_removed_when_its_runs_disappear(tmp_path):
+    d = build_matrix(tmp_path / "m", [], baseline=False)
+    stale = d / "figures" / "fig6_lr_sweep.png"
+    stale.parent.mkdir()
+    stale.write_bytes(b"\x89PNG old")
+    assert isinstance(figures.render_all(d)["fig6_lr_sweep"], str)
+    assert not stale.exists()
+
+
+def test_baseline_structure_standalone(tmp_path):
+    b = json.loads((build_matrix(tmp_path / "m", []) / "baseline" / "eurosat.json").read_text())
+    out = figures.baseline_structure(b, tmp_path / "fig2.png")
+    assert isinstance(out, Path) and _png_info(out)[0] > 400
+    assert isinstance(figures.baseline_structure({}, tmp_path / "none.png"), str)
+    assert not (tmp_path / "none.png").exists()
+
+
+def test_demo_datasets_and_three_layers(tmp_path):
+    # The demo: tiny preset (3 layers) on synthetic/digits data, same figures by config fields.
+    d = build_matrix(tmp_path / "m", ["E2", "E3", "E5", "E7"], model="tiny", num_layers=3,
+                     dataset_names={"eurosat": "synthetic", "pets": "digits"}, wise=())
+    ctx = figures.Ctx.load(d)
+    assert set(ctx.s["datasets"]) == {"synthetic", "digits"}
+    for name in ("fig5b_fullft_vs_lora_pets", "fig10_per_layer_delta_heatmap", "extra_attention_overlays"):
+        out = figures.FIGURES[name](ctx, d / "figures" / f"{name}.png")
+        assert isinstance(out, Path), (name, out)
+
+
+def test_figures_accept_a_matrix_dir(tmp_path):
+    d = build_matrix(tmp_path / "m", ["E2", "A1-lr1e-06", "A1-lr5e-05"], overlays=(), wise=())
+    stats.analyze(d, n_boot=200)
+    assert isinstance(figures.FIGURES["fig6_lr_sweep"](d, d / "fig6.png"), Path)
+
+
+def test_degenerate_statistics_do_not_break_figures(tmp_path):
+    flat = {r: {"delta": (0.5, 0.5, 0.5, 0.5), "layer_noise": 0.0} for r in ("E2", "E5", "A1-lr1e-06", "A1-lr5e-05")}
+    d = build_matrix(tmp_path / "m", list(flat), overrides=flat, overlays=(), wise=())
+    stats.analyze(d, n_boot=200)  # NaN statistics, written as null
+    ctx = figures.Ctx.load(d)
+    for name in ("fig5_fullft_vs_lora", "fig6_lr_sweep", "fig11_statistical_summary", "fig13_metric_correlations"):
+        assert isinstance(figures.FIGURES[name](ctx, d / f"{name}.png"), Path), name
