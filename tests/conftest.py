@@ -35,3 +35,11 @@ def tiny_run_config(**overrides):
             node = node.setdefault(p, {})
         node[last] = value
     return RunConfig.model_validate(base)
+
+
+def pytest_configure(config):
+    # Tiny models on a small shared CPU: one intra-op thread avoids oversubscription
+    # (measured: a tiny forward went from 5 ms to 0.4 s with two busy threads).
+    import torch
+
+    torch.set_num_threads(1)
