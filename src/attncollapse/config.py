@@ -187,7 +187,7 @@ class RunConfig(_Strict):
 _DEFAULTS = RunConfig().model_dump()
 
 # Fields that do not change a run's numbers: excluded from the resume fingerprint.
-_NOT_FINGERPRINTED = {"device", "data.cache_dir", "data.gpu_resident", "zeroshot"}
+_NOT_FINGERPRINTED = {"device", "data.cache_dir", "data.gpu_resident", "data.cache_workers", "data.data_root", "zeroshot"}
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
