@@ -417,3 +417,21 @@ def test_bad_inputs_give_one_line_data_errors(folder, hf_dir, tmp_path, monkeypa
         import torchvision  # noqa: F401
     except ImportError:
         err("torchvision:CIFAR10", match="needs torchvision, which is not installed")
+
+
+def test_large_synthetic_sets_are_shared_through_the_disk_cache(tmp_path):
+    from attncollapse import sources
+    from attncollapse.config import DataConfig
+
+    n = sources.SYNTHETIC_DISK_MIN
+    cfg = DataConfig(cache_dir=str(tmp_path), synthetic_train=n, synthetic_test=300, eval_subset_size=200)
+    first = data.load_splits("synthetic", cfg, image_size=8)
+    again = data.load_splits("synthetic", cfg, image_size=8)
+    direct = data.synthetic(n, 10, 8, seed=42, split="train")
+    assert isinstance(again.train.images, np.memmap)  # read back from disk, not regenerated
+    np.testing.assert_array_equal(np.asarray(again.train.images), direct.images)
+    np.testing.assert_array_equal(first.train.labels, direct.labels)
+    # A damaged file is made again, not used.
+    (next((tmp_path / "synthetic").iterdir()) / "images.npy").write_bytes(b"garbage")
+    third = data.load_splits("synthetic", cfg, image_size=8)
+    np.testing.assert_array_equal(np.asarray(third.train.images), direct.images)

@@ -81,6 +81,13 @@ def load_clip(spec: str, *, seed: int = 0, attn_implementation: str = "sdpa") ->
                                      attn_implementation=attn_implementation).eval()
 
 
+def image_size(spec: str) -> int:
+    """The input resolution of `load_clip(spec)`, read from its config (no weights loaded)."""
+    if spec in PRESETS:
+        return PRESETS[spec]().vision_config.image_size
+    return CLIPConfig.from_pretrained(spec).vision_config.image_size
+
+
 def tiny_tokenizer() -> CLIPTokenizer:
     """A byte-level CLIP tokenizer with no merges, matching the tiny preset's vocab.
 

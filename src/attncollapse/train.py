@@ -24,7 +24,8 @@ from . import _io, metrics
 from .config import RunConfig, diff_fields, fingerprint, fingerprint_fields
 from .data import Feeder, load_splits
 from .evaluate import accuracy, attention_table, autocast, effective_precision, eval_rows, resolve_device
-from .models import apply_lora, build_classifier, count_parameters, freeze_layers, freeze_projection, load_clip
+from .models import (apply_lora, build_classifier, count_parameters, freeze_layers, freeze_projection, image_size,
+                     load_clip)
 from .probe import attention_modules, probing, stack_rows
 from .regularizers import apr, entropy_floor
 
@@ -173,10 +174,7 @@ def run(cfg: RunConfig, run_dir: str | Path) -> dict:
     precision = effective_precision(cfg.optim.precision, device)
 
     # Setup: data, model, optimizer, reference for APR.
-    probe_clip = load_clip(cfg.model)
-    size = probe_clip.config.vision_config.image_size
-    del probe_clip
-    splits = load_splits(cfg.dataset, cfg.data, image_size=size)
+    splits = load_splits(cfg.dataset, cfg.data, image_size=image_size(cfg.model))
     train_feed = Feeder(splits.train, device, resident=_resident(cfg, device))
     val_feed = Feeder(splits.val, device)
     eval_feed = Feeder(splits.eval_set, device)
