@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from attncollapse.cli import main
-from attncollapse.runner import RESULTS_COLUMNS
+from attncollapse.results import RESULTS_COLUMNS
 
 # Three real runs of the tiny preset, a baseline and zero-shot: the whole code path in seconds.
 SMALL = """\

@@ -20,8 +20,8 @@ import pytest
 
 from attncollapse import _io
 from attncollapse.config import ConfigError, matrix_from_dict
-from attncollapse.runner import (RESULTS_COLUMNS, RESULTS_TAIL, acquire_lock, execute_task, plan, read_lock,
-                                 release_lock, run_matrix, status)
+from attncollapse.results import RESULTS_COLUMNS, RESULTS_TAIL, write_results
+from attncollapse.runner import acquire_lock, execute_task, plan, read_lock, release_lock, run_matrix, status
 
 MEANS = {"entropy": 2.0, "erf": 0.8, "gini": 0.3, "head_diversity": 0.1}
 
@@ -179,7 +179,6 @@ def test_results_csv_has_the_formats_columns(tmp_path):
                       "R1": {"regularizer": {"kind": "apr"}, "sweep": {"regularizer.lam": {"label": "apr",
                                                                                             "values": [0.1]}}}})
     run_matrix(m, out, train_fn=fake_train, analyze=False, log=_quiet)
-    from attncollapse.runner import write_results
 
     rows = list(csv.reader(write_results(out).open()))
     assert rows[0] == RESULTS_COLUMNS + ["zeroshot_synthetic", "zeroshot_digits"] + RESULTS_TAIL

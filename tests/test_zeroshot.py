@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from attncollapse import _io, data, models, zeroshot
+from attncollapse import _io, data, models, wise, zeroshot
 from attncollapse.config import RunConfig, ZeroShotConfig
 
 DEV = "cpu"
@@ -241,7 +241,7 @@ def _numbers(clf, clip, tok, zs_set, task_set, eval_set):
     with torch.no_grad():
         x, y = data.Feeder(task_set, DEV).get(torch.arange(len(task_set)))
         task_acc = (clf(x).argmax(-1) == y).sum().item() / len(y)
-    layers = zeroshot.attention_table(clf.vision, data.Feeder(eval_set, DEV))
+    layers = wise.attention_table(clf.vision, data.Feeder(eval_set, DEV))
     return zs_acc, task_acc, layers
 
 
@@ -268,8 +268,8 @@ def test_wise_endpoints_and_restore(zs_set, eval_set, lora):
     expected1 = _numbers(clf, clip, tok, zs_set, task_set, eval_set)
     before = _state(clf)
 
-    points = zeroshot.wise(clf, zeroshot.vision_state(pre), [0.0, 0.5, 1.0], clip=clip, tokenizer=tok,
-                           zeroshot_set=zs_set, task_set=task_set, eval_set=eval_set, device=DEV)
+    points = wise.wise(clf, wise.vision_state(pre), [0.0, 0.5, 1.0], clip=clip, tokenizer=tok,
+                       zeroshot_set=zs_set, task_set=task_set, eval_set=eval_set, device=DEV)
     assert [p["alpha"] for p in points] == [0.0, 0.5, 1.0]
     _check_point(points[0], expected0)
     _check_point(points[2], expected1)
@@ -288,7 +288,7 @@ def test_wise_restores_weights_on_error(zs_set, eval_set, monkeypatch):
     _perturb(clf.parameters())
     before = _state(clf)
     calls = []
-    real = zeroshot.attention_table
+    real = wise.attention_table
 
     def failing(*args, **kwargs):
         calls.append(1)
@@ -296,14 +296,14 @@ def test_wise_restores_weights_on_error(zs_set, eval_set, monkeypatch):
             raise RuntimeError("boom")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(zeroshot, "attention_table", failing)  # fail mid-way, at α = 0.3
+    monkeypatch.setattr(wise, "attention_table", failing)  # fail mid-way, at α = 0.3
     with pytest.raises(RuntimeError, match="boom"):
-        zeroshot.wise(clf, zeroshot.vision_state(pre), [0.0, 0.3], clip=clip, tokenizer=tok,
-                      zeroshot_set=zs_set, task_set=eval_set, eval_set=eval_set, device=DEV)
+        wise.wise(clf, wise.vision_state(pre), [0.0, 0.3], clip=clip, tokenizer=tok,
+                  zeroshot_set=zs_set, task_set=eval_set, eval_set=eval_set, device=DEV)
     _assert_same_state(before, _state(clf))
     with pytest.raises(ValueError, match="does not match"):
-        zeroshot.wise(clf, {"vision.x": torch.zeros(1)}, [0.0], clip=clip, tokenizer=tok,
-                      zeroshot_set=zs_set, task_set=eval_set, eval_set=eval_set, device=DEV)
+        wise.wise(clf, {"vision.x": torch.zeros(1)}, [0.0], clip=clip, tokenizer=tok,
+                  zeroshot_set=zs_set, task_set=eval_set, eval_set=eval_set, device=DEV)
 
 
 # ------------------------------------------------------------------------- run directory

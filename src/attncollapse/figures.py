@@ -17,7 +17,7 @@ from typing import Any, Callable
 import numpy as np
 
 from attncollapse import figures_base as base
-from attncollapse import stats
+from attncollapse import results
 from attncollapse._io import write_json
 from attncollapse.figures_base import (DIVERGING, KIND_COLORS, METRIC_LABELS, OKABE_ITO, Ctx, as_ctx, bars, figure,
                                        legend_kinds, p_text, save, seed_mean, short)
@@ -37,7 +37,7 @@ def baseline_structure(baseline: dict, out_path: str | Path) -> Path | str:
         return "no baseline layer table (baseline/<dataset>.json missing)"
     fig, ax = figure(7.0, 4.8, 2, 2)
     for i, (ds, b) in enumerate(items.items()):
-        for a, mt in zip(ax.flat, stats.METRICS):
+        for a, mt in zip(ax.flat, results.METRICS):
             v = np.asarray(b["layers"][mt], float)
             a.plot(np.arange(1, len(v) + 1), v, marker="o", ms=3, color=OKABE_ITO[i % 8], label=ds)
             a.set(title=METRIC_LABELS[mt], xlabel="layer")
@@ -62,16 +62,16 @@ def _fullft_vs_lora(ctx: Ctx, out: Path, k: int) -> Path | str:
     if len(pairs) <= k:
         return f"needs full-FT and LoRA runs on {'a' if k == 0 else 'a second'} dataset; found {len(pairs)}"
     ds = pairs[k]
-    groups = stats.by_config(ctx.s["reference"][ds] + sorted(ctx.s["lora"][ds], key=lambda r: r.get("lora_rank")))
+    groups = results.by_config(ctx.s["reference"][ds] + sorted(ctx.s["lora"][ds], key=lambda r: r.get("lora_rank")))
     fig, ax = figure(8.0, 3.4, 1, 2)
     w = 0.8 / len(groups)
     for i, rs in enumerate(groups.values()):
-        vals = [seed_mean(rs, lambda r: r.delta(mt)) for mt in stats.METRICS]
+        vals = [seed_mean(rs, lambda r: r.delta(mt)) for mt in results.METRICS]
         ax[0, 0].bar(np.arange(4) + (i - (len(groups) - 1) / 2) * w, [v[0] for v in vals], w,
                      yerr=[v[1] for v in vals], color=OKABE_ITO[i % 8], label=short(rs[0]).replace("\n", ": "))
         layers = np.nanmean([r.layer_delta() for r in rs], 0)
         ax[0, 1].plot(np.arange(1, len(layers) + 1), layers, marker="o", ms=3, color=OKABE_ITO[i % 8])
-    ax[0, 0].set_xticks(range(4), [METRIC_LABELS[m].split(" (")[0] for m in stats.METRICS])
+    ax[0, 0].set_xticks(range(4), [METRIC_LABELS[m].split(" (")[0] for m in results.METRICS])
     ax[0, 0].axhline(0, color="black", lw=0.6)
     ax[0, 0].set(ylabel="Δ% (final vs initial)", title=f"Structural change on {ds}")
     ax[0, 0].legend()
@@ -84,7 +84,7 @@ def _fullft_vs_lora(ctx: Ctx, out: Path, k: int) -> Path | str:
 def fig6(src: Ctx | str | Path, out: Path) -> Path | str:
     """Fig. 6: the LR sweep (experiment report §3.4)."""
     ctx = as_ctx(src)
-    groups = stats.by_config(ctx.s["lr_sweep"])
+    groups = results.by_config(ctx.s["lr_sweep"])
     if len(groups) < 2:
         return f"LR sweep needs ≥ 2 learning rates on {ctx.s['primary']}; found {len(groups)}"
     lrs = [rs[0].get("lr") for rs in groups.values()]
@@ -153,7 +153,7 @@ def fig8(src: Ctx | str | Path, out: Path) -> Path | str:
     cands = ctx.s["regularized"] + [r for r in ctx.s["wd_sweep"] if r not in ref]
     if not ref or not cands:
         return "needs the unregularized reference run and regularized or weight-decay runs"
-    groups = stats.by_config(ref + cands)
+    groups = results.by_config(ref + cands)
     colors = [KIND_COLORS.get(ctx.kind(rs[0]), "black") for rs in groups.values()]
     fig, ax = figure(8.0, 3.6, 1, 2)
     bars(ax[0, 0], groups, lambda r: r.delta(), colors, ylabel="entropy Δ%")
@@ -173,7 +173,7 @@ def fig8(src: Ctx | str | Path, out: Path) -> Path | str:
 def fig10(src: Ctx | str | Path, out: Path) -> Path | str:
     """Fig. 10: per-layer entropy Δ% of every config (seed mean), configs × layers."""
     ctx = as_ctx(src)
-    groups = {cid: rs for cid, rs in stats.by_config(ctx.m.done).items() if rs[0].layer_delta() is not None}
+    groups = {cid: rs for cid, rs in results.by_config(ctx.m.done).items() if rs[0].layer_delta() is not None}
     if not groups:
         return "no finished run has per-layer Δ"
     mat = np.stack([np.nanmean([r.layer_delta() for r in rs], 0) for rs in groups.values()])
@@ -185,7 +185,7 @@ def fig10(src: Ctx | str | Path, out: Path) -> Path | str:
             ax[0, 0].text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=5,
                           color="white" if abs(v) > 0.6 * lim else "black")
     ax[0, 0].set_xticks(range(mat.shape[1]), range(1, mat.shape[1] + 1))
-    ax[0, 0].set_yticks(range(len(groups)), [f"{c}: {stats.describe(rs[0])}" for c, rs in groups.items()])
+    ax[0, 0].set_yticks(range(len(groups)), [f"{c}: {results.describe(rs[0])}" for c, rs in groups.items()])
     ax[0, 0].set(xlabel="layer", title="Per-layer entropy Δ% (final vs initial)")
     ax[0, 0].grid(False)
     fig.colorbar(im, ax=ax[0, 0], label="entropy Δ%")
@@ -221,12 +221,12 @@ def fig11(src: Ctx | str | Path, out: Path) -> Path | str:
 def fig13(src: Ctx | str | Path, out: Path) -> Path | str:
     """Fig. 13: scatter matrix of the four metrics' run-level Δ% with Pearson r (Holm p)."""
     ctx = as_ctx(src)
-    runs = [r for r in ctx.m.done if all(r.delta(m) is not None for m in stats.METRICS)]
+    runs = [r for r in ctx.m.done if all(r.delta(m) is not None for m in results.METRICS)]
     if len(runs) < 3:
         return f"needs ≥ 3 finished runs, found {len(runs)}"
     ent = {(e.get("a"), e.get("b")): e for e in ctx.test("metric_correlations").get("entries", [])}
     fig, ax = figure(6.5, 6.0, 4, 4)
-    for (i, mi), (j, mj) in ((x, y) for x in enumerate(stats.METRICS) for y in enumerate(stats.METRICS)):
+    for (i, mi), (j, mj) in ((x, y) for x in enumerate(results.METRICS) for y in enumerate(results.METRICS)):
         a = ax[i, j]
         if i > j:
             a.scatter([r.delta(mj) for r in runs], [r.delta(mi) for r in runs], s=8,
@@ -255,7 +255,7 @@ def fig15(src: Ctx | str | Path, out: Path) -> Path | str:
         return "no finished run has zero-shot results"
     fig, ax = figure(8.0, 3.0 * len(names), len(names), 1)
     for a, name in zip(ax[:, 0], names):
-        groups = stats.by_config([r for r in runs if name in r.final["zeroshot"]])
+        groups = results.by_config([r for r in runs if name in r.final["zeroshot"]])
         xs = np.arange(len(groups))
         for k, (key, lab, col) in enumerate((("acc", "adapter-active / fine-tuned", OKABE_ITO[0]),
                                              ("acc_base_only", "base-only (adapters off)", OKABE_ITO[1]))):
@@ -274,7 +274,7 @@ def fig15(src: Ctx | str | Path, out: Path) -> Path | str:
 def fig16(src: Ctx | str | Path, out: Path) -> Path | str:
     """Fig. 16: one-page dashboard of accuracy, entropy Δ, zero-shot and the LR sweep."""
     ctx = as_ctx(src)
-    groups = stats.by_config(ctx.m.done)
+    groups = results.by_config(ctx.m.done)
     if not groups:
         return "no finished runs"
     colors = [KIND_COLORS.get(ctx.kind(rs[0]), "black") for rs in groups.values()]
@@ -285,7 +285,7 @@ def fig16(src: Ctx | str | Path, out: Path) -> Path | str:
          colors, ylabel="zero-shot top-1 (%)", ids_only=True)
     for a, t in zip(ax.flat, ("Task accuracy", "Entropy change", "Zero-shot (adapter-active)")):
         a.set_title(t)
-    sweep = stats.by_config(ctx.s["lr_sweep"])
+    sweep = results.by_config(ctx.s["lr_sweep"])
     if len(sweep) >= 2:
         v = [seed_mean(rs, lambda r: r.delta()) for rs in sweep.values()]
         ax[1, 1].errorbar([rs[0].get("lr") for rs in sweep.values()], [x[0] for x in v], [x[1] for x in v],
@@ -300,7 +300,7 @@ def fig16(src: Ctx | str | Path, out: Path) -> Path | str:
 def extra_frozen_layers(src: Ctx | str | Path, out: Path) -> Path | str:
     """Frozen-layer ablation (A3, experiment report §3.5)."""
     ctx = as_ctx(src)
-    groups = stats.by_config(ctx.s["freezing"])
+    groups = results.by_config(ctx.s["freezing"])
     if len(groups) < 2 or all(not rs[0].get("freeze_layers") for rs in groups.values()):
         return "needs layer-freezing runs (A3) and the unfrozen reference"
     ks = [rs[0].get("freeze_layers") or 0 for rs in groups.values()]
@@ -331,15 +331,15 @@ def extra_lora_qkvo(src: Ctx | str | Path, out: Path) -> Path | str:
     qv = [r for r in lora if (r.get("lora_targets") or "qv") == "qv" and r.get("lora_rank") == qkvo[0].get("lora_rank")]
     if not qv:
         return f"no LoRA QV run at rank {qkvo[0].get('lora_rank')} to compare with"
-    groups = stats.by_config(qv + qkvo)
+    groups = results.by_config(qv + qkvo)
     fig, ax = figure(6.0, 3.2)
     w = 0.8 / len(groups)
     for i, rs in enumerate(groups.values()):
-        v = [seed_mean(rs, lambda r: r.delta(mt)) for mt in stats.METRICS]
+        v = [seed_mean(rs, lambda r: r.delta(mt)) for mt in results.METRICS]
         acc = 100 * seed_mean(rs, lambda r: r.get("best_acc"))[0]
         ax[0, 0].bar(np.arange(4) + (i - (len(groups) - 1) / 2) * w, [x[0] for x in v], w, yerr=[x[1] for x in v],
                      color=OKABE_ITO[i % 8], label=f"{short(rs[0]).replace(chr(10), ': ')} (acc {acc:.2f}%)")
-    ax[0, 0].set_xticks(range(4), [METRIC_LABELS[m].split(" (")[0] for m in stats.METRICS])
+    ax[0, 0].set_xticks(range(4), [METRIC_LABELS[m].split(" (")[0] for m in results.METRICS])
     ax[0, 0].axhline(0, color="black", lw=0.6)
     ax[0, 0].set(ylabel="Δ% (final vs initial)", title="LoRA target modules")
     ax[0, 0].legend()
@@ -407,16 +407,16 @@ def render_all(matrix_dir: str | Path) -> dict[str, Path | str]:
     """
     out_dir = Path(matrix_dir) / "figures"
     ctx = Ctx.load(matrix_dir)
-    results: dict[str, Path | str] = {}
+    rendered: dict[str, Path | str] = {}
     for name, fn in FIGURES.items():
         try:
-            results[name] = fn(ctx, out_dir / f"{name}.png")
+            rendered[name] = fn(ctx, out_dir / f"{name}.png")
         except Exception as exc:  # one broken figure must not cost the whole report
             warnings.warn(f"figure {name} failed: {exc!r}")
-            results[name] = f"failed: {type(exc).__name__}: {exc}"
-        if not isinstance(results[name], Path) and (out_dir / f"{name}.png").exists():
+            rendered[name] = f"failed: {type(exc).__name__}: {exc}"
+        if not isinstance(rendered[name], Path) and (out_dir / f"{name}.png").exists():
             (out_dir / f"{name}.png").unlink()  # never leave a stale figure from an earlier render
     write_json(out_dir / "figures.json", {
         n: ({"file": f"figures/{p.name}", "caption": CAPTIONS.get(n, n)} if isinstance(p, Path)
-            else {"skipped": p, "caption": CAPTIONS.get(n, n)}) for n, p in results.items()})
-    return results
+            else {"skipped": p, "caption": CAPTIONS.get(n, n)}) for n, p in rendered.items()})
+    return rendered

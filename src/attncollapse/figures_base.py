@@ -17,7 +17,7 @@ import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
-from attncollapse import stats  # noqa: E402
+from attncollapse import results, stats  # noqa: E402
 
 # Okabe & Ito (2008), "Color Universal Design": distinguishable under the common colour-vision
 # deficiencies. Diverging maps use ColorBrewer PuOr (also colour-blind safe), sequential viridis.
@@ -39,18 +39,18 @@ matplotlib.rcParams.update(RC)
 @dataclass
 class Ctx:
     """A matrix directory read once for all figures: runs, their roles, and the stats."""
-    m: stats.Matrix
+    m: results.Matrix
     s: dict[str, Any]
     st: dict[str, Any]
 
     @classmethod
     def load(cls, matrix_dir: str | Path) -> "Ctx":
-        m = stats.load(matrix_dir)
+        m = results.load(matrix_dir)
         p = Path(matrix_dir) / "stats.json"
         st = stats.read(matrix_dir) if p.exists() else stats.analyze(matrix_dir, write=False)
-        return cls(m, stats.select(m), st)
+        return cls(m, results.select(m), st)
 
-    def kind(self, r: stats.Run) -> str:
+    def kind(self, r: results.Run) -> str:
         """The run's family for colouring, from its config fields."""
         if r.get("method") == "lora":
             return "LoRA"
@@ -58,13 +58,13 @@ class Ctx:
             return "Freezing"
         if (r.get("regularizer") or "none") != "none" and r.get("reg_lambda"):
             return "Regularized"
-        if not stats._close(r.get("weight_decay"), self.s["default_wd"]):
+        if not results._close(r.get("weight_decay"), self.s["default_wd"]):
             return "Weight decay"
-        if not stats._close(r.get("lr"), self.s["default_lr"]):
+        if not results._close(r.get("lr"), self.s["default_lr"]):
             return "LR sweep"
         return "Full FT" if r.get("method") == "full" else "Other"
 
-    def main_runs(self, dataset: str) -> list[stats.Run]:
+    def main_runs(self, dataset: str) -> list[results.Run]:
         """Reference full FT, LoRA and LR-sweep runs of one dataset (the curves' runs)."""
         out = self.s["reference"].get(dataset, []) + self.s["lora"].get(dataset, [])
         return out + [r for r in self.s["lr_sweep"] if r.get("dataset") == dataset and r not in out]
@@ -90,15 +90,15 @@ def save(fig: Figure, out: str | Path) -> Path:
     return out
 
 
-def seed_mean(runs: list[stats.Run], fn) -> tuple[float, float]:
+def seed_mean(runs: list[results.Run], fn) -> tuple[float, float]:
     """Mean and SD (0 for one seed) of fn(run) over a config's seeds, ignoring None."""
     v = np.asarray([x for x in (fn(r) for r in runs) if x is not None], float)
     return (float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0) if len(v) else (np.nan, 0.0)
 
 
-def short(r: stats.Run) -> str:
+def short(r: results.Run) -> str:
     """A compact tick label: the config id and its description without the dataset."""
-    return f"{r.config_id}\n{stats.describe(r).rsplit(' (', 1)[0]}"
+    return f"{r.config_id}\n{results.describe(r).rsplit(' (', 1)[0]}"
 
 
 def legend_kinds(ax: Any, kinds: set[str], **kw: Any) -> None:
@@ -107,7 +107,7 @@ def legend_kinds(ax: Any, kinds: set[str], **kw: Any) -> None:
     ax.legend(handles=handles, **kw)
 
 
-def bars(ax: Any, groups: dict[str, list[stats.Run]], fn, colors: list[str], *, ylabel: str,
+def bars(ax: Any, groups: dict[str, list[results.Run]], fn, colors: list[str], *, ylabel: str,
          ids_only: bool = False) -> None:
     """One bar per config (seed mean ± SD) with its label under it."""
     xs = np.arange(len(groups))
@@ -119,7 +119,7 @@ def bars(ax: Any, groups: dict[str, list[stats.Run]], fn, colors: list[str], *, 
     ax.set_ylabel(ylabel)
 
 
-def curve(r: stats.Run, metric: str | None, *, relative: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def curve(r: results.Run, metric: str | None, *, relative: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(epoch, value) along history.json; metric None = val_acc, "train_loss" = loss.
 
     relative: Δ% against the step-0 point (the run's own "initial").
@@ -166,7 +166,7 @@ def fig3(src: "Ctx | str | Path", out: Path) -> Path | str:
             a.plot(x, 100 * y, color=OKABE_ITO[0], marker="o", ms=2, label="val acc" if i == 0 else None)
             x, y = curve(r, "entropy")
             t.plot(x, y, color=OKABE_ITO[3], marker="s", ms=2, label="mean entropy" if i == 0 else None)
-        a.set(xlabel="epoch", ylabel="accuracy (%)", title=f"{stats.describe(ctx.s['reference'][ds][0])}")
+        a.set(xlabel="epoch", ylabel="accuracy (%)", title=f"{results.describe(ctx.s['reference'][ds][0])}")
         t.set_ylabel("mean entropy (nats)", color=OKABE_ITO[3])
         a.legend(loc="lower left")
         t.legend(loc="lower right")
@@ -194,7 +194,7 @@ def fig4(src: "Ctx | str | Path", out: Path) -> Path | str:
     for a, r, (ep, m) in zip(ax[0], picks, mats):
         im = a.imshow(m.T, cmap=DIVERGING, vmin=-lim, vmax=lim, aspect="auto", origin="lower",
                       extent=[ep[0], ep[-1], 0.5, m.shape[1] + 0.5])
-        a.set(xlabel="epoch", ylabel="layer", title=stats.describe(r))
+        a.set(xlabel="epoch", ylabel="layer", title=results.describe(r))
         a.grid(False)
     fig.colorbar(im, ax=ax[0].tolist(), label="entropy Δ% vs step 0")
     return save(fig, out)
@@ -209,7 +209,7 @@ def evolution(metric: str):
             return "no full-FT, LoRA or LR-sweep run with history.json"
         fig, ax = figure(4.0 * len(dss), 3.2, 1, len(dss))
         for a, ds in zip(ax[0], dss):
-            for i, rs in enumerate(stats.by_config(ctx.main_runs(ds)).values()):
+            for i, rs in enumerate(results.by_config(ctx.main_runs(ds)).values()):
                 for j, r in enumerate(rs):
                     x, y = curve(r, metric)
                     a.plot(x, y, lw=1.2, label=short(r).replace("\n", ": ") if j == 0 else None, **style_for(i))

@@ -15,7 +15,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from attncollapse import stats
+from attncollapse import results, stats
 from attncollapse._io import read_json, read_yaml, write_text
 
 # models.PRESETS (random weights) and data.py's offline sources; spelled out here because
@@ -71,7 +71,7 @@ def _missing(test: dict, what: str) -> Block:
 
 # ----------------------------------------------------------------------------- sections
 
-def _demo_reasons(m: stats.Matrix) -> list[str]:
+def _demo_reasons(m: results.Matrix) -> list[str]:
     models = {r.get("model") for r in m.runs} | {b.get("model") for b in m.baseline.values()}
     datasets = {r.get("dataset") for r in m.runs} | set(m.baseline)
     why = [f"the model `{x}` is a randomly initialised preset, not pretrained CLIP" for x in sorted(filter(None, models))
@@ -81,7 +81,7 @@ def _demo_reasons(m: stats.Matrix) -> list[str]:
     return why
 
 
-def _setup(m: stats.Matrix, sel: dict) -> list[Block]:
+def _setup(m: results.Matrix, sel: dict) -> list[Block]:
     r0 = m.runs[0] if m.runs else None
     cfg = read_yaml(r0.dir / "config.yaml") if r0 and (r0.dir / "config.yaml").exists() else {}
     o, ev, dc = cfg.get("optim", {}), cfg.get("eval", {}), cfg.get("data", {})
@@ -114,7 +114,7 @@ def _setup(m: stats.Matrix, sel: dict) -> list[Block]:
     return [("h", 2, "1. Setup"), ("table", ["Item", "Value"], rows)] + [("p", n) for n in m.notes]
 
 
-def _baseline(m: stats.Matrix) -> list[Block]:
+def _baseline(m: results.Matrix) -> list[Block]:
     out: list[Block] = [("h", 2, "2. Pretrained baseline (E1)")]
     if not m.baseline:
         return out + [("p", "*No baseline/<dataset>.json in this matrix.*")]
@@ -123,16 +123,17 @@ def _baseline(m: stats.Matrix) -> list[Block]:
         L = len(lay.get("entropy", []))
         out.append(("p", f"**{ds}** ({b.get('images', '?')} eval images, model `{b.get('model', '?')}`): "
                          + "; ".join(f"{mt} mean {_f((b.get('mean') or {}).get(mt))}, range "
-                                     f"{_f(min(lay[mt]))}–{_f(max(lay[mt]))}" for mt in stats.METRICS if lay.get(mt))))
-        out.append(("table", ["Layer"] + list(stats.METRICS),
-                    [[str(i + 1)] + [_f(lay[mt][i]) for mt in stats.METRICS] for i in range(L)]))
+                                     f"{_f(min(lay[mt]))}–{_f(max(lay[mt]))}"
+                                     for mt in results.METRICS if lay.get(mt))))
+        out.append(("table", ["Layer"] + list(results.METRICS),
+                    [[str(i + 1)] + [_f(lay[mt][i]) for mt in results.METRICS] for i in range(L)]))
     return out + [("fig", "fig2_baseline_structure")]
 
 
-def _grand(m: stats.Matrix) -> list[Block]:
-    head = ["Run", "Configuration", "Best acc"] + [f"{mt} (Δ%)" for mt in stats.METRICS] + ["Zero-shot"]
-    rows = [[r.run_id, stats.describe(r), _pct(r.get("best_acc"))]
-            + [f"{_f(r.get(f'{mt}_final'))} ({_d(r.get(f'{mt}_delta_pct'))})" for mt in stats.METRICS]
+def _grand(m: results.Matrix) -> list[Block]:
+    head = ["Run", "Configuration", "Best acc"] + [f"{mt} (Δ%)" for mt in results.METRICS] + ["Zero-shot"]
+    rows = [[r.run_id, results.describe(r), _pct(r.get("best_acc"))]
+            + [f"{_f(r.get(f'{mt}_final'))} ({_d(r.get(f'{mt}_delta_pct'))})" for mt in results.METRICS]
             + [_pct(r.get("zeroshot_acc"))] for r in m.done]
     return [("h", 2, "3. Grand comparison"), ("table", head, rows) if rows else ("p", "*No finished runs.*")]
 
@@ -152,10 +153,10 @@ def _family_table(test: dict, alpha: float, a: str = "a", b: str = "reference") 
     return ("table", head, rows)
 
 
-def _runs_table(runs: list[stats.Run], extra: list[tuple[str, Any]] = ()) -> Block:
+def _runs_table(runs: list[results.Run], extra: list[tuple[str, Any]] = ()) -> Block:
     head = ["Run", "Configuration", "Best acc", "ΔEntropy", "ΔERF", "ΔGini", "ΔHead div"] + [h for h, _ in extra]
-    return ("table", head, [[r.run_id, stats.describe(r), _pct(r.get("best_acc"))]
-                            + [_d(r.delta(mt)) for mt in stats.METRICS] + [fn(r) for _, fn in extra] for r in runs])
+    return ("table", head, [[r.run_id, results.describe(r), _pct(r.get("best_acc"))]
+                            + [_d(r.delta(mt)) for mt in results.METRICS] + [fn(r) for _, fn in extra] for r in runs])
 
 
 def _family_sentence(test: dict, alpha: float, what: str) -> str:
@@ -174,7 +175,7 @@ def _family_sentence(test: dict, alpha: float, what: str) -> str:
             + "; ".join(parts) + ".")
 
 
-def _findings(m: stats.Matrix, st: dict, sel: dict) -> list[str]:
+def _findings(m: results.Matrix, st: dict, sel: dict) -> list[str]:
     T, alpha, out = st["tests"], st.get("alpha", 0.05), []
     for e in _ran(T.get("fullft_vs_lora", {})):
         rel = (f"{'higher' if e['mean_b'] > e['mean_a'] else 'lower'} by {abs(e['diff']):.2f} pp"
@@ -200,7 +201,7 @@ def _findings(m: stats.Matrix, st: dict, sel: dict) -> list[str]:
                          if (acc := (((b.get("zeroshot") or {}).get(name) or {}).get("acc"))) is not None), None)
             if zs is None or base is None:
                 continue
-            txt = f"Zero-shot on {name} ({stats.describe(r)}): {_pct(base)} pretrained → {_pct(zs)}"
+            txt = f"Zero-shot on {name} ({results.describe(r)}): {_pct(base)} pretrained → {_pct(zs)}"
             txt += f" adapter-active ({100 * (zs - base) / base:+.1f}% relative)"
             if zb is not None:
                 txt += f", {_pct(zb)} with adapters off (the reports' protocol, {100 * (zb - base) / base:+.1f}%)"
@@ -228,8 +229,8 @@ def _findings(m: stats.Matrix, st: dict, sel: dict) -> list[str]:
     return out
 
 
-def _blocks(m: stats.Matrix, st: dict, figs: dict) -> list[Block]:
-    sel, T, alpha = stats.select(m), st["tests"], st.get("alpha", 0.05)
+def _blocks(m: results.Matrix, st: dict, figs: dict) -> list[Block]:
+    sel, T, alpha = results.select(m), st["tests"], st.get("alpha", 0.05)
     prim = sel["primary"]
     title = f"Attention collapse in fine-tuning: {m.spec.get('name') or m.dir.name}"
     B: list[Block] = [("h", 1, title)]
@@ -255,7 +256,7 @@ def _blocks(m: stats.Matrix, st: dict, figs: dict) -> list[Block]:
         rows = [["Pretrained (E1)", "baseline"] + [
             _pct(next((((b.get("zeroshot") or {}).get(n) or {}).get("acc") for b in m.baseline.values()), None)) + " / —"
             for n in names]]
-        rows += [[r.run_id, stats.describe(r)] + [
+        rows += [[r.run_id, results.describe(r)] + [
             f"{_pct(r.final['zeroshot'].get(n, {}).get('acc'))} / {_pct(r.final['zeroshot'].get(n, {}).get('acc_base_only'))}"
             for n in names] for r in m.done]
         B += [("p", "Each cell: adapter-active (the fine-tuned model as trained) / base-only (LoRA adapters "
@@ -282,7 +283,7 @@ def _blocks(m: stats.Matrix, st: dict, figs: dict) -> list[Block]:
             ("10", "Regularization (APR, entropy floor)", "regularizers", sel["reference"].get(prim, []) + sel["regularized"], "R1, R2", "fig8_regularization"),
             ("11", "Weight decay", "weight_decay", sel["wd_sweep"], "R3", None)):
         B.append(("h", 2, f"{num}. {title}"))
-        has = len(stats.by_config(runs)) >= 2
+        has = len(results.by_config(runs)) >= 2
         B.append(_runs_table(runs) if has else ("p", f"*No {what} runs in this matrix.*"))
         if key and has:
             B.append(_family_table(T.get(key, {}), alpha, title.split(" (")[0].lower(), "reference"))
@@ -401,14 +402,14 @@ def _html(B: list[Block], figs: dict, root: Path) -> str:
 def write(matrix_dir: str | Path) -> tuple[Path, Path]:
     """Write `report.md` and a self-contained `report.html` into the matrix directory.
 
-    Reads results.csv (via `stats.load`), stats.json (running `stats.analyze` first if it is
+    Reads results.csv (via `results.load`), stats.json (running `stats.analyze` first if it is
     missing) and figures/figures.json (or, without it, whatever figures/*.png exist).
 
     Returns:
         (md_path, html_path).
     """
     root = Path(matrix_dir)
-    m = stats.load(root)
+    m = results.load(root)
     st = stats.read(root) if (root / "stats.json").exists() else stats.analyze(root)
     if (root / "figures" / "figures.json").exists():
         figs = read_json(root / "figures" / "figures.json")

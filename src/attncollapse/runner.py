@@ -2,8 +2,8 @@
 
 `run_matrix` turns a validated `MatrixConfig` into tasks (the E1 baselines, then every run
 and seed), hands them to an executor (executors.py: local, per-GPU workers, Ray, Slurm)
-and then writes `results.csv` and calls the analysis stages. A run directory with
-`final.json` is done and skipped; one without it is resumed by the train function itself.
+and then writes `results.csv` (results.py) and calls the analysis stages. A run directory
+with `final.json` is done and skipped; one without it is resumed by the train function itself.
 A lock file per run directory (created with `O_EXCL`) makes sure two runners, or two
 workers of one runner, never train the same run; a lock left by a dead process on this
 host is taken over.
@@ -11,9 +11,7 @@ host is taken over.
 
 from __future__ import annotations
 
-import csv
 import fnmatch
-import io
 import json
 import os
 import socket
@@ -26,20 +24,10 @@ from typing import Any, Callable
 
 from . import _io
 from .config import ConfigError, MatrixConfig, PlannedRun, RunConfig, fingerprint, load_matrix, matrix_from_dict
+from .results import write_results
 
-METRICS = ("entropy", "erf", "gini", "head_diversity")
 LOCK_NAME = "lock.json"
 BASELINE_ID = "E1"
-
-RESULTS_COLUMNS = [
-    "run_id", "group", "seed", "method", "dataset", "model", "lr", "weight_decay", "epochs",
-    "batch_size", "lora_rank", "lora_targets", "freeze_layers", "regularizer", "reg_lambda",
-    "best_acc", "final_acc",
-    *[f"{m}_{k}" for m in METRICS for k in ("initial", "final", "delta_pct")],
-    "zeroshot_acc", "zeroshot_acc_base_only",
-]
-"""results.csv columns before the per-dataset `zeroshot_<dataset>` ones (docs/FORMATS.md)."""
-RESULTS_TAIL = ["status", "wall_time_s", "images_per_s"]
 
 TrainFn = Callable[[RunConfig, Path], Any]
 
@@ -351,7 +339,7 @@ def _table(header: list[str], rows: list[tuple]) -> str:
     return "\n".join([fmt(header), fmt(["-" * w for w in widths])] + [fmt(r) for r in cols[1:]])
 
 
-# --- results and analysis ---------------------------------------------------------------
+# --- run state and analysis -------------------------------------------------------------
 
 def _matrix_of(out: Path, matrix: MatrixConfig | None) -> MatrixConfig:
     if matrix is not None:
@@ -360,16 +348,6 @@ def _matrix_of(out: Path, matrix: MatrixConfig | None) -> MatrixConfig:
     if not path.is_file():
         raise FileNotFoundError(f"{out}: no matrix.yaml (not a matrix directory written by `attncollapse run`)")
     return matrix_from_dict(_io.read_yaml(path), source=str(path))
-
-
-def _cell(v: Any) -> str:
-    if v is None:
-        return ""
-    if isinstance(v, bool):
-        return str(v).lower()
-    if isinstance(v, float):
-        return repr(v) if v == v else ""
-    return str(v)
 
 
 def run_state(task: Task) -> str:
@@ -384,63 +362,6 @@ def run_state(task: Task) -> str:
     if task.kind == "run" and (task.path / "checkpoints").is_dir() and any((task.path / "checkpoints").iterdir()):
         return "partial"
     return "pending"
-
-
-def results_rows(out_dir: str | Path, matrix: MatrixConfig | None = None) -> tuple[list[str], list[dict]]:
-    """(columns, rows) of results.csv: one row per run and seed, in matrix order."""
-    out = Path(out_dir)
-    matrix = _matrix_of(out, matrix)
-    rows, zs_names = [], []
-    for task in plan(matrix, out):
-        if task.kind != "run":
-            continue
-        cfg = task.config
-        if (task.path / "config.yaml").is_file():
-            try:
-                cfg = RunConfig.model_validate(_io.read_yaml(task.path / "config.yaml"))
-            except Exception:
-                pass
-        final = _io.read_json(task.done_file) if task.done_file.is_file() else {}
-        lora = cfg.method == "lora"
-        reg = cfg.regularizer.kind != "none"
-        row = {
-            "run_id": cfg.id, "group": task.group, "seed": cfg.seed, "method": cfg.method,
-            "dataset": cfg.dataset, "model": cfg.model, "lr": cfg.optim.lr,
-            "weight_decay": cfg.optim.weight_decay, "epochs": cfg.optim.epochs,
-            "batch_size": cfg.optim.batch_size, "lora_rank": cfg.lora.rank if lora else None,
-            "lora_targets": cfg.lora.targets if lora else None, "freeze_layers": cfg.freeze_layers,
-            "regularizer": cfg.regularizer.kind, "reg_lambda": cfg.regularizer.lam if reg else None,
-            "best_acc": final.get("best_acc"), "final_acc": final.get("final_acc"),
-            "zeroshot_acc": final.get("zeroshot_acc"),
-            "zeroshot_acc_base_only": final.get("zeroshot_acc_base_only"),
-            "status": final.get("status", "done") if final else run_state(task),
-            "wall_time_s": final.get("wall_time_s"), "images_per_s": final.get("images_per_s"),
-        }
-        for m in METRICS:
-            row[f"{m}_initial"] = (final.get("initial_mean") or {}).get(m)
-            row[f"{m}_final"] = (final.get("final_mean") or {}).get(m)
-            row[f"{m}_delta_pct"] = (final.get("delta_pct") or {}).get(m)
-        for ds in list(cfg.zeroshot.datasets) + list((final.get("zeroshot") or {})):
-            col = f"zeroshot_{ds}"
-            if col not in zs_names:
-                zs_names.append(col)
-            block = (final.get("zeroshot") or {}).get(ds)
-            row[col] = block.get("acc") if isinstance(block, dict) else None
-        rows.append(row)
-    return RESULTS_COLUMNS + zs_names + RESULTS_TAIL, rows
-
-
-def write_results(out_dir: str | Path, matrix: MatrixConfig | None = None) -> Path:
-    """Write `<out_dir>/results.csv` (columns: docs/FORMATS.md) and return its path."""
-    columns, rows = results_rows(out_dir, matrix)
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(columns)
-    for row in rows:
-        writer.writerow([_cell(row.get(c)) for c in columns])
-    path = Path(out_dir) / "results.csv"
-    _io.write_text(path, buf.getvalue())
-    return path
 
 
 ANALYSIS_STAGES = (("stats", "analyze"), ("figures", "render_all"), ("report", "write"))
@@ -526,5 +447,4 @@ def format_status(st: dict) -> str:
 
 
 __all__ = ["ConfigError", "Task", "acquire_lock", "execute_task", "format_status", "format_summary",
-           "plan", "release_lock", "results_rows", "run_analysis", "run_matrix", "status",
-           "write_results"]
+           "plan", "release_lock", "run_analysis", "run_matrix", "status"]
