@@ -113,7 +113,12 @@ def _measured_kind(kind: str, measured: dict) -> str:
     if kind.startswith("freeze") and same:  # nearest freeze depth
         want = int(kind[len("freeze"):])
         return min(same, key=lambda k: abs(int(k[len("freeze"):] or 0) - want))
-    return same[0] if same else "full"
+    if same:
+        return same[0]
+    if "full" in measured:
+        return "full"
+    raise SystemExit(f"cannot project kind {kind!r}: the slice measured only {sorted(measured)}; "
+                     "include a full fine-tuning run (e.g. E2) in --only")
 
 
 # --- GPU utilisation ---------------------------------------------------------------------
@@ -261,10 +266,8 @@ def run_slice(args, workdir: Path) -> dict:
 
 
 def _write_results(out: Path, matrix) -> None:
-    try:
-        from attncollapse.results import write_results
-    except ImportError:
-        write_results = runner.write_results
+    from attncollapse.results import write_results
+
     write_results(out, matrix)
 
 
@@ -516,7 +519,7 @@ def _shape_key(r: dict, args) -> tuple:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="paper-shapes", help="the matrix (packaged name or path)")
-    ap.add_argument("--only", default=DEFAULT_SLICE, help="the slice: runner --only patterns")
+    ap.add_argument("--only", default=DEFAULT_SLICE, help="the slice: comma-separated runner --only patterns (one flag)")
     ap.add_argument("--epochs", type=float, default=1.0, help="epochs of every slice run")
     ap.add_argument("--runs-per-gpu", type=int, default=1, help="worker processes sharing the GPU")
     ap.add_argument("--precision", choices=["fp16", "bf16", "fp32"], default=None,

@@ -206,3 +206,15 @@ def test_cached_apr_reference_equals_the_online_forward(method):
         online = train._reference_rows(clf, ref_vision, x, rows, 3)
     torch.testing.assert_close(cache.lookup(idx, flip), online, atol=1e-6, rtol=1e-5)
     assert cache.table.shape == (2, len(feed), 3, 4, 17)
+
+
+def test_compiled_step_matches_the_plain_step(tmp_path):
+    # The speed path (torch.compile of the plain forward/backward; on GPU with CUDA graphs)
+    # must train to the same numbers as the eager path.
+    plain = train.run(tiny_run_config(**{"optim.epochs": 1}), tmp_path / "plain")
+    fast = train.run(tiny_run_config(**{"optim.epochs": 1, "optim.compile": "default"}), tmp_path / "compiled")
+    assert fast["best_acc"] == plain["best_acc"]
+    for metric in plain["final"]:
+        np.testing.assert_allclose(fast["final"][metric], plain["final"][metric], atol=1e-5)
+    losses = lambda d: [p["train_loss"] for p in _history(d)["points"][1:]]  # noqa: E731
+    np.testing.assert_allclose(losses(tmp_path / "compiled"), losses(tmp_path / "plain"), rtol=1e-4)

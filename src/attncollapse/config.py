@@ -92,8 +92,8 @@ class OptimConfig(_Strict):
     fused: bool = True
     """Use the fused AdamW kernel on CUDA (same maths, fewer launches)."""
     compile: Literal["off", "default", "reduce-overhead", "max-autotune"] = "off"
-    """torch.compile mode for the training forward/backward on CUDA ("reduce-overhead"
-    adds CUDA graphs); true/false mean "default"/"off"."""
+    """torch.compile mode of the plain (unregularized) training forward/backward
+    ("reduce-overhead" adds CUDA graphs on GPU); true/false mean "default"/"off"."""
 
     @field_validator("compile", mode="before")
     @classmethod

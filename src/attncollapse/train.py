@@ -319,7 +319,7 @@ def make_step(cfg: RunConfig, clf: nn.Module, opt, scaler, *, device: torch.devi
     reg = cfg.regularizer.kind
     n_layers = len(attention_modules(clf.vision))
     params = [p for p in clf.parameters() if p.requires_grad]
-    compiled = cfg.optim.compile != "off" and device.type == "cuda" and reg == "none"
+    compiled = cfg.optim.compile != "off" and reg == "none"
     fwd = torch.compile(clf, mode=cfg.optim.compile) if compiled else clf
 
     def step(x: torch.Tensor, y: torch.Tensor, ref: torch.Tensor | None = None) -> torch.Tensor:
