@@ -208,11 +208,13 @@ def test_cached_apr_reference_equals_the_online_forward(method):
     assert cache.table.shape == (2, len(feed), 3, 4, 17)
 
 
-def test_compiled_step_matches_the_plain_step(tmp_path):
-    # The speed path (torch.compile of the plain forward/backward; on GPU with CUDA graphs)
-    # must train to the same numbers as the eager path.
-    plain = train.run(tiny_run_config(**{"optim.epochs": 1}), tmp_path / "plain")
-    fast = train.run(tiny_run_config(**{"optim.epochs": 1, "optim.compile": "default"}), tmp_path / "compiled")
+@pytest.mark.parametrize("reg", [{}, {"regularizer.kind": "entropy_floor", "regularizer.lam": 5.0}])
+def test_compiled_step_matches_the_plain_step(tmp_path, reg):
+    # The speed path (torch.compile of the forward/backward, probe hooks included; on GPU
+    # with CUDA graphs) must train to the same numbers as the eager path.
+    plain = train.run(tiny_run_config(**{"optim.epochs": 1, **reg}), tmp_path / "plain")
+    fast = train.run(tiny_run_config(**{"optim.epochs": 1, "optim.compile": "default", **reg}),
+                     tmp_path / "compiled")
     assert fast["best_acc"] == plain["best_acc"]
     for metric in plain["final"]:
         np.testing.assert_allclose(fast["final"][metric], plain["final"][metric], atol=1e-5)

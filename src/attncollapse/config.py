@@ -92,7 +92,7 @@ class OptimConfig(_Strict):
     fused: bool = True
     """Use the fused AdamW kernel on CUDA (same maths, fewer launches)."""
     compile: Literal["off", "default", "reduce-overhead", "max-autotune"] = "off"
-    """torch.compile mode of the plain (unregularized) training forward/backward
+    """torch.compile mode of the training forward/backward, probe included
     ("reduce-overhead" adds CUDA graphs on GPU); true/false mean "default"/"off"."""
 
     @field_validator("compile", mode="before")

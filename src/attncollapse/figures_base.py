@@ -84,8 +84,15 @@ def figure(w: float, h: float, rows: int = 1, cols: int = 1, **kw: Any) -> tuple
 
 
 def save(fig: Figure, out: str | Path) -> Path:
+    from matplotlib.ticker import MaxNLocator
+
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    for ax in fig.axes:  # layers are whole numbers: no "1.25" ticks on a layer axis
+        if ax.get_xlabel() == "layer":
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if ax.get_ylabel() == "layer":
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     fig.savefig(out, dpi=DPI)
     return out
 

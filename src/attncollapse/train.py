@@ -312,15 +312,16 @@ def make_step(cfg: RunConfig, clf: nn.Module, opt, scaler, *, device: torch.devi
               rows: list | None = None, ref_vision: nn.Module | None = None, floor: torch.Tensor | None = None):
     """One optimisation step as a function of a batch: `step(x, y, ref=None) -> loss`.
 
-    Plain runs use the fused attention and no probe (`torch.compile`d when asked);
-    regularized runs read the probe rows that `rows` (from an active `probing` block)
-    collects during the forward.
+    Plain runs use the fused attention and no probe; regularized runs read the probe rows
+    that `rows` (from an active `probing` block) collects during the forward. Either is
+    `torch.compile`d when `optim.compile` asks.
     """
     reg = cfg.regularizer.kind
     n_layers = len(attention_modules(clf.vision))
     params = [p for p in clf.parameters() if p.requires_grad]
-    compiled = cfg.optim.compile != "off" and reg == "none"
-    fwd = torch.compile(clf, mode=cfg.optim.compile) if compiled else clf
+    # The probe's rows reach the loss through forward hooks, which dynamo traces into the
+    # same graph (one graph, no break), so regularized steps compile too.
+    fwd = torch.compile(clf, mode=cfg.optim.compile) if cfg.optim.compile != "off" else clf
 
     def step(x: torch.Tensor, y: torch.Tensor, ref: torch.Tensor | None = None) -> torch.Tensor:
         """One update on batch (x, y); `ref` = cached APR reference rows (L, B, H, T)."""
@@ -331,7 +332,7 @@ def make_step(cfg: RunConfig, clf: nn.Module, opt, scaler, *, device: torch.devi
                 if reg == "apr" and ref is None:
                     ref = _reference_rows(clf, ref_vision, x, rows, n_layers)
                 rows.clear()
-                logits = clf(x)
+                logits = fwd(x)
                 cur = stack_rows(rows, n_layers)
                 loss = nn.functional.cross_entropy(logits, y)
                 if reg == "apr":
