@@ -132,8 +132,9 @@ class ZeroShotConfig(_Strict):
     """Zero-shot sources; the first is the headline `zeroshot_acc` (reports: CIFAR-100)."""
     templates: Literal["single", "ensemble"] = "single"
     """Prompts: "a photo of a {name}" (original) or the 18-template CLIP CIFAR ensemble."""
-    wise_alphas: list[float] = Field(default_factory=list)
-    """WiSE-FT interpolation coefficients to evaluate (empty = skip)."""
+    wise_alphas: list[float] = Field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
+    """WiSE-FT coefficients α (θ = (1−α)·θ_pretrained + α·θ_finetuned) evaluated at the
+    end of each run (empty = skip; the reports had none)."""
     max_images: int | None = Field(None, ge=1)
     """Cap on zero-shot images (demos); None = the whole test split."""
     enabled: bool = True
