@@ -62,3 +62,27 @@ def _fmt(v) -> str:
     if isinstance(v, float):
         return f"{v:,.2f}" if abs(v) >= 10 else f"{v:.3f}"
     return str(v)
+
+
+class PilSet(torch.utils.data.Dataset):
+    """The reports' per-item pipeline: open the JPEG, random flip, CLIP processor.
+
+    Args:
+        files: (path, label) pairs.
+        processor: a transformers CLIPImageProcessor (built from a config, no download).
+    """
+
+    def __init__(self, files: list[tuple[str, int]], processor):
+        self.files, self.processor = files, processor
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+
+        path, label = self.files[i]
+        img = Image.open(path).convert("RGB")
+        if torch.rand(()) < 0.5:
+            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        return self.processor(img, return_tensors="pt")["pixel_values"][0], label

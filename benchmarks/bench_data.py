@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,8 +23,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from attncollapse import data
-from attncollapse.config import DataConfig
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import PilSet  # noqa: E402
+
+from attncollapse import data  # noqa: E402
+from attncollapse.config import DataConfig  # noqa: E402
 
 
 def write_jpegs(root: Path, n: int, size: int, classes: int = 10) -> list[tuple[str, int]]:
@@ -63,23 +67,6 @@ def bench_feeder(feeder: data.Feeder, batch: int, device: torch.device, min_s: f
         sync(device)
         if time.perf_counter() - t0 >= min_s:
             return done / (time.perf_counter() - t0)
-
-
-class PilSet(torch.utils.data.Dataset):
-    """The usual pipeline: open the JPEG, run the CLIP processor, per item."""
-
-    def __init__(self, files: list[tuple[str, int]], processor):
-        self.files, self.processor = files, processor
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, i: int):
-        path, label = self.files[i]
-        img = Image.open(path).convert("RGB")
-        if torch.rand(()) < 0.5:
-            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        return self.processor(img, return_tensors="pt")["pixel_values"][0], label
 
 
 def bench_loader(files, processor, batch: int, workers: int, device: torch.device, min_s: float) -> float:

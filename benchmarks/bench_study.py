@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import device_name, print_table  # noqa: E402
+from _common import PilSet, device_name, print_table  # noqa: E402
 
 from attncollapse import _io, runner  # noqa: E402
 from attncollapse.config import RunConfig, load_matrix, read_config_yaml, resolve_config_path  # noqa: E402
@@ -307,25 +307,6 @@ def write_jpegs(root: Path, n: int, size: int, classes: int) -> list[tuple[str, 
         Image.fromarray(img.transpose(1, 2, 0)).save(path, quality=90)
         files.append((str(path), int(c)))
     return files
-
-
-class PilSet(torch.utils.data.Dataset):
-    """The reports' pipeline per item: open the JPEG, random flip, CLIP processor."""
-
-    def __init__(self, files: list[tuple[str, int]], processor):
-        self.files, self.processor = files, processor
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, i: int):
-        from PIL import Image
-
-        path, label = self.files[i]
-        img = Image.open(path).convert("RGB")
-        if torch.rand(()) < 0.5:
-            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        return self.processor(img, return_tensors="pt")["pixel_values"][0], label
 
 
 def reports_run(kind: str, args, device: torch.device, files, classes: int, processor) -> dict:
