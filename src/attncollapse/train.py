@@ -446,13 +446,11 @@ def _finish(cfg, run_dir, clip, clf, splits, state, overlay_initial, device, pre
     initial, final = state.points[0]["layers"], state.points[-1]["layers"]
     init_mean, final_mean = metrics.layer_mean(initial), metrics.layer_mean(final)
     params = count_parameters(clf)
-    eval_feed = Feeder(splits.eval_set, device)
-    overlay_final = eval_rows(clf.vision, eval_feed, batch_size=cfg.eval.batch_size,
-                              precision=precision)[:, :N_OVERLAY]
-    np.savez_compressed(_io_tmp := run_dir / "overlays.tmp.npz",
-                        images=splits.eval_set.images[:N_OVERLAY],
-                        initial=overlay_initial.cpu().numpy(), final=overlay_final.cpu().numpy())
-    _io_tmp.replace(run_dir / "overlays.npz")
+    shown = splits.eval_set.subset(np.arange(min(N_OVERLAY, len(splits.eval_idx))))
+    overlay_final = eval_rows(clf.vision, Feeder(shown, device), batch_size=N_OVERLAY, precision=precision)
+    with _io.atomic_path(run_dir / "overlays.npz") as tmp, open(tmp, "wb") as fh:
+        np.savez_compressed(fh, images=shown.images, initial=overlay_initial.cpu().numpy(),
+                            final=overlay_final.cpu().numpy())
     train_images = state.images_seen
     result = {
         "run_id": cfg.id, "seed": cfg.seed, "status": "done", "method": cfg.method,
