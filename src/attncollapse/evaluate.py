@@ -62,13 +62,15 @@ def eval_rows(vision: nn.Module, feeder: Feeder, *, batch_size: int, precision: 
     return torch.cat(chunks, dim=1)
 
 
-def attention_table(vision: nn.Module, feeder: Feeder, ecfg, *, precision: str = "fp32",
-                    rows: Tensor | None = None) -> dict[str, list[float]]:
-    """Per-layer table of the four metrics on the eval subset (see metrics.summarize)."""
-    if rows is None:
-        rows = eval_rows(vision, feeder, batch_size=ecfg.batch_size, precision=precision)
+def summarize_rows(rows: Tensor, ecfg) -> dict[str, list[float]]:
+    """Per-layer table of eval rows (L, N, H, T) under an `EvalConfig` (metrics.summarize)."""
     return metrics.summarize(rows, erf_q=ecfg.erf_q, diversity=ecfg.diversity,
                              diversity_batch=ecfg.batch_size)
+
+
+def attention_table(vision: nn.Module, feeder: Feeder, ecfg, *, precision: str = "fp32") -> dict[str, list[float]]:
+    """Per-layer table of the four metrics on the eval subset, as at every eval point."""
+    return summarize_rows(eval_rows(vision, feeder, batch_size=ecfg.batch_size, precision=precision), ecfg)
 
 
 @torch.no_grad()

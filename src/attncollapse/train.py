@@ -23,7 +23,7 @@ from torch import nn
 from . import _io, metrics
 from .config import RunConfig, diff_fields, fingerprint, fingerprint_fields
 from .data import Feeder, load_splits
-from .evaluate import accuracy, attention_table, autocast, effective_precision, eval_rows, resolve_device
+from .evaluate import accuracy, autocast, effective_precision, eval_rows, resolve_device, summarize_rows
 from .models import (apply_lora, build_classifier, count_parameters, freeze_layers, freeze_projection, image_size,
                      load_clip)
 from .probe import attention_modules, probing, stack_rows
@@ -175,7 +175,7 @@ def run(cfg: RunConfig, run_dir: str | Path) -> dict:
 
     # Setup: data, model, optimizer, reference for APR.
     splits = load_splits(cfg.dataset, cfg.data, image_size=image_size(cfg.model))
-    train_feed = Feeder(splits.train, device, resident=_resident(cfg, device))
+    train_feed = Feeder(splits.train, device, resident=_resident(cfg))
     val_feed = Feeder(splits.val, device)
     eval_feed = Feeder(splits.eval_set, device)
     clip, clf = build(cfg, splits.train.num_classes, device, splits.train.class_names)
@@ -225,9 +225,9 @@ def run(cfg: RunConfig, run_dir: str | Path) -> dict:
                                          "precision_used": precision})
     tb = _tensorboard(run_dir, state.step)
 
-    def eval_point(step: int, *, with_val: bool) -> dict:
+    def eval_point(step: int, *, with_val: bool) -> tuple[dict, torch.Tensor]:
         rows = eval_rows(clf.vision, eval_feed, batch_size=cfg.eval.batch_size, precision=precision)
-        table = attention_table(None, None, cfg.eval, rows=rows)
+        table = summarize_rows(rows, cfg.eval)
         loss = state.loss_sum / state.loss_count if state.loss_count else None
         if loss is not None and not math.isfinite(loss):
             msg = f"[{cfg.id}] training diverged: loss {loss} at step {step}"
@@ -412,7 +412,7 @@ def _reference_rows(clf, ref_vision, x, rows, n_layers):
         return stack_rows(rows, n_layers).float()
 
 
-def _resident(cfg: RunConfig, device: torch.device) -> bool | None:
+def _resident(cfg: RunConfig) -> bool | None:
     return {"auto": None, "always": True, "never": False}[cfg.data.gpu_resident]
 
 

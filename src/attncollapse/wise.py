@@ -15,8 +15,9 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from . import data, metrics
-from .evaluate import accuracy as task_accuracy, eval_rows
+from . import data, evaluate, metrics
+from .config import EvalConfig
+from .evaluate import accuracy as task_accuracy
 from .models import Classifier
 from .zeroshot import TextCache, _feeder, _is_peft, accuracy, image_features, text_embeddings
 
@@ -57,8 +58,8 @@ def attention_table(vision: nn.Module, feeder: data.Feeder, *, eval_batch: int =
                     diversity: str = "batch_mean") -> dict[str, list[float]]:
     """The four metrics per layer over an eval set, exactly as training's eval points
     compute them (`evaluate.eval_rows`, batches of `eval_batch`, reports: 32)."""
-    rows = eval_rows(vision, feeder, batch_size=eval_batch, precision=precision)
-    return metrics.summarize(rows, erf_q=erf_q, diversity=diversity, diversity_batch=eval_batch)
+    ecfg = EvalConfig(batch_size=eval_batch, erf_q=erf_q, diversity=diversity)
+    return evaluate.attention_table(vision, feeder, ecfg, precision=precision)
 
 
 def wise(clf: Classifier, pretrained_state: dict[str, Tensor], alphas: Sequence[float], *,
