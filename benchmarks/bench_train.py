@@ -36,6 +36,11 @@ KINDS = {
     "apr (online ref)": {"regularizer": {"kind": "apr", "lam": 0.1, "reference": "online"}},
     "apr (cached ref)": {"regularizer": {"kind": "apr", "lam": 0.1, "reference": "cached"}},
     "entropy_floor": {"regularizer": {"kind": "entropy_floor", "lam": 0.1}},
+    "apr (cached ref)+compile-ro": {"regularizer": {"kind": "apr", "lam": 0.1, "reference": "cached"},
+                                    "optim": {"compile": "reduce-overhead"}},
+    "entropy_floor+compile-ro": {"regularizer": {"kind": "entropy_floor", "lam": 0.1},
+                                 "optim": {"compile": "reduce-overhead"}},
+    "full+compile-ro bf16": {"optim": {"compile": "reduce-overhead", "precision": "bf16"}},
     "lora+apr (cached ref)": {"method": "lora", "regularizer": {"kind": "apr", "lam": 0.1}},
 }
 
@@ -70,6 +75,7 @@ def _reports_step(clf, opt, scaler, device, precision):
 
 def measure(kind: str, model: str, batch: int, precision: str, device: torch.device, args) -> dict:
     cfg = _config(model, batch, precision, KINDS[kind])
+    precision = cfg.optim.precision  # a kind may set its own
     clip, clf = train.build(cfg, 10, device)
     clf.train()
     params = [p for p in clf.parameters() if p.requires_grad]

@@ -30,6 +30,7 @@ from .probe import attention_modules, probing, stack_rows
 from .regularizers import apr, entropy_floor
 
 N_OVERLAY = 4  # eval images whose attention maps are kept for the overlay figure
+WARMUP_STEPS = 3  # a process's first steps: torch.compile traces, CUDA graphs record
 
 
 class TrainingDiverged(RuntimeError):
@@ -51,6 +52,8 @@ class TrainState:
     loss_sum: float = 0.0
     loss_count: int = 0
     wall_time_s: float = 0.0
+    warmup_s: float = 0.0  # part of wall_time_s: each process's first WARMUP_STEPS (compile, graph capture)
+    warmup_images: int = 0
     images_seen: int = 0
     points: list = field(default_factory=list)
 
@@ -167,6 +170,7 @@ def run(cfg: RunConfig, run_dir: str | Path) -> dict:
     """Train one configuration into `run_dir` and return the content of final.json."""
     from tqdm.auto import tqdm
 
+    t_setup = time.perf_counter()
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_root = run_dir / "checkpoints"
@@ -264,7 +268,9 @@ def run(cfg: RunConfig, run_dir: str | Path) -> dict:
     clf.train()
     loss_acc = torch.zeros((), device=device)
     n_acc = 0
-    t0 = time.perf_counter()
+    t0 = t_loop = time.perf_counter()
+    timings = {"setup_s": t0 - t_setup}
+    first_step, first_images = state.step, state.images_seen
     bar = tqdm(total=total, initial=state.step, desc=cfg.id, unit="step", dynamic_ncols=True)
     with probing(clf.vision) if reg != "none" else contextlib.nullcontext() as rows:
         step_fn = make_step(cfg, clf, opt, scaler, device=device, precision=precision, rows=rows,
@@ -282,6 +288,11 @@ def run(cfg: RunConfig, run_dir: str | Path) -> dict:
             n_acc += 1
             state.step = s + 1
             bar.update(1)
+            if state.step - first_step == WARMUP_STEPS:  # compile and capture are behind us
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                state.warmup_s += time.perf_counter() - t_loop
+                state.warmup_images += state.images_seen - first_images
             done = state.step == total
             want_val = state.step % val_every == 0 or done
             want_ckpt = state.step % ckpt_every == 0 or done
@@ -305,7 +316,8 @@ def run(cfg: RunConfig, run_dir: str | Path) -> dict:
                 clf.train()
     bar.close()
     tb.close()
-    return _finish(cfg, run_dir, clip, clf, splits, state, overlay_initial, device, precision, total)
+    timings["loop_s"] = time.perf_counter() - t_loop
+    return _finish(cfg, run_dir, clip, clf, splits, state, overlay_initial, device, precision, total, timings)
 
 
 def make_step(cfg: RunConfig, clf: nn.Module, opt, scaler, *, device: torch.device, precision: str,
@@ -442,7 +454,7 @@ def _write_history(run_dir, cfg, state, splits, spe, total) -> None:
     })
 
 
-def _finish(cfg, run_dir, clip, clf, splits, state, overlay_initial, device, precision, total) -> dict:
+def _finish(cfg, run_dir, clip, clf, splits, state, overlay_initial, device, precision, total, timings) -> dict:
     initial, final = state.points[0]["layers"], state.points[-1]["layers"]
     init_mean, final_mean = metrics.layer_mean(initial), metrics.layer_mean(final)
     params = count_parameters(clf)
@@ -463,10 +475,12 @@ def _finish(cfg, run_dir, clip, clf, splits, state, overlay_initial, device, pre
                              for k in initial},
         "steps": total, "train_images": train_images, "wall_time_s": state.wall_time_s,
         "images_per_s": train_images / state.wall_time_s if state.wall_time_s > 0 else None,
+        "images_per_s_steady": _steady_rate(state),
         "trainable_params": params["trainable"], "total_params": params["total"],
         "precision_used": precision, "zeroshot": {}, "zeroshot_acc": None,
         "zeroshot_acc_base_only": None, "wise": [],
     }
+    t = time.perf_counter()
     if cfg.zeroshot.enabled and cfg.zeroshot.datasets:
         from . import zeroshot
 
@@ -474,8 +488,18 @@ def _finish(cfg, run_dir, clip, clf, splits, state, overlay_initial, device, pre
         if best.exists():  # zero-shot of the selected checkpoint, as the original study did
             _load_weights(clf, load_file(best))
         result.update(zeroshot.evaluate_for_run(cfg, clip, clf, splits, device=device, precision=precision))
+    # This process's wall time by phase (a resumed run: the last process only); the
+    # warm-up is summed over processes and is part of wall_time_s.
+    result["timings"] = {**timings, "finish_s": time.perf_counter() - t, "warmup_s": state.warmup_s}
     _io.write_json(run_dir / "final.json", result)
     return result
+
+
+def _steady_rate(state: TrainState) -> float | None:
+    """Training images/s after each process's warm-up steps (evals and checkpoints included)."""
+    seconds = state.wall_time_s - state.warmup_s
+    images = state.images_seen - state.warmup_images
+    return images / seconds if seconds > 0 and images > 0 else None
 
 
 def load_trained(run_dir: str | Path, *, which: str = "best", device: str = "auto"):
