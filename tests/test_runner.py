@@ -239,3 +239,29 @@ def test_execute_task_reports_busy(tmp_path):
         release_lock(task.lock_file)
     assert o["status"] == "busy" and str(os.getpid()) in o["note"]
     assert execute_task(task, fake_train)["status"] == "done"
+
+
+def test_runs_sharing_a_compiled_step_run_back_to_back(tmp_path):
+    # E2 and the A1 sweep share one compiled graph, E4 (LoRA) another: the sequential
+    # executor must not put E4 between them.
+    out = tmp_path / "m"
+    run_matrix(_matrix(), out, train_fn=fake_train, analyze=False, log=_quiet)
+    assert _calls(out) == ["E2", "A1-lr1e-04", "A1-lr0.001", "E4"]
+
+
+def test_affinity_orders_group_kinds_and_start_workers_apart():
+    from attncollapse.config import compile_key, load_matrix
+    from attncollapse.executors import affinity_orders
+
+    tasks = plan(load_matrix("paper-shapes"), "/nonexistent")
+    key = lambda t: ("baseline",) if t.kind == "baseline" else compile_key(t.config)  # noqa: E731
+    n_keys = len({key(t) for t in tasks})
+    assert 10 <= n_keys < len(tasks)  # several kinds, some shared (A1, R1, R2, R3 sweeps)
+    orders = affinity_orders(tasks, 3)
+    for order in orders:
+        assert sorted(t.id for t in order) == sorted(t.id for t in tasks)  # every task, once
+        keys = [key(t) for t in order]
+        runs_of_keys = [k for i, k in enumerate(keys) if i == 0 or keys[i - 1] != k]
+        assert len(runs_of_keys) == n_keys  # each kind in one contiguous block
+    assert len({key(order[0]) for order in orders}) == 3  # the workers start on different kinds
+    assert [t.id for t in affinity_orders(tasks, 1)[0]][:3] == ["E1:synthetic", "E2", "A1-lr1e-06"]

@@ -220,3 +220,41 @@ def test_compiled_step_matches_the_plain_step(tmp_path, reg):
         np.testing.assert_allclose(fast["final"][metric], plain["final"][metric], atol=1e-5)
     losses = lambda d: [p["train_loss"] for p in _history(d)["points"][1:]]  # noqa: E731
     np.testing.assert_allclose(losses(tmp_path / "compiled"), losses(tmp_path / "plain"), rtol=1e-4)
+
+
+def test_eval_point_does_not_depend_on_the_forward_batch():
+    # Eval points run the eval subset in big forward passes (speed); the table must equal
+    # the one from the reports' batches of 32, and the diversity grouping must stay at
+    # eval.batch_size (a different grouping gives a different table).
+    from attncollapse.evaluate import attention_table, summarize_rows
+    cfg = tiny_run_config(**{"data.eval_subset_size": 70, "eval.batch_size": 32})
+    splits = load_splits(cfg.dataset, cfg.data, image_size=32)
+    feed = Feeder(splits.eval_set, "cpu")
+    vision = load_clip("tiny").vision_model
+    small = eval_rows(vision, feed, batch_size=32, precision="fp32")
+    big = eval_rows(vision, feed, batch_size=256, precision="fp32")
+    torch.testing.assert_close(big, small, atol=1e-6, rtol=1e-5)
+    table = attention_table(vision, feed, cfg.eval)
+    ref = summarize_rows(small, cfg.eval)
+    for m in ref:
+        np.testing.assert_allclose(table[m], ref[m], atol=1e-6)
+    regrouped = summarize_rows(small, cfg.eval.model_copy(update={"batch_size": 35}))
+    assert not np.allclose(regrouped["head_diversity"], ref["head_diversity"], atol=1e-6)
+
+
+def test_a_worker_process_compiles_each_new_kind_and_reuses_a_repeated_one(tmp_path, monkeypatch):
+    # One worker runs many runs. Dynamo keeps at most `recompile_limit` graphs per function
+    # and silently runs eager past it; with the limit at 1 here, a second kind of run
+    # would be eager unless the engine starts it from a fresh compile cache.
+    from torch._dynamo.utils import counters
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
+    torch._dynamo.reset()
+    graphs = lambda: counters["stats"]["unique_graphs"]  # noqa: E731
+    runs = [("full", {}), ("lora", {"method": "lora", "lora.rank": 2}),
+            ("lora, other lr", {"method": "lora", "lora.rank": 2, "optim.lr": 5e-3})]
+    new = {}
+    for name, over in runs:
+        before = graphs()
+        train.run(tiny_run_config(**{"optim.epochs": 1, "optim.compile": "default", **over}), tmp_path / name)
+        new[name] = graphs() - before
+    assert new == {"full": 1, "lora": 1, "lora, other lr": 0}

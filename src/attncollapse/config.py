@@ -119,6 +119,9 @@ class EvalConfig(_Strict):
     """Metric eval points per epoch (reports: ~5, every len(loader)//5 steps)."""
     batch_size: int = Field(32, ge=1)
     """Batch size of metric evaluation; also the head-diversity grouping (reports: 32)."""
+    forward_batch_size: int = Field(256, ge=1)
+    """Images per forward pass at an eval point (speed only: the metrics still group the
+    rows by `batch_size`, and a row does not depend on its batch-mates)."""
     diversity: Literal["batch_mean", "per_image"] = "batch_mean"
     """Head diversity aggregation (reports: batch_mean)."""
     val_per_epoch: int = Field(1, ge=1)
@@ -188,7 +191,7 @@ class RunConfig(_Strict):
 _DEFAULTS = RunConfig().model_dump()
 
 # Fields that do not change a run's numbers: excluded from the resume fingerprint.
-_NOT_FINGERPRINTED = {"device", "data.cache_dir", "data.gpu_resident", "data.cache_workers", "data.data_root", "zeroshot"}
+_NOT_FINGERPRINTED = {"device", "eval.forward_batch_size", "data.cache_dir", "data.gpu_resident", "data.cache_workers", "data.data_root", "zeroshot"}
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -212,6 +215,15 @@ def fingerprint_fields(cfg: RunConfig) -> dict[str, Any]:
 def fingerprint(cfg: RunConfig) -> str:
     blob = json.dumps(fingerprint_fields(cfg), sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def compile_key(cfg: RunConfig) -> tuple:
+    """What decides a run's compiled training graph (`optim.compile`): runs with the same
+    key reuse one process's compiled step; the executors run them back to back."""
+    lora = (cfg.lora.rank, cfg.lora.targets, cfg.lora.dropout > 0) if cfg.method == "lora" else None
+    return (cfg.model, cfg.method, lora, cfg.freeze_layers, cfg.freeze_projection, cfg.head_init,
+            cfg.dataset, cfg.data.synthetic_classes, cfg.regularizer.kind != "none", cfg.optim.precision,
+            cfg.optim.batch_size, cfg.optim.compile)
 
 
 def diff_fields(a: dict[str, Any], b: dict[str, Any]) -> list[str]:

@@ -1,7 +1,8 @@
 """Evaluation shared by training and the E1 baseline: attention tables and accuracy.
 
 An eval point is the four metrics per layer on the fixed eval subset (probe on, no
-grad, batches of `EvalConfig.batch_size`), plus accuracy on the selection split when
+grad, forward passes of `EvalConfig.forward_batch_size` images, metrics grouped by
+`EvalConfig.batch_size`), plus accuracy on the selection split when
 scheduled. `baseline` is experiment E1: the same table for the pretrained model.
 """
 
@@ -70,7 +71,7 @@ def summarize_rows(rows: Tensor, ecfg) -> dict[str, list[float]]:
 
 def attention_table(vision: nn.Module, feeder: Feeder, ecfg, *, precision: str = "fp32") -> dict[str, list[float]]:
     """Per-layer table of the four metrics on the eval subset, as at every eval point."""
-    return summarize_rows(eval_rows(vision, feeder, batch_size=ecfg.batch_size, precision=precision), ecfg)
+    return summarize_rows(eval_rows(vision, feeder, batch_size=ecfg.forward_batch_size, precision=precision), ecfg)
 
 
 @torch.no_grad()

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from .config import compile_key
 from .runner import Task, execute_task
 
 Log = Callable[[str], None]
@@ -51,8 +52,33 @@ def _report(o: dict, log: Log, prefix: str = "") -> None:
     log(f"{prefix}{o['id']}: {o['status']} ({o['wall_s']:.1f} s){note}")
 
 
+def _key(task: Task) -> tuple:
+    return ("baseline",) if task.kind == "baseline" else compile_key(task.config)
+
+
+def affinity_orders(tasks: list[Task], workers: int) -> list[list[Task]]:
+    """The order each of `workers` processes visits the tasks in.
+
+    Tasks are grouped by `config.compile_key` (groups in first-appearance order, tasks in
+    matrix order within one), so a process runs the runs that share a compiled step back
+    to back; worker k starts at the k-th of `workers` evenly spaced groups and wraps
+    around, so workers begin on different kinds and compile each kind about once. Every
+    worker still visits every task: one claimed by another is skipped (its lock).
+    """
+    groups: dict[tuple, list[Task]] = {}
+    for t in tasks:
+        groups.setdefault(_key(t), []).append(t)
+    ordered = list(groups.values())
+    out = []
+    for k in range(workers):
+        start = (k * len(ordered)) // workers
+        out.append([t for g in ordered[start:] + ordered[:start] for t in g])
+    return out
+
+
 def _sequential(tasks: list[Task], train_fn, baseline_fn, log: Log) -> dict[str, dict]:
     out = {}
+    tasks = affinity_orders(tasks, 1)[0]
     for i, t in enumerate(tasks, 1):
         log(f"[{i}/{len(tasks)}] {t.id} ...")
         out[t.id] = execute_task(t, train_fn, baseline_fn)
@@ -99,8 +125,10 @@ def _gpu_workers(tasks, train_fn, baseline_fn, gpu_ids: list[str], per_gpu: int,
     # process's sys.path, so a train_fn importable here is importable there.
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(tasks, g, train_fn, baseline_fn, results),
-                         name=f"attncollapse-gpu{g}-{k}") for g in gpu_ids for k in range(per_gpu)]
+    slots = [(g, k) for k in range(per_gpu) for g in gpu_ids]  # spread the first kinds over GPUs
+    orders = affinity_orders(tasks, len(slots))
+    procs = [ctx.Process(target=_worker, args=(order, g, train_fn, baseline_fn, results),
+                         name=f"attncollapse-gpu{g}-{k}") for (g, k), order in zip(slots, orders)]
     log(f"{len(procs)} workers on GPUs {','.join(gpu_ids)} ({per_gpu} per GPU)")
     for p in procs:
         p.start()

@@ -21,7 +21,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from . import _io, metrics
-from .config import RunConfig, diff_fields, fingerprint, fingerprint_fields
+from .checkpoints import CheckpointWriter, ConfigMismatch, load_newest, load_weights, trainable
+from .config import RunConfig, compile_key
 from .data import Feeder, load_splits
 from .evaluate import accuracy, autocast, effective_precision, eval_rows, resolve_device, summarize_rows
 from .models import (apply_lora, build_classifier, count_parameters, freeze_layers, freeze_projection, image_size,
@@ -35,10 +36,6 @@ WARMUP_STEPS = 3  # a process's first steps: torch.compile traces, CUDA graphs r
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
-
-
-class ConfigMismatch(RuntimeError):
-    """A run directory holds checkpoints of a different config."""
 
 
 @dataclass
@@ -107,63 +104,6 @@ def _flip_mask(step: int, size: int, seed: int) -> torch.Tensor:
     return torch.rand(size, generator=g) < 0.5
 
 
-def trainable(clf: nn.Module) -> dict[str, torch.Tensor]:
-    return {n: p for n, p in clf.named_parameters() if p.requires_grad}
-
-
-# --- checkpoints ------------------------------------------------------------------------
-
-def _save_checkpoint(ckpt_root: Path, cfg: RunConfig, clf, opt, scaler, state: TrainState, extra: dict) -> None:
-    with _io.checkpoint_dir(ckpt_root, state.step) as d:
-        save_file({n: p.detach().contiguous().cpu() for n, p in trainable(clf).items()}, d / "model.safetensors")
-        torch.save({
-            "train_state": asdict(state),
-            "optimizer": opt.state_dict(),
-            "scaler": scaler.state_dict(),
-            "rng_cpu": torch.get_rng_state(),
-            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "fingerprint": fingerprint(cfg),
-            "fields": fingerprint_fields(cfg),
-            **extra,
-        }, d / "state.pt")
-    _io.prune_checkpoints(ckpt_root, cfg.keep_checkpoints)
-
-
-def _load_newest(ckpt_root: Path, cfg: RunConfig):
-    """(path, model tensors, state dict) of the newest intact checkpoint, or None.
-
-    A damaged checkpoint is skipped with a warning in favour of the one before; one
-    written under a different config is an error naming the differing keys.
-    """
-    for path in _io.checkpoints(ckpt_root):
-        problem = _io.verify_checkpoint(path)
-        if problem is None:
-            try:
-                tensors = load_file(path / "model.safetensors")
-                blob = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
-            except Exception as exc:  # noqa: BLE001 - any unreadable file means "skip it"
-                problem = f"unreadable: {exc}"
-        if problem is not None:
-            warnings.warn(f"skipping checkpoint {path.name}: {problem}", stacklevel=2)
-            continue
-        if blob["fingerprint"] != fingerprint(cfg):
-            keys = diff_fields(blob["fields"], fingerprint_fields(cfg))
-            raise ConfigMismatch(f"{ckpt_root.parent}: checkpoints were written with a different config; "
-                                 f"differing keys: {', '.join(keys)}")
-        return path, tensors, blob
-    return None
-
-
-def _load_weights(clf: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
-    params = dict(clf.named_parameters())
-    unknown = sorted(set(tensors) - set(params))
-    if unknown:
-        raise RuntimeError(f"checkpoint holds parameters the model lacks: {unknown[:5]}")
-    with torch.no_grad():
-        for n, t in tensors.items():
-            params[n].copy_(t)
-
-
 # --- the run ----------------------------------------------------------------------------
 
 def run(cfg: RunConfig, run_dir: str | Path) -> dict:
@@ -210,10 +150,10 @@ def run(cfg: RunConfig, run_dir: str | Path) -> dict:
     # Resume from the newest intact checkpoint, if any.
     state = TrainState()
     overlay_initial = None
-    found = _load_newest(ckpt_root, cfg)
+    found = load_newest(ckpt_root, cfg)
     if found is not None:
         path, tensors, blob = found
-        _load_weights(clf, tensors)
+        load_weights(clf, tensors)
         opt.load_state_dict(blob["optimizer"])
         scaler.load_state_dict(blob["scaler"])
         torch.set_rng_state(blob["rng_cpu"])
@@ -227,97 +167,102 @@ def run(cfg: RunConfig, run_dir: str | Path) -> dict:
     _io.write_yaml(run_dir / "config.yaml", cfg.model_dump(mode="json"))
     _io.write_json(run_dir / "env.json", {**_io.environment(), "device_used": str(device),
                                          "precision_used": precision})
-    tb = _tensorboard(run_dir, state.step)
+    # Checkpoints are copied at their step and written by a background thread.
+    writer = CheckpointWriter(ckpt_root, cfg)
+    try:
+        tb = _tensorboard(run_dir, state.step)
 
-    def eval_point(step: int, *, with_val: bool) -> tuple[dict, torch.Tensor]:
-        rows = eval_rows(clf.vision, eval_feed, batch_size=cfg.eval.batch_size, precision=precision)
-        table = summarize_rows(rows, cfg.eval)
-        loss = state.loss_sum / state.loss_count if state.loss_count else None
-        if loss is not None and not math.isfinite(loss):
-            msg = f"[{cfg.id}] training diverged: loss {loss} at step {step}"
-            _io.write_text(run_dir / "error.txt", msg + "\n")
-            raise TrainingDiverged(msg)
-        acc = accuracy(clf, val_feed, batch_size=max(batch, 256), precision=precision) if with_val else None
-        point = {"step": step, "epoch": step / spe, "lr": lr_at(max(step - 1, 0), total, cfg.optim.lr,
-                                                                cfg.optim.warmup_frac) if step else 0.0,
-                 "train_loss": loss, "val_acc": acc, "layers": table, "mean": metrics.layer_mean(table)}
-        state.points.append(point)
-        state.loss_sum, state.loss_count = 0.0, 0
-        if acc is not None:
-            state.last_acc = acc
-            if acc > state.best_acc:
-                state.best_acc, state.best_step = acc, step
-                _io.save_tensors(ckpt_root / "best.safetensors", trainable(clf))
-        for name, value in point["mean"].items():
-            tb.add_scalar(f"attention/{name}", value, step)
-        if loss is not None:
-            tb.add_scalar("train/loss", loss, step)
-        if acc is not None:
-            tb.add_scalar("val/acc", acc, step)
-        _write_history(run_dir, cfg, state, splits, spe, total)
-        return point, rows
+        def eval_point(step: int, *, with_val: bool) -> tuple[dict, torch.Tensor]:
+            rows = eval_rows(clf.vision, eval_feed, batch_size=cfg.eval.forward_batch_size, precision=precision)
+            table = summarize_rows(rows, cfg.eval)
+            loss = state.loss_sum / state.loss_count if state.loss_count else None
+            if loss is not None and not math.isfinite(loss):
+                msg = f"[{cfg.id}] training diverged: loss {loss} at step {step}"
+                _io.write_text(run_dir / "error.txt", msg + "\n")
+                raise TrainingDiverged(msg)
+            acc = accuracy(clf, val_feed, batch_size=max(batch, 256), precision=precision) if with_val else None
+            point = {"step": step, "epoch": step / spe, "lr": lr_at(max(step - 1, 0), total, cfg.optim.lr,
+                                                                    cfg.optim.warmup_frac) if step else 0.0,
+                     "train_loss": loss, "val_acc": acc, "layers": table, "mean": metrics.layer_mean(table)}
+            state.points.append(point)
+            state.loss_sum, state.loss_count = 0.0, 0
+            if acc is not None:
+                state.last_acc = acc
+                if acc > state.best_acc:
+                    state.best_acc, state.best_step = acc, step
+                    writer.save_best(clf)
+            for name, value in point["mean"].items():
+                tb.add_scalar(f"attention/{name}", value, step)
+            if loss is not None:
+                tb.add_scalar("train/loss", loss, step)
+            if acc is not None:
+                tb.add_scalar("val/acc", acc, step)
+            _write_history(run_dir, cfg, state, splits, spe, total)
+            return point, rows
 
-    if not state.points:  # the initial point: the model before its first step
-        _, rows0 = eval_point(0, with_val=False)
-        overlay_initial = rows0[:, :N_OVERLAY].contiguous()
-    floor = None
-    if reg == "entropy_floor":
-        floor = cfg.regularizer.floor_ratio * torch.tensor(state.points[0]["layers"]["entropy"], device=device)
+        if not state.points:  # the initial point: the model before its first step
+            _, rows0 = eval_point(0, with_val=False)
+            overlay_initial = rows0[:, :N_OVERLAY].contiguous()
+        floor = None
+        if reg == "entropy_floor":
+            floor = cfg.regularizer.floor_ratio * torch.tensor(state.points[0]["layers"]["entropy"], device=device)
 
-    # The loop.
-    clf.train()
-    loss_acc = torch.zeros((), device=device)
-    n_acc = 0
-    t0 = t_loop = time.perf_counter()
-    timings = {"setup_s": t0 - t_setup}
-    first_step, first_images = state.step, state.images_seen
-    bar = tqdm(total=total, initial=state.step, desc=cfg.id, unit="step", dynamic_ncols=True)
-    with probing(clf.vision) if reg != "none" else contextlib.nullcontext() as rows:
-        step_fn = make_step(cfg, clf, opt, scaler, device=device, precision=precision, rows=rows,
-                            ref_vision=ref_vision, floor=floor)
-        while state.step < total:
-            s = state.step
-            for group in opt.param_groups:
-                group["lr"] = lr_at(s, total, cfg.optim.lr, cfg.optim.warmup_frac)
-            idx = _batch_indices(s, spe, n_train, batch, cfg.seed)
-            flip = _flip_mask(s, len(idx), cfg.seed) if cfg.data.hflip else None
-            x, y = train_feed.get(idx, flip=flip)
-            loss = step_fn(x, y, ref_cache.lookup(idx, flip) if ref_cache is not None else None)
-            loss_acc += loss.detach().float()
-            state.images_seen += len(idx)
-            n_acc += 1
-            state.step = s + 1
-            bar.update(1)
-            if state.step - first_step == WARMUP_STEPS:  # compile and capture are behind us
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                state.warmup_s += time.perf_counter() - t_loop
-                state.warmup_images += state.images_seen - first_images
-            done = state.step == total
-            want_val = state.step % val_every == 0 or done
-            want_ckpt = state.step % ckpt_every == 0 or done
-            if state.step % eval_every == 0 or want_val or want_ckpt:
-                state.loss_sum += loss_acc.item()
-                state.loss_count += n_acc
-                loss_acc.zero_()
-                n_acc = 0
-                now = time.perf_counter()
-                state.wall_time_s += now - t0
-                t0 = now
-                if state.step % eval_every == 0 or want_val:
-                    point, _ = eval_point(state.step, with_val=want_val)
-                    bar.set_postfix(loss=f"{point['train_loss']:.3f}",
-                                    acc=f"{state.last_acc:.3f}" if state.last_acc is not None else "-")
-                elif not math.isfinite(state.loss_sum):
-                    eval_point(state.step, with_val=False)  # records and raises the divergence
-                if want_ckpt:
-                    _save_checkpoint(ckpt_root, cfg, clf, opt, scaler, state,
-                                     {"overlay_initial": overlay_initial})
-                clf.train()
-    bar.close()
-    tb.close()
-    timings["loop_s"] = time.perf_counter() - t_loop
-    return _finish(cfg, run_dir, clip, clf, splits, state, overlay_initial, device, precision, total, timings)
+        # The loop.
+        clf.train()
+        loss_acc = torch.zeros((), device=device)
+        n_acc = 0
+        t0 = t_loop = time.perf_counter()
+        timings = {"setup_s": t0 - t_setup}
+        first_step, first_images = state.step, state.images_seen
+        bar = tqdm(total=total, initial=state.step, desc=cfg.id, unit="step", dynamic_ncols=True)
+        with probing(clf.vision) if reg != "none" else contextlib.nullcontext() as rows:
+            step_fn = make_step(cfg, clf, opt, scaler, device=device, precision=precision, rows=rows,
+                                ref_vision=ref_vision, floor=floor)
+            while state.step < total:
+                s = state.step
+                for group in opt.param_groups:
+                    group["lr"] = lr_at(s, total, cfg.optim.lr, cfg.optim.warmup_frac)
+                idx = _batch_indices(s, spe, n_train, batch, cfg.seed)
+                flip = _flip_mask(s, len(idx), cfg.seed) if cfg.data.hflip else None
+                x, y = train_feed.get(idx, flip=flip)
+                loss = step_fn(x, y, ref_cache.lookup(idx, flip) if ref_cache is not None else None)
+                loss_acc += loss.detach().float()
+                state.images_seen += len(idx)
+                n_acc += 1
+                state.step = s + 1
+                bar.update(1)
+                if state.step - first_step == WARMUP_STEPS:  # compile and capture are behind us
+                    if device.type == "cuda":
+                        torch.cuda.synchronize(device)
+                    state.warmup_s += time.perf_counter() - t_loop
+                    state.warmup_images += state.images_seen - first_images
+                done = state.step == total
+                want_val = state.step % val_every == 0 or done
+                want_ckpt = state.step % ckpt_every == 0 or done
+                if state.step % eval_every == 0 or want_val or want_ckpt:
+                    state.loss_sum += loss_acc.item()
+                    state.loss_count += n_acc
+                    loss_acc.zero_()
+                    n_acc = 0
+                    now = time.perf_counter()
+                    state.wall_time_s += now - t0
+                    t0 = now
+                    if state.step % eval_every == 0 or want_val:
+                        point, _ = eval_point(state.step, with_val=want_val)
+                        bar.set_postfix(loss=f"{point['train_loss']:.3f}",
+                                        acc=f"{state.last_acc:.3f}" if state.last_acc is not None else "-")
+                    elif not math.isfinite(state.loss_sum):
+                        eval_point(state.step, with_val=False)  # records and raises the divergence
+                    if want_ckpt:
+                        writer.save_checkpoint(clf, opt, scaler, asdict(state), {"overlay_initial": overlay_initial})
+                    clf.train()
+        bar.close()
+        tb.close()
+        timings["loop_s"] = time.perf_counter() - t_loop
+        writer.wait()  # every checkpoint and best.safetensors on disk before the end-of-run eval
+        return _finish(cfg, run_dir, clip, clf, splits, state, overlay_initial, device, precision, total, timings)
+    finally:
+        writer.close()
 
 
 def make_step(cfg: RunConfig, clf: nn.Module, opt, scaler, *, device: torch.device, precision: str,
@@ -333,7 +278,10 @@ def make_step(cfg: RunConfig, clf: nn.Module, opt, scaler, *, device: torch.devi
     params = [p for p in clf.parameters() if p.requires_grad]
     # The probe's rows reach the loss through forward hooks, which dynamo traces into the
     # same graph (one graph, no break), so regularized steps compile too.
-    fwd = torch.compile(clf, mode=cfg.optim.compile) if cfg.optim.compile != "off" else clf
+    fwd = clf
+    if cfg.optim.compile != "off":
+        _fresh_compile_cache(compile_key(cfg))
+        fwd = torch.compile(clf, mode=cfg.optim.compile)
 
     def step(x: torch.Tensor, y: torch.Tensor, ref: torch.Tensor | None = None) -> torch.Tensor:
         """One update on batch (x, y); `ref` = cached APR reference rows (L, B, H, T)."""
@@ -361,6 +309,23 @@ def make_step(cfg: RunConfig, clf: nn.Module, opt, scaler, *, device: torch.devi
         return loss
 
     return step
+
+
+_compiled_key: tuple | None = None
+
+
+def _fresh_compile_cache(key: tuple) -> None:
+    """Keep this process's compiled step when the next run has the same graph; else drop it.
+
+    A worker process runs many runs. Dynamo keeps every graph it compiled for a function
+    (8 at most by default: past that it silently runs eager, 4x slower) and CUDA graphs
+    keep their memory pools, so a run of a new kind starts from a reset; the on-disk
+    inductor caches still make a repeated compile cheaper.
+    """
+    global _compiled_key
+    if _compiled_key is not None and _compiled_key != key:
+        torch._dynamo.reset()
+    _compiled_key = key
 
 
 class ReferenceRows:
@@ -486,7 +451,7 @@ def _finish(cfg, run_dir, clip, clf, splits, state, overlay_initial, device, pre
 
         best = run_dir / "checkpoints" / "best.safetensors"
         if best.exists():  # zero-shot of the selected checkpoint, as the original study did
-            _load_weights(clf, load_file(best))
+            load_weights(clf, load_file(best))
         result.update(zeroshot.evaluate_for_run(cfg, clip, clf, splits, device=device, precision=precision))
     # This process's wall time by phase (a resumed run: the last process only); the
     # warm-up is summed over processes and is part of wall_time_s.
@@ -514,12 +479,12 @@ def load_trained(run_dir: str | Path, *, which: str = "best", device: str = "aut
     if which == "best" and (run_dir / "checkpoints" / "best.safetensors").exists():
         tensors = load_file(run_dir / "checkpoints" / "best.safetensors")
     else:
-        found = _load_newest(run_dir / "checkpoints", cfg)
+        found = load_newest(run_dir / "checkpoints", cfg)
         if found is None:
             raise FileNotFoundError(f"{run_dir}: no checkpoint to load")
         tensors = found[1]
     num_classes = tensors["head.weight"].shape[0]
     clip, clf = build(cfg.model_copy(update={"head_init": "random"}), num_classes, dev)
     clf.normalize_features = cfg.head_init == "text"
-    _load_weights(clf, tensors)
+    load_weights(clf, tensors)
     return clip, clf.eval(), cfg
