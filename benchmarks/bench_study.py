@@ -40,7 +40,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import PilSet, device_name, print_table  # noqa: E402
 
 from attncollapse import _io, runner  # noqa: E402
-from attncollapse.config import RunConfig, load_matrix, read_config_yaml, resolve_config_path  # noqa: E402
+from attncollapse.config import RunConfig  # noqa: E402
+from attncollapse.matrix import load_matrix, read_config_yaml, resolve_config_path  # noqa: E402
 
 SLICE = "E1,E2,E3,E5,A2,A3-freeze6,R1-apr0.1,R2-ent0.1"
 """One run of every kind: full (EuroSAT- and Pets-shaped), LoRA qv, LoRA qkvo, freeze,
@@ -631,8 +632,8 @@ def report(args, ours, reports, proj, f_img, peak, device, spec, out_path: Path)
     if agg["img/s reports"]:
         agg["ratio"] = agg["img/s ours"] / agg["img/s reports"]
     table.append(agg)
-    print(f"\nper kind: ours = images_per_s_steady of final.json (training loop after the warm-up steps, incl. "
-          f"eval points, validation, checkpoints); reports' style = timed loop only (no evals)\n")
+    print("\nper kind: ours = images_per_s_steady of final.json (training loop after the warm-up steps, incl. "
+          "eval points, validation, checkpoints); reports' style = timed loop only (no evals)\n")
     cols = ["kind", "img/s ours", "img/s reports", "ratio", "GFLOP/img", "TFLOP/s", "MFU"]
     print_table(table, cols)
     gpu = ours["gpu"]

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from attncollapse import _io
-from attncollapse.config import ConfigError, matrix_from_dict
+from attncollapse.matrix import ConfigError, matrix_from_dict
 from attncollapse.results import RESULTS_COLUMNS, RESULTS_TAIL, write_results
 from attncollapse.runner import acquire_lock, execute_task, plan, read_lock, release_lock, run_matrix, status
 
@@ -250,7 +250,8 @@ def test_runs_sharing_a_compiled_step_run_back_to_back(tmp_path):
 
 
 def test_affinity_orders_group_kinds_and_start_workers_apart():
-    from attncollapse.config import compile_key, load_matrix
+    from attncollapse.config import compile_key
+    from attncollapse.matrix import load_matrix
     from attncollapse.executors import affinity_orders
 
     tasks = plan(load_matrix("paper-shapes"), "/nonexistent")

@@ -1,7 +1,6 @@
 """Engine contracts on the tiny model: learns, regularizers act, resume is exact."""
 
 import json
-import warnings
 
 import numpy as np
 import pytest

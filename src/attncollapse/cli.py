@@ -19,7 +19,7 @@ from pathlib import Path
 
 
 def _kv(items: list[str] | None) -> dict:
-    from .config import parse_value
+    from .matrix import parse_value
 
     out = {}
     for item in items or []:
@@ -31,7 +31,7 @@ def _kv(items: list[str] | None) -> dict:
 
 
 def _run(args: argparse.Namespace, matrix_path: str) -> int:
-    from .config import load_matrix
+    from .matrix import load_matrix
     from .runner import run_matrix
 
     matrix = load_matrix(matrix_path, overrides=args.set or [])  # ConfigError → main
@@ -52,7 +52,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from .config import load_matrix, load_run_config, read_config_yaml, resolve_config_path
+    from .matrix import load_matrix, load_run_config, read_config_yaml, resolve_config_path
 
     path = resolve_config_path(args.file)
     data, _dups = read_config_yaml(path)
@@ -180,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status (tests call it in-process)."""
-    from .config import ConfigError
+    from .matrix import ConfigError
 
     args = build_parser().parse_args(argv)
     try:

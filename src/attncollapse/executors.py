@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import queue as queue_mod
-import time
 from pathlib import Path
 from typing import Any, Callable
 

@@ -24,7 +24,7 @@ import numpy as np
 from ._io import read_json, read_yaml, write_text
 
 if TYPE_CHECKING:
-    from .config import MatrixConfig
+    from .matrix import MatrixConfig
 
 METRICS = ("entropy", "erf", "gini", "head_diversity")
 

@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import _io
-from .config import ConfigError, MatrixConfig, PlannedRun, RunConfig, fingerprint, load_matrix, matrix_from_dict
+from .config import RunConfig, fingerprint
+from .matrix import ConfigError, MatrixConfig, PlannedRun, load_matrix, matrix_from_dict
 from .results import write_results
 
 LOCK_NAME = "lock.json"

@@ -17,11 +17,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from . import _io, metrics
-from .checkpoints import CheckpointWriter, ConfigMismatch, load_newest, load_weights, trainable
+from .checkpoints import ConfigMismatch  # noqa: F401 - raised by run(), re-exported
+from .checkpoints import CheckpointWriter, load_newest, load_weights, trainable
 from .config import RunConfig, compile_key
 from .data import Feeder, load_splits
 from .evaluate import accuracy, autocast, effective_precision, eval_rows, resolve_device, summarize_rows
