@@ -124,6 +124,13 @@ def run(cfg: RunConfig, run_dir: str | Path) -> dict:
     val_feed = Feeder(splits.val, device)
     eval_feed = Feeder(splits.eval_set, device)
     clip, clf = build(cfg, splits.train.num_classes, device, splits.train.class_names)
+    pretrained_state = None
+    if cfg.zeroshot.enabled and cfg.zeroshot.datasets:
+        # The pretrained tower for the end-of-run zero-shot and WiSE-FT, kept on the host
+        # now (before a checkpoint is loaded) instead of loading the model again then.
+        from .wise import vision_state
+
+        pretrained_state = {k: v.cpu() for k, v in vision_state(clf).items()}
     reg = cfg.regularizer.kind
     ref_vision = None
     if reg == "apr" and cfg.method == "full":
@@ -261,7 +268,8 @@ def run(cfg: RunConfig, run_dir: str | Path) -> dict:
         tb.close()
         timings["loop_s"] = time.perf_counter() - t_loop
         writer.wait()  # every checkpoint and best.safetensors on disk before the end-of-run eval
-        return _finish(cfg, run_dir, clip, clf, splits, state, overlay_initial, device, precision, total, timings)
+        return _finish(cfg, run_dir, clip, clf, splits, state, overlay_initial, device, precision, total, timings,
+                       pretrained_state)
     finally:
         writer.close()
 
@@ -420,7 +428,8 @@ def _write_history(run_dir, cfg, state, splits, spe, total) -> None:
     })
 
 
-def _finish(cfg, run_dir, clip, clf, splits, state, overlay_initial, device, precision, total, timings) -> dict:
+def _finish(cfg, run_dir, clip, clf, splits, state, overlay_initial, device, precision, total, timings,
+            pretrained_state) -> dict:
     initial, final = state.points[0]["layers"], state.points[-1]["layers"]
     init_mean, final_mean = metrics.layer_mean(initial), metrics.layer_mean(final)
     params = count_parameters(clf)
@@ -453,7 +462,8 @@ def _finish(cfg, run_dir, clip, clf, splits, state, overlay_initial, device, pre
         best = run_dir / "checkpoints" / "best.safetensors"
         if best.exists():  # zero-shot of the selected checkpoint, as the original study did
             load_weights(clf, load_file(best))
-        result.update(zeroshot.evaluate_for_run(cfg, clip, clf, splits, device=device, precision=precision))
+        result.update(zeroshot.evaluate_for_run(cfg, clip, clf, splits, device=device, precision=precision,
+                                                pretrained_state=pretrained_state))
     # This process's wall time by phase (a resumed run: the last process only); the
     # warm-up is summed over processes and is part of wall_time_s.
     result["timings"] = {**timings, "finish_s": time.perf_counter() - t, "warmup_s": state.warmup_s}

@@ -373,8 +373,8 @@ def evaluate_pretrained(clip: nn.Module, spec: str, zcfg, *, data_cfg, device: t
 
 def evaluate_for_run(cfg, clip: nn.Module, clf: Classifier, splits: data.Splits | None = None, *,
                      device: torch.device | str, precision: str = "fp32", datasets: Sequence[str] | None = None,
-                     pretrained: nn.Module | None = None, batch_size: int = 1024,
-                     cache: TextCache | dict | None = None) -> dict:
+                     pretrained: nn.Module | None = None, pretrained_state: dict | None = None,
+                     batch_size: int = 1024, cache: TextCache | dict | None = None) -> dict:
     """The zero-shot part of a run's final.json (docs/FORMATS.md), for a trained model.
 
     Args:
@@ -386,6 +386,8 @@ def evaluate_for_run(cfg, clip: nn.Module, clf: Classifier, splits: data.Splits 
         datasets: zero-shot sources overriding `cfg.zeroshot.datasets`.
         pretrained: the pretrained CLIPModel; None = `load_clip(cfg.model)` (presets have
             one fixed init, the one `train.build` starts from).
+        pretrained_state: `wise.vision_state` of the model before training (what
+            `train.run` keeps); replaces `pretrained` and its reload.
 
     Returns:
         {"zeroshot": {dataset: block}, "zeroshot_acc", "zeroshot_acc_base_only", "wise"}.
@@ -400,8 +402,15 @@ def evaluate_for_run(cfg, clip: nn.Module, clf: Classifier, splits: data.Splits 
     tokenizer = load_tokenizer(cfg.model)
     dev = torch.device(device)
     precision = effective_precision(precision, dev)
-    pretrained = (pretrained if pretrained is not None else load_clip(cfg.model)).to(dev)
-    pre_state = vision_state(pretrained)
+    if pretrained_state is not None:
+        pre_state = pretrained_state
+        weight = pre_state["projection.weight"]
+        projection = nn.Linear(weight.shape[1], weight.shape[0], bias=False).to(dev)
+        with torch.no_grad():
+            projection.weight.copy_(weight)
+    else:
+        pretrained = (pretrained if pretrained is not None else load_clip(cfg.model)).to(dev)
+        pre_state, projection = vision_state(pretrained), pretrained.visual_projection
     if cfg.method == "lora":
         # LoRA never changes the base tower: a mismatch means `pretrained` is the wrong model.
         ft_state = vision_state(clf)
@@ -412,7 +421,7 @@ def evaluate_for_run(cfg, clip: nn.Module, clf: Classifier, splits: data.Splits 
     size = clip.config.vision_config.image_size
     sets = {name: _capped(data.load_test_split(name, cfg.data, image_size=size), zcfg) for name in datasets}
     blocks = {name: evaluate(clf, clip, tokenizer, s, zcfg, method=cfg.method,
-                             pretrained_projection=pretrained.visual_projection, device=dev,
+                             pretrained_projection=projection, device=dev,
                              precision=precision, batch_size=batch_size, cache=cache)
               for name, s in sets.items()}
     first = blocks[datasets[0]]
