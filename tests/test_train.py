@@ -257,3 +257,20 @@ def test_a_worker_process_compiles_each_new_kind_and_reuses_a_repeated_one(tmp_p
         train.run(tiny_run_config(**{"optim.epochs": 1, "optim.compile": "default", **over}), tmp_path / name)
         new[name] = graphs() - before
     assert new == {"full": 1, "lora": 1, "lora, other lr": 0}
+
+
+def test_compiled_lora_run_with_dropout_resumes_exactly(tmp_path, monkeypatch):
+    # The speed path and resume together: compiled forward/backward, LoRA dropout drawn
+    # inside the compiled graph (its seeds come from the checkpointed RNG), APR probe rows.
+    cfg = tiny_run_config(**{"checkpoints_per_epoch": 2, "method": "lora", "lora.rank": 2, "lora.dropout": 0.2,
+                             "regularizer.kind": "apr", "regularizer.lam": 1.0, "optim.compile": "default"})
+    ref = train.run(cfg, tmp_path / "ref")
+    _crash_at(monkeypatch, 11)
+    with pytest.raises(_Crash):
+        train.run(cfg, tmp_path / "cut")
+    monkeypatch.undo()
+    got = train.run(cfg, tmp_path / "cut")
+    for key in ["best_acc", "final_acc", "best_step", "final"]:
+        assert got[key] == ref[key], key
+    assert [p["train_loss"] for p in _history(tmp_path / "cut")["points"]] == \
+           [p["train_loss"] for p in _history(tmp_path / "ref")["points"]]
