@@ -256,7 +256,7 @@ def run_slice(args, workdir: Path) -> dict:
             final = _io.read_json(t.done_file)
             row.update({k: final.get(k) for k in ("images_per_s", "images_per_s_steady", "wall_time_s",
                                                   "train_images", "steps", "trainable_params", "precision_used",
-                                                  "timings")})
+                                                  "timings", "peak_gpu_memory_gib")})
             warm = (final.get("timings") or {}).get("warmup_s", 0.0)
             # Outside the steady loop: start-up, data, initial eval, compile + graph capture
             # (the first steps), zero-shot, final files.
@@ -605,16 +605,18 @@ def report(args, ours, reports, proj, f_img, peak, device, spec, out_path: Path)
     print_table([{"run": r["id"], "kind": r["kind"], "img/s": r.get("images_per_s"), "steady img/s": r.get("steady_ips"),
                   "loop s": r.get("wall_time_s"), "warm-up s": (r.get("timings") or {}).get("warmup_s"),
                   "task s": r["task_wall_s"], "fixed s": r["fixed_s"], "images": r.get("train_images"),
-                  "zero-shot": r.get("zeroshot")} for r in ours["runs"]],
+                  "peak GiB": r.get("peak_gpu_memory_gib"), "zero-shot": r.get("zeroshot")} for r in ours["runs"]],
                 ["run", "kind", "img/s", "steady img/s", "loop s", "warm-up s", "task s", "fixed s", "images",
-                 "zero-shot"])
+                 "peak GiB", "zero-shot"])
     rk = reports["kinds"] if reports else {}
     kinds: dict[str, dict] = {}
     for r in ours["runs"]:
         if r["kind"] == "baseline":
             continue
-        k = kinds.setdefault(r["kind"], {"kind": r["kind"], "ips": [], "mult": r["flops_mult"]})
+        k = kinds.setdefault(r["kind"], {"kind": r["kind"], "ips": [], "mult": r["flops_mult"], "mem": []})
         k["ips"].append(r["steady_ips"])
+        if r.get("peak_gpu_memory_gib") is not None:
+            k["mem"].append(r["peak_gpu_memory_gib"])
     table = []
     for k in kinds.values():
         ips = sum(k["ips"]) / len(k["ips"])
@@ -622,7 +624,7 @@ def report(args, ours, reports, proj, f_img, peak, device, spec, out_path: Path)
         rep = rk.get(k["kind"])
         table.append({"kind": k["kind"], "img/s ours": ips, "img/s reports": rep["images_per_s"] if rep else None,
                       "ratio": ips / rep["images_per_s"] if rep else None, "GFLOP/img": f_img * k["mult"] / 1e9,
-                      "TFLOP/s": tflops, "MFU": mfu(tflops)})
+                      "TFLOP/s": tflops, "MFU": mfu(tflops), "peak GiB": max(k["mem"]) if k["mem"] else None})
     for kind, rep in rk.items():
         if kind not in kinds:
             table.append({"kind": kind, "img/s reports": rep["images_per_s"]})
@@ -634,7 +636,7 @@ def report(args, ours, reports, proj, f_img, peak, device, spec, out_path: Path)
     table.append(agg)
     print("\nper kind: ours = images_per_s_steady of final.json (training loop after the warm-up steps, incl. "
           "eval points, validation, checkpoints); reports' style = timed loop only (no evals)\n")
-    cols = ["kind", "img/s ours", "img/s reports", "ratio", "GFLOP/img", "TFLOP/s", "MFU"]
+    cols = ["kind", "img/s ours", "img/s reports", "ratio", "GFLOP/img", "TFLOP/s", "MFU", "peak GiB"]
     print_table(table, cols)
     gpu = ours["gpu"]
     if gpu.get("available"):

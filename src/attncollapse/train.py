@@ -112,6 +112,8 @@ def run(cfg: RunConfig, run_dir: str | Path) -> dict:
     from tqdm.auto import tqdm
 
     t_setup = time.perf_counter()
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()  # a worker runs many runs: the peak is this run's
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_root = run_dir / "checkpoints"
@@ -467,6 +469,8 @@ def _finish(cfg, run_dir, clip, clf, splits, state, overlay_initial, device, pre
     # This process's wall time by phase (a resumed run: the last process only); the
     # warm-up is summed over processes and is part of wall_time_s.
     result["timings"] = {**timings, "finish_s": time.perf_counter() - t, "warmup_s": state.warmup_s}
+    result["peak_gpu_memory_gib"] = (torch.cuda.max_memory_allocated(device) / 2**30
+                                     if device.type == "cuda" else None)  # this process, this run
     _io.write_json(run_dir / "final.json", result)
     return result
 
