@@ -241,21 +241,21 @@ def test_eval_point_does_not_depend_on_the_forward_batch():
     assert not np.allclose(regrouped["head_diversity"], ref["head_diversity"], atol=1e-6)
 
 
-def test_a_worker_process_compiles_each_new_kind_and_reuses_a_repeated_one(tmp_path, monkeypatch):
+def test_a_worker_process_compiles_each_new_kind_and_reuses_a_repeated_one(tmp_path):
     # One worker runs many runs. Dynamo keeps at most `recompile_limit` graphs per function
     # and silently runs eager past it; with the limit at 1 here, a second kind of run
     # would be eager unless the engine starts it from a fresh compile cache.
     from torch._dynamo.utils import counters
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
     torch._dynamo.reset()
     graphs = lambda: counters["stats"]["unique_graphs"]  # noqa: E731
     runs = [("full", {}), ("lora", {"method": "lora", "lora.rank": 2}),
             ("lora, other lr", {"method": "lora", "lora.rank": 2, "optim.lr": 5e-3})]
     new = {}
-    for name, over in runs:
-        before = graphs()
-        train.run(tiny_run_config(**{"optim.epochs": 1, "optim.compile": "default", **over}), tmp_path / name)
-        new[name] = graphs() - before
+    with torch._dynamo.config.patch(recompile_limit=1):
+        for name, over in runs:
+            before = graphs()
+            train.run(tiny_run_config(**{"optim.epochs": 1, "optim.compile": "default", **over}), tmp_path / name)
+            new[name] = graphs() - before
     assert new == {"full": 1, "lora": 1, "lora, other lr": 0}
 
 
