@@ -1,6 +1,6 @@
 """Training-step throughput of every run kind, through the engine's own step function.
 
-Each row is `train.make_step` (what `train.run` executes) on ViT-B/32 shapes with
+Each row is `step.make_step` (what `train.run` executes) on ViT-B/32 shapes with
 random weights, beside the plain fused-attention step and the reports' method
 (eager attention + output_attentions=True every step) measured in the same run.
 
@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import device_name, peak_memory_gib, print_table, reset_peak, time_steps  # noqa: E402
 
 from attncollapse import train  # noqa: E402
+from attncollapse.step import ReferenceRows, make_step  # noqa: E402
 from attncollapse.config import RunConfig  # noqa: E402
 from attncollapse.probe import probing  # noqa: E402
 
@@ -98,7 +99,7 @@ def measure(kind: str, model: str, batch: int, precision: str, device: torch.dev
                 ref.to(torch.bfloat16)
         floor = torch.full((n_layers,), 0.7 * math.log((size // clip.config.vision_config.patch_size) ** 2),
                            device=device)
-        step = train.make_step(cfg, clf, opt, scaler, device=device, precision=precision, rows=rows,
+        step = make_step(cfg, clf, opt, scaler, device=device, precision=precision, rows=rows,
                                ref_vision=ref, floor=floor)
     lookup = lambda: None  # noqa: E731
     if reg == "apr" and cfg.regularizer.reference == "cached":
@@ -107,7 +108,7 @@ def measure(kind: str, model: str, batch: int, precision: str, device: torch.dev
         tokens = (size // cfgv.patch_size) ** 2 + 1
         table = torch.rand(2, 4096, n_layers, cfgv.num_attention_heads, tokens, device=device,
                            dtype=torch.float16 if device.type == "cuda" else torch.float32)
-        cache = train.ReferenceRows(table)
+        cache = ReferenceRows(table)
         lookup = lambda: cache.lookup(torch.randint(0, 4096, (batch,)), torch.rand(batch) < 0.5)  # noqa: E731
     reset_peak(device)
     t = time_steps(lambda: step(x, y, lookup()) if not kind.startswith("reports") else step(x, y), device,
@@ -141,7 +142,7 @@ def main(argv=None) -> None:
                 r["speed × reports"] = r["img/s"] / by["reports (eager+attn)"]["img/s"]
         rows.extend(group)
     print(f"\nbench_train on {device_name(device)}; torch {torch.__version__}; {args.model}; "
-          f"{precision} autocast; train.make_step\n")
+          f"{precision} autocast; step.make_step\n")
     print_table(rows, ["kind", "batch", "img/s", "ms/step", "peak GiB", "trainable M", "time × full",
                        "speed × reports"])
 

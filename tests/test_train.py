@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from attncollapse import metrics, train
+from attncollapse import metrics, step, train
 from attncollapse.data import Feeder, load_splits
 from attncollapse.evaluate import eval_rows
 from attncollapse.models import load_clip
@@ -191,7 +191,7 @@ def test_cached_apr_reference_equals_the_online_forward(method):
     if method == "full":
         import copy
         ref_vision = copy.deepcopy(clf.vision).requires_grad_(False).eval()
-    cache = train.ReferenceRows.build(clf, ref_vision, feed, hflip=True, batch_size=100, precision="fp32")
+    cache = step.ReferenceRows.build(clf, ref_vision, feed, hflip=True, batch_size=100, precision="fp32")
     # Train the live model away from the reference: the table must still be the pretrained one.
     with torch.no_grad():
         for n, p in clf.named_parameters():
@@ -202,7 +202,7 @@ def test_cached_apr_reference_equals_the_online_forward(method):
     x, _ = feed.get(idx, flip=flip)
     from attncollapse.probe import probing
     with probing(clf.vision) as rows:
-        online = train._reference_rows(clf, ref_vision, x, rows, 3)
+        online = step._reference_rows(clf, ref_vision, x, rows, 3)
     torch.testing.assert_close(cache.lookup(idx, flip), online, atol=1e-6, rtol=1e-5)
     assert cache.table.shape == (2, len(feed), 3, 4, 17)
 
