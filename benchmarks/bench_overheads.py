@@ -46,7 +46,7 @@ PER_RUN = {"checkpoint": 20, "eval point": 100}  # a 20-epoch run: 1 checkpoint/
 
 def _cfg(model: str, run_id: str = "bench", **optim) -> RunConfig:
     return RunConfig.model_validate({"id": run_id, "model": model, "dataset": "synthetic",
-                                     "optim": {"batch_size": 64, **optim}, "zeroshot": {"enabled": False},
+                                     "optim": {"batch_size": 64, "precision": "fp16", **optim}, "zeroshot": {"enabled": False},
                                      "data": {"synthetic_train": 2048, "synthetic_test": 256}})
 
 
@@ -105,14 +105,40 @@ def bench_eval(model: str, device: torch.device, repeats: int) -> list[dict]:
     return rows
 
 
-def bench_compile(model: str, device: torch.device, mode: str, workdir: Path, epochs: float) -> list[dict]:
+def bench_compile(model: str, device: torch.device, mode: str, workdir: Path, epochs: float,
+                  batch: int) -> list[dict]:
+    """Per compile scope, in a fresh process with an empty inductor cache: the first run
+    of a kind, then a second run of the same kind in the same process. Compile time ≈
+    warm-up (the first WARMUP_STEPS steps) minus those steps at the steady rate."""
+    import json
+    import os
+    import subprocess
+
     rows = []
-    for name, lr in (("new kind (first run in the process)", 1e-5), ("same kind (next run)", 5e-6)):
-        cfg = _cfg(model, f"c{lr}", compile=mode, lr=lr, epochs=epochs)
-        final = train.run(cfg, workdir / cfg.id)
-        rows.append({"cost": "compile", "how": name, "s each (loop stopped)": final["timings"]["warmup_s"],
-                     "repeats": 1, "steady img/s": final["images_per_s_steady"]})
+    for scope in ("model", "layers"):
+        env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(workdir / f"inductor-{scope}")}
+        cmd = [sys.executable, __file__, "--compile-child", json.dumps(
+            {"model": model, "device": str(device), "mode": mode, "scope": scope, "epochs": epochs,
+             "batch": batch, "workdir": str(workdir)})]
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+        rows += json.loads(out.strip().splitlines()[-1])
     return rows
+
+
+def _compile_child(spec: dict) -> None:
+    import json
+
+    torch.compile(lambda t: t * 2)(torch.ones(2, device=spec["device"]))  # compiler start-up, not the scope's
+    rows = []
+    for name, lr in (("new kind", 1e-5), ("same kind, next run", 5e-6)):
+        cfg = _cfg(spec["model"], f"c{spec['scope']}{lr}", compile=spec["mode"], compile_scope=spec["scope"], lr=lr,
+                   epochs=spec["epochs"], batch_size=spec["batch"])
+        final = train.run(cfg, Path(spec["workdir"]) / cfg.id)
+        warm, steady = final["timings"]["warmup_s"], final["images_per_s_steady"]
+        rows.append({"cost": "compile", "how": f"scope {spec['scope']}: {name}", "s each (loop stopped)": warm,
+                     "compile ≈ s": warm - train.WARMUP_STEPS * spec["batch"] / steady, "repeats": 1,
+                     "steady img/s": steady})
+    print(json.dumps(rows))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -123,7 +149,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--compile", default=None, choices=["default", "reduce-overhead", "max-autotune"],
                     help="also time compilation (new kind vs same kind in one process)")
     ap.add_argument("--compile-epochs", type=float, default=0.5)
+    ap.add_argument("--compile-batch", type=int, default=64, help="batch of the compile runs (CPU: 8)")
+    ap.add_argument("--compile-child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.compile_child:
+        import json
+
+        return _compile_child(json.loads(args.compile_child))
     device = torch.device(args.device)
     print(f"bench_overheads on {device_name(device)}; torch {torch.__version__}; {args.model}")
     workdir = Path(tempfile.mkdtemp(prefix="bench_overheads_"))
@@ -131,14 +163,15 @@ def main(argv: list[str] | None = None) -> None:
         rows = bench_checkpoint(args.model, device, args.repeats, workdir)
         rows += bench_eval(args.model, device, args.repeats)
         if args.compile:
-            rows += bench_compile(args.model, device, args.compile, workdir, args.compile_epochs)
+            rows += bench_compile(args.model, device, args.compile, workdir, args.compile_epochs,
+                                  args.compile_batch)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     for r in rows:
         if r["cost"] in PER_RUN:
             r["s per 20-epoch run"] = r["s each (loop stopped)"] * PER_RUN[r["cost"]]
     print_table(rows, ["cost", "how", "s each (loop stopped)", "s per 20-epoch run", "s until on disk, all",
-                       "GB each", "max |Δ rows| vs batch 32", "steady img/s", "repeats"])
+                       "GB each", "max |Δ rows| vs batch 32", "compile ≈ s", "steady img/s", "repeats"])
     for cost in PER_RUN:
         base, lever = [r for r in rows if r["cost"] == cost]
         print(f"{cost}: loop stopped {base['s each (loop stopped)'] / lever['s each (loop stopped)']:.1f}x "

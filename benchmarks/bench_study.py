@@ -191,6 +191,8 @@ def slice_overrides(args) -> list[str]:
         sets.append(f"optim.precision={args.precision}")
     if args.compile:
         sets.append(f"optim.compile={args.compile}")
+    if args.compile_scope:
+        sets.append(f"optim.compile_scope={args.compile_scope}")
     if args.model:
         sets.append(f"model={args.model}")
         sets += shallow_overrides(args)
@@ -543,6 +545,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="optim.precision of the slice (default: the config's, fp16)")
     ap.add_argument("--compile", choices=["off", "default", "reduce-overhead", "max-autotune"], default=None,
                     help="optim.compile of the slice (default: the config's, off)")
+    ap.add_argument("--compile-scope", choices=["model", "layers"], default=None,
+                    help="optim.compile_scope of the slice (default: the config's, model)")
     ap.add_argument("--model", default=None, help="model override, e.g. tiny (default: the config's)")
     ap.add_argument("--scale", choices=["full", "small"], default="full",
                     help="small: synthetic sizes for a CPU smoke run")

@@ -42,6 +42,9 @@ KINDS = {
     "entropy_floor+compile-ro": {"regularizer": {"kind": "entropy_floor", "lam": 0.1},
                                  "optim": {"compile": "reduce-overhead"}},
     "full+compile-ro bf16": {"optim": {"compile": "reduce-overhead", "precision": "bf16"}},
+    "full+compile-ro layers": {"optim": {"compile": "reduce-overhead", "compile_scope": "layers"}},
+    "apr (cached ref)+compile-ro layers": {"regularizer": {"kind": "apr", "lam": 0.1, "reference": "cached"},
+                                           "optim": {"compile": "reduce-overhead", "compile_scope": "layers"}},
     "lora+apr (cached ref)": {"method": "lora", "regularizer": {"kind": "apr", "lam": 0.1}},
 }
 

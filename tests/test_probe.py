@@ -35,7 +35,10 @@ def test_probe_keeps_the_fused_output():
     with probing(model.vision_model) as rows:
         probed = model.vision_model(pixel_values=x).last_hidden_state
         assert model.vision_model.config._attn_implementation == PROBE
-    assert len(rows) == 3
+        assert len(rows) == 3 and rows[0].shape == (4, 4, 1, 17)
+        model.vision_model(pixel_values=x[:2])  # a second forward replaces the rows
+        assert len(rows) == 3 and rows[2].shape == (2, 4, 1, 17)
+    assert len(rows) == 0  # dropped on exit
     torch.testing.assert_close(probed, plain, atol=1e-6, rtol=1e-5)
 
 

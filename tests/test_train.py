@@ -207,13 +207,20 @@ def test_cached_apr_reference_equals_the_online_forward(method):
     assert cache.table.shape == (2, len(feed), 3, 4, 17)
 
 
-@pytest.mark.parametrize("reg", [{}, {"regularizer.kind": "entropy_floor", "regularizer.lam": 5.0}])
-def test_compiled_step_matches_the_plain_step(tmp_path, reg):
-    # The speed path (torch.compile of the forward/backward, probe hooks included; on GPU
-    # with CUDA graphs) must train to the same numbers as the eager path.
+@pytest.mark.parametrize("scope,reg", [
+    ("model", {}), ("model", {"regularizer.kind": "entropy_floor", "regularizer.lam": 5.0}),
+    ("layers", {}), ("layers", {"regularizer.kind": "apr", "regularizer.lam": 5.0}),
+])
+def test_compiled_step_matches_the_plain_step(tmp_path, scope, reg):
+    # The speed path (torch.compile of the forward/backward as one graph or layer by layer,
+    # probe hooks included; on GPU with CUDA graphs) must train to the eager path's numbers.
+    from torch._dynamo.utils import counters
     plain = train.run(tiny_run_config(**{"optim.epochs": 1, **reg}), tmp_path / "plain")
-    fast = train.run(tiny_run_config(**{"optim.epochs": 1, "optim.compile": "default", **reg}),
-                     tmp_path / "compiled")
+    before = counters["stats"]["unique_graphs"]
+    torch._dynamo.reset()
+    fast = train.run(tiny_run_config(**{"optim.epochs": 1, "optim.compile": "default",
+                                        "optim.compile_scope": scope, **reg}), tmp_path / "compiled")
+    assert counters["stats"]["unique_graphs"] - before == 1  # one graph (per layer: the same one), no break
     assert fast["best_acc"] == plain["best_acc"]
     for metric in plain["final"]:
         np.testing.assert_allclose(fast["final"][metric], plain["final"][metric], atol=1e-5)

@@ -87,6 +87,11 @@ class OptimConfig(_Strict):
     """torch.compile mode of the training forward/backward, probe included
     ("reduce-overhead" adds CUDA graphs on GPU); true/false mean "default"/"off"."""
 
+    compile_scope: Literal["model", "layers"] = "model"
+    """What `compile` compiles: the whole classifier as one graph, or each transformer
+    layer on its own (one layer's graph serves all: compile time ~1/5 on CPU, fusion
+    across layer boundaries lost). Same numbers either way."""
+
     @field_validator("compile", mode="before")
     @classmethod
     def _compile_bool(cls, v):
@@ -215,7 +220,7 @@ def compile_key(cfg: RunConfig) -> tuple:
     lora = (cfg.lora.rank, cfg.lora.targets, cfg.lora.dropout > 0) if cfg.method == "lora" else None
     return (cfg.model, cfg.method, lora, cfg.freeze_layers, cfg.freeze_projection, cfg.head_init,
             cfg.dataset, cfg.data.synthetic_classes, cfg.regularizer.kind != "none", cfg.optim.precision,
-            cfg.optim.batch_size, cfg.optim.compile)
+            cfg.optim.batch_size, cfg.optim.compile, cfg.optim.compile_scope)
 
 
 def diff_fields(a: dict[str, Any], b: dict[str, Any]) -> list[str]:

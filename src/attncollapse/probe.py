@@ -76,23 +76,54 @@ def _set_impl(vision_model: nn.Module, config, impl: str) -> None:
         config._attn_implementation = impl
 
 
+_ROW = "_attncollapse_cls_row"
+
+
+def _keep_row(module: nn.Module, _args, output) -> None:
+    # One module-level hook for every layer, keeping its row on its own module: under
+    # torch.compile a closure appending to a shared list is guarded on the list's length,
+    # so each layer compiled on its own (`compile_scope: layers`) would need its own graph.
+    if output[1] is not None:
+        setattr(module, _ROW, output[1])
+
+
+class ProbeRows:
+    """The [CLS] rows of the latest forward, one (B, H, 1, T) tensor per probed layer in
+    layer order (a read-only sequence; `clear()` forgets them)."""
+
+    def __init__(self, mods: list[nn.Module]):
+        self._mods = mods
+
+    def _rows(self) -> list[Tensor]:
+        return [m.__dict__[_ROW] for m in self._mods if _ROW in m.__dict__]
+
+    def clear(self) -> None:
+        for m in self._mods:
+            m.__dict__.pop(_ROW, None)
+
+    def __len__(self) -> int:
+        return len(self._rows())
+
+    def __iter__(self) -> Iterator[Tensor]:
+        return iter(self._rows())
+
+    def __getitem__(self, i):
+        return self._rows()[i]
+
+
 @contextmanager
-def probing(vision_model: nn.Module) -> Iterator[list[Tensor]]:
+def probing(vision_model: nn.Module) -> Iterator[ProbeRows]:
     """Within the block, every forward of `vision_model` also records [CLS] rows.
 
-    Yields a list that each forward appends L tensors (B, H, 1, T) to, one per layer in
-    order. On exit the tower's attention implementation is restored as it was found.
+    Yields a `ProbeRows`: the L rows (B, H, 1, T) of the latest forward, in layer order.
+    On exit the rows are dropped and the tower's attention implementation is restored as
+    it was found.
     """
     mods = attention_modules(vision_model)
     config = mods[0].config
     before = config._attn_implementation
-    rows: list[Tensor] = []
-
-    def hook(_module, _args, output):
-        if output[1] is not None:
-            rows.append(output[1])
-
-    handles = [m.register_forward_hook(hook) for m in mods]
+    rows = ProbeRows(mods)
+    handles = [m.register_forward_hook(_keep_row) for m in mods]
     try:
         if before != PROBE:
             _set_impl(vision_model, config, PROBE)
@@ -100,11 +131,12 @@ def probing(vision_model: nn.Module) -> Iterator[list[Tensor]]:
     finally:
         for h in handles:
             h.remove()
+        rows.clear()
         if config._attn_implementation != before:
             _set_impl(vision_model, config, before)
 
 
-def stack_rows(rows: list[Tensor], n_layers: int) -> Tensor:
+def stack_rows(rows, n_layers: int) -> Tensor:
     """Turn one forward's recorded rows into (L, B, H, T)."""
     if len(rows) != n_layers:
         raise RuntimeError(f"probe recorded {len(rows)} rows for a {n_layers}-layer tower")
@@ -127,4 +159,4 @@ def cls_rows(vision_model: nn.Module, pixel_values: Tensor) -> Tensor:
     n_layers = len(attention_modules(vision_model))
     with probing(vision_model) as rows:
         vision_model(pixel_values=pixel_values)
-    return stack_rows(rows, n_layers)
+        return stack_rows(rows, n_layers)

@@ -14,11 +14,11 @@ from torch import nn
 from .config import RunConfig, compile_key
 from .data import Feeder
 from .evaluate import autocast
-from .probe import attention_modules, probing, stack_rows
+from .probe import ProbeRows, attention_modules, probing, stack_rows
 from .regularizers import apr, entropy_floor
 
 def make_step(cfg: RunConfig, clf: nn.Module, opt, scaler, *, device: torch.device, precision: str,
-              rows: list | None = None, ref_vision: nn.Module | None = None, floor: torch.Tensor | None = None):
+              rows: ProbeRows | None = None, ref_vision: nn.Module | None = None, floor: torch.Tensor | None = None):
     """One optimisation step as a function of a batch: `step(x, y, ref=None) -> loss`.
 
     Plain runs use the fused attention and no probe; regularized runs read the probe rows
@@ -29,11 +29,14 @@ def make_step(cfg: RunConfig, clf: nn.Module, opt, scaler, *, device: torch.devi
     n_layers = len(attention_modules(clf.vision))
     params = [p for p in clf.parameters() if p.requires_grad]
     # The probe's rows reach the loss through forward hooks, which dynamo traces into the
-    # same graph (one graph, no break), so regularized steps compile too.
+    # compiled graph (no break), so regularized steps compile too.
     fwd = clf
     if cfg.optim.compile != "off":
         _fresh_compile_cache(compile_key(cfg))
-        fwd = torch.compile(clf, mode=cfg.optim.compile)
+        if cfg.optim.compile_scope == "model":
+            fwd = torch.compile(clf, mode=cfg.optim.compile)
+        else:
+            fwd = _layer_compiled(clf, cfg.optim.compile)
 
     def step(x: torch.Tensor, y: torch.Tensor, ref: torch.Tensor | None = None) -> torch.Tensor:
         """One update on batch (x, y); `ref` = cached APR reference rows (L, B, H, T)."""
@@ -61,6 +64,32 @@ def make_step(cfg: RunConfig, clf: nn.Module, opt, scaler, *, device: torch.devi
         return loss
 
     return step
+
+
+def _layer_compiled(clf: nn.Module, mode: str):
+    """`clf`'s forward with each transformer layer compiled on its own (regional compile).
+
+    The compiled layers stand in the layer list only during the training forward, so
+    eval points, zero-shot and the APR reference stay eager (compiling them too would
+    add graphs per batch size and mode).
+    """
+    slots = [(m, i) for m in clf.vision.modules() if isinstance(m, nn.ModuleList)
+             for i, layer in enumerate(m) if type(layer).__name__.endswith("EncoderLayer")]
+    if not slots:
+        raise ValueError("optim.compile_scope 'layers': no transformer layers found in the vision tower")
+    compiled = [torch.compile(m[i], mode=mode) for m, i in slots]
+
+    def fwd(x: torch.Tensor) -> torch.Tensor:
+        originals = [m[i] for m, i in slots]
+        for (m, i), c in zip(slots, compiled):
+            m[i] = c
+        try:
+            return clf(x)
+        finally:
+            for (m, i), orig in zip(slots, originals):
+                m[i] = orig
+
+    return fwd
 
 
 _compiled_key: tuple | None = None
@@ -134,7 +163,7 @@ def _reference_rows(clf, ref_vision, x, rows, n_layers):
         if ref_vision is not None:
             with probing(ref_vision) as ref:
                 ref_vision(pixel_values=x)
-            return stack_rows(ref, n_layers).float()
+                return stack_rows(ref, n_layers).float()
         rows.clear()
         with clf.vision.disable_adapter():  # LoRA: the base model, no second copy in memory
             clf.vision(pixel_values=x)
