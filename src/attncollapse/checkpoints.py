@@ -13,6 +13,7 @@ flight leaves only a hidden temporary directory: the previous checkpoint stays t
 
 from __future__ import annotations
 
+import itertools
 import threading
 import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -44,10 +45,10 @@ class _Buffers:
     """
 
     def __init__(self) -> None:
-        self._bufs: dict[tuple, torch.Tensor] = {}
+        self._bufs: dict[int, torch.Tensor] = {}
 
-    def copy(self, nest: Any, tag: str = "") -> Any:
-        counter = iter(range(1 << 62))
+    def copy(self, nest: Any) -> Any:
+        counter = itertools.count()  # the nest has the same structure every time
         cuda = False
 
         def one(t):
@@ -55,7 +56,7 @@ class _Buffers:
             if not isinstance(t, torch.Tensor):
                 return t
             t = t.detach()
-            key = (tag, next(counter))
+            key = next(counter)
             buf = self._bufs.get(key)
             if buf is None or buf.shape != t.shape or buf.dtype != t.dtype:
                 buf = torch.empty(t.shape, dtype=t.dtype, device="cpu", pin_memory=t.is_cuda)

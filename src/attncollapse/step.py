@@ -17,6 +17,7 @@ from .evaluate import autocast
 from .probe import ProbeRows, attention_modules, probing, stack_rows
 from .regularizers import apr, entropy_floor
 
+
 def make_step(cfg: RunConfig, clf: nn.Module, opt, scaler, *, device: torch.device, precision: str,
               rows: ProbeRows | None = None, ref_vision: nn.Module | None = None, floor: torch.Tensor | None = None):
     """One optimisation step as a function of a batch: `step(x, y, ref=None) -> loss`.
