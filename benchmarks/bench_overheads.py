@@ -11,9 +11,10 @@ each measured against its baseline in the same invocation:
 * eval point: one eval point's [CLS] rows of the 200-image eval subset, forward passes of
   32 images (the reports' batches) vs `eval.forward_batch_size` 256 (same rows; the
   metrics still group by 32).
-* compile (`--compile MODE`): the first steps of a run of a kind the process has not
-  compiled, vs the next run of the same kind in the same process (the executors run
-  same-kind runs back to back).
+* compile (`--compile MODE`): per `optim.compile_scope` (whole model vs one layer), in a
+  fresh process with an empty inductor cache, the first steps of a run of a kind the
+  process has not compiled, vs the next run of the same kind in the same process (the
+  executors run same-kind runs back to back).
 
     python benchmarks/bench_overheads.py                        # GPU: vit-b-32-random
     python benchmarks/bench_overheads.py --compile reduce-overhead
@@ -46,7 +47,8 @@ PER_RUN = {"checkpoint": 20, "eval point": 100}  # a 20-epoch run: 1 checkpoint/
 
 def _cfg(model: str, run_id: str = "bench", **optim) -> RunConfig:
     return RunConfig.model_validate({"id": run_id, "model": model, "dataset": "synthetic",
-                                     "optim": {"batch_size": 64, "precision": "fp16", **optim}, "zeroshot": {"enabled": False},
+                                     "optim": {"batch_size": 64, "precision": "fp16", **optim},
+                                     "zeroshot": {"enabled": False},
                                      "data": {"synthetic_train": 2048, "synthetic_test": 256}})
 
 
@@ -136,7 +138,8 @@ def _compile_child(spec: dict) -> None:
         final = train.run(cfg, Path(spec["workdir"]) / cfg.id)
         warm, steady = final["timings"]["warmup_s"], final["images_per_s_steady"]
         rows.append({"cost": "compile", "how": f"scope {spec['scope']}: {name}", "s each (loop stopped)": warm,
-                     "compile ≈ s": warm - train.WARMUP_STEPS * spec["batch"] / steady, "repeats": 1,
+                     "compile ≈ s": warm - train.WARMUP_STEPS * spec["batch"] / steady if steady else None,
+                     "repeats": 1,
                      "steady img/s": steady})
     print(json.dumps(rows))
 
