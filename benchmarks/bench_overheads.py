@@ -36,10 +36,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import device_name, print_table, sync  # noqa: E402
 
 from attncollapse import train  # noqa: E402
-from attncollapse.checkpoints import CheckpointWriter, trainable  # noqa: E402
+from attncollapse.train.loop import WARMUP_STEPS  # noqa: E402
+from attncollapse.train.checkpoints import CheckpointWriter, trainable  # noqa: E402
 from attncollapse.config import RunConfig  # noqa: E402
 from attncollapse.data import Feeder, synthetic  # noqa: E402
-from attncollapse.evaluate import eval_rows  # noqa: E402
+from attncollapse.measure import eval_rows  # noqa: E402
 from attncollapse.models import image_size  # noqa: E402
 
 PER_RUN = {"checkpoint": 20, "eval point": 100}  # a 20-epoch run: 1 checkpoint/epoch, 5 eval points/epoch
@@ -138,7 +139,7 @@ def _compile_child(spec: dict) -> None:
         final = train.run(cfg, Path(spec["workdir"]) / cfg.id)
         warm, steady = final["timings"]["warmup_s"], final["images_per_s_steady"]
         rows.append({"cost": "compile", "how": f"scope {spec['scope']}: {name}", "s each (loop stopped)": warm,
-                     "compile ≈ s": warm - train.WARMUP_STEPS * spec["batch"] / steady if steady else None,
+                     "compile ≈ s": warm - WARMUP_STEPS * spec["batch"] / steady if steady else None,
                      "repeats": 1,
                      "steady img/s": steady})
     print(json.dumps(rows))

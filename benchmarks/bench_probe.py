@@ -24,9 +24,9 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import device_name, peak_memory_gib, print_table, reset_peak, time_steps  # noqa: E402
 
-from attncollapse.metrics import entropy, patch_rows  # noqa: E402
+from attncollapse.measure.metrics import entropy, patch_rows  # noqa: E402
 from attncollapse.models import PRESETS, build_classifier  # noqa: E402
-from attncollapse.probe import attention_modules, probing, stack_rows  # noqa: E402
+from attncollapse.measure.probe import attention_modules, probing, stack_rows  # noqa: E402
 from transformers import CLIPModel  # noqa: E402
 
 SHAPES = {"vit-b-32": "vit-b-32-random", "vit-b-16": "vit-b-16-random", "tiny": "tiny"}

@@ -3,7 +3,7 @@ reports' method beside it, and the projected wall time of the full 21-run matrix
 
 Ours: `configs/paper-shapes.yaml` (ViT-B/32 shapes, random weights, synthetic data of the
 real sizes), by default every run at `--epochs 1` (1/20 of EuroSAT's, 1/30 of Pets'
-epochs), through `runner.run_matrix` with the local executor on one GPU (`--runs-per-gpu K`
+epochs), through `study.run_matrix` with the local executor on one GPU (`--runs-per-gpu K`
 worker processes share it), so data set-up, compilation, eval points, checkpoints,
 zero-shot and results.csv are all on the clock (analysis off). `--only` narrows it to a
 slice (e.g. `SLICE`, one run of every kind). Reports' style: the same model trained the way the reports did it (eager
@@ -39,9 +39,9 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import PilSet, device_name, print_table  # noqa: E402
 
-from attncollapse import _io, runner  # noqa: E402
+from attncollapse import _io, study  # noqa: E402
 from attncollapse.config import RunConfig  # noqa: E402
-from attncollapse.matrix import load_matrix, read_config_yaml, resolve_config_path  # noqa: E402
+from attncollapse.config import load_matrix, read_config_yaml, resolve_config_path  # noqa: E402
 
 SLICE = "E1,E2,E3,E5,A2,A3-freeze6,R1-apr0.1,R2-ent0.1"
 """One run of every kind: full (EuroSAT- and Pets-shaped), LoRA qv, LoRA qkvo, freeze,
@@ -228,7 +228,7 @@ def run_slice(args, workdir: Path) -> dict:
     matrix = load_matrix(args.config, overrides)
     out = workdir / "runs"
     only = slice_only(args) or None
-    tasks = runner.plan(matrix, out, only)
+    tasks = study.plan(matrix, out, only)
     cache_s = prepare_data(tasks)
     if args.runs_per_gpu > 1 and "OMP_NUM_THREADS" not in os.environ:
         # K spawned workers inherit this: without it each takes every core for its CPU ops
@@ -237,7 +237,7 @@ def run_slice(args, workdir: Path) -> dict:
     sampler = GpuSampler(args.sample_interval)
     sampler.start()
     t0 = time.perf_counter()
-    summary = runner.run_matrix(
+    summary = study.run_matrix(
         matrix, out, only=only, executor="local", gpus=1, runs_per_gpu=args.runs_per_gpu,
         analyze=False)
     _write_results(out, matrix)
@@ -297,7 +297,7 @@ def prepare_data(tasks) -> float:
 
 
 def _write_results(out: Path, matrix) -> None:
-    from attncollapse.results import write_results
+    from attncollapse.study import write_results
 
     write_results(out, matrix)
 
@@ -345,7 +345,7 @@ def reports_run(kind: str, args, device: torch.device, files, classes: int, proc
     import copy
 
     from attncollapse.models import apply_lora, build_classifier, freeze_layers, load_clip
-    from attncollapse.regularizers import apr, entropy_floor
+    from attncollapse.train.regularizers import apr, entropy_floor
     from attncollapse.train import lr_at
 
     spec = args.model or "vit-b-32-random"
@@ -397,7 +397,7 @@ def reports_run(kind: str, args, device: torch.device, files, classes: int, proc
                         loss = loss + apr(rows_of(out), ref_rows, 0.1)
                     else:
                         if floor is None:  # 0.7 × the pretrained per-layer entropy
-                            from attncollapse.metrics import entropy, patch_rows
+                            from attncollapse.measure.metrics import entropy, patch_rows
                             floor = 0.7 * entropy(patch_rows(ref_rows)).mean((1, 2))
                         loss = loss + entropy_floor(rows_of(out), floor, 0.1)
             scaler.scale(loss).backward()

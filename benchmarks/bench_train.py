@@ -23,9 +23,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import device_name, peak_memory_gib, print_table, reset_peak, time_steps  # noqa: E402
 
 from attncollapse import train  # noqa: E402
-from attncollapse.step import ReferenceRows, make_step  # noqa: E402
+from attncollapse.train.step import ReferenceRows, make_step  # noqa: E402
 from attncollapse.config import RunConfig  # noqa: E402
-from attncollapse.probe import probing  # noqa: E402
+from attncollapse.measure.probe import probing  # noqa: E402
 
 KINDS = {
     "reports (eager+attn)": {},

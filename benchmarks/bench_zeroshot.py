@@ -1,7 +1,7 @@
-"""CIFAR-100-shaped zero-shot evaluation, end to end, through `zeroshot.evaluate`.
+"""CIFAR-100-shaped zero-shot evaluation, end to end, through `zeroshot.evaluate_dataset`.
 
 10,000 images at 224 px, 100 classes, ViT-B/32 shapes with random weights. Each row
-times one `zeroshot.evaluate` call from the uint8 `ImageSet` in host memory and the model
+times one `zeroshot.evaluate_dataset` call from the uint8 `ImageSet` in host memory and the model
 on the device to the accuracy numbers: text embeddings (no cache), the uint8 copy to the
 device, the image pass(es) and the similarity argmax. A phase breakdown follows.
 
@@ -32,7 +32,9 @@ from transformers import CLIPModel
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import device_name, peak_memory_gib, print_table, reset_peak, sync  # noqa: E402
 
-from attncollapse import data, models, zeroshot  # noqa: E402
+from attncollapse import data, models  # noqa: E402
+from attncollapse.transfer import text as text_side  # noqa: E402
+from attncollapse.transfer import zeroshot  # noqa: E402
 from attncollapse.config import ZeroShotConfig  # noqa: E402
 
 # CIFAR-100's fine label names (underscores as spaces, as the zero-shot prompts use them).
@@ -109,7 +111,7 @@ def main(argv=None) -> None:
         zcfg = ZeroShotConfig(templates=templates)
 
         def run():
-            return zeroshot.evaluate(model, clip, tok, images, zcfg, method=method, pretrained_projection=proj,
+            return zeroshot.evaluate_dataset(model, clip, tok, images, zcfg, method=method, pretrained_projection=proj,
                                      device=device, precision=precision, batch_size=args.batch_size)
 
         reset_peak(device)
@@ -121,14 +123,14 @@ def main(argv=None) -> None:
     print_table(rows, ["case", "cold_s", "warm_s", "images/s", "peak_GiB", "acc"])
 
     # Where the time goes (single prompt, full FT), each phase on its own.
-    text_s, _ = _timed(lambda: zeroshot.text_embeddings(clip, tok, images.class_names, "single", device=device), device)
-    ens_s, _ = _timed(lambda: zeroshot.text_embeddings(clip, tok, images.class_names, "ensemble", device=device),
+    text_s, _ = _timed(lambda: text_side.text_embeddings(clip, tok, images.class_names, "single", device=device), device)
+    ens_s, _ = _timed(lambda: text_side.text_embeddings(clip, tok, images.class_names, "ensemble", device=device),
                       device)
     copy_s, feeder = _timed(lambda: data.Feeder(images, device), device)
     img_s, feats = _timed(lambda: zeroshot.image_features(clf, feeder, batch_size=args.batch_size, device=device,
                                                           precision=precision), device)
-    text = zeroshot.text_embeddings(clip, tok, images.class_names, "single", device=device)
-    acc_s, _ = _timed(lambda: zeroshot.accuracy(feats, feeder.labels, text), device)
+    text = text_side.text_embeddings(clip, tok, images.class_names, "single", device=device)
+    acc_s, _ = _timed(lambda: zeroshot.zeroshot_accuracy(feats, feeder.labels, text), device)
     print()
     print_table([
         {"phase": f"text, single ({args.classes} prompts)", "s": text_s},

@@ -20,6 +20,8 @@ from typing import Any, Iterable
 import numpy as np
 import yaml
 
+from attncollapse.models import PRESETS
+
 METRICS = ("entropy", "erf", "gini", "head_diversity")
 
 # Experiment report §6.2: pretrained per-layer table (EuroSAT eval subset).
@@ -131,7 +133,7 @@ def build_matrix(root: str | Path, runs: Iterable[str] | None = None, *, seeds: 
         for ds in ("eurosat", "pets"):
             b = _baseline(ds, num_layers)
             _dump(root / "baseline" / f"{names.get(ds, ds)}.json", {
-                "model": model, "dataset": names.get(ds, ds), "images": 200, "eval_idx": list(range(200)),
+                "model": model, "model_random_init": model in PRESETS, "dataset": names.get(ds, ds), "images": 200, "eval_idx": list(range(200)),
                 "diversity": "batch_mean", "layers": _table(b), "mean": {m: float(v.mean()) for m, v in b.items()},
                 "zeroshot": {"cifar100": {"acc": BASELINE_ZS, "top5": 0.85, "templates": "single"}}})
     rows = []
@@ -207,6 +209,7 @@ def _write_run(d: Path, run_id: str, rid: str, seed: int, cfg: dict, ds: str, mo
     zsd = {"cifar100": {"acc": zs, "top5": min(1.0, zs + 0.2), "acc_base_only": zs_base if lora else None,
                         "top5_base_only": None, "acc_frozen_projection": None, "templates": "single", "images": 10000}}
     final = {"run_id": run_id, "seed": seed, "status": "done", "method": cfg["method"], "dataset": ds, "model": model,
+             "model_random_init": model in PRESETS,
              "best_acc": best, "best_step": total, "final_acc": best - 0.001, "select_split": "test",
              "test_acc_at_best": best, "initial": _table(init), "final": _table(fin), "initial_mean": im,
              "final_mean": fm, "delta_pct": dp, "delta_pct_layers": _table(dl), "steps": total,
@@ -248,7 +251,7 @@ def rendered_matrix(key: str = "coverage", **kw: Any) -> Path:
     must not modify it. Removed at interpreter exit.
     """
     if key not in _RENDERED:
-        from attncollapse import figures, stats
+        from attncollapse.analysis import figures, stats
 
         tmp = Path(tempfile.mkdtemp(prefix="attncollapse-analysis-"))
         atexit.register(shutil.rmtree, tmp, ignore_errors=True)

@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from attncollapse import _io
-from attncollapse.checkpoints import CheckpointWriter, load_newest
+from attncollapse.train.checkpoints import CheckpointWriter, load_newest
 
 from conftest import tiny_run_config
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from attncollapse.config import RunConfig
-from attncollapse.matrix import (ConfigError, format_value, load_matrix, load_run_config, matrix_from_dict,
+from attncollapse.config import (ConfigError, format_value, load_matrix, load_run_config, matrix_from_dict,
                                  packaged_configs)
 
 REPO = Path(__file__).resolve().parents[1]

@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from attncollapse import cache as cache_mod
+from attncollapse.data import cache as cache_mod
 from attncollapse import data
 from attncollapse.config import DataConfig
 from attncollapse.data import DataError, Feeder, eval_subset_indices, load_splits, load_test_split
@@ -159,7 +159,7 @@ def test_hf_named_columns_and_single_split(tmp_path):
 def test_named_shortcuts_are_the_original_ids_and_columns(monkeypatch, tmp_path):
     import datasets as hfd
 
-    from attncollapse import sources
+    from attncollapse.data import sources
 
     assert sources.HF_SHORTCUTS["eurosat"]["id"] == "tanganke/eurosat"
     assert sources.HF_SHORTCUTS["pets"]["id"] == "timm/oxford-iiit-pet"
@@ -348,7 +348,7 @@ def test_damaged_cache_is_rebuilt_with_a_warning(folder, tmp_path, damage, reaso
 
 
 def _raw_test(root, cfg):
-    from attncollapse.sources import resolve
+    from attncollapse.data import resolve
 
     return resolve(f"imagefolder:{root}", cfg, image_size=S).splits["test"]
 
@@ -368,7 +368,7 @@ def test_parallel_build_equals_in_process_build(folder, hf_dir, tmp_path, monkey
     np.testing.assert_array_equal(one.train.images, two.train.images)
     np.testing.assert_array_equal(hf_one.images, hf_two.images)
     # readers must also survive pickling (spawn platforms send them to the workers)
-    from attncollapse.sources import resolve
+    from attncollapse.data import resolve
 
     for src in (f"imagefolder:{root}", f"hf:{path}", "digits"):
         raw = resolve(src, _cfg(tmp_path), image_size=S).splits["test"]
@@ -420,7 +420,7 @@ def test_bad_inputs_give_one_line_data_errors(folder, hf_dir, tmp_path, monkeypa
 
 
 def test_large_synthetic_sets_are_shared_through_the_disk_cache(tmp_path):
-    from attncollapse import sources
+    from attncollapse.data import sources
     from attncollapse.config import DataConfig
 
     n = sources.SYNTHETIC_DISK_MIN

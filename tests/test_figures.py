@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from analysis_fixture import build_matrix, rendered_matrix
-from attncollapse import figures, stats
+from attncollapse.analysis import figures, stats
 
 
 def _png_info(path: Path) -> tuple[int, int, float | None]:

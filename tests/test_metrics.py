@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from attncollapse import metrics
+from attncollapse.measure import metrics
 
 
 def _rows(shape, seed=0, alpha=0.3):

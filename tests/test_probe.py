@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from attncollapse.models import Classifier, apply_lora, build_classifier, load_clip
-from attncollapse.probe import PROBE, cls_rows, probing
+from attncollapse.measure.probe import PROBE, cls_rows, probing
 
 
 def _eager_row0(vision, x):

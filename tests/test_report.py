@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from analysis_fixture import build_matrix, rendered_matrix
-from attncollapse import report
+from attncollapse.analysis import report
 
 SMALL = {"overlays": (), "wise": ()}
 

@@ -19,9 +19,10 @@ from pathlib import Path
 import pytest
 
 from attncollapse import _io
-from attncollapse.matrix import ConfigError, matrix_from_dict
-from attncollapse.results import RESULTS_COLUMNS, RESULTS_TAIL, write_results
-from attncollapse.runner import acquire_lock, execute_task, plan, read_lock, release_lock, run_matrix, status
+from attncollapse.config import ConfigError, matrix_from_dict
+from attncollapse.analysis.table import RESULTS_COLUMNS, RESULTS_TAIL
+from attncollapse.study import write_results
+from attncollapse.study import acquire_lock, execute_task, plan, read_lock, release_lock, run_matrix, status
 
 MEANS = {"entropy": 2.0, "erf": 0.8, "gini": 0.3, "head_diversity": 0.1}
 
@@ -251,8 +252,8 @@ def test_runs_sharing_a_compiled_step_run_back_to_back(tmp_path):
 
 def test_affinity_orders_group_kinds_and_start_workers_apart():
     from attncollapse.config import compile_key
-    from attncollapse.matrix import load_matrix
-    from attncollapse.executors import affinity_orders
+    from attncollapse.config import load_matrix
+    from attncollapse.study.executors import affinity_orders
 
     tasks = plan(load_matrix("paper-shapes"), "/nonexistent")
     key = lambda t: ("baseline",) if t.kind == "baseline" else compile_key(t.config)  # noqa: E731

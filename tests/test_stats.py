@@ -12,7 +12,7 @@ import pytest
 from scipy import stats as sp
 
 from analysis_fixture import build_matrix
-from attncollapse import results, stats
+from attncollapse.analysis import stats, table
 
 
 def test_correlate_reproduces_the_reports_lr_table():
@@ -91,7 +91,7 @@ def test_layer_thirds_generalise():
 
 
 def test_analysis_modules_do_not_import_torch():
-    code = ("import sys, attncollapse.results, attncollapse.stats, attncollapse.figures, attncollapse.report; "
+    code = ("import sys, attncollapse.analysis; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
 
@@ -174,7 +174,7 @@ def test_three_layer_model_skips_the_anova(tmp_path):
 def test_results_csv_missing_rebuilds_rows(tmp_path):
     d = build_matrix(tmp_path / "m", ["E2", "E5", "R1-apr0.1"], overlays=(), wise=())
     (d / "results.csv").unlink()
-    m = results.load(d)
+    m = table.load(d)
     assert {r.run_id for r in m.done} == {"E2", "E5", "R1-apr0.1"} and m.notes
     st = stats.analyze(d, n_boot=200)
     assert st["tests"]["regularizers"]["entries"][0]["runs_b"] == ["E2"]

@@ -7,9 +7,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from attncollapse import metrics, step, train
+from attncollapse import train
+from attncollapse.measure import metrics
+from attncollapse.train import step
 from attncollapse.data import Feeder, load_splits
-from attncollapse.evaluate import eval_rows
+from attncollapse.measure import eval_rows
 from attncollapse.models import load_clip
 
 from conftest import tiny_run_config
@@ -89,15 +91,12 @@ class _Crash(Exception):
     pass
 
 
-def _crash_at(monkeypatch, step):
-    real = train._flip_mask
-
-    def flip(s, size, seed):
+def _crash_at(step):
+    """A `before_step` hook that kills the run before optimisation step `step`."""
+    def hook(s):
         if s == step:
             raise _Crash(f"killed at step {s}")
-        return real(s, size, seed)
-
-    monkeypatch.setattr(train, "_flip_mask", flip)
+    return hook
 
 
 @pytest.mark.parametrize("overrides", [
@@ -107,10 +106,8 @@ def _crash_at(monkeypatch, step):
 def test_interrupt_and_resume_equals_uninterrupted(tmp_path, monkeypatch, overrides):
     cfg = tiny_run_config(**{"checkpoints_per_epoch": 2, **overrides})
     ref = train.run(cfg, tmp_path / "ref")
-    _crash_at(monkeypatch, 11)  # after the step-8 checkpoint, before the step-12 one
-    with pytest.raises(_Crash):
-        train.run(cfg, tmp_path / "cut")
-    monkeypatch.undo()
+    with pytest.raises(_Crash):  # after the step-8 checkpoint, before the step-12 one
+        train.run(cfg, tmp_path / "cut", before_step=_crash_at(11))
     assert not (tmp_path / "cut" / "final.json").exists()
     got = train.run(cfg, tmp_path / "cut")
     for key in ["best_acc", "final_acc", "best_step", "delta_pct", "final", "initial"]:
@@ -125,10 +122,8 @@ def test_interrupt_and_resume_equals_uninterrupted(tmp_path, monkeypatch, overri
 def test_corrupt_checkpoint_is_skipped_for_the_one_before(tmp_path, monkeypatch):
     cfg = tiny_run_config(**{"checkpoints_per_epoch": 2, "keep_checkpoints": 3})
     ref = train.run(cfg, tmp_path / "ref")
-    _crash_at(monkeypatch, 13)
     with pytest.raises(_Crash):
-        train.run(cfg, tmp_path / "cut")
-    monkeypatch.undo()
+        train.run(cfg, tmp_path / "cut", before_step=_crash_at(13))
     newest = tmp_path / "cut" / "checkpoints" / "step-000000012" / "model.safetensors"
     newest.write_bytes(newest.read_bytes()[:100])  # half-written
     with pytest.warns(UserWarning, match="skipping checkpoint step-000000012"):
@@ -138,10 +133,8 @@ def test_corrupt_checkpoint_is_skipped_for_the_one_before(tmp_path, monkeypatch)
 
 def test_resume_with_a_different_config_is_refused(tmp_path, monkeypatch):
     cfg = tiny_run_config()
-    _crash_at(monkeypatch, 10)
     with pytest.raises(_Crash):
-        train.run(cfg, tmp_path / "r")
-    monkeypatch.undo()
+        train.run(cfg, tmp_path / "r", before_step=_crash_at(10))
     other = tiny_run_config(**{"optim.lr": 5e-4, "optim.weight_decay": 0.1})
     with pytest.raises(train.ConfigMismatch, match="optim.lr, optim.weight_decay"):
         train.run(other, tmp_path / "r")
@@ -200,7 +193,7 @@ def test_cached_apr_reference_equals_the_online_forward(method):
     idx = torch.tensor([5, 17, 3, 200])
     flip = torch.tensor([True, False, True, False])
     x, _ = feed.get(idx, flip=flip)
-    from attncollapse.probe import probing
+    from attncollapse.measure.probe import probing
     with probing(clf.vision) as rows:
         online = step._reference_rows(clf, ref_vision, x, rows, 3)
     torch.testing.assert_close(cache.lookup(idx, flip), online, atol=1e-6, rtol=1e-5)
@@ -232,7 +225,7 @@ def test_eval_point_does_not_depend_on_the_forward_batch():
     # Eval points run the eval subset in big forward passes (speed); the table must equal
     # the one from the reports' batches of 32, and the diversity grouping must stay at
     # eval.batch_size (a different grouping gives a different table).
-    from attncollapse.evaluate import attention_table, summarize_rows
+    from attncollapse.measure import attention_table, summarize_rows
     cfg = tiny_run_config(**{"data.eval_subset_size": 70, "eval.batch_size": 32})
     splits = load_splits(cfg.dataset, cfg.data, image_size=32)
     feed = Feeder(splits.eval_set, "cpu")
@@ -240,11 +233,11 @@ def test_eval_point_does_not_depend_on_the_forward_batch():
     small = eval_rows(vision, feed, batch_size=32, precision="fp32")
     big = eval_rows(vision, feed, batch_size=256, precision="fp32")
     torch.testing.assert_close(big, small, atol=1e-6, rtol=1e-5)
-    table = attention_table(vision, feed, cfg.eval)
-    ref = summarize_rows(small, cfg.eval)
+    table = attention_table(vision, feed, **cfg.eval.metric_options())
+    ref = summarize_rows(small, **cfg.eval.metric_options())
     for m in ref:
         np.testing.assert_allclose(table[m], ref[m], atol=1e-6)
-    regrouped = summarize_rows(small, cfg.eval.model_copy(update={"batch_size": 35}))
+    regrouped = summarize_rows(small, **{**cfg.eval.metric_options(), "group_size": 35})
     assert not np.allclose(regrouped["head_diversity"], ref["head_diversity"], atol=1e-6)
 
 
@@ -272,10 +265,8 @@ def test_compiled_lora_run_with_dropout_resumes_exactly(tmp_path, monkeypatch):
     cfg = tiny_run_config(**{"checkpoints_per_epoch": 2, "method": "lora", "lora.rank": 2, "lora.dropout": 0.2,
                              "regularizer.kind": "apr", "regularizer.lam": 1.0, "optim.compile": "default"})
     ref = train.run(cfg, tmp_path / "ref")
-    _crash_at(monkeypatch, 11)
     with pytest.raises(_Crash):
-        train.run(cfg, tmp_path / "cut")
-    monkeypatch.undo()
+        train.run(cfg, tmp_path / "cut", before_step=_crash_at(11))
     got = train.run(cfg, tmp_path / "cut")
     for key in ["best_acc", "final_acc", "best_step", "final"]:
         assert got[key] == ref[key], key

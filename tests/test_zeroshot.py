@@ -5,14 +5,15 @@ All on the tiny preset (random CLIP, 32 px) and synthetic images; nothing downlo
 
 from __future__ import annotations
 
-import sys
-import types
-
 import numpy as np
 import pytest
 import torch
 
-from attncollapse import _io, data, models, wise, zeroshot
+from attncollapse import _io, data, models
+from attncollapse.measure import attention_table
+from attncollapse.train import posthoc
+from attncollapse.transfer import for_run, wise, zeroshot
+from attncollapse.transfer import text as text_side
 from attncollapse.config import RunConfig, ZeroShotConfig
 
 DEV = "cpu"
@@ -82,7 +83,7 @@ def test_accuracy_matches_brute_force_loop():
         best = max(range(len(sims)), key=lambda c: sims[c])
         top1 += best == int(y)
         top5 += sum(s > sims[int(y)] for s in sims) < 5
-    res = zeroshot.accuracy(feats, labels.numpy(), text)
+    res = zeroshot.zeroshot_accuracy(feats, labels.numpy(), text)
     assert res == {"acc": top1 / 200, "top5": top5 / 200}
     assert 0 < res["acc"] < res["top5"] < 1
 
@@ -110,10 +111,10 @@ def test_image_features_match_per_image_forward(zs_set):
 def test_text_embeddings_are_mean_of_normalised_prompts():
     clip, tok = _clip(), models.tiny_tokenizer()
     names = ["cat", "dog", "apple"]
-    emb = zeroshot.text_embeddings(clip, tok, names, "ensemble", device=DEV)
+    emb = text_side.text_embeddings(clip, tok, names, "ensemble", device=DEV)
     assert emb.shape == (3, 16)
     for c, name in enumerate(names):
-        prompts = [t.format(name) for t in zeroshot.TEMPLATES["ensemble"]]
+        prompts = [t.format(name) for t in text_side.TEMPLATES["ensemble"]]
         with torch.no_grad():
             out = clip.get_text_features(**tok(prompts, padding=True, return_tensors="pt"))
         out = out.pooler_output if hasattr(out, "pooler_output") else out  # both transformers APIs
@@ -122,15 +123,15 @@ def test_text_embeddings_are_mean_of_normalised_prompts():
 
 
 def test_templates_single_vs_ensemble():
-    assert zeroshot.TEMPLATES["single"] == ["a photo of a {}"]
-    ens = zeroshot.TEMPLATES["ensemble"]
+    assert text_side.TEMPLATES["single"] == ["a photo of a {}"]
+    ens = text_side.TEMPLATES["ensemble"]
     assert len(ens) == 18 and len(set(ens)) == 18 and all(t.count("{}") == 1 for t in ens)
     clip, tok = _clip(), models.tiny_tokenizer()
-    single = zeroshot.text_embeddings(clip, tok, ["cat", "dog"], "single", device=DEV)
-    ensemble = zeroshot.text_embeddings(clip, tok, ["cat", "dog"], "ensemble", device=DEV)
+    single = text_side.text_embeddings(clip, tok, ["cat", "dog"], "single", device=DEV)
+    ensemble = text_side.text_embeddings(clip, tok, ["cat", "dog"], "ensemble", device=DEV)
     assert not torch.allclose(single, ensemble, atol=1e-4)
     with pytest.raises(ValueError, match="unknown template set"):
-        zeroshot.text_embeddings(clip, tok, ["cat"], "nope", device=DEV)
+        text_side.text_embeddings(clip, tok, ["cat"], "nope", device=DEV)
 
 
 def test_text_embeddings_computed_once_per_key(tmp_path):
@@ -138,24 +139,24 @@ def test_text_embeddings_computed_once_per_key(tmp_path):
     calls = []
     clip.text_model.register_forward_hook(lambda *_: calls.append(1))
     names = ["cat", "dog"]
-    cache = zeroshot.TextCache(dir=tmp_path)
-    a = zeroshot.text_embeddings(clip, tok, names, "single", device=DEV, cache=cache)
-    b = zeroshot.text_embeddings(clip, tok, names, "single", device=DEV, cache=cache)
+    cache = text_side.TextCache(dir=tmp_path)
+    a = text_side.text_embeddings(clip, tok, names, "single", device=DEV, cache=cache)
+    b = text_side.text_embeddings(clip, tok, names, "single", device=DEV, cache=cache)
     assert len(calls) == 1 and torch.equal(a, b)
-    zeroshot.text_embeddings(clip, tok, names, "ensemble", device=DEV, cache=cache)  # new template set
-    zeroshot.text_embeddings(clip, tok, ["cat", "cow"], "single", device=DEV, cache=cache)  # new classes
+    text_side.text_embeddings(clip, tok, names, "ensemble", device=DEV, cache=cache)  # new template set
+    text_side.text_embeddings(clip, tok, ["cat", "cow"], "single", device=DEV, cache=cache)  # new classes
     assert len(calls) == 3
     # Another process: the disk cache answers, the text tower stays idle.
-    c = zeroshot.text_embeddings(clip, tok, names, "single", device=DEV, cache=zeroshot.TextCache(dir=tmp_path))
+    c = text_side.text_embeddings(clip, tok, names, "single", device=DEV, cache=text_side.TextCache(dir=tmp_path))
     assert len(calls) == 3 and torch.equal(a, c)
     assert len(list(tmp_path.glob("*.safetensors"))) == 3
     # A different model (another preset seed) is a different key.
     other = models.load_clip("tiny", seed=1)
-    assert zeroshot.text_cache_key(other, names, ["x {}"]) != zeroshot.text_cache_key(clip, names, ["x {}"])
+    assert text_side.text_cache_key(other, names, ["x {}"]) != text_side.text_cache_key(clip, names, ["x {}"])
     # A plain dict is a memory cache.
     memo: dict = {}
-    zeroshot.text_embeddings(clip, tok, names, "single", device=DEV, cache=memo)
-    zeroshot.text_embeddings(clip, tok, names, "single", device=DEV, cache=memo)
+    text_side.text_embeddings(clip, tok, names, "single", device=DEV, cache=memo)
+    text_side.text_embeddings(clip, tok, names, "single", device=DEV, cache=memo)
     assert len(calls) == 4 and len(memo) == 1
 
 
@@ -164,7 +165,7 @@ def test_text_embeddings_computed_once_per_key(tmp_path):
 def test_lora_base_only_equals_pretrained_adapter_active_differs(zs_set):
     tok, zcfg = models.tiny_tokenizer(), ZeroShotConfig()
     pre = _clip()
-    reference = zeroshot.evaluate(_classifier(pre), pre, tok, zs_set, zcfg, method="full", device=DEV)
+    reference = zeroshot.evaluate_dataset(_classifier(pre), pre, tok, zs_set, zcfg, method="full", device=DEV)
 
     clip = _clip()
     clf = _classifier(clip, lora=True)
@@ -172,7 +173,7 @@ def test_lora_base_only_equals_pretrained_adapter_active_differs(zs_set):
     # original study, a trained projection too.
     _perturb(_lora_params(clf), scale=3.0)
     _perturb(clf.projection.parameters(), seed=2)
-    block = zeroshot.evaluate(clf, clip, tok, zs_set, zcfg, method="lora",
+    block = zeroshot.evaluate_dataset(clf, clip, tok, zs_set, zcfg, method="lora",
                               pretrained_projection=pre.visual_projection, device=DEV)
     assert block["acc_base_only"] == reference["acc"]
     assert block["top5_base_only"] == reference["top5"]
@@ -191,17 +192,17 @@ def test_full_ft_block_and_frozen_projection(zs_set):
     pre, clip = _clip(), _clip()
     clf = _classifier(clip)
     _perturb(clf.parameters())
-    block = zeroshot.evaluate(clf, clip, tok, zs_set, ZeroShotConfig(templates="ensemble", max_images=40),
+    block = zeroshot.evaluate_dataset(clf, clip, tok, zs_set, ZeroShotConfig(templates="ensemble", max_images=40),
                               method="full", pretrained_projection=pre.visual_projection, device=DEV)
     assert block["acc_base_only"] is None and block["top5_base_only"] is None
     assert block["templates"] == "ensemble" and block["images"] == 40
     sub = zs_set.subset(np.arange(40))
-    text = zeroshot.text_embeddings(pre, tok, sub.class_names, "ensemble", device=DEV)
+    text = text_side.text_embeddings(pre, tok, sub.class_names, "ensemble", device=DEV)
     frozen = zeroshot.image_features(clf, sub, device=DEV, projection=pre.visual_projection)
-    assert block["acc_frozen_projection"] == zeroshot.accuracy(frozen, sub.labels, text)["acc"]
-    assert block["acc"] == zeroshot.accuracy(zeroshot.image_features(clf, sub, device=DEV), sub.labels, text)["acc"]
+    assert block["acc_frozen_projection"] == zeroshot.zeroshot_accuracy(frozen, sub.labels, text)["acc"]
+    assert block["acc"] == zeroshot.zeroshot_accuracy(zeroshot.image_features(clf, sub, device=DEV), sub.labels, text)["acc"]
     with pytest.raises(ValueError, match="no PEFT adapters"):
-        zeroshot.evaluate(clf, clip, tok, zs_set, ZeroShotConfig(), method="lora", device=DEV)
+        zeroshot.evaluate_dataset(clf, clip, tok, zs_set, ZeroShotConfig(), method="lora", device=DEV)
 
 
 def test_baseline_zero_shot_equals_lora_base_only():
@@ -216,32 +217,32 @@ def test_baseline_zero_shot_equals_lora_base_only():
     _perturb(_lora_params(clf), scale=3.0)
     _perturb(clf.projection.parameters(), seed=2)
     test = data.load_test_split("synthetic", data_cfg, image_size=32)
-    block = zeroshot.evaluate(clf, clip, models.tiny_tokenizer(), test, zcfg, method="lora",
+    block = zeroshot.evaluate_dataset(clf, clip, models.tiny_tokenizer(), test, zcfg, method="lora",
                               pretrained_projection=pre.visual_projection, device=DEV)
     assert (block["acc_base_only"], block["top5_base_only"]) == (base["synthetic"]["acc"], base["synthetic"]["top5"])
 
 
 def test_head_from_text():
     clip = _clip()
-    head = zeroshot.head_from_text(clip, "tiny", ["cat", "dog", "cow"], device=DEV)
-    ref = zeroshot.text_embeddings(clip, models.tiny_tokenizer(), ["cat", "dog", "cow"], "ensemble", device=DEV)
+    head = text_side.head_from_text(clip, "tiny", ["cat", "dog", "cow"], device=DEV)
+    ref = text_side.text_embeddings(clip, models.tiny_tokenizer(), ["cat", "dog", "cow"], "ensemble", device=DEV)
     assert torch.equal(head, ref)
     clf = models.build_classifier(clip, 3, text_head=head)  # the shape build_classifier expects
     assert clf.normalize_features
     with pytest.raises(ValueError, match="class names"):
-        zeroshot.head_from_text(clip, "tiny", [], device=DEV)
+        text_side.head_from_text(clip, "tiny", [], device=DEV)
 
 
 # ------------------------------------------------------------------------------ WiSE
 
 def _numbers(clf, clip, tok, zs_set, task_set, eval_set):
     """Zero-shot acc, task acc and layer table of a classifier as it stands."""
-    text = zeroshot.text_embeddings(clip, tok, zs_set.class_names, "single", device=DEV)
-    zs_acc = zeroshot.accuracy(zeroshot.image_features(clf, zs_set, device=DEV), zs_set.labels, text)["acc"]
+    text = text_side.text_embeddings(clip, tok, zs_set.class_names, "single", device=DEV)
+    zs_acc = zeroshot.zeroshot_accuracy(zeroshot.image_features(clf, zs_set, device=DEV), zs_set.labels, text)["acc"]
     with torch.no_grad():
         x, y = data.Feeder(task_set, DEV).get(torch.arange(len(task_set)))
         task_acc = (clf(x).argmax(-1) == y).sum().item() / len(y)
-    layers = wise.attention_table(clf.vision, data.Feeder(eval_set, DEV))
+    layers = attention_table(clf.vision, data.Feeder(eval_set, DEV))
     return zs_acc, task_acc, layers
 
 
@@ -309,7 +310,7 @@ def test_wise_restores_weights_on_error(zs_set, eval_set, monkeypatch):
 # ------------------------------------------------------------------------- run directory
 
 def _fake_run(tmp_path, monkeypatch, *, method):
-    """A finished run directory, with train.load_trained / data.load_test_split stand-ins."""
+    """A finished run directory, with stand-ins for loading the trained model and the zero-shot sets."""
     cfg = RunConfig(id="L1", model="tiny", dataset="synthetic", method=method, device="cpu",
                     optim={"precision": "fp32"},
                     data={"synthetic_train": 32, "synthetic_test": 64, "eval_subset_size": 32},
@@ -328,15 +329,15 @@ def _fake_run(tmp_path, monkeypatch, *, method):
     def load_test_split(source, data_cfg, *, image_size):
         return data.synthetic(64, 10, image_size, seed={"zs_a": 5, "zs_b": 6}[source], split="test")
 
-    monkeypatch.setitem(sys.modules, "attncollapse.train", types.SimpleNamespace(load_trained=load_trained))
-    monkeypatch.setattr(data, "load_test_split", load_test_split, raising=False)
+    monkeypatch.setattr(posthoc, "load_trained", load_trained)
+    monkeypatch.setattr(for_run, "load_test_split", load_test_split)
     return run
 
 
 @pytest.mark.parametrize("method", ["full", "lora"])
 def test_evaluate_run_merges_into_final_json(tmp_path, monkeypatch, method):
     run = _fake_run(tmp_path, monkeypatch, method=method)
-    out = zeroshot.evaluate_run(run, device="cpu")
+    out = posthoc.evaluate_run(run, device="cpu")
     final = _io.read_json(run / "final.json")
     assert final == _io.read_json(run / "final.json") and final["best_acc"] == 0.5
     assert set(final["zeroshot"]) == {"old", "zs_a", "zs_b"}
@@ -354,7 +355,7 @@ def test_evaluate_run_merges_into_final_json(tmp_path, monkeypatch, method):
     if method == "lora":
         return
     # Only zs_b again: zs_a's block stays.
-    zeroshot.evaluate_run(run, ["zs_b"], device="cpu")
+    posthoc.evaluate_run(run, ["zs_b"], device="cpu")
     again = _io.read_json(run / "final.json")
     assert again["zeroshot"]["zs_a"] == final["zeroshot"]["zs_a"]
     assert again["zeroshot_acc"] == final["zeroshot_acc"]  # the headline stays zs_a
@@ -363,30 +364,28 @@ def test_evaluate_run_merges_into_final_json(tmp_path, monkeypatch, method):
 def test_evaluate_run_rejects_wrong_pretrained_for_lora(tmp_path, monkeypatch):
     run = _fake_run(tmp_path, monkeypatch, method="lora")
     with pytest.raises(ValueError, match="differs from the LoRA run's base tower"):
-        zeroshot.evaluate_run(run, device="cpu", pretrained=models.load_clip("tiny", seed=123))
+        posthoc.evaluate_run(run, device="cpu", pretrained=models.load_clip("tiny", seed=123))
 
 
 def test_evaluate_run_needs_finished_run(tmp_path):
     with pytest.raises(FileNotFoundError, match="has not finished"):
-        zeroshot.evaluate_run(tmp_path, device="cpu")
+        posthoc.evaluate_run(tmp_path, device="cpu")
 
 
-# INTEGRATION with the real train.run / train.load_trained / data.load_test_split
-# (skipped if any of them is missing).
+# INTEGRATION with the real train.run / train.load_trained / data.load_test_split.
 @pytest.mark.parametrize("method", ["lora", "full"])
 def test_evaluate_run_on_a_real_trained_run(tmp_path, method):
     # The run keeps the pretrained tower's state from before its first step (no reload);
     # the CLI path reloads the pretrained model: both must give the same numbers.
-    train = pytest.importorskip("attncollapse.train")
-    if not hasattr(train, "load_trained") or not hasattr(train, "run") or not hasattr(data, "load_test_split"):
-        pytest.skip("train.load_trained / train.run / data.load_test_split not written yet")
+    from attncollapse import train
+
     cfg = RunConfig(id="I1", model="tiny", dataset="synthetic", method=method, device="cpu", lora={"rank": 2},
                     optim={"epochs": 1, "batch_size": 16, "precision": "fp32", "lr": 1e-3},
                     data={"synthetic_train": 32, "synthetic_test": 64, "eval_subset_size": 32},
                     zeroshot={"datasets": ["synthetic"], "max_images": 48, "wise_alphas": [0.0, 1.0]})
     run = tmp_path / cfg.id
     written = train.run(cfg, run)  # its end-of-run zero-shot goes through evaluate_for_run
-    final = zeroshot.evaluate_run(run, device="cpu")  # the CLI path: reload, evaluate, merge
+    final = posthoc.evaluate_run(run, device="cpu")  # the CLI path: reload, evaluate, merge
     block = final["zeroshot"]["synthetic"]
     assert block["images"] == 48 and (block["acc_base_only"] is not None) == (method == "lora")
     assert final["zeroshot"] == written["zeroshot"] and final["wise"] == written["wise"]

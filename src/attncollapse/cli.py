@@ -19,7 +19,7 @@ from pathlib import Path
 
 
 def _kv(items: list[str] | None) -> dict:
-    from .matrix import parse_value
+    from .config import parse_value
 
     out = {}
     for item in items or []:
@@ -31,8 +31,8 @@ def _kv(items: list[str] | None) -> dict:
 
 
 def _run(args: argparse.Namespace, matrix_path: str) -> int:
-    from .matrix import load_matrix
-    from .runner import run_matrix
+    from .config import load_matrix
+    from .study import run_matrix
 
     matrix = load_matrix(matrix_path, overrides=args.set or [])  # ConfigError → main
     out = args.out or str(Path("runs") / matrix.name)
@@ -52,7 +52,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from .matrix import load_matrix, load_run_config, read_config_yaml, resolve_config_path
+    from .config import load_matrix, load_run_config, read_config_yaml, resolve_config_path
 
     path = resolve_config_path(args.file)
     data, _dups = read_config_yaml(path)
@@ -69,14 +69,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from .runner import format_status, status
+    from .study import format_status, status
 
     print(format_status(status(args.dir)))
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .runner import run_analysis
+    from .study import run_analysis
 
     state = run_analysis(args.dir)
     for stage, s in state.items():
@@ -85,7 +85,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_zeroshot(args: argparse.Namespace) -> int:
-    from .zeroshot import evaluate_run
+    from .train import evaluate_run
 
     final = evaluate_run(args.run_dir, datasets=args.datasets or None, device=args.device)
     for name, block in (final.get("zeroshot") or {}).items():
@@ -98,7 +98,8 @@ def cmd_zeroshot(args: argparse.Namespace) -> int:
 def cmd_baseline(args: argparse.Namespace) -> int:
     from . import _io
     from .config import DataConfig, EvalConfig, ZeroShotConfig
-    from .evaluate import baseline, format_table
+    from .measure import format_table
+    from .train import baseline
 
     data_cfg = DataConfig(eval_subset_size=args.eval_images)
     zs_cfg = ZeroShotConfig(datasets=args.zeroshot) if args.zeroshot else None
@@ -112,7 +113,7 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     print(format_table(result["layers"]))
     for name, block in (result.get("zeroshot") or {}).items():
         print(f"zero-shot {name}: {block.get('acc')}")
-    from .figures import baseline_structure
+    from .analysis.figures import baseline_structure
 
     png = baseline_structure(result, out / "fig2_baseline_structure.png")
     print(f"wrote {out / 'baseline.json'} and {png}")
@@ -180,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status (tests call it in-process)."""
-    from .matrix import ConfigError
+    from .config import ConfigError
 
     args = build_parser().parse_args(argv)
     try:

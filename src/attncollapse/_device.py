@@ -1,0 +1,53 @@
+"""Where and how tensors run: the device, the autocast precision, eval mode.
+
+One home for the device plumbing that training, evaluation and transfer all need.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+from torch import nn
+
+_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": None}
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def effective_precision(precision: str, device: torch.device) -> str:
+    """fp16 autocast is a GPU feature; on the CPU the run falls back to fp32 (and says so)."""
+    if precision == "fp16" and device.type != "cuda":
+        warnings.warn("fp16 autocast needs CUDA; running this CPU run in fp32", stacklevel=2)
+        return "fp32"
+    return precision
+
+
+def autocast(device: torch.device | str, precision: str):
+    """Autocast context for `precision` ("fp16" | "bf16" | "fp32" = off)."""
+    if precision not in _DTYPES:
+        raise ValueError(f"unknown precision {precision!r}; expected 'fp16', 'bf16' or 'fp32'")
+    dtype = _DTYPES[precision]
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+
+
+@contextmanager
+def eval_mode(*modules: nn.Module) -> Iterator[None]:
+    """Eval mode inside the block (dropout, LoRA dropout off), each module's mode restored after."""
+    was = [m.training for m in modules]
+    try:
+        for m in modules:
+            m.eval()
+        yield
+    finally:
+        for m, was_training in zip(modules, was):
+            m.train(was_training)

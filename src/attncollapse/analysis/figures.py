@@ -1,0 +1,422 @@
+"""Every figure of the reports' figure index, drawn from a matrix directory's files alone.
+
+`FIGURES` is a plain registry, name → function(ctx or matrix_dir, out_path) returning the
+written path, or a string saying why the figure was skipped: a figure whose runs are
+missing is never drawn from nothing. Names are the reports' file names (experiment report
+§7, English report §4). `render_all` draws them all into `<matrix_dir>/figures/` and
+writes `figures/figures.json` (name → file + caption, or the skip reason) for the report.
+Shared plumbing and the training-curve figures live in `figures_base.py`.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from . import figures_base as base
+from . import roles, table
+from .._io import write_json
+from .figures_base import (DIVERGING, KIND_COLORS, METRIC_LABELS, OKABE_ITO, Ctx, as_ctx, bars, figure,
+                                       legend_kinds, p_text, save, seed_mean, short)
+
+
+
+def baseline_structure(baseline: dict, out_path: str | Path) -> Path | str:
+    """Fig. 2: the pretrained model's 4 metrics × layers (experiment report §3.1).
+
+    Args:
+        baseline: one baseline JSON (has "layers") or {dataset: baseline JSON}.
+        out_path: the PNG to write.
+    """
+    items = {baseline.get("dataset", "baseline"): baseline} if "layers" in baseline else dict(baseline)
+    items = {k: v for k, v in items.items() if (v or {}).get("layers")}
+    if not items:
+        return "no baseline layer table (baseline/<dataset>.json missing)"
+    fig, ax = figure(7.0, 4.8, 2, 2)
+    for i, (ds, b) in enumerate(items.items()):
+        for a, mt in zip(ax.flat, table.METRICS):
+            v = np.asarray(b["layers"][mt], float)
+            a.plot(np.arange(1, len(v) + 1), v, marker="o", ms=3, color=OKABE_ITO[i % 8], label=ds)
+            a.set(title=METRIC_LABELS[mt], xlabel="layer")
+    ax[0, 0].legend()
+    model = next(iter(items.values())).get("model", "")
+    fig.suptitle(f"Pretrained attention structure ({model})", fontsize=9)
+    return save(fig, out_path)
+
+
+def fig2(src: Ctx | str | Path, out: Path) -> Path | str:
+    ctx = as_ctx(src)
+    return baseline_structure(ctx.m.baseline, out) if ctx.m.baseline else "baseline/<dataset>.json missing"
+
+
+def _pairs(ctx: Ctx) -> list[str]:
+    return [ds for ds in ctx.s["datasets"] if ctx.s["reference"][ds] and ctx.s["lora"][ds]]
+
+
+def _fullft_vs_lora(ctx: Ctx, out: Path, k: int) -> Path | str:
+    """Fig. 5 / 5b: Δ% of the four metrics and per-layer ΔH, full FT vs LoRA (§3.2)."""
+    pairs = _pairs(ctx)
+    if len(pairs) <= k:
+        return f"needs full-FT and LoRA runs on {'a' if k == 0 else 'a second'} dataset; found {len(pairs)}"
+    ds = pairs[k]
+    groups = roles.by_config(ctx.s["reference"][ds] + sorted(ctx.s["lora"][ds], key=lambda r: r.get("lora_rank")))
+    fig, ax = figure(8.0, 3.4, 1, 2)
+    w = 0.8 / len(groups)
+    for i, rs in enumerate(groups.values()):
+        vals = [seed_mean(rs, lambda r: r.delta(mt)) for mt in table.METRICS]
+        ax[0, 0].bar(np.arange(4) + (i - (len(groups) - 1) / 2) * w, [v[0] for v in vals], w,
+                     yerr=[v[1] for v in vals], color=OKABE_ITO[i % 8], label=short(rs[0]).replace("\n", ": "))
+        layers = np.nanmean([r.layer_delta() for r in rs], 0)
+        ax[0, 1].plot(np.arange(1, len(layers) + 1), layers, marker="o", ms=3, color=OKABE_ITO[i % 8])
+    ax[0, 0].set_xticks(range(4), [METRIC_LABELS[m].split(" (")[0] for m in table.METRICS])
+    ax[0, 0].axhline(0, color="black", lw=0.6)
+    ax[0, 0].set(ylabel="Δ% (final vs initial)", title=f"Structural change on {ds}")
+    ax[0, 0].legend()
+    e = next((e for e in ctx.test("fullft_vs_lora").get("entries", []) if e.get("label") == ds), {})
+    ax[0, 1].axhline(0, color="black", lw=0.6)
+    ax[0, 1].set(xlabel="layer", ylabel="entropy Δ%", title=f"Per-layer entropy Δ — {p_text(e)}")
+    return save(fig, out)
+
+
+def fig6(src: Ctx | str | Path, out: Path) -> Path | str:
+    """Fig. 6: the LR sweep (experiment report §3.4)."""
+    ctx = as_ctx(src)
+    groups = roles.by_config(ctx.s["lr_sweep"])
+    if len(groups) < 2:
+        return f"LR sweep needs ≥ 2 learning rates on {ctx.s['primary']}; found {len(groups)}"
+    lrs = [rs[0].get("lr") for rs in groups.values()]
+    fig, ax = figure(8.0, 3.2, 1, 2)
+    for i, mt in enumerate(("entropy", "erf", "gini")):
+        v = [seed_mean(rs, lambda r: r.delta(mt)) for rs in groups.values()]
+        ax[0, 0].errorbar(lrs, [x[0] for x in v], [x[1] for x in v], marker="o", ms=4, color=OKABE_ITO[i],
+                          label=METRIC_LABELS[mt].split(" (")[0], capsize=2)
+    e = ctx.test("lr_sweep")
+    sub = "" if e.get("skipped") else f" — r={e['pearson_r']:.3f}, p={e['pearson_p']:.3g}; ρ={e['spearman_rho']:.2f}"
+    ax[0, 0].set(xscale="log", xlabel="learning rate", ylabel="Δ% (final vs initial)", title="Structure" + sub)
+    ax[0, 0].axhline(0, color="black", lw=0.6)
+    ax[0, 0].legend()
+    v = [seed_mean(rs, lambda r: r.get("best_acc")) for rs in groups.values()]
+    ax[0, 1].errorbar(lrs, [100 * x[0] for x in v], [100 * x[1] for x in v], marker="s", color=OKABE_ITO[3], capsize=2)
+    ax[0, 1].set(xscale="log", xlabel="learning rate", ylabel="best accuracy (%)", title="Task accuracy")
+    return save(fig, out)
+
+
+def _zs_baseline(ctx: Ctx, name: str | None = None) -> float | None:
+    """The pretrained model's zero-shot accuracy on `name` (default: the headline dataset)."""
+    name = name or next((n for r in ctx.m.done for n in (r.final or {}).get("zeroshot") or {}), None)
+    for b in ctx.m.baseline.values():
+        acc = ((b.get("zeroshot") or {}).get(name) or {}).get("acc")
+        if acc is not None:
+            return acc
+    return None
+
+
+def fig7(src: Ctx | str | Path, out: Path) -> Path | str:
+    """Fig. 7: entropy Δ vs zero-shot accuracy, both protocols (§3.3, English §6.2)."""
+    ctx = as_ctx(src)
+    runs = [r for r in ctx.m.done if r.get("zeroshot_acc") is not None and r.delta() is not None]
+    if not runs:
+        return "no finished run has zero-shot results"
+    fig, ax = figure(6.0, 4.0)
+    a = ax[0, 0]
+    for r in runs:
+        c = KIND_COLORS.get(ctx.kind(r), "black")
+        x, y = r.delta(), 100 * r.get("zeroshot_acc")
+        a.scatter(x, y, color=c, edgecolor="black", linewidth=0.4, zorder=3)
+        a.annotate(r.config_id, (x, y), fontsize=6, xytext=(3, 2), textcoords="offset points")
+        if r.get("zeroshot_acc_base_only") is not None:
+            yb = 100 * r.get("zeroshot_acc_base_only")
+            a.scatter(x, yb, facecolor="white", edgecolor=c, zorder=3)
+            a.plot([x, x], [y, yb], color=c, lw=0.6, ls=":")
+    base = _zs_baseline(ctx)
+    if base is not None:
+        a.axhline(100 * base, color="black", ls="--", lw=0.8, label=f"pretrained {100 * base:.1f}%")
+    for k in sorted({ctx.kind(r) for r in runs}):
+        a.scatter([], [], color=KIND_COLORS.get(k, "black"), label=k)
+    a.scatter([], [], facecolor="white", edgecolor="black", label="LoRA base-only (adapters off)")
+    e = ctx.test("collapse_vs_zeroshot")
+    sub = "" if e.get("skipped") else f" (r={e['pearson_r']:.2f}, p={e['pearson_p']:.3g})"
+    zs_name = next((n for r in runs for n in (r.final or {}).get("zeroshot") or {}), "")
+    a.set(xlabel="entropy Δ% (final vs initial)", ylabel=f"zero-shot top-1 on {zs_name} (%)",
+          title="Collapse vs zero-shot" + sub)
+    a.legend(fontsize=6)
+    return save(fig, out)
+
+
+def fig8(src: Ctx | str | Path, out: Path) -> Path | str:
+    """Fig. 8: regularizers and weight decay vs the unregularized run (§3.7)."""
+    ctx = as_ctx(src)
+    ref = ctx.s["reference"].get(ctx.s["primary"], [])
+    cands = ctx.s["regularized"] + [r for r in ctx.s["wd_sweep"] if r not in ref]
+    if not ref or not cands:
+        return "needs the unregularized reference run and regularized or weight-decay runs"
+    groups = roles.by_config(ref + cands)
+    colors = [KIND_COLORS.get(ctx.kind(rs[0]), "black") for rs in groups.values()]
+    fig, ax = figure(8.0, 3.6, 1, 2)
+    bars(ax[0, 0], groups, lambda r: r.delta(), colors, ylabel="entropy Δ%")
+    ps = {e["label"].split(":")[0]: e for t in ("regularizers", "weight_decay")
+          for e in ctx.test(t).get("entries", []) if not e.get("skipped")}
+    # left ticks: id + Holm p (the right panel's ticks carry the descriptions)
+    ax[0, 0].set_xticks(range(len(groups)), [c + (f"\nHolm p={ps[c]['p_holm']:.2g}" if c in ps else "\n(reference)")
+                                             for c in groups], rotation=45, ha="right")
+    ax[0, 0].set_title("Entropy change (Welch p vs no regularizer, Holm-adjusted)")
+    bars(ax[0, 1], groups, lambda r: 100 * r.get("best_acc", np.nan), colors, ylabel="best accuracy (%)")
+    lo = np.nanmin([100 * r.get("best_acc", np.nan) for r in ref + cands])
+    ax[0, 1].set_ylim(max(0, lo - 2), 100)
+    ax[0, 1].set_title("Task accuracy")
+    return save(fig, out)
+
+
+def fig10(src: Ctx | str | Path, out: Path) -> Path | str:
+    """Fig. 10: per-layer entropy Δ% of every config (seed mean), configs × layers."""
+    ctx = as_ctx(src)
+    groups = {cid: rs for cid, rs in roles.by_config(ctx.m.done).items() if rs[0].layer_delta() is not None}
+    if not groups:
+        return "no finished run has per-layer Δ"
+    mat = np.stack([np.nanmean([r.layer_delta() for r in rs], 0) for rs in groups.values()])
+    lim = float(np.nanpercentile(np.abs(mat), 98)) or 1.0
+    fig, ax = figure(4.0 + 0.45 * mat.shape[1], 1.2 + 0.28 * len(groups))  # 4 in: room for the run labels
+    im = ax[0, 0].imshow(mat, cmap=DIVERGING, vmin=-lim, vmax=lim, aspect="auto")
+    if mat.size <= 400:
+        for (i, j), v in np.ndenumerate(mat):
+            ax[0, 0].text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=5,
+                          color="white" if abs(v) > 0.6 * lim else "black")
+    ax[0, 0].set_xticks(range(mat.shape[1]), range(1, mat.shape[1] + 1))
+    ax[0, 0].set_yticks(range(len(groups)), [f"{c}: {roles.describe(rs[0])}" for c, rs in groups.items()])
+    ax[0, 0].set(xlabel="layer", title="Per-layer entropy Δ% (final vs initial)")
+    ax[0, 0].grid(False)
+    fig.colorbar(im, ax=ax[0, 0], label="entropy Δ%")
+    return save(fig, out)
+
+
+_COMPARE_TESTS = ("fullft_vs_lora", "lr_vs_default", "regularizers", "weight_decay", "freezing")
+
+
+def fig11(src: Ctx | str | Path, out: Path) -> Path | str:
+    """Fig. 11: forest plot of every comparison: mean Δ difference, bootstrap 95% CI, p raw/Holm."""
+    ctx = as_ctx(src)
+    rows = [(t, e) for t in _COMPARE_TESTS for e in ctx.test(t).get("entries", [])
+            if not e.get("skipped") and np.isfinite([e["diff"], e["ci_low"], e["ci_high"]]).all()]
+    if not rows:
+        return "no comparison could be computed (stats.json has none that ran)"
+    fig, ax = figure(8.0, 1.0 + 0.25 * len(rows))
+    a, alpha = ax[0, 0], ctx.st.get("alpha", 0.05)
+    for i, (t, e) in enumerate(rows):
+        c = OKABE_ITO[_COMPARE_TESTS.index(t)]
+        a.plot([e["ci_low"], e["ci_high"]], [i, i], color=c, lw=1.5)
+        a.scatter(e["diff"], i, color=c if e["p_holm"] < alpha else "white", edgecolor=c, zorder=3)
+        a.annotate(f"p={e['p']:.2g}  Holm={e['p_holm']:.2g}  d={e['cohens_d']:.2f}  n={e['n']} {e['unit']}",
+                   (1.01, i), xycoords=("axes fraction", "data"), fontsize=6, va="center")
+    a.axvline(0, color="black", lw=0.6)
+    a.set_yticks(range(len(rows)), [f"{t}: {e['label'].split(':')[0]}" for t, e in rows])
+    a.invert_yaxis()
+    a.set(xlabel="difference in mean entropy Δ% (a − b), bootstrap 95% CI",
+          title=f"Statistical summary (filled: Holm-adjusted p < {alpha})")
+    return save(fig, out)
+
+
+def fig13(src: Ctx | str | Path, out: Path) -> Path | str:
+    """Fig. 13: scatter matrix of the four metrics' run-level Δ% with Pearson r (Holm p)."""
+    ctx = as_ctx(src)
+    runs = [r for r in ctx.m.done if all(r.delta(m) is not None for m in table.METRICS)]
+    if len(runs) < 3:
+        return f"needs ≥ 3 finished runs, found {len(runs)}"
+    ent = {(e.get("a"), e.get("b")): e for e in ctx.test("metric_correlations").get("entries", [])}
+    fig, ax = figure(6.5, 6.0, 4, 4)
+    for (i, mi), (j, mj) in ((x, y) for x in enumerate(table.METRICS) for y in enumerate(table.METRICS)):
+        a = ax[i, j]
+        if i > j:
+            a.scatter([r.delta(mj) for r in runs], [r.delta(mi) for r in runs], s=8,
+                      c=[KIND_COLORS.get(ctx.kind(r), "black") for r in runs])
+        elif i < j:
+            e = ent.get((mi, mj), {})
+            txt = "skipped" if not e or e.get("skipped") else f"r={e['pearson_r']:.2f}\nHolm p={e['pearson_p_holm']:.2g}"
+            a.text(0.5, 0.5, txt, ha="center", va="center", transform=a.transAxes, fontsize=8)
+            a.set_axis_off()
+        else:
+            a.hist([r.delta(mi) for r in runs], bins=8, color=OKABE_ITO[0])
+        if i == 3:
+            a.set_xlabel(f"{mj} Δ%")
+        if j == 0:
+            a.set_ylabel(f"{mi} Δ%")
+    fig.suptitle("Correlations among the metrics' Δ% (runs as points)", fontsize=9)
+    return save(fig, out)
+
+
+def fig15(src: Ctx | str | Path, out: Path) -> Path | str:
+    """Fig. 15: zero-shot accuracy, base-only vs adapter-active side by side (English §6.3)."""
+    ctx = as_ctx(src)
+    runs = [r for r in ctx.m.done if (r.final or {}).get("zeroshot")]
+    names = sorted({n for r in runs for n in r.final["zeroshot"]})
+    if not names:
+        return "no finished run has zero-shot results"
+    fig, ax = figure(8.0, 3.0 * len(names), len(names), 1)
+    for a, name in zip(ax[:, 0], names):
+        groups = roles.by_config([r for r in runs if name in r.final["zeroshot"]])
+        xs = np.arange(len(groups))
+        for k, (key, lab, col) in enumerate((("acc", "adapter-active / fine-tuned", OKABE_ITO[0]),
+                                             ("acc_base_only", "base-only (adapters off)", OKABE_ITO[1]))):
+            v = [seed_mean(rs, lambda r: (r.final["zeroshot"][name].get(key))) for rs in groups.values()]
+            a.bar(xs + (k - 0.5) * 0.38, [100 * x[0] for x in v], 0.38, yerr=[100 * x[1] for x in v],
+                  color=col, edgecolor="black", lw=0.4, label=lab)
+        base = _zs_baseline(ctx, name)
+        if base is not None:
+            a.axhline(100 * base, color="black", ls="--", lw=0.8, label=f"pretrained {100 * base:.1f}%")
+        a.set_xticks(xs, [short(rs[0]) for rs in groups.values()], rotation=45, ha="right", fontsize=6)
+        a.set(ylabel="top-1 (%)", title=f"Zero-shot on {name} (base-only bars only exist for LoRA)")
+        a.legend(fontsize=6)
+    return save(fig, out)
+
+
+def fig16(src: Ctx | str | Path, out: Path) -> Path | str:
+    """Fig. 16: one-page dashboard of accuracy, entropy Δ, zero-shot and the LR sweep."""
+    ctx = as_ctx(src)
+    groups = roles.by_config(ctx.m.done)
+    if not groups:
+        return "no finished runs"
+    colors = [KIND_COLORS.get(ctx.kind(rs[0]), "black") for rs in groups.values()]
+    fig, ax = figure(11.0, 7.0, 2, 2)
+    bars(ax[0, 0], groups, lambda r: 100 * r.get("best_acc", np.nan), colors, ylabel="best accuracy (%)", ids_only=True)
+    bars(ax[0, 1], groups, lambda r: r.delta(), colors, ylabel="entropy Δ%", ids_only=True)
+    bars(ax[1, 0], groups, lambda r: None if r.get("zeroshot_acc") is None else 100 * r.get("zeroshot_acc"),
+         colors, ylabel="zero-shot top-1 (%)", ids_only=True)
+    for a, t in zip(ax.flat, ("Task accuracy", "Entropy change", "Zero-shot (adapter-active)")):
+        a.set_title(t)
+    sweep = roles.by_config(ctx.s["lr_sweep"])
+    if len(sweep) >= 2:
+        v = [seed_mean(rs, lambda r: r.delta()) for rs in sweep.values()]
+        ax[1, 1].errorbar([rs[0].get("lr") for rs in sweep.values()], [x[0] for x in v], [x[1] for x in v],
+                          marker="o", color=KIND_COLORS["LR sweep"])
+        ax[1, 1].set(xscale="log", xlabel="learning rate", ylabel="entropy Δ%", title="LR sweep")
+    else:
+        ax[1, 1].text(0.5, 0.5, "LR sweep runs missing", ha="center", transform=ax[1, 1].transAxes)
+    legend_kinds(ax[0, 0], {ctx.kind(rs[0]) for rs in groups.values()}, fontsize=6, loc="lower left")
+    return save(fig, out)
+
+
+def extra_frozen_layers(src: Ctx | str | Path, out: Path) -> Path | str:
+    """Frozen-layer ablation (A3, experiment report §3.5)."""
+    ctx = as_ctx(src)
+    groups = roles.by_config(ctx.s["freezing"])
+    if len(groups) < 2 or all(not rs[0].get("freeze_layers") for rs in groups.values()):
+        return "needs layer-freezing runs (A3) and the unfrozen reference"
+    ks = [rs[0].get("freeze_layers") or 0 for rs in groups.values()]
+    fig, ax = figure(8.0, 3.2, 1, 2)
+    v = [seed_mean(rs, lambda r: r.delta()) for rs in groups.values()]
+    ax[0, 0].errorbar(ks, [x[0] for x in v], [x[1] for x in v], marker="o", color=OKABE_ITO[0], label="entropy Δ%")
+    t = ax[0, 0].twinx()
+    t.plot(ks, [100 * seed_mean(rs, lambda r: r.get("best_acc"))[0] for rs in groups.values()],
+           marker="s", color=OKABE_ITO[1], label="best acc (%)")
+    ax[0, 0].set(xlabel="frozen encoder layers", ylabel="entropy Δ%", title="Entropy change and accuracy")
+    t.set_ylabel("best accuracy (%)")
+    for i, (k, rs) in enumerate(zip(ks, groups.values())):
+        layers = np.nanmean([r.layer_delta() for r in rs], 0)
+        ax[0, 1].plot(np.arange(1, len(layers) + 1), layers, marker="o", ms=3, color=OKABE_ITO[i % 8],
+                      label=f"freeze {k}")
+    ax[0, 1].set(xlabel="layer", ylabel="entropy Δ%", title="Per-layer entropy Δ")
+    ax[0, 1].legend()
+    return save(fig, out)
+
+
+def extra_lora_qkvo(src: Ctx | str | Path, out: Path) -> Path | str:
+    """LoRA targets QV vs QKVO at the same rank (A2, experiment report §3.6)."""
+    ctx = as_ctx(src)
+    lora = ctx.s["lora_all"]
+    qkvo = [r for r in lora if (r.get("lora_targets") or "qv") != "qv"]
+    if not qkvo:
+        return "no LoRA run with extended targets (A2)"
+    qv = [r for r in lora if (r.get("lora_targets") or "qv") == "qv" and r.get("lora_rank") == qkvo[0].get("lora_rank")]
+    if not qv:
+        return f"no LoRA QV run at rank {qkvo[0].get('lora_rank')} to compare with"
+    groups = roles.by_config(qv + qkvo)
+    fig, ax = figure(6.0, 3.2)
+    w = 0.8 / len(groups)
+    for i, rs in enumerate(groups.values()):
+        v = [seed_mean(rs, lambda r: r.delta(mt)) for mt in table.METRICS]
+        acc = 100 * seed_mean(rs, lambda r: r.get("best_acc"))[0]
+        ax[0, 0].bar(np.arange(4) + (i - (len(groups) - 1) / 2) * w, [x[0] for x in v], w, yerr=[x[1] for x in v],
+                     color=OKABE_ITO[i % 8], label=f"{short(rs[0]).replace(chr(10), ': ')} (acc {acc:.2f}%)")
+    ax[0, 0].set_xticks(range(4), [METRIC_LABELS[m].split(" (")[0] for m in table.METRICS])
+    ax[0, 0].axhline(0, color="black", lw=0.6)
+    ax[0, 0].set(ylabel="Δ% (final vs initial)", title="LoRA target modules")
+    ax[0, 0].legend()
+    return save(fig, out)
+
+
+# name → function(ctx or matrix_dir, out_path) -> Path | skip reason. Names = the reports' file names.
+FIGURES: dict[str, Callable[[Any, Path], Any]] = {
+    "fig2_baseline_structure": fig2,
+    "fig3_triple_curve": base.fig3,
+    "fig4_layer_entropy_heatmap": base.fig4,
+    "fig5_fullft_vs_lora": lambda src, out: _fullft_vs_lora(as_ctx(src), out, 0),
+    "fig5b_fullft_vs_lora_pets": lambda src, out: _fullft_vs_lora(as_ctx(src), out, 1),
+    "fig6_lr_sweep": fig6,
+    "fig7_collapse_vs_zeroshot": fig7,
+    "fig8_regularization": fig8,
+    "fig9_head_diversity": base.evolution("head_diversity"),
+    "fig10_per_layer_delta_heatmap": fig10,
+    "fig11_statistical_summary": fig11,
+    "fig12_training_dynamics": base.fig12,
+    "fig13_metric_correlations": fig13,
+    "fig14_convergence": base.fig14,
+    "fig15_zeroshot_extended": fig15,
+    "fig16_dashboard": fig16,
+    "fig17_gini_evolution": base.evolution("gini"),
+    "extra_erf95_evolution": base.evolution("erf"),
+    "extra_frozen_layers": extra_frozen_layers,
+    "extra_lora_qkvo": extra_lora_qkvo,
+    "extra_wise_interpolation": base.wise,
+    "extra_attention_overlays": base.overlays,
+}
+
+CAPTIONS = {
+    "fig2_baseline_structure": "Pretrained attention structure: 4 metrics × layers (E1)",
+    "fig3_triple_curve": "Accuracy and mean entropy during full fine-tuning",
+    "fig4_layer_entropy_heatmap": "Layer-wise entropy evolution (Δ% vs step 0), full FT and LoRA",
+    "fig5_fullft_vs_lora": "Full FT vs LoRA structural comparison (first dataset)",
+    "fig5b_fullft_vs_lora_pets": "Full FT vs LoRA structural comparison (second dataset)",
+    "fig6_lr_sweep": "Learning-rate sweep: structure and accuracy",
+    "fig7_collapse_vs_zeroshot": "Attention collapse vs zero-shot transfer (hollow: LoRA base-only)",
+    "fig8_regularization": "Regularization (APR, entropy floor) and weight decay vs no regularizer",
+    "fig9_head_diversity": "Head diversity evolution",
+    "fig10_per_layer_delta_heatmap": "Per-layer entropy Δ% of every configuration",
+    "fig11_statistical_summary": "Statistical summary: differences with bootstrap CIs, raw and Holm p",
+    "fig12_training_dynamics": "Training dynamics: loss, accuracy, entropy and Gini",
+    "fig13_metric_correlations": "Correlations among the four metrics' Δ%",
+    "fig14_convergence": "Convergence check over the last 20% of training",
+    "fig15_zeroshot_extended": "Zero-shot transfer: base-only vs adapter-active, per dataset",
+    "fig16_dashboard": "Dashboard",
+    "fig17_gini_evolution": "Gini evolution",
+    "extra_erf95_evolution": "ERF@0.95 evolution",
+    "extra_frozen_layers": "Frozen-layers ablation",
+    "extra_lora_qkvo": "LoRA QV vs QKVO",
+    "extra_wise_interpolation": "WiSE-FT weight interpolation: zero-shot vs task accuracy and entropy",
+    "extra_attention_overlays": "[CLS] attention over eval images, pretrained vs fine-tuned",
+}
+
+
+def render_all(matrix_dir: str | Path) -> dict[str, Path | str]:
+    """Draw every registered figure into `<matrix_dir>/figures/`.
+
+    Returns:
+        name → the PNG path, or a string: why the figure was skipped (missing runs) or
+        "failed: ..." if drawing raised. The same is written to `figures/figures.json`.
+    """
+    out_dir = Path(matrix_dir) / "figures"
+    ctx = Ctx.load(matrix_dir)
+    rendered: dict[str, Path | str] = {}
+    for name, fn in FIGURES.items():
+        try:
+            rendered[name] = fn(ctx, out_dir / f"{name}.png")
+        except Exception as exc:  # one broken figure must not cost the whole report
+            warnings.warn(f"figure {name} failed: {exc!r}")
+            rendered[name] = f"failed: {type(exc).__name__}: {exc}"
+        if not isinstance(rendered[name], Path) and (out_dir / f"{name}.png").exists():
+            (out_dir / f"{name}.png").unlink()  # never leave a stale figure from an earlier render
+    write_json(out_dir / "figures.json", {
+        n: ({"file": f"figures/{p.name}", "caption": CAPTIONS.get(n, n)} if isinstance(p, Path)
+            else {"skipped": p, "caption": CAPTIONS.get(n, n)}) for n, p in rendered.items()})
+    return rendered

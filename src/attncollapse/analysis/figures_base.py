@@ -1,0 +1,352 @@
+"""Shared plumbing of the figures: style, the loaded-results context, small drawing helpers.
+
+matplotlib's object API on the Agg canvas only (no pyplot state, no torch, no models):
+figures are drawn from the result files alone (DESIGN.md "figures.py").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless; must precede any backend use
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+
+from . import roles, stats, table  # noqa: E402
+
+# Okabe & Ito (2008), "Color Universal Design": distinguishable under the common colour-vision
+# deficiencies. Diverging maps use ColorBrewer PuOr (also colour-blind safe), sequential viridis.
+OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
+KIND_COLORS = {"Full FT": "#D55E00", "LoRA": "#0072B2", "LR sweep": "#E69F00", "Regularized": "#009E73",
+               "Weight decay": "#CC79A7", "Freezing": "#56B4E9", "Other": "#000000"}
+LINESTYLES = ["-", "--", ":", "-."]
+DIVERGING, SEQUENTIAL = "PuOr", "viridis"
+METRIC_LABELS = {"entropy": "Entropy (nats)", "erf": "ERF@0.95", "gini": "Gini", "head_diversity": "Head diversity"}
+DPI = 150  # print resolution while keeping the demo fast
+RC = {"font.size": 8, "axes.titlesize": 9, "axes.labelsize": 8, "legend.fontsize": 7, "xtick.labelsize": 7,
+      "ytick.labelsize": 7, "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True,
+      "grid.alpha": 0.3, "axes.prop_cycle": matplotlib.cycler(color=OKABE_ITO), "savefig.facecolor": "white"}
+# Text objects read rcParams when created, so the style is set for the whole process (like the
+# Agg backend above) rather than per call; the analysis stage is the only plotting user.
+matplotlib.rcParams.update(RC)
+
+
+@dataclass
+class Ctx:
+    """A matrix directory read once for all figures: runs, their roles, and the stats."""
+    m: table.Matrix
+    s: dict[str, Any]
+    st: dict[str, Any]
+
+    @classmethod
+    def load(cls, matrix_dir: str | Path) -> "Ctx":
+        m = table.load(matrix_dir)
+        p = Path(matrix_dir) / "stats.json"
+        st = stats.read(matrix_dir) if p.exists() else stats.analyze(matrix_dir, write=False)
+        return cls(m, roles.select(m), st)
+
+    def kind(self, r: table.Run) -> str:
+        """The run's family for colouring, from its config fields."""
+        if r.get("method") == "lora":
+            return "LoRA"
+        if r.get("freeze_layers"):
+            return "Freezing"
+        if (r.get("regularizer") or "none") != "none" and r.get("reg_lambda"):
+            return "Regularized"
+        if not roles.close(r.get("weight_decay"), self.s["default_wd"]):
+            return "Weight decay"
+        if not roles.close(r.get("lr"), self.s["default_lr"]):
+            return "LR sweep"
+        return "Full FT" if r.get("method") == "full" else "Other"
+
+    def main_runs(self, dataset: str) -> list[table.Run]:
+        """Reference full FT, LoRA and LR-sweep runs of one dataset (the curves' runs)."""
+        out = self.s["reference"].get(dataset, []) + self.s["lora"].get(dataset, [])
+        return out + [r for r in self.s["lr_sweep"] if r.get("dataset") == dataset and r not in out]
+
+    def test(self, name: str) -> dict:
+        return (self.st.get("tests") or {}).get(name) or {"skipped": True, "reason": "not in stats.json"}
+
+
+def as_ctx(src: "Ctx | str | Path") -> Ctx:
+    return src if isinstance(src, Ctx) else Ctx.load(src)
+
+
+def figure(w: float, h: float, rows: int = 1, cols: int = 1, **kw: Any) -> tuple[Figure, Any]:
+    """A constrained-layout figure of w × h inches with a rows × cols grid of axes."""
+    fig = Figure(figsize=(w, h), layout="constrained")
+    return fig, fig.subplots(rows, cols, squeeze=False, **kw)
+
+
+def save(fig: Figure, out: str | Path) -> Path:
+    from matplotlib.ticker import MaxNLocator
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for ax in fig.axes:  # layers are whole numbers: no "1.25" ticks on a layer axis
+        if ax.get_xlabel() == "layer":
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if ax.get_ylabel() == "layer":
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.savefig(out, dpi=DPI)
+    return out
+
+
+def seed_mean(runs: list[table.Run], fn) -> tuple[float, float]:
+    """Mean and SD (0 for one seed) of fn(run) over a config's seeds, ignoring None."""
+    v = np.asarray([x for x in (fn(r) for r in runs) if x is not None], float)
+    return (float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0) if len(v) else (np.nan, 0.0)
+
+
+def short(r: table.Run) -> str:
+    """A compact tick label: the config id and its description without the dataset."""
+    return f"{r.config_id}\n{roles.describe(r).rsplit(' (', 1)[0]}"
+
+
+def legend_kinds(ax: Any, kinds: set[str], **kw: Any) -> None:
+    """A legend of the run families present (colour patches)."""
+    handles = [Patch(facecolor=c, edgecolor="black", linewidth=0.4, label=k) for k, c in KIND_COLORS.items() if k in kinds]
+    ax.legend(handles=handles, **kw)
+
+
+def bars(ax: Any, groups: dict[str, list[table.Run]], fn, colors: list[str], *, ylabel: str,
+         ids_only: bool = False) -> None:
+    """One bar per config (seed mean ± SD) with its label under it."""
+    xs = np.arange(len(groups))
+    vals = [seed_mean(rs, fn) for rs in groups.values()]
+    ax.bar(xs, [v[0] for v in vals], yerr=[v[1] for v in vals], color=colors, edgecolor="black", linewidth=0.5)
+    labels = [rs[0].config_id if ids_only else short(rs[0]) for rs in groups.values()]
+    ax.set_xticks(xs, labels, rotation=60 if ids_only else 45, ha="right")
+    ax.axhline(0, color="black", linewidth=0.6)
+    ax.set_ylabel(ylabel)
+
+
+def curve(r: table.Run, metric: str | None, *, relative: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(epoch, value) along history.json; metric None = val_acc, "train_loss" = loss.
+
+    relative: Δ% against the step-0 point (the run's own "initial").
+    """
+    h = r.history() or {"points": []}
+    xs, ys = [], []
+    for p in h["points"]:
+        y = p.get(metric or "val_acc") if metric in (None, "train_loss") else (p.get("mean") or {}).get(metric)
+        if y is not None:
+            xs.append(p.get("epoch", 0.0))
+            ys.append(y)
+    ys = np.asarray(ys, float)
+    if relative and len(ys):
+        ys = 100.0 * (ys - ys[0]) / ys[0]
+    return np.asarray(xs, float), ys
+
+
+def style_for(i: int) -> dict[str, Any]:
+    """Colour + line style of the i-th series (colours first, then dashes)."""
+    return {"color": OKABE_ITO[i % len(OKABE_ITO)], "linestyle": LINESTYLES[(i // len(OKABE_ITO)) % len(LINESTYLES)]}
+
+
+def p_text(e: dict) -> str:
+    """"p=0.019 (Holm 0.038)" for a stats entry, or its skip reason."""
+    if not e or e.get("skipped"):
+        return f"test skipped: {e.get('reason', 'missing') if e else 'missing'}"
+    return f"p={e['p']:.3g} (Holm {e['p_holm']:.3g})"  # NaN prints as "nan": no variance to test
+
+
+# ----------------------------------------------------------------------------- curve figures
+# Figures drawn from history.json (training curves), final.json "wise" and overlays.npz.
+
+def fig3(src: "Ctx | str | Path", out: Path) -> Path | str:
+    """Fig. 3: accuracy and mean entropy over training, full FT reference runs (§3.2)."""
+    ctx = as_ctx(src)
+    dss = [ds for ds in ctx.s["datasets"] if any(r.history() for r in ctx.s["reference"][ds])]
+    if not dss:
+        return "no full-FT reference run with history.json"
+    fig, ax = figure(4.0 * len(dss), 3.2, 1, len(dss))
+    for a, ds in zip(ax[0], dss):
+        t = a.twinx()
+        for i, r in enumerate(ctx.s["reference"][ds]):
+            x, y = curve(r, None)
+            a.plot(x, 100 * y, color=OKABE_ITO[0], marker="o", ms=2, label="val acc" if i == 0 else None)
+            x, y = curve(r, "entropy")
+            t.plot(x, y, color=OKABE_ITO[3], marker="s", ms=2, label="mean entropy" if i == 0 else None)
+        a.set(xlabel="epoch", ylabel="accuracy (%)", title=f"{roles.describe(ctx.s['reference'][ds][0])}")
+        t.set_ylabel("mean entropy (nats)", color=OKABE_ITO[3])
+        a.legend(loc="lower left")
+        t.legend(loc="lower right")
+    return save(fig, out)
+
+
+def fig4(src: "Ctx | str | Path", out: Path) -> Path | str:
+    """Fig. 4: per-layer entropy Δ% vs step 0 along training, full FT and LoRA (§3.8)."""
+    ctx = as_ctx(src)
+    picks = []
+    for ds in ctx.s["datasets"][:2]:
+        picks += ctx.s["reference"][ds][:1]
+        lora = sorted(ctx.s["lora"][ds], key=lambda r: abs((r.get("lora_rank") or 8) - 8))  # reports show r=8
+        picks += lora[:1]
+    picks = [r for r in picks if r.history() and r.history()["points"]]
+    if not picks:
+        return "no full-FT or LoRA run with history.json"
+    mats = []
+    for r in picks:
+        pts = r.history()["points"]
+        h = np.asarray([p["layers"]["entropy"] for p in pts], float)  # (points, L)
+        mats.append((np.asarray([p.get("epoch", 0.0) for p in pts]), 100 * (h - h[0]) / h[0]))
+    lim = max(float(np.nanmax(np.abs(m))) for _, m in mats) or 1.0
+    fig, ax = figure(3.2 * len(picks), 3.0, 1, len(picks))
+    for a, r, (ep, m) in zip(ax[0], picks, mats):
+        im = a.imshow(m.T, cmap=DIVERGING, vmin=-lim, vmax=lim, aspect="auto", origin="lower",
+                      extent=[ep[0], ep[-1], 0.5, m.shape[1] + 0.5])
+        a.set(xlabel="epoch", ylabel="layer", title=roles.describe(r))
+        a.grid(False)
+    fig.colorbar(im, ax=ax[0].tolist(), label="entropy Δ% vs step 0")
+    return save(fig, out)
+
+
+def evolution(metric: str):
+    """A figure function: the metric's mean over layers along training (figs 9, 17, ERF extra)."""
+    def draw(src: "Ctx | str | Path", out: Path) -> Path | str:
+        ctx = as_ctx(src)
+        dss = [ds for ds in ctx.s["datasets"] if any(r.history() for r in ctx.main_runs(ds))]
+        if not dss:
+            return "no full-FT, LoRA or LR-sweep run with history.json"
+        fig, ax = figure(4.0 * len(dss), 3.2, 1, len(dss))
+        for a, ds in zip(ax[0], dss):
+            for i, rs in enumerate(roles.by_config(ctx.main_runs(ds)).values()):
+                for j, r in enumerate(rs):
+                    x, y = curve(r, metric)
+                    a.plot(x, y, lw=1.2, label=short(r).replace("\n", ": ") if j == 0 else None, **style_for(i))
+            a.set(xlabel="epoch", ylabel=METRIC_LABELS[metric], title=f"{METRIC_LABELS[metric]} on {ds}")
+            a.legend(fontsize=6)
+        return save(fig, out)
+    draw.__doc__ = f"{METRIC_LABELS[metric]} mean over layers along training, main runs per dataset."
+    return draw
+
+
+def fig12(src: "Ctx | str | Path", out: Path) -> Path | str:
+    """Fig. 12: loss, accuracy, entropy Δ% and Gini Δ% along training, every run by family."""
+    ctx = as_ctx(src)
+    runs = [r for r in ctx.m.done if r.history()]
+    if not runs:
+        return "no finished run with history.json"
+    fig, ax = figure(8.0, 5.5, 2, 2)
+    spec = (("train_loss", False, "train loss"), (None, False, "val accuracy"),
+            ("entropy", True, "entropy Δ% vs step 0"), ("gini", True, "Gini Δ% vs step 0"))
+    for a, (metric, rel, lab) in zip(ax.flat, spec):
+        for r in runs:
+            x, y = curve(r, metric, relative=rel)
+            a.plot(x, y, color=KIND_COLORS.get(ctx.kind(r), "black"), lw=0.8, alpha=0.8)
+        a.set(xlabel="epoch", ylabel=lab)
+    for k in sorted({ctx.kind(r) for r in runs}):
+        ax[0, 0].plot([], [], color=KIND_COLORS.get(k, "black"), label=k)
+    ax[0, 0].legend(fontsize=6)
+    fig.suptitle("Training dynamics of every run", fontsize=9)
+    return save(fig, out)
+
+
+def fig14(src: "Ctx | str | Path", out: Path, *, tail: float = 0.2, acc_tol_pp: float = 1.0,
+          ent_tol_pct: float = 0.5) -> Path | str:
+    """Fig. 14: change over the last `tail` of training; stable = |Δacc| ≤ 1 pp and |ΔH| ≤ 0.5%.
+
+    The English report §4.6 names a "late-epoch stability criterion" without defining it;
+    these thresholds are ours and are printed on the figure.
+    """
+    ctx = as_ctx(src)
+    rows = []
+    for r in ctx.m.done:
+        xa, ya = curve(r, None)
+        xe, ye = curve(r, "entropy")
+        if len(ya) < 2 or len(ye) < 2:
+            continue
+        cut_a, cut_e = xa[-1] - tail * (xa[-1] - xa[0]), xe[-1] - tail * (xe[-1] - xe[0])
+        da = 100 * (ya[-1] - ya[xa >= cut_a][0])
+        de = 100 * (ye[-1] - ye[xe >= cut_e][0]) / ye[0]
+        rows.append((r, da, de))
+    if not rows:
+        return "no finished run with ≥ 2 accuracy and entropy points in history.json"
+    stable = sum(abs(da) <= acc_tol_pp and abs(de) <= ent_tol_pct for _, da, de in rows)
+    fig, ax = figure(8.0, 1.2 + 0.18 * len(rows), 1, 2, sharey=True)
+    ys = np.arange(len(rows))
+    for a, k, tol, lab in ((ax[0, 0], 1, acc_tol_pp, "Δ val acc (pp)"), (ax[0, 1], 2, ent_tol_pct, "Δ entropy (% of initial)")):
+        a.barh(ys, [row[k] for row in rows], color=[KIND_COLORS.get(ctx.kind(row[0]), "black") for row in rows])
+        for s in (-tol, tol):
+            a.axvline(s, color="black", ls="--", lw=0.6)
+        a.set_xlabel(lab)
+    ax[0, 0].set_yticks(ys, [row[0].run_id for row in rows], fontsize=6)
+    ax[0, 0].invert_yaxis()
+    fig.suptitle(f"Change over the last {tail:.0%} of training: {stable}/{len(rows)} runs within "
+                 f"±{acc_tol_pp:g} pp accuracy and ±{ent_tol_pct:g}% entropy", fontsize=8)
+    return save(fig, out)
+
+
+def wise(src: "Ctx | str | Path", out: Path) -> Path | str:
+    """WiSE-FT interpolation θ = (1−α)·θ₀ + α·θ (final.json "wise"): zero-shot vs task acc, entropy."""
+    ctx = as_ctx(src)
+    runs = [r for r in ctx.m.done if (r.final or {}).get("wise")]
+    if not runs:
+        return "no run has a WiSE-FT curve (final.json \"wise\" empty)"
+    fig, ax = figure(8.0, 3.2, 1, 2)
+    for i, r in enumerate(runs[:8]):
+        w = sorted(r.final["wise"], key=lambda p: p["alpha"])
+        al = [p["alpha"] for p in w]
+        zs = [np.nan if p.get("zeroshot_acc") is None else 100 * p["zeroshot_acc"] for p in w]
+        ta = [np.nan if p.get("task_acc") is None else 100 * p["task_acc"] for p in w]
+        ax[0, 0].plot(ta, zs, marker="o", ms=3, label=r.run_id, **style_for(i))
+        for a_, x, y in zip(al, ta, zs):
+            ax[0, 0].annotate(f"{a_:g}", (x, y), fontsize=5, xytext=(2, 2), textcoords="offset points")
+        ax[0, 1].plot(al, [(p.get("mean") or {}).get("entropy", np.nan) for p in w], marker="o", ms=3, **style_for(i))
+    ax[0, 0].set(xlabel="task accuracy (%)", ylabel="zero-shot top-1 (%)", title="Interpolation path (labels: α)")
+    ax[0, 0].legend(fontsize=6)
+    ax[0, 1].set(xlabel="α (0 = pretrained, 1 = fine-tuned)", ylabel="mean entropy (nats)", title="Entropy along the path")
+    return save(fig, out)
+
+
+def _patch_map(rows: np.ndarray) -> np.ndarray | None:
+    """(H, T) [CLS] rows → (g, g) head-mean attention over patches, or None if not square."""
+    p = rows[:, 1:] / rows[:, 1:].sum(-1, keepdims=True)
+    g = int(round(np.sqrt(p.shape[-1])))
+    return p.mean(0).reshape(g, g) if g * g == p.shape[-1] else None
+
+
+def overlays(src: "Ctx | str | Path", out: Path, *, max_rows: int = 4) -> Path | str:
+    """[CLS] attention of the first, middle and last layer over eval images, pretrained vs fine-tuned."""
+    ctx = as_ctx(src)
+    pref = [r for ds in ctx.s["datasets"] for r in ctx.s["reference"][ds][:1] + ctx.s["lora"][ds][:1]]
+    runs = [r for r in pref + ctx.m.done if (r.dir / "overlays.npz").exists()]
+    runs = list(dict.fromkeys(runs))[:2]
+    if not runs:
+        return "no run has overlays.npz"
+    data = []
+    for r in runs:
+        with np.load(r.dir / "overlays.npz") as z:
+            data.append((r, z["images"], z["initial"], z["final"]))
+    per_run = max(1, max_rows // len(data))  # e.g. full FT and LoRA, two images each
+    rows = [(r, k) for r, im, _, _ in data for k in range(min(per_run, len(im)))]
+    L = data[0][2].shape[0]
+    layers = sorted({0, L // 2, L - 1})
+    fig, ax = figure(1.3 * (1 + 2 * len(layers)), 1.4 * len(rows) + 0.4, len(rows), 1 + 2 * len(layers))
+    for i, (r, k) in enumerate(rows):
+        _, im, a0, a1 = next(d for d in data if d[0] is r)
+        img = np.transpose(im[k], (1, 2, 0)) if im[k].shape[0] in (1, 3) else im[k]  # FORMATS: (3, S, S)
+        img = img[..., 0] if img.shape[-1] == 1 else img
+        S = img.shape[0]
+        ax[i, 0].imshow(img)
+        ax[i, 0].set_ylabel(f"{r.run_id}\nimage {k}", fontsize=6)
+        for j, (li, which) in enumerate((li, w) for li in layers for w in (0, 1)):
+            a = ax[i, 1 + j]
+            att = _patch_map((a0 if which == 0 else a1)[li, k])
+            a.imshow(img)
+            if att is not None:
+                a.imshow(att, cmap="inferno", alpha=0.6, extent=[-0.5, S - 0.5, S - 0.5, -0.5], interpolation="bilinear")
+            if i == 0:
+                a.set_title(f"L{li + 1} {'pretrained' if which == 0 else 'fine-tuned'}", fontsize=6)
+    for a in ax.flat:
+        a.set_xticks([])
+        a.set_yticks([])
+        a.grid(False)
+        a.spines[:].set_visible(False)
+    return save(fig, out)

@@ -1,0 +1,201 @@
+"""The results table: one results.csv row per run and seed, built from a run's files, and read back.
+
+`results_row` turns a run's config (as plain data) and final.json into a row; the study
+stage writes results.csv with it (study/collect.py) and `load` rebuilds rows with it when
+results.csv is missing, so both agree cell for cell (columns: docs/FORMATS.md). No torch
+and nothing else of attncollapse here: the analysis reads only the files earlier stages wrote.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._io import read_json, read_yaml, write_text
+
+METRICS = ("entropy", "erf", "gini", "head_diversity")
+
+RESULTS_COLUMNS = [
+    "run_id", "group", "seed", "method", "dataset", "model", "lr", "weight_decay", "epochs",
+    "batch_size", "lora_rank", "lora_targets", "freeze_layers", "regularizer", "reg_lambda",
+    "best_acc", "final_acc",
+    *[f"{m}_{k}" for m in METRICS for k in ("initial", "final", "delta_pct")],
+    "zeroshot_acc", "zeroshot_acc_base_only",
+]
+"""results.csv columns before the per-dataset `zeroshot_<dataset>` ones (docs/FORMATS.md)."""
+
+RESULTS_TAIL = ["status", "wall_time_s", "images_per_s"]
+
+_STR_COLS = {"run_id", "group", "method", "dataset", "model", "lora_targets", "regularizer", "status"}
+
+_INT_COLS = {"seed", "lora_rank", "freeze_layers", "batch_size"}
+
+
+def _format_cell(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, float):
+        return repr(v) if v == v else ""
+    return str(v)
+
+
+def _final_cells(final: dict) -> dict[str, Any]:
+    """The results.csv cells read from a run's final.json (None where it has no value)."""
+    row = {k: final.get(k) for k in ("best_acc", "final_acc", "zeroshot_acc", "zeroshot_acc_base_only",
+                                     "wall_time_s", "images_per_s")}
+    for m in METRICS:
+        row[f"{m}_initial"] = (final.get("initial_mean") or {}).get(m)
+        row[f"{m}_final"] = (final.get("final_mean") or {}).get(m)
+        row[f"{m}_delta_pct"] = (final.get("delta_pct") or {}).get(m)
+    return row
+
+
+def results_row(config: dict, final: dict | None, *, run_id: str, group: str, status: str) -> dict[str, Any]:
+    """One results.csv row (before the per-dataset zero-shot columns).
+
+    Args:
+        config: a run's resolved config as plain data (config.yaml).
+        final: its final.json, or None while it is not done.
+        run_id: the run directory's name (`E2`, or `E2-s43` when the matrix has several seeds).
+        group: the reports' family (E2, A1, ...).
+        status: "done", or the run's state on disk.
+    """
+    optim, lora_cfg, reg = config.get("optim") or {}, config.get("lora") or {}, config.get("regularizer") or {}
+    lora = config.get("method") == "lora"
+    regularized = (reg.get("kind") or "none") != "none"
+    row = {
+        "run_id": run_id, "group": group, "seed": config.get("seed"), "method": config.get("method"),
+        "dataset": config.get("dataset"), "model": config.get("model"), "lr": optim.get("lr"),
+        "weight_decay": optim.get("weight_decay"), "epochs": optim.get("epochs"),
+        "batch_size": optim.get("batch_size"), "lora_rank": lora_cfg.get("rank") if lora else None,
+        "lora_targets": lora_cfg.get("targets") if lora else None, "freeze_layers": config.get("freeze_layers"),
+        "regularizer": reg.get("kind"), "reg_lambda": reg.get("lam") if regularized else None,
+        **_final_cells(final or {}), "status": (final.get("status", "done") if final else status),
+    }
+    zeroshot = (final or {}).get("zeroshot") or {}
+    for ds in list((config.get("zeroshot") or {}).get("datasets") or []) + list(zeroshot):
+        block = zeroshot.get(ds)
+        row[f"zeroshot_{ds}"] = block.get("acc") if isinstance(block, dict) else None
+    return row
+
+
+def write_csv(path: str | Path, rows: list[dict[str, Any]]) -> Path:
+    """Write rows as results.csv (atomically): the fixed columns, then every `zeroshot_<dataset>` seen."""
+    zs_names: list[str] = []
+    for row in rows:
+        zs_names += [k for k in row if k.startswith("zeroshot_") and k not in RESULTS_COLUMNS and k not in zs_names]
+    columns = RESULTS_COLUMNS + zs_names + RESULTS_TAIL
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([_format_cell(row.get(c)) for c in columns])
+    write_text(path, buf.getvalue())
+    return Path(path)
+
+
+@dataclass(eq=False)  # identity equality: runs are hashed and compared by object
+class Run:
+    """One row of results.csv with its run directory and final.json (None if not done)."""
+    run_id: str
+    config_id: str
+    dir: Path
+    row: dict[str, Any]
+    final: dict | None = None
+    _history: dict | None = field(default=None, repr=False)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        v = self.row.get(key)
+        return default if v is None else v
+
+    def history(self) -> dict | None:
+        """history.json, read on first use (figures only)."""
+        if self._history is None and (self.dir / "history.json").exists():
+            self._history = read_json(self.dir / "history.json")
+        return self._history
+
+    def delta(self, metric: str = "entropy") -> float | None:
+        """Run-level Δ% of a metric (mean over layers)."""
+        v = self.row.get(f"{metric}_delta_pct")
+        if v is None and self.final:
+            v = (self.final.get("delta_pct") or {}).get(metric)
+        return None if v is None else float(v)
+
+    def layer_delta(self, metric: str = "entropy") -> np.ndarray | None:
+        """Per-layer Δ% (L,), from final.json `delta_pct_layers` (or its layer tables)."""
+        if not self.final:
+            return None
+        v = (self.final.get("delta_pct_layers") or {}).get(metric)
+        if v is None:
+            ini, fin = (self.final.get("initial") or {}).get(metric), (self.final.get("final") or {}).get(metric)
+            if ini is None or fin is None:
+                return None
+            ini = np.asarray(ini, float)
+            return 100.0 * (np.asarray(fin, float) - ini) / ini
+        return np.asarray([np.nan if x is None else x for x in v], float)
+
+
+@dataclass
+class Matrix:
+    """Everything a finished matrix directory holds, as read from its files."""
+    dir: Path
+    runs: list[Run]
+    baseline: dict[str, dict]
+    env: dict
+    spec: dict
+    notes: list[str]
+
+    @property
+    def done(self) -> list[Run]:
+        return [r for r in self.runs if r.final is not None]
+
+
+def _parse_cell(key: str, v: str | None) -> Any:
+    if v is None or v.strip() == "":
+        return None
+    if key in _STR_COLS:
+        return v
+    try:
+        return int(v) if key in _INT_COLS else float(v)
+    except ValueError:
+        return v
+
+
+def _row_from_dir(d: Path) -> dict[str, Any]:
+    """Rebuild a results.csv row from config.yaml + final.json (results.csv missing)."""
+    cfg = read_yaml(d / "config.yaml") or {}
+    fin = read_json(d / "final.json") if (d / "final.json").exists() else None
+    status = "failed" if (d / "error.txt").exists() else "incomplete"
+    return results_row(cfg, fin, run_id=d.name, group=d.name.split("-")[0], status=status)
+
+
+def load(matrix_dir: str | Path) -> Matrix:
+    """Read results.csv, every run's final.json, baseline/*.json, env.json and matrix.yaml."""
+    d = Path(matrix_dir)
+    notes: list[str] = []
+    if (d / "results.csv").exists():
+        with open(d / "results.csv", newline="") as fh:
+            rows = [{k: _parse_cell(k, v) for k, v in r.items()} for r in csv.DictReader(fh)]
+    else:
+        rows = [_row_from_dir(p) for p in sorted(d.iterdir()) if (p / "config.yaml").exists()]
+        notes.append("results.csv missing: rows rebuilt from the run directories")
+    runs = []
+    for row in rows:
+        rid, seed = str(row["run_id"]), row.get("seed")
+        cid = re.sub(rf"-s{seed}$", "", rid) if seed is not None else rid
+        run = Run(rid, cid, d / rid, row)
+        if (run.dir / "final.json").exists() and row.get("status") in (None, "done"):
+            run.final = read_json(run.dir / "final.json")
+        runs.append(run)
+    base = {p.stem: read_json(p) for p in sorted((d / "baseline").glob("*.json"))} if (d / "baseline").is_dir() else {}
+    env = read_json(d / "env.json") if (d / "env.json").exists() else {}
+    spec = (read_yaml(d / "matrix.yaml") or {}) if (d / "matrix.yaml").exists() else {}
+    return Matrix(d, runs, base, env, spec, notes)

@@ -1,0 +1,233 @@
+"""Typed, validated run configs. YAML in, every problem reported at once.
+
+A `RunConfig` is everything one fine-tuning run needs; its defaults are the original
+study's (DESIGN.md "Reproduction defaults"). Unknown keys are errors that list the valid
+ones (pydantic `extra="forbid"`). Study matrices built from these are `matrix.py`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(Strict):
+    split: Literal["hub", "pooled_80_20", "holdout_val"] = "hub"
+    """Split protocol: "hub" = the dataset's own train/test, test doubling as validation
+    (original study's code); "pooled_80_20" = the reports' stated stratified 80/20 of
+    train+test (seed 42); "holdout_val" = val carved from train, test kept apart."""
+    val_frac: float = Field(0.1, gt=0.0, lt=1.0)
+    """Fraction of train held out as validation under split="holdout_val"."""
+    split_seed: int = 42
+    """Seed of the stratified splits (reports: 42)."""
+    eval_subset_size: int = Field(200, ge=2)
+    """Images in the fixed metric eval subset (reports: 200, class-balanced)."""
+    eval_subset_seed: int = 42
+    """`numpy.random.RandomState` seed of the eval subset (reports: 42)."""
+    hflip: bool = True
+    """Random horizontal flip during training (original study's only augmentation)."""
+    max_train_images: int | None = Field(None, ge=1)
+    """Cap on training images (demos); None = the whole split."""
+    synthetic_classes: int = Field(10, ge=2)
+    """Classes of the offline `synthetic` source."""
+    synthetic_train: int = Field(512, ge=2)
+    """Training images of the `synthetic` source."""
+    synthetic_test: int = Field(256, ge=2)
+    """Test images of the `synthetic` source."""
+    cache_dir: str | None = None
+    """Where the uint8 image cache lives; None = $ATTNCOLLAPSE_CACHE or ~/.cache/attncollapse."""
+    gpu_resident: Literal["auto", "always", "never"] = "auto"
+    """Keep the uint8 cache on the GPU ("auto": when it fits in a quarter of free memory)."""
+    image_column: str | None = None
+    """Image column of an `hf:` dataset; None = the only `datasets.Image` column."""
+    label_column: str | None = None
+    """Label column of an `hf:` dataset; None = the only ClassLabel column (or "label")."""
+    cache_workers: int | None = Field(None, ge=1)
+    """Processes decoding images into the cache; None = CPU count."""
+    data_root: str | None = None
+    """Download/lookup directory of `torchvision:` sources; None = <cache dir>/torchvision."""
+
+
+class LoraConfig(Strict):
+    rank: int = Field(8, ge=1)
+    """LoRA rank r (reports: 4, 8, 16)."""
+    alpha: float | None = Field(None, gt=0)
+    """LoRA alpha; None = 2·rank (original study's code)."""
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    """LoRA dropout (original: 0.05)."""
+    targets: Literal["qv", "qkvo"] = "qv"
+    """Adapted projections: "qv" (reports' default) or "qkvo" (A2)."""
+
+
+class OptimConfig(Strict):
+    lr: float = Field(1e-5, gt=0)
+    """Peak learning rate (reports: full FT 1e-5; LoRA 1e-4 in the original code)."""
+    weight_decay: float = Field(0.01, ge=0)
+    """AdamW weight decay (reports: 0.01; R3: 0.0, 0.1)."""
+    batch_size: int = Field(64, ge=1)
+    """Training batch size (reports: 64)."""
+    epochs: float = Field(20, gt=0)
+    """Training epochs (reports: EuroSAT 20, Pets 30); fractions allowed for benchmarks."""
+    warmup_frac: float = Field(0.05, ge=0, lt=1)
+    """Linear warmup as a fraction of all steps (reports: 5%), then cosine to 0."""
+    grad_clip: float | None = Field(1.0, gt=0)
+    """Max gradient norm (reports: 1.0); None = no clipping."""
+    precision: Literal["fp16", "bf16", "fp32"] = "fp16"
+    """Autocast precision (reports: fp16 AMP with a GradScaler)."""
+    fused: bool = True
+    """Use the fused AdamW kernel on CUDA (same maths, fewer launches)."""
+    compile: Literal["off", "default", "reduce-overhead", "max-autotune"] = "off"
+    """torch.compile mode of the training forward/backward, probe included
+    ("reduce-overhead" adds CUDA graphs on GPU); true/false mean "default"/"off"."""
+
+    compile_scope: Literal["model", "layers"] = "model"
+    """What `compile` compiles: the whole classifier as one graph, or each transformer
+    layer on its own (one layer's graph serves all: compile time ~1/5 on CPU, fusion
+    across layer boundaries lost). Same numbers either way."""
+
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _compile_bool(cls, v):
+        return {True: "default", False: "off"}.get(v, v) if isinstance(v, bool) else v
+
+
+class RegularizerConfig(Strict):
+    kind: Literal["none", "apr", "entropy_floor"] = "none"
+    """Attention regularizer: APR (R1) or entropy floor (R2)."""
+    lam: float = Field(0.0, ge=0)
+    """Regularizer weight λ (reports: APR 0.01/0.1/1.0, entropy floor 0.01/0.1)."""
+    floor_ratio: float = Field(0.7, gt=0, le=1)
+    """Entropy floor τ_l = ratio × pretrained per-layer entropy (original: 0.7)."""
+    reference: Literal["cached", "online"] = "cached"
+    """APR reference rows: computed once per training image and flip state before the
+    first step ("cached": the same values, no second forward per step) or by a second
+    forward of the pretrained model every step ("online", the original's way)."""
+
+
+class EvalConfig(Strict):
+    points_per_epoch: int = Field(5, ge=1)
+    """Metric eval points per epoch (reports: ~5, every len(loader)//5 steps)."""
+    batch_size: int = Field(32, ge=1)
+    """Batch size of metric evaluation; also the head-diversity grouping (reports: 32)."""
+    forward_batch_size: int = Field(256, ge=1)
+    """Images per forward pass at an eval point (speed only: the metrics still group the
+    rows by `batch_size`, and a row does not depend on its batch-mates)."""
+    diversity: Literal["batch_mean", "per_image"] = "batch_mean"
+    """Head diversity aggregation (reports: batch_mean)."""
+    val_per_epoch: int = Field(1, ge=1)
+    """Accuracy evaluations per epoch on the selection split."""
+    erf_q: float = Field(0.95, gt=0, le=1)
+    """Mass of ERF (reports: 0.95)."""
+
+    def metric_options(self) -> dict:
+        """The keyword arguments of `measure.summarize_rows` / `attention_table` this config sets."""
+        return {"group_size": self.batch_size, "erf_q": self.erf_q, "diversity": self.diversity}
+
+
+class ZeroShotConfig(Strict):
+    datasets: list[str] = Field(default_factory=lambda: ["cifar100"])
+    """Zero-shot sources; the first is the headline `zeroshot_acc` (reports: CIFAR-100)."""
+    templates: Literal["single", "ensemble"] = "single"
+    """Prompts: "a photo of a {name}" (original) or the 18-template CLIP CIFAR ensemble."""
+    wise_alphas: list[float] = Field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
+    """WiSE-FT coefficients α (θ = (1−α)·θ_pretrained + α·θ_finetuned) evaluated at the
+    end of each run (empty = skip; the reports had none)."""
+    max_images: int | None = Field(None, ge=1)
+    """Cap on zero-shot images (demos); None = the whole test split."""
+    enabled: bool = True
+    """Evaluate zero-shot at the end of the run."""
+
+
+class RunConfig(Strict):
+    id: str = "run"
+    """Stable run id (reports' ids: E2, A1-lr5e-05, R1-apr0.1, ...)."""
+    seed: int = 42
+    """Seed of initialisation, shuffling and dropout (reports: 42)."""
+    model: str = "openai/clip-vit-base-patch32"
+    """Hub id, local directory or preset (`tiny`, `vit-b-32-random`)."""
+    dataset: str = "eurosat"
+    """Training source: eurosat, pets, cifar100, hf:<id>, imagefolder:<path>, synthetic, digits."""
+    method: Literal["full", "lora"] = "full"
+    """Full fine-tuning or LoRA on the vision tower."""
+    freeze_layers: int = Field(0, ge=0)
+    """Freeze the patch embedding and the first k encoder layers (A3: 3, 6, 9)."""
+    freeze_projection: bool = False
+    """Keep the visual projection frozen (original: trainable)."""
+    head_init: Literal["random", "text"] = "random"
+    """Classifier head: random (original) or zero-shot text embeddings (WiSE-FT/FLYP)."""
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    regularizer: RegularizerConfig = Field(default_factory=RegularizerConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    zeroshot: ZeroShotConfig = Field(default_factory=ZeroShotConfig)
+    checkpoints_per_epoch: int = Field(1, ge=1)
+    """Checkpoints written per epoch (at least one, atomically)."""
+    keep_checkpoints: int = Field(2, ge=1)
+    """Newest checkpoints kept on disk."""
+    device: str = "auto"
+    """"auto" (CUDA when available), "cpu", "cuda", "cuda:1"."""
+
+    @field_validator("id")
+    @classmethod
+    def _id_is_path_safe(cls, v: str) -> str:
+        if not v or any(c in v for c in "/\\ \t\n") or v.startswith("."):
+            raise ValueError("run id must be non-empty, without spaces or slashes, not starting with '.'")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "RunConfig":
+        if self.regularizer.kind != "none" and self.regularizer.lam <= 0:
+            raise ValueError(f"regularizer {self.regularizer.kind} needs lam > 0")
+        return self
+
+
+DEFAULTS = RunConfig().model_dump()
+"""Every field's default, as plain data (the matrix checks read them)."""
+
+# Fields that do not change a run's numbers: excluded from the resume fingerprint.
+_NOT_FINGERPRINTED = {"device", "eval.forward_batch_size", "data.cache_dir", "data.gpu_resident", "data.cache_workers", "data.data_root", "zeroshot"}
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def fingerprint_fields(cfg: RunConfig) -> dict[str, Any]:
+    """The flattened config fields that determine a run's numbers."""
+    flat = _flatten(cfg.model_dump(mode="json"))
+    return {k: v for k, v in flat.items()
+            if not any(k == x or k.startswith(x + ".") for x in _NOT_FINGERPRINTED)}
+
+
+def fingerprint(cfg: RunConfig) -> str:
+    blob = json.dumps(fingerprint_fields(cfg), sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def compile_key(cfg: RunConfig) -> tuple:
+    """What decides a run's compiled training graph (`optim.compile`): runs with the same
+    key reuse one process's compiled step; the executors run them back to back."""
+    lora = (cfg.lora.rank, cfg.lora.targets, cfg.lora.dropout > 0) if cfg.method == "lora" else None
+    return (cfg.model, cfg.method, lora, cfg.freeze_layers, cfg.freeze_projection, cfg.head_init,
+            cfg.dataset, cfg.data.synthetic_classes, cfg.regularizer.kind != "none", cfg.optim.precision,
+            cfg.optim.batch_size, cfg.optim.compile, cfg.optim.compile_scope)
+
+
+def diff_fields(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """Keys whose values differ between two flattened field dicts."""
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))

@@ -1,0 +1,17 @@
+"""The data stage: sources, the uint8 image cache, split protocols, the eval subset, the feed.
+
+Imports nothing else of attncollapse but `_io`.
+"""
+
+from .base import CLIP_MEAN, CLIP_STD, DataError, ImageSet, RawSplit, Source, Splits, cache_root, humanize
+from .cache import PREPROCESS_VERSION, preprocess
+from .feed import Feeder
+from .sources import HF_SHORTCUTS, SOURCES, known_sources, resolve
+from .splits import eval_subset_indices, load_splits, load_test_split
+from .synthetic import synthetic
+
+__all__ = [
+    "CLIP_MEAN", "CLIP_STD", "DataError", "Feeder", "HF_SHORTCUTS", "ImageSet", "PREPROCESS_VERSION",
+    "RawSplit", "SOURCES", "Source", "Splits", "cache_root", "eval_subset_indices", "humanize",
+    "known_sources", "load_splits", "load_test_split", "preprocess", "resolve", "synthetic",
+]

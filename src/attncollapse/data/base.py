@@ -1,0 +1,161 @@
+"""The data stage's plain types and the few helpers every part of it shares.
+
+`RawSplit`/`Source` describe images before preprocessing (sources.py), `ImageSet`/`Splits`
+after (splits.py); `DataError` is every data problem found before training.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+
+class DataError(ValueError):
+    """A data problem found before training: bad source, path, column, image or size."""
+
+
+# CLIP's image normalisation (openai/clip-vit-base-patch32 preprocessor_config.json).
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
+
+
+@dataclass
+class RawSplit:
+    """One split before preprocessing.
+
+    Attributes:
+        labels: (N,) int64 class indices.
+        fingerprint: changes whenever the split's content changes (cache staleness check).
+        reader: picklable object with `images(start, end) -> Iterator[PIL.Image.Image]`.
+        ready: (N, 3, S, S) uint8 pixels already at the model size (not cached), or None.
+    """
+
+    labels: np.ndarray
+    fingerprint: str
+    reader: Any = None
+    ready: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class Source:
+    """A resolved source string.
+
+    Attributes:
+        name: canonical id used in cache keys and records ("hf:tanganke/eurosat",
+            "imagefolder:/abs/path", ...).
+        class_names: human-readable class names (zero-shot prompts).
+        splits: "train" and "test" `RawSplit`s.
+    """
+
+    name: str
+    class_names: list[str]
+    splits: dict[str, RawSplit]
+
+
+@dataclass
+class ImageSet:
+    """Preprocessed images of one split.
+
+    Attributes:
+        images: (N, 3, S, S) uint8 array (possibly a read-only memory map).
+        labels: (N,) int64 class indices.
+        class_names: human-readable name of each class (used for zero-shot prompts).
+        name: "<source>/<split>" for messages and records.
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    class_names: list[str]
+    name: str = "images"
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def subset(self, idx: np.ndarray, name: str | None = None) -> "ImageSet":
+        idx = np.asarray(idx, dtype=np.int64)
+        return ImageSet(np.ascontiguousarray(self.images[idx]), self.labels[idx].copy(),
+                        list(self.class_names), name or self.name)
+
+
+@dataclass
+class Splits:
+    """What one run trains and evaluates on.
+
+    Attributes:
+        train: the training images.
+        val: the split used to select the best checkpoint (the test split under the
+            original protocol "hub").
+        test: the reported test split.
+        eval_idx: indices into `test` of the fixed metric eval subset.
+        protocol: the split protocol's name, recorded with every result.
+    """
+
+    train: ImageSet
+    val: ImageSet
+    test: ImageSet
+    eval_idx: np.ndarray
+    protocol: str = "hub"
+    info: dict = field(default_factory=dict)
+
+    @property
+    def eval_set(self) -> ImageSet:
+        return self.test.subset(self.eval_idx, name=self.test.name + "[eval]")
+
+
+def humanize(name: str) -> str:
+    """A class name fit for "a photo of a {name}": underscores become spaces."""
+    return " ".join(str(name).replace("_", " ").split())
+
+
+def open_image(src: str | os.PathLike | io.BytesIO, name: str) -> Image.Image:
+    """Open and fully decode one image, naming the file if it cannot be read."""
+    try:
+        img = Image.open(src)
+        img.load()
+    except Exception as e:  # PIL raises many types; all mean "this file is bad"
+        msg = " ".join(str(e).split())
+        raise DataError(f"unreadable image {name}: {type(e).__name__}: {msg}") from None
+    return img
+
+
+def stratified_split(labels: np.ndarray, test_frac: float | int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded stratified train/test indices (scikit-learn `train_test_split`).
+
+    Args:
+        labels: (N,) class indices.
+        test_frac: fraction (float) or count (int) of the test part.
+        seed: `random_state`.
+
+    Returns:
+        (train_idx, test_idx), each sorted int64.
+    """
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(len(labels))
+    try:
+        tr, te = train_test_split(idx, test_size=test_frac, stratify=labels, random_state=seed)
+    except ValueError as e:
+        raise DataError(f"cannot split {len(labels)} images stratified ({test_frac}): {e}") from None
+    return np.sort(tr).astype(np.int64), np.sort(te).astype(np.int64)
+
+
+def cache_root(cfg: Any = None) -> Path:
+    """DataConfig.cache_dir, else $ATTNCOLLAPSE_CACHE, else ~/.cache/attncollapse."""
+    d = getattr(cfg, "cache_dir", None) or os.environ.get("ATTNCOLLAPSE_CACHE") or "~/.cache/attncollapse"
+    return Path(d).expanduser()

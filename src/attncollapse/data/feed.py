@@ -1,0 +1,67 @@
+"""Serving normalised batches from uint8 images by index, on the device."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .base import CLIP_MEAN, CLIP_STD, ImageSet
+
+
+class Feeder:
+    """Serves normalised batches from an `ImageSet` by index.
+
+    The uint8 array moves to `device` once when `resident` (a 224-px EuroSAT is ~4 GB of
+    uint8, a small part of an H100); otherwise each batch is gathered on the host, pinned
+    and copied asynchronously. Normalisation (and the optional flip) run on the device.
+    """
+
+    def __init__(self, images: ImageSet, device: torch.device | str, *, resident: bool | None = None):
+        self.set = images
+        self.device = torch.device(device)
+        if resident is None:
+            resident = self.device.type == "cuda" and _fits_on_gpu(images.images.nbytes, self.device)
+        self.resident = resident or self.device.type == "cpu"
+        with warnings.catch_warnings():
+            # a read-only memory map of the cache: never written through, so the warning
+            # about non-writable arrays does not apply (and copying it would double memory)
+            warnings.filterwarnings("ignore", message=".*not writable.*")
+            host = torch.from_numpy(np.ascontiguousarray(images.images))
+        self.images = host.to(self.device) if self.resident else host
+        self.labels = torch.from_numpy(np.asarray(images.labels, dtype=np.int64)).to(self.device)
+        self.mean = torch.tensor(CLIP_MEAN, device=self.device).view(1, 3, 1, 1)
+        self.std = torch.tensor(CLIP_STD, device=self.device).view(1, 3, 1, 1)
+
+    def __len__(self) -> int:
+        return len(self.set)
+
+    def get(self, idx: Tensor, *, flip: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Batch `idx` as (pixels (B, 3, S, S) float32 normalised, labels (B,) int64).
+
+        Args:
+            idx: (B,) int64 indices (any device).
+            flip: optional (B,) bool mask of images to flip horizontally.
+        """
+        if self.resident:
+            raw = self.images.index_select(0, idx.to(self.device))
+        else:
+            raw = self.images.index_select(0, idx.cpu()).pin_memory().to(self.device, non_blocking=True)
+        if flip is not None:  # on uint8: a quarter of the bytes of flipping floats
+            flip = flip.to(self.device).view(-1, 1, 1, 1)
+            raw = torch.where(flip, raw.flip(-1), raw)
+        x = raw.float().div_(255.0).sub_(self.mean).div_(self.std)  # in place: one float buffer
+        return x, self.labels.index_select(0, idx.to(self.device))
+
+    def batches(self, batch_size: int):
+        """In-order batches over the whole set (evaluation)."""
+        n = len(self)
+        for s in range(0, n, batch_size):
+            yield self.get(torch.arange(s, min(s + batch_size, n)))
+
+
+def _fits_on_gpu(nbytes: int, device: torch.device) -> bool:
+    free, _total = torch.cuda.mem_get_info(device)
+    return nbytes < free // 4

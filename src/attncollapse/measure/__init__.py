@@ -1,0 +1,14 @@
+"""The measurement stage: the attention probe, the four metrics, eval rows and tables, accuracy.
+
+Works on any vision tower it is handed; imports only `data` and `_device` of attncollapse.
+"""
+
+from .evaluate import attention_table, classifier_accuracy, eval_rows, format_table, summarize_rows
+from .metrics import METRICS, delta_pct, entropy, erf, gini, head_diversity, layer_mean, patch_rows, summarize
+from .probe import PROBE, ProbeRows, attention_modules, cls_rows, probing, stack_rows
+
+__all__ = [
+    "METRICS", "PROBE", "ProbeRows", "attention_modules", "attention_table", "classifier_accuracy", "cls_rows",
+    "delta_pct", "entropy", "erf", "eval_rows", "format_table", "gini", "head_diversity", "layer_mean",
+    "patch_rows", "probing", "stack_rows", "summarize", "summarize_rows",
+]

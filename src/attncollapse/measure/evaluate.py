@@ -1,0 +1,76 @@
+"""An eval point's measurements: [CLS] rows of the eval subset, their per-layer table, accuracy.
+
+An eval point is the four metrics per layer on the fixed eval subset (probe on, no
+grad, forward passes of `forward_batch_size` images, metrics grouped by `group_size`
+images), plus a classifier's accuracy when scheduled. Works on any vision tower it is
+handed; training, the E1 baseline and WiSE-FT all measure through here.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .._device import autocast, eval_mode
+from ..data import Feeder
+from . import metrics
+from .probe import attention_modules, probing, stack_rows
+
+
+@torch.no_grad()
+def eval_rows(vision: nn.Module, feeder: Feeder, *, batch_size: int, precision: str) -> Tensor:
+    """[CLS] rows of every eval image: (L, N, H, T) fp32, in the feeder's order."""
+    n_layers = len(attention_modules(vision))
+    chunks = []
+    with eval_mode(vision), probing(vision) as rows:
+        for x, _ in feeder.batches(batch_size):
+            rows.clear()
+            with autocast(feeder.device, precision):
+                vision(pixel_values=x)
+            chunks.append(stack_rows(rows, n_layers).float())
+    return torch.cat(chunks, dim=1)
+
+
+def summarize_rows(rows: Tensor, *, group_size: int = 32, erf_q: float = 0.95,
+                   diversity: str = "batch_mean") -> dict[str, list[float]]:
+    """Per-layer table of eval rows (L, N, H, T) (`metrics.summarize`).
+
+    Args:
+        group_size: images per metric batch (reports: 32); head diversity depends on it.
+        erf_q: ERF mass.
+        diversity: "batch_mean" (the reports') or "per_image".
+    """
+    return metrics.summarize(rows, erf_q=erf_q, diversity=diversity, diversity_batch=group_size)
+
+
+def attention_table(vision: nn.Module, feeder: Feeder, *, forward_batch_size: int = 256, group_size: int = 32,
+                    erf_q: float = 0.95, diversity: str = "batch_mean",
+                    precision: str = "fp32") -> dict[str, list[float]]:
+    """Per-layer table of the four metrics on the eval subset, exactly as at every eval point."""
+    rows = eval_rows(vision, feeder, batch_size=forward_batch_size, precision=precision)
+    return summarize_rows(rows, group_size=group_size, erf_q=erf_q, diversity=diversity)
+
+
+@torch.no_grad()
+def classifier_accuracy(clf: nn.Module, feeder: Feeder, *, batch_size: int = 256, precision: str = "fp32") -> float:
+    """Top-1 accuracy of a classifier's logits over every image of `feeder` (the task accuracy)."""
+    correct = torch.zeros((), dtype=torch.long, device=feeder.device)
+    with eval_mode(clf):
+        for x, y in feeder.batches(batch_size):
+            with autocast(feeder.device, precision):
+                logits = clf(x)
+            correct += (logits.argmax(-1) == y).sum()
+    return correct.item() / len(feeder)
+
+
+def format_table(table: dict[str, list[float]]) -> str:
+    """The per-layer table as aligned terminal text (plus the mean over layers)."""
+    names = [m for m in metrics.METRICS if m in table]
+    header = f"{'layer':>6} " + " ".join(f"{n:>15}" for n in names)
+    lines = [header, "-" * len(header)]
+    for i in range(len(table[names[0]])):
+        lines.append(f"{i + 1:>6} " + " ".join(f"{table[n][i]:>15.4f}" for n in names))
+    means = metrics.layer_mean(table)
+    lines.append("-" * len(header))
+    lines.append(f"{'mean':>6} " + " ".join(f"{means[n]:>15.4f}" for n in names))
+    return "\n".join(lines)

@@ -1,0 +1,39 @@
+"""Model presets: randomly initialised CLIPs built from a config, as plain data (no download).
+
+The tiny preset is the test-sized model of the tests and the demo; the ViT-B presets have
+the exact shapes of the real models for speed studies.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from transformers import CLIPConfig, CLIPTextConfig, CLIPVisionConfig
+
+
+def _tiny() -> CLIPConfig:
+    # The test-sized CLIP of STYLE.md (timm's test_vit, transformers' CLIPVisionModelTester):
+    # image 32, patch 8 (16 patches), hidden 32, 4 heads, 3 layers.
+    vision = CLIPVisionConfig(
+        image_size=32, patch_size=8, hidden_size=32, intermediate_size=64,
+        num_hidden_layers=3, num_attention_heads=4, projection_dim=16,
+    )
+    text = CLIPTextConfig(
+        vocab_size=2 * 256 + 2, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=77, projection_dim=16,
+        bos_token_id=0, eos_token_id=1, pad_token_id=1,
+    )
+    return CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=16)
+
+
+def _vit_b(patch: int) -> Callable[[], CLIPConfig]:
+    def make() -> CLIPConfig:
+        # CLIPConfig's defaults are exactly openai/clip-vit-base-patch32's architecture.
+        return CLIPConfig(vision_config=CLIPVisionConfig(patch_size=patch).to_dict())
+    return make
+
+PRESETS: dict[str, Callable[[], CLIPConfig]] = {
+    "tiny": _tiny,
+    "vit-b-32-random": _vit_b(32),  # exact ViT-B/32 shapes, random weights (speed studies)
+    "vit-b-16-random": _vit_b(16),
+}

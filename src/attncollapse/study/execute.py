@@ -1,0 +1,93 @@
+"""Executing one task: skip it if done, lock it, train or measure it, record a failure.
+
+Every executor (executors.py) calls `execute_task`, so skipping finished runs, per-run
+locks and error.txt behave the same everywhere.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import traceback
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from .. import _io
+from ..config import RunConfig, diff_fields, fingerprint, fingerprint_fields
+from ..train import baseline, run
+from .locks import acquire_lock, read_lock, release_lock
+from .tasks import Task, TrainFn
+
+
+def _default_train(cfg: RunConfig, run_dir: Path) -> Any:
+    return run(cfg, run_dir)
+
+
+def _default_baseline(task: Task) -> dict:
+    cfg = task.config
+    return baseline(cfg.model, task.id.split(":", 1)[1], data_cfg=cfg.data, eval_cfg=cfg.eval,
+                    out_dir=task.path.parent, zeroshot_cfg=cfg.zeroshot, device=cfg.device,
+                    out_name=task.path.name)
+
+
+def _config_changed(task: Task) -> str | None:
+    """Why a finished run's config.yaml differs from the planned config, or None."""
+    recorded = task.path / "config.yaml"
+    if task.kind != "run" or not recorded.is_file():
+        return None
+    try:
+        old = RunConfig.model_validate(_io.read_yaml(recorded))
+    except Exception:  # an older schema: cannot compare, trust final.json
+        return None
+    if fingerprint(old) == fingerprint(task.config):
+        return None
+    keys = diff_fields(fingerprint_fields(old), fingerprint_fields(task.config))
+    return (f"finished with a different config ({', '.join(keys[:6])}); delete {task.path} "
+            "to rerun it or use another --out")
+
+
+def execute_task(task: Task, train_fn: TrainFn | None = None,
+                 baseline_fn: Callable[[Task], Any] | None = None) -> dict:
+    """Run one task unless it is done or held by another runner; never raises for a
+    failing run (the traceback goes to error.txt).
+
+    Returns:
+        {"id", "kind", "status", "wall_s", "note"}; status is "skipped" (done before),
+        "done", "failed", "busy" (another live runner holds it) or "changed" (done with a
+        different config).
+    """
+    t0 = time.time()
+
+    def outcome(status: str, note: str = "") -> dict:
+        return {"id": task.id, "kind": task.kind, "status": status,
+                "wall_s": round(time.time() - t0, 2), "note": note}
+
+    if task.done_file.exists():
+        changed = _config_changed(task)
+        return outcome("changed", changed) if changed else outcome("skipped")
+    if not acquire_lock(task.lock_file, task.id):
+        owner = read_lock(task.lock_file) or {}
+        return outcome("busy", f"held by pid {owner.get('pid')} on {owner.get('host')} since {owner.get('time')}")
+    try:
+        if task.done_file.exists():  # finished while we were looking
+            return outcome("skipped")
+        task.error_file.unlink(missing_ok=True)
+        try:
+            if task.kind == "run":
+                (train_fn or _default_train)(task.config, task.path)
+            else:
+                result = (baseline_fn or _default_baseline)(task)
+                if not task.done_file.exists() and isinstance(result, dict):
+                    _io.write_json(task.done_file, result)
+            if not task.done_file.exists():
+                raise RuntimeError(f"returned without writing {task.done_file.name}")
+        except Exception as exc:  # keep going past a failed run; KeyboardInterrupt stops
+            _io.write_text(task.error_file, f"{task.id} failed on {socket.gethostname()} pid {os.getpid()} "
+                           f"at {datetime.now(timezone.utc).isoformat(timespec='seconds')}\n\n"
+                           + traceback.format_exc())
+            return outcome("failed", f"{type(exc).__name__}: {exc}".splitlines()[0][:200])
+        return outcome("done")
+    finally:
+        release_lock(task.lock_file)

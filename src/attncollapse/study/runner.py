@@ -1,0 +1,167 @@
+"""Running a matrix: plan, execute every task not done yet, collect results.csv, analyse.
+
+`run_matrix` turns a validated `MatrixConfig` into tasks (tasks.py: the E1 baselines, then
+every run and seed), hands them to an executor (executors.py: local, per-GPU workers, Ray,
+Slurm), then writes results.csv (collect.py) and runs the analysis stages. A run directory
+with `final.json` is done and skipped; one without it is resumed by training itself.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+from .. import _io
+from ..analysis import figures, report, stats
+from ..config import MatrixConfig, load_matrix
+from .collect import write_results
+from .executors import dispatch
+from .locks import read_lock
+from .tasks import Task, TrainFn, matrix_of, plan, run_state
+
+
+def run_matrix(matrix: MatrixConfig | str | Path, out_dir: str | Path | None = None, *,
+               only: str | list[str] | None = None, executor: str = "local",
+               gpus: int | str | list[int] | None = None, runs_per_gpu: int = 1,
+               train_fn: TrainFn | None = None, baseline_fn: Callable[[Task], Any] | None = None,
+               executor_options: dict | None = None, analyze: bool = True,
+               log: Callable[[str], None] = print) -> dict:
+    """Run every task of a matrix that is not done yet, then collect and analyse.
+
+    Args:
+        matrix: a validated MatrixConfig, or a path / packaged name for `load_matrix`.
+        out_dir: the matrix directory (default runs/<matrix.name>).
+        only: restrict to some runs (see `plan`).
+        executor: "local" (in this process; with `gpus`, one worker process per GPU),
+            "ray" or "slurm" (executors.py).
+        gpus: GPUs to use: a count, or ids ("0,2" / [0, 2]); None = the executor's default.
+        runs_per_gpu: runs sharing one GPU (local workers per GPU; Ray: 1/K GPU per run).
+        train_fn: `f(cfg, run_dir)` training one run (default `train.run`).
+        baseline_fn: `f(task)` measuring one E1 baseline (default `train.baseline`).
+        executor_options: executor settings (Ray: `init` kwargs; Slurm: submitit parameters).
+        analyze: write results.csv and run stats, figures and the report afterwards.
+        log: where progress lines and the summary table go.
+
+    Returns:
+        {"out_dir", "name", "outcomes": [per task], "counts": {status: n}, "wall_s",
+         "analysis": {stage: "ok" | "skipped: ..." | "failed: ..."}, "ok": bool}.
+
+    Raises:
+        ConfigError: an invalid matrix or an `only` that matches nothing (before any work).
+    """
+    if not isinstance(matrix, MatrixConfig):
+        matrix = load_matrix(matrix)
+    t0 = time.time()
+    out = Path(out_dir) if out_dir is not None else Path("runs") / matrix.name
+    tasks = plan(matrix, out, only)
+    out.mkdir(parents=True, exist_ok=True)
+    _io.write_yaml(out / "matrix.yaml", matrix.model_dump(mode="json"))
+    _io.write_json(out / "env.json", _io.environment())
+    n_base = sum(t.kind == "baseline" for t in tasks)
+    log(f"{matrix.name}: {len(tasks) - n_base} runs + {n_base} baselines -> {out} (executor {executor})")
+    outcomes = dispatch(executor, tasks, train_fn=train_fn, baseline_fn=baseline_fn, gpus=gpus,
+                        runs_per_gpu=runs_per_gpu, options=executor_options or {}, log=log)
+    analysis = run_analysis(out, matrix=matrix, log=log) if analyze else {}
+    counts: dict[str, int] = {}
+    for o in outcomes:
+        counts[o["status"]] = counts.get(o["status"], 0) + 1
+    summary = {"out_dir": str(out), "name": matrix.name, "outcomes": outcomes, "counts": counts,
+               "wall_s": round(time.time() - t0, 1), "analysis": analysis,
+               "ok": not any(o["status"] in ("failed", "changed") for o in outcomes)
+               and not any(str(v).startswith("failed") for v in analysis.values())}
+    log(format_summary(summary))
+    return summary
+
+
+def format_summary(summary: dict) -> str:
+    """The summary of `run_matrix` as an aligned table plus totals."""
+    rows = [(o["id"], o["status"], f"{o['wall_s']:.1f}", o.get("note", "")) for o in summary["outcomes"]]
+    text = _table(["task", "status", "wall s", "note"], rows)
+    counts = ", ".join(f"{n} {s}" for s, n in sorted(summary["counts"].items()))
+    lines = [text, f"{counts or 'nothing to do'}; {summary['wall_s']:.1f} s; {summary['out_dir']}"]
+    for stage, state in summary.get("analysis", {}).items():
+        if state != "ok":
+            lines.append(f"analysis {stage}: {state}")
+    return "\n".join(lines)
+
+
+def _table(header: list[str], rows: list[tuple]) -> str:
+    cols = [header] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cols) for i in range(len(header))]
+    fmt = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
+    return "\n".join([fmt(header), fmt(["-" * w for w in widths])] + [fmt(r) for r in cols[1:]])
+
+ANALYSIS_STAGES: dict[str, Callable[[Path], Any]] = {
+    "stats": stats.analyze, "figures": figures.render_all, "report": report.write}
+"""The analysis after results.csv, in order: each reads only the files the earlier ones wrote."""
+
+
+def run_analysis(out_dir: str | Path, *, matrix: MatrixConfig | None = None,
+                 log: Callable[[str], None] = print) -> dict[str, str]:
+    """results.csv, then `stats.analyze`, `figures.render_all`, `report.write` on `out_dir`.
+
+    A stage that raises is reported (message and traceback through `log`) and the next
+    stage still runs.
+
+    Returns:
+        {"results": ..., "stats": ..., "figures": ..., "report": ...}: "ok" or "failed: <error>".
+    """
+    out = Path(out_dir)
+    state: dict[str, str] = {}
+    try:
+        write_results(out, matrix)
+        state["results"] = "ok"
+    except Exception as exc:
+        log(f"writing results.csv failed:\n{traceback.format_exc()}")
+        state["results"] = f"failed: {type(exc).__name__}: {exc}"
+        return state
+    for stage, fn in ANALYSIS_STAGES.items():
+        try:
+            fn(out)
+            state[stage] = "ok"
+        except Exception as exc:
+            log(f"analysis step {stage} failed (the runs are intact; rerun "
+                f"`attncollapse report {out}`):\n{traceback.format_exc()}")
+            state[stage] = f"failed: {type(exc).__name__}: {exc}".splitlines()[0]
+    return state
+
+
+def status(out_dir: str | Path) -> dict:
+    """Where a matrix directory stands: per task state, accuracy, Δentropy, wall time.
+
+    Returns:
+        {"out_dir", "name", "tasks": [{"id", "kind", "state", "best_acc",
+         "entropy_delta_pct", "wall_time_s", "note"}], "counts": {state: n}}.
+    """
+    out = Path(out_dir)
+    matrix = matrix_of(out)
+    tasks, counts = [], {}
+    for task in plan(matrix, out):
+        state = run_state(task)
+        counts[state] = counts.get(state, 0) + 1
+        final = _io.read_json(task.done_file) if state == "done" and task.kind == "run" else {}
+        note = ""
+        if state in ("running", "stale-lock"):
+            owner = read_lock(task.lock_file) or {}
+            note = f"pid {owner.get('pid')} on {owner.get('host')} since {owner.get('time')}"
+        elif state == "failed":
+            lines = task.error_file.read_text().strip().splitlines()
+            note = lines[-1][:120] if lines else ""
+        tasks.append({"id": task.id, "kind": task.kind, "state": state,
+                      "best_acc": final.get("best_acc"),
+                      "entropy_delta_pct": (final.get("delta_pct") or {}).get("entropy"),
+                      "wall_time_s": final.get("wall_time_s"), "note": note})
+    return {"out_dir": str(out), "name": matrix.name, "tasks": tasks, "counts": counts}
+
+
+def format_status(st: dict) -> str:
+    """`status()` as an aligned table."""
+    def num(v, f):
+        return "" if v is None else format(v, f)
+    rows = [(t["id"], t["state"], num(t["best_acc"], ".4f"), num(t["entropy_delta_pct"], "+.2f"),
+             num(t["wall_time_s"], ".0f"), t["note"]) for t in st["tasks"]]
+    counts = ", ".join(f"{n} {s}" for s, n in sorted(st["counts"].items()))
+    return (f"{st['name']} ({st['out_dir']})\n"
+            + _table(["task", "state", "best_acc", "Δentropy %", "wall s", "note"], rows) + f"\n{counts}")

@@ -1,0 +1,106 @@
+"""A matrix as units of work: the E1 baselines, then every run and seed, and their state on disk."""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from .. import _io
+from ..config import ConfigError, MatrixConfig, PlannedRun, RunConfig, matrix_from_dict
+from .locks import lock_is_stale, read_lock
+
+LOCK_NAME = "lock.json"
+
+BASELINE_ID = "E1"
+
+TrainFn = Callable[[RunConfig, Path], Any]
+
+
+@dataclass
+class Task:
+    """One unit of work: an E1 baseline on one dataset, or one run (one seed).
+
+    Attributes:
+        kind: "baseline" or "run".
+        id: run directory name, or "E1:<dataset>".
+        path: the run directory, or the baseline JSON file.
+        config: the RunConfig (for a baseline: whose data/eval/zero-shot settings it uses).
+        group: the reports' family (E2, A1, ...; E1 for baselines).
+    """
+
+    kind: str
+    id: str
+    path: Path
+    config: RunConfig
+    group: str = ""
+
+    @property
+    def done_file(self) -> Path:
+        return self.path / "final.json" if self.kind == "run" else self.path
+
+    @property
+    def lock_file(self) -> Path:
+        return self.path / LOCK_NAME if self.kind == "run" else self.path.with_suffix(".lock.json")
+
+    @property
+    def error_file(self) -> Path:
+        return self.path / "error.txt" if self.kind == "run" else self.path.with_suffix(".error.txt")
+
+
+def baseline_name(source: str) -> str:
+    """File stem of a baseline: the dataset source, made path-safe (`hf:a/b` → `hf_a_b`)."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in source)
+
+
+def plan(matrix: MatrixConfig, out_dir: str | Path, only: str | list[str] | None = None) -> list[Task]:
+    """The tasks of a matrix (baselines first), restricted by `only`.
+
+    Args:
+        only: comma-separated run ids, entries (`A1`), groups or globs (`R*`); `E1` or
+            `baseline` selects the baselines.
+    """
+    out = Path(out_dir)
+    pats = [p.strip() for p in (only.split(",") if isinstance(only, str) else only or []) if p.strip()]
+    base_pats = [p for p in pats if fnmatch.fnmatchcase(BASELINE_ID, p) or p == "baseline"]
+    runs: list[PlannedRun] = matrix.expand()
+    names = {n for r in runs for n in (r.id, r.entry, r.group, r.config.id)}
+    run_pats = [p for p in pats if any(fnmatch.fnmatchcase(n, p) for n in names)]
+    unmatched = [p for p in pats if p not in run_pats and p not in base_pats]
+    if unmatched:
+        raise ConfigError([f"--only {p}: matches no run (runs: {BASELINE_ID}, "
+                           f"{', '.join(r.id for r in runs)})" for p in unmatched])
+    tasks = []
+    if not pats or base_pats:
+        for ds in matrix.baseline:
+            tasks.append(Task("baseline", f"{BASELINE_ID}:{ds}", out / "baseline" / f"{baseline_name(ds)}.json",
+                              matrix.baseline_config(ds), BASELINE_ID))
+    if pats:
+        runs = matrix.selected(run_pats) if run_pats else []
+    tasks.extend(Task("run", r.id, out / r.id, r.config, r.group) for r in runs)
+    return tasks
+
+
+def matrix_of(out: Path, matrix: MatrixConfig | None = None) -> MatrixConfig:
+    """`matrix` itself, or the MatrixConfig recorded in `<out>/matrix.yaml`."""
+    if matrix is not None:
+        return matrix
+    path = out / "matrix.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"{out}: no matrix.yaml (not a matrix directory written by `attncollapse run`)")
+    return matrix_from_dict(_io.read_yaml(path), source=str(path))
+
+
+def run_state(task: Task) -> str:
+    """done / failed / running / stale-lock / partial / pending, from the files alone."""
+    if task.done_file.exists():
+        return "done"
+    owner = read_lock(task.lock_file)
+    if owner is not None:
+        return "stale-lock" if lock_is_stale(owner, task.lock_file) else "running"
+    if task.error_file.exists():
+        return "failed"
+    if task.kind == "run" and (task.path / "checkpoints").is_dir() and any((task.path / "checkpoints").iterdir()):
+        return "partial"
+    return "pending"

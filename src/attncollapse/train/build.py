@@ -1,0 +1,60 @@
+"""Building a run's model: the pretrained CLIP and the classifier to train, and a trained one back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from .. import _io
+from .._device import resolve_device
+from ..config import RunConfig
+from ..models import apply_lora, build_classifier, freeze_layers, freeze_projection, load_clip
+from ..transfer import head_from_text
+from .checkpoints import load_newest, load_weights
+
+
+def build(cfg: RunConfig, num_classes: int, device: torch.device, class_names: list[str] | None = None):
+    """The pretrained CLIP and the classifier to train, frozen and wrapped per `cfg`."""
+    clip = load_clip(cfg.model)  # presets use one fixed init: the same "pretrained" model for every run
+    clip.requires_grad_(False)
+    clip.vision_model.requires_grad_(True)
+    clip.visual_projection.requires_grad_(True)
+    torch.manual_seed(cfg.seed)
+    text_head = None
+    if cfg.head_init == "text":
+        text_head = head_from_text(clip, cfg.model, class_names or [], device=device)
+    clf = build_classifier(clip, num_classes, text_head=text_head)
+    if cfg.method == "lora":
+        apply_lora(clf, rank=cfg.lora.rank, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout,
+                   targets=cfg.lora.targets)
+    freeze_layers(clf, cfg.freeze_layers)
+    if cfg.freeze_projection:
+        freeze_projection(clf)
+    clip.to(device)
+    clf.to(device)
+    return clip, clf
+
+
+def load_trained(run_dir: str | Path, *, which: str = "best", device: str = "auto"):
+    """Rebuild a run's model with its trained weights: (clip, clf, cfg).
+
+    Args:
+        which: "best" (the selected checkpoint) or "last" (the newest checkpoint).
+    """
+    run_dir = Path(run_dir)
+    cfg = RunConfig.model_validate(_io.read_yaml(run_dir / "config.yaml"))
+    dev = resolve_device(device)
+    if which == "best" and (run_dir / "checkpoints" / "best.safetensors").exists():
+        tensors = load_file(run_dir / "checkpoints" / "best.safetensors")
+    else:
+        found = load_newest(run_dir / "checkpoints", cfg)
+        if found is None:
+            raise FileNotFoundError(f"{run_dir}: no checkpoint to load")
+        tensors = found[1]
+    num_classes = tensors["head.weight"].shape[0]
+    clip, clf = build(cfg.model_copy(update={"head_init": "random"}), num_classes, dev)
+    clf.normalize_features = cfg.head_init == "text"
+    load_weights(clf, tensors)
+    return clip, clf.eval(), cfg

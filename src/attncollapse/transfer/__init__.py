@@ -1,0 +1,16 @@
+"""The transfer stage: prompts and text embeddings, zero-shot (every protocol), WiSE-FT
+(`transfer.wise.wise`), per-run transfer.
+
+Imports `measure`, `models`, `data` and `_device` of attncollapse.
+"""
+
+from .for_run import evaluate_for_run
+from .text import TEMPLATES, TextCache, head_from_text, template_set, text_cache_key, text_embeddings
+from .wise import vision_state
+from .zeroshot import as_feeder, evaluate_dataset, evaluate_pretrained, image_features, zeroshot_accuracy
+
+__all__ = [
+    "TEMPLATES", "TextCache", "as_feeder", "evaluate_dataset", "evaluate_for_run", "evaluate_pretrained",
+    "head_from_text", "image_features", "template_set", "text_cache_key", "text_embeddings", "vision_state",
+    "zeroshot_accuracy",
+]

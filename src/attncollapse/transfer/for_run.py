@@ -1,0 +1,83 @@
+"""A trained run's transfer numbers: zero-shot on every configured dataset, then WiSE-FT.
+
+`evaluate_for_run` is what a run's final.json holds under "zeroshot" and "wise"
+(docs/FORMATS.md); training calls it at the end of a run, `attncollapse zeroshot` on a
+finished one.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from .._device import effective_precision
+from ..data import Splits, load_splits, load_test_split
+from ..models import Classifier, load_clip, load_tokenizer
+from .text import TextCache
+from .wise import vision_state, wise
+from .zeroshot import capped, evaluate_dataset
+
+
+def evaluate_for_run(cfg, clip: nn.Module, clf: Classifier, splits: Splits | None = None, *,
+                     device: torch.device | str, precision: str = "fp32", datasets: Sequence[str] | None = None,
+                     pretrained: nn.Module | None = None, pretrained_state: dict | None = None,
+                     batch_size: int = 1024, cache: TextCache | dict | None = None) -> dict:
+    """The zero-shot part of a run's final.json (docs/FORMATS.md), for a trained model.
+
+    Args:
+        cfg: the run's `RunConfig` (method, model, data, eval and zeroshot sections).
+        clip: the run's CLIPModel (its text tower is the pretrained one).
+        clf: the trained classifier (PEFT-wrapped for LoRA).
+        splits: the run's splits, for WiSE-FT's task accuracy and metrics; loaded when
+            `cfg.zeroshot.wise_alphas` asks for them and none are given.
+        datasets: zero-shot sources overriding `cfg.zeroshot.datasets`.
+        pretrained: the pretrained CLIPModel; None = `load_clip(cfg.model)` (presets have
+            one fixed init, the one `train.build` starts from).
+        pretrained_state: `wise.vision_state` of the model before training (what
+            `train.run` keeps); replaces `pretrained` and its reload.
+
+    Returns:
+        {"zeroshot": {dataset: block}, "zeroshot_acc", "zeroshot_acc_base_only", "wise"}.
+    """
+    zcfg = cfg.zeroshot
+    datasets = list(datasets or zcfg.datasets)
+    if not datasets:
+        return {"zeroshot": {}, "zeroshot_acc": None, "zeroshot_acc_base_only": None, "wise": []}
+    tokenizer = load_tokenizer(cfg.model)
+    dev = torch.device(device)
+    precision = effective_precision(precision, dev)
+    if pretrained_state is not None:
+        pre_state = pretrained_state
+        weight = pre_state["projection.weight"]
+        projection = nn.Linear(weight.shape[1], weight.shape[0], bias=False).to(dev)
+        with torch.no_grad():
+            projection.weight.copy_(weight)
+    else:
+        pretrained = (pretrained if pretrained is not None else load_clip(cfg.model)).to(dev)
+        pre_state, projection = vision_state(pretrained), pretrained.visual_projection
+    if cfg.method == "lora":
+        # LoRA never changes the base tower: a mismatch means `pretrained` is the wrong model.
+        ft_state = vision_state(clf)
+        bad = [k for k in ft_state if k.startswith("vision.") and not torch.equal(ft_state[k], pre_state[k])]
+        if bad:
+            raise ValueError(f"pretrained model differs from the LoRA run's base tower (e.g. {bad[0]})")
+    cache = TextCache() if cache is None else cache
+    size = clip.config.vision_config.image_size
+    sets = {name: capped(load_test_split(name, cfg.data, image_size=size), zcfg) for name in datasets}
+    blocks = {name: evaluate_dataset(clf, clip, tokenizer, s, zcfg, method=cfg.method,
+                                     pretrained_projection=projection, device=dev,
+                                     precision=precision, batch_size=batch_size, cache=cache)
+              for name, s in sets.items()}
+    first = blocks[datasets[0]]
+    out = {"zeroshot": blocks, "zeroshot_acc": first["acc"],
+           "zeroshot_acc_base_only": first["acc_base_only"], "wise": []}
+    if zcfg.wise_alphas:
+        splits = splits or load_splits(cfg.dataset, cfg.data, image_size=size)
+        out["wise"] = wise(clf, pre_state, zcfg.wise_alphas, clip=clip, tokenizer=tokenizer,
+                           zeroshot_set=sets[datasets[0]], task_set=splits.test, eval_set=splits.eval_set,
+                           templates=zcfg.templates, device=dev, precision=precision, batch_size=batch_size,
+                           eval_batch=cfg.eval.batch_size, erf_q=cfg.eval.erf_q,
+                           diversity=cfg.eval.diversity, cache=cache)
+    return out

@@ -1,0 +1,140 @@
+"""The package's shape (DESIGN.md "Layout"): imports run downward between stages, with no
+cycle (imports inside functions counted), no private name crossing modules, and an
+analysis stage that loads no torch."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import attncollapse
+
+ROOT = Path(attncollapse.__file__).parent
+PKG = "attncollapse"
+
+# stage → the stages it may import (besides itself, `_io` and `_device`).
+ALLOWED = {
+    "cli": None,  # anything
+    "study": {"train", "config", "analysis"},
+    "train": {"transfer", "measure", "models", "data", "config"},
+    "transfer": {"measure", "models", "data"},
+    "measure": {"data"},
+    "config": {"data", "models"},
+    "data": set(),
+    "models": set(),
+    "analysis": set(),
+}
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _modules() -> dict[str, Path]:
+    return {_module_name(p): p for p in ROOT.rglob("*.py")}
+
+
+def _imports(name: str, path: Path, modules: dict[str, Path]) -> list[tuple[str, list[str]]]:
+    """(imported module of ours, names taken from it) for every import statement, anywhere in the file."""
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out += [(a.name, []) for a in node.names if a.name.split(".")[0] == PKG]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[:len(base) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            if target.split(".")[0] != PKG:
+                continue
+            for a in node.names:  # `from pkg import submodule` imports the submodule
+                sub = f"{target}.{a.name}"
+                out.append((sub, []) if sub in modules else (target, [a.name]))
+    return out
+
+
+def _graph() -> dict[str, set[str]]:
+    modules = _modules()
+    graph: dict[str, set[str]] = {m: set() for m in modules}
+    for name, path in modules.items():
+        for target, _ in _imports(name, path, modules):
+            # importing a.b.c runs a/__init__ and a/b/__init__ first
+            parts = target.split(".")
+            for i in range(2, len(parts) + 1):
+                dep = ".".join(parts[:i])
+                if dep in modules and dep != name and not name.startswith(dep + "."):
+                    graph[name].add(dep)
+    return graph
+
+
+def _stage(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def test_no_import_cycle_counting_imports_inside_functions():
+    graph = _graph()
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(m: str) -> None:
+        state[m] = 1
+        stack.append(m)
+        for d in sorted(graph[m]):
+            if state.get(d) == 1:
+                raise AssertionError("import cycle: " + " → ".join(stack[stack.index(d):] + [d]))
+            if d not in state:
+                visit(d)
+        stack.pop()
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m)
+
+
+def test_stages_import_only_downward():
+    bad = []
+    for module, deps in _graph().items():
+        stage = _stage(module)
+        allowed = ALLOWED.get(stage)
+        if stage in ("", "_io", "_device") and module != PKG:
+            allowed = set()
+        if module == PKG or allowed is None:
+            continue
+        for dep in deps:
+            target = _stage(dep)
+            if target not in (stage, "_io", "_device") and target not in allowed:
+                bad.append(f"{module} → {dep}")
+    assert not bad, "imports against the stage order: " + ", ".join(sorted(bad))
+
+
+def test_no_private_name_crosses_modules():
+    modules = _modules()
+    bad = [f"{name}: from {target} import {n}" for name, path in modules.items()
+           for target, names in _imports(name, path, modules) for n in names
+           if n.startswith("_") and target != name]
+    assert not bad, bad
+
+
+def test_no_importlib_by_string_for_our_modules():
+    hits = [p.name for p in ROOT.rglob("*.py") if "import_module(" in p.read_text() and f'"{PKG}.' in p.read_text()]
+    assert not hits, hits
+
+
+def test_analysis_imports_no_torch_and_the_top_package_stays_light():
+    code = ("import sys, attncollapse, attncollapse.analysis; "
+            "assert 'torch' not in sys.modules, 'torch imported'; "
+            "from attncollapse import load_results, select; assert 'torch' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_public_api_names_resolve():
+    for name in attncollapse.__all__:
+        assert getattr(attncollapse, name) is not None, name
