@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy import stats as sp
 
-from attncollapse.published import load_published, published_runs, published_statistics
+from attncollapse.analysis.published import load_published, published_runs, published_statistics
 
 # 001 §2.4 Experiment Matrix, "Total: 21": E2–E7 (6), A1 at four lrs, A2, A3 freezing 3/6/9,
 # R1 at three λ, R2 at two λ, R3 at two WD. E1 is the pretrained baseline, not a run.
@@ -143,8 +143,8 @@ def test_lr_sweep_correlations_recompute_from_the_published_rows():
 
 def test_module_does_not_import_torch():
     src = Path(load_published.__code__.co_filename).resolve().parents[1]
-    code = ("import sys; from attncollapse.published import load_published; load_published(); "
+    code = ("import sys; from attncollapse.analysis.published import load_published; load_published(); "
             "sys.exit('torch' in sys.modules)")
     proc = subprocess.run([sys.executable, "-c", code], check=False, env={"PYTHONPATH": str(src)},
                           capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr or "attncollapse.published imported torch"
+    assert proc.returncode == 0, proc.stderr or "attncollapse.analysis.published imported torch"

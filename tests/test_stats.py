@@ -404,7 +404,7 @@ def test_entropy_vs_accuracy_on_fixture(tmp_path):
     assert set(ent) == {f"entropy Δ% vs {w} ({s})" for w in ("accuracy", "zero-shot accuracy")
                         for s in ("all runs", "eurosat", "pets")}
     assert ent["entropy Δ% vs accuracy (pets)"]["skipped"]  # E3, E7: two runs
-    m = results.load(d)
+    m = table.load(d)
     e = ent["entropy Δ% vs accuracy (eurosat)"]
     runs = [r for r in m.done if r.get("dataset") == "eurosat"]
     x, y = [r.delta() for r in runs], [r.get("best_acc") for r in runs]
@@ -416,7 +416,7 @@ def test_entropy_vs_accuracy_on_fixture(tmp_path):
     small = build_matrix(tmp_path / "s", ["E2", "E5", "A1-lr1e-06", "R1-apr0.1"], overlays=(), wise=())
     e = stats.analyze(small, n_boot=200)["tests"]["entropy_vs_accuracy"]["entries"][0]
     assert e["n"] == 4 and e["spearman_p_method"] == "exact"
-    rs = results.load(small).done
+    rs = table.load(small).done
     brute, _ = _brute_spearman_p([r.delta() for r in rs], [r.get("best_acc") for r in rs])
     assert e["spearman_p"] == pytest.approx(brute)
 
@@ -467,7 +467,7 @@ def test_converged_per_epoch_and_entropy():
 
 def test_convergence_matches_fig14_arithmetic_on_fixture(tmp_path):
     d = build_matrix(tmp_path / "m", ["E2", "E3", "E5", "A1-lr0.0001"], overlays=(), wise=())
-    for r in results.load(d).done:
+    for r in table.load(d).done:
         h = r.history()
         v = stats.converged(h, **stats.CONVERGENCE_FIG14)
         # figures_base.fig14: cut at 80% of the epoch span, change from the first point past it

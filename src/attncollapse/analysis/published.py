@@ -54,7 +54,7 @@ def load_published(as_printed: bool = False) -> dict[str, Any]:
     Returns:
         The mapping described in the module docstring.
     """
-    text = resources.files("attncollapse").joinpath(_FILE).read_text(encoding="utf-8")
+    text = resources.files("attncollapse.analysis").joinpath(_FILE).read_text(encoding="utf-8")
     # BaseLoader resolves no scalar types, so numbers stay the strings the reports printed.
     return yaml.load(text, Loader=yaml.BaseLoader if as_printed else yaml.SafeLoader)
 
