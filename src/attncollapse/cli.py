@@ -7,6 +7,7 @@
     attncollapse report runs/paper
     attncollapse zeroshot runs/paper/E5 --datasets cifar100
     attncollapse baseline --model openai/clip-vit-base-patch32 --data eurosat --out runs/e1
+    attncollapse convert ViT-B-32.pt models/vit-b-32
 
 Imports happen inside the commands, so `attncollapse --help` does not load torch.
 """
@@ -120,6 +121,24 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_convert(args: argparse.Namespace) -> int:
+    import torch
+
+    from .convert import convert
+
+    try:
+        done = convert(args.src, args.out, act=args.act, vision_heads=args.vision_heads,
+                       text_heads=args.text_heads, bpe=args.bpe, dtype=getattr(torch, args.dtype))
+    except ValueError as exc:  # unsupported architecture or missing setting: one line
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {done['out']}: vision {done['vision']}; text {done['text']}; {done['act']}")
+    if done["tokenizer"]:  # why no tokenizer was written
+        print(f"no tokenizer written: {done['tokenizer']}; pass --bpe, or copy the tokenizer files "
+              f"of the matching hub model (see {done['out']}/README.md)")
+    return 0
+
+
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="matrix directory (default runs/<matrix name>)")
     p.add_argument("--only", help="run ids, entries, groups or globs, comma-separated (E2,A1,R*); E1 = baselines")
@@ -176,6 +195,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--zeroshot", nargs="*", help="also measure zero-shot accuracy on these sources")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_baseline)
+
+    desc = ("Convert an OpenAI TorchScript ViT-*.pt archive or an OpenCLIP ViT state dict into a "
+            "Hugging Face CLIPModel directory (config.json, model.safetensors) for --model. "
+            "ResNet, timm-tower and SigLIP checkpoints are refused.")
+    p = sub.add_parser("convert", help="OpenAI/OpenCLIP checkpoint -> Hugging Face directory",
+                       description=desc)
+    p.add_argument("src", help="OpenAI ViT-*.pt, or open_clip_pytorch_model.bin / .safetensors / .pt")
+    p.add_argument("out", help="directory to write (config.json, model.safetensors, ...)")
+    p.add_argument("--act", choices=["quick_gelu", "gelu"],
+                   help="MLP activation (default: open_clip_config.json beside SRC, else the "
+                        "TorchScript code; required for a bare OpenCLIP state dict)")
+    p.add_argument("--vision-heads", type=int,
+                   help="vision attention heads (default: open_clip_config.json, else width // 64; "
+                        "16 for OpenCLIP's ViT-H/g/bigG/e widths)")
+    p.add_argument("--text-heads", type=int,
+                   help="text attention heads (default: open_clip_config.json, else width // 64)")
+    p.add_argument("--bpe", help="CLIP's bpe_simple_vocab_16e6.txt.gz, to write the tokenizer "
+                                 "(default: the copy in an installed open_clip or clip package)")
+    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32",
+                   help="dtype of the saved weights (default float32)")
+    p.set_defaults(func=cmd_convert)
     return parser
 
 
