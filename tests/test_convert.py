@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from transformers import CLIPModel
 
 from attncollapse.cli import main
-from attncollapse.convert import convert
+from attncollapse.models.convert import convert
 
 TOL = 1e-5  # fp32
 
@@ -279,7 +279,7 @@ def _meta_state_dict(vision: tuple[int, int, int, int], text: tuple[int, int, in
 def test_infer_config_of_real_shapes():
     from transformers import CLIPConfig
 
-    from attncollapse.convert import infer_config
+    from attncollapse.models.convert import infer_config
 
     got = infer_config(_meta_state_dict((768, 12, 32, 7), (512, 12, 77), 512), act="quick_gelu")
     want = CLIPConfig()  # transformers' defaults are openai/clip-vit-base-patch32's architecture
@@ -464,7 +464,7 @@ def test_tokenizer_from_bpe_matches_open_clip(tmp_path):
     """The tokenizer built from open_clip's BPE file tokenizes like open_clip.tokenize."""
     from transformers import CLIPTokenizer
 
-    from attncollapse.convert import find_bpe, write_tokenizer
+    from attncollapse.models.convert import find_bpe, write_tokenizer
 
     oc = _open_clip()
     assert find_bpe() is not None  # the copy inside the installed open_clip

@@ -124,7 +124,7 @@ def cmd_baseline(args: argparse.Namespace) -> int:
 def cmd_convert(args: argparse.Namespace) -> int:
     import torch
 
-    from .convert import convert
+    from .models.convert import convert
 
     try:
         done = convert(args.src, args.out, act=args.act, vision_heads=args.vision_heads,

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 from transformers import CLIPConfig, CLIPModel
 
-from . import _io
+from .. import _io
 
 ACTS = ("quick_gelu", "gelu")
 HEAD_WIDTH = 64  # OpenAI: heads = width // 64 (clip/model.py build_model)
