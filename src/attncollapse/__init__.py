@@ -45,7 +45,7 @@ def __getattr__(name: str) -> Any:
         return getattr(measure, name)
     if name in _MODELS:
         from . import models
-        return models.load_clip
+        return getattr(models, name)
     if name in _STUDY:
         from . import study
         return getattr(study, name)

@@ -4,25 +4,90 @@ The reports read attention with `attn_implementation="eager"` and
 `output_attentions=True`, which materialises every (T×T) map and turns off fused
 attention for the whole run. The study only ever uses the [CLS] query's row, so we
 register a transformers attention function (the public `AttentionInterface`) that
-returns the fused SDPA output and, as its attention weights, `softmax(q_cls·Kᵀ·scale)`
-in fp32 for the [CLS] query only: (batch, heads, 1, tokens). CLIP's encoder layer
-discards the weights an attention function returns, so forward hooks on the attention
-modules collect them. Exact (eager's row 0 to fp32 rounding), differentiable, and
-O(tokens) extra work per head.
+returns the fused SDPA output and, as its attention weights, the query row in fp32:
+(batch, heads, 1, 1 + patches). The encoder layers discard the weights an attention
+function returns, so forward hooks on the attention modules collect them. Exact (eager's
+row to fp32 rounding), differentiable, and O(tokens) extra work per head.
+
+Any transformers 5 vision tower whose attention modules call the `AttentionInterface`
+works (CLIP, SigLIP, DINOv2 with or without registers, ViT). What differs per family is
+a probe spec (`ProbeSpec`): which module classes to hook, how many prefix tokens ([CLS],
+registers) come before the patches, and which query row stands for [CLS]. The model
+stage writes it onto the tower as a plain dict under `PROBE_SPEC_ATTR`; without one, a
+CLIP-like tower is assumed (one [CLS] prefix token, row 0).
+
+Every family's row has one canonical layout, so the metrics and regularizers need no
+family knowledge: entry 0 is the query's total mass on the prefix tokens and entries
+1.. are its mass on each patch. For CLIP, ViT and DINOv2 that is exactly eager's [CLS]
+row; with registers, entry 0 is [CLS] plus the registers (dropped like the [CLS] entry);
+for SigLIP (no prefix tokens) entry 0 is 0.
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Iterator
 
 import torch
 from torch import Tensor, nn
-from transformers import AttentionInterface
+from transformers import AttentionInterface, PretrainedConfig
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.models.clip.modeling_clip import CLIPAttention
 
 PROBE = "attncollapse_probe"
+PROBE_SPEC_ATTR = "attncollapse_probe"  # must equal models.families.PROBE_SPEC_ATTR
+QUERIES = ("first", "mean")
+
+
+@dataclass(frozen=True)
+class ProbeSpec:
+    """How to read one family's query row.
+
+    Attributes:
+        attention: class names of the attention modules to hook; () = every module that
+            looks like a transformers attention module (q/k/v projections and a config).
+        prefix_tokens: tokens before the patches ([CLS] + registers; 0 for SigLIP).
+        query: "first" (the row of token 0, [CLS]) or "mean" (mean row over all queries).
+    """
+
+    attention: tuple[str, ...] = ()
+    prefix_tokens: int = 1
+    query: str = "first"
+
+    def __post_init__(self):
+        if self.query not in QUERIES:
+            raise ValueError(f"probe query {self.query!r} unknown; expected one of {QUERIES}")
+        if self.prefix_tokens < 0:
+            raise ValueError(f"probe prefix_tokens must be >= 0, got {self.prefix_tokens}")
+
+
+def spec_of(vision_model: nn.Module) -> ProbeSpec:
+    """The probe spec the model stage attached to a tower (PEFT-wrapped too), else CLIP's."""
+    raw = getattr(vision_model, PROBE_SPEC_ATTR, None)
+    if raw is None:
+        return ProbeSpec()
+    return raw if isinstance(raw, ProbeSpec) else ProbeSpec(**{**raw, "attention": tuple(raw["attention"])})
+
+
+_RULE = "_attncollapse_probe_rule"  # (prefix_tokens, query) on each hooked module
+
+
+def _query_row(query: Tensor, key: Tensor, mask: Tensor | None, scale: float, rule: str) -> Tensor:
+    """(B, H, 1, T) fp32 softmax row of the [CLS] query or the mean over queries."""
+    q = query[:, :, :1] if rule == "first" else query
+    logits = (q.float() @ key.float().transpose(-1, -2)) * scale
+    if mask is not None:
+        m = mask[..., :1, :] if rule == "first" else mask
+        logits = logits + (m.float() if m.dtype != torch.bool else torch.where(m, 0.0, float("-inf")))
+    return logits.softmax(-1).mean(-2, keepdim=True)
+
+
+def canonical(row: Tensor, prefix_tokens: int) -> Tensor:
+    """(..., T) row → (..., 1 + P): [mass on the prefix tokens, patch_1 … patch_P]."""
+    if prefix_tokens == 1:
+        return row
+    head = row[..., :prefix_tokens].sum(-1, keepdim=True)  # zeros for prefix_tokens = 0
+    return torch.cat([head, row[..., prefix_tokens:]], dim=-1)
 
 
 def probe_attention(
@@ -35,37 +100,50 @@ def probe_attention(
     dropout: float = 0.0,
     **kwargs,
 ) -> tuple[Tensor, Tensor]:
-    """SDPA output plus the fp32 [CLS] row of every head.
+    """SDPA output plus the fp32 canonical query row of every head.
 
     Args:
         query, key, value: (B, H, T, d) projections.
         attention_mask: additive mask broadcastable to (B, H, T, T), or None (vision).
 
     Returns:
-        (output (B, T, H, d) as SDPA returns it, cls_row (B, H, 1, T) fp32).
+        (output (B, T, H, d) as SDPA returns it, row (B, H, 1, 1 + P) fp32).
     """
     kwargs.pop("output_attentions", None)
     out, _ = ALL_ATTENTION_FUNCTIONS["sdpa"](
         module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
     )
+    prefix, rule = module.__dict__.get(_RULE, (1, "first"))
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-    logits = (query[:, :, :1].float() @ key.float().transpose(-1, -2)) * scale
-    if attention_mask is not None:
-        logits = logits + attention_mask[..., :1, :].float()
-    return out, logits.softmax(-1)
+    return out, canonical(_query_row(query, key, attention_mask, scale, rule), prefix)
 
 
 AttentionInterface.register(PROBE, probe_attention)
 
 
-def attention_modules(vision_model: nn.Module) -> list[nn.Module]:
-    """The CLIP attention modules of a vision tower, in layer order (PEFT-wrapped too)."""
-    mods = [m for m in vision_model.modules() if isinstance(m, CLIPAttention)]
+def _looks_like_attention(m: nn.Module) -> bool:
+    # transformers 5 vision attention modules: q/k/v projections and the config whose
+    # `_attn_implementation` picks the attention function (PEFT keeps the attribute names).
+    return isinstance(getattr(m, "config", None), PretrainedConfig) and all(
+        hasattr(m, p) for p in ("q_proj", "k_proj", "v_proj"))
+
+
+def attention_modules(vision_model: nn.Module, classes: tuple[str, ...] | None = None) -> list[nn.Module]:
+    """The attention modules of a vision tower, in layer order (PEFT-wrapped too).
+
+    Args:
+        classes: class names to match; None = the tower's spec (`spec_of`); an empty
+            spec matches every transformers attention module (q/k/v projections).
+    """
+    classes = spec_of(vision_model).attention if classes is None else tuple(classes)
+    if classes:
+        mods = [m for m in vision_model.modules() if type(m).__name__ in classes]
+    else:
+        mods = [m for m in vision_model.modules() if _looks_like_attention(m)]
     if not mods:
-        raise TypeError(f"{type(vision_model).__name__} has no CLIP attention layers")
+        want = ", ".join(classes) or "transformers attention modules"
+        raise TypeError(f"{type(vision_model).__name__} has no attention layers of the expected kind ({want})")
     return mods
-
-
 def _set_impl(vision_model: nn.Module, config, impl: str) -> None:
     # The public setter where the tower is a PreTrainedModel; a bare module (older
     # transformers' CLIPVisionTransformer) only has its config's property setter.
@@ -88,7 +166,7 @@ def _keep_row(module: nn.Module, _args, output) -> None:
 
 
 class ProbeRows:
-    """The [CLS] rows of the latest forward, one (B, H, 1, T) tensor per probed layer in
+    """The query rows of the latest forward, one (B, H, 1, 1 + P) tensor per probed layer in
     layer order (a read-only sequence; `clear()` forgets them)."""
 
     def __init__(self, mods: list[nn.Module]):
@@ -112,17 +190,23 @@ class ProbeRows:
 
 
 @contextmanager
-def probing(vision_model: nn.Module) -> Iterator[ProbeRows]:
-    """Within the block, every forward of `vision_model` also records [CLS] rows.
+def probing(vision_model: nn.Module, spec: ProbeSpec | None = None) -> Iterator[ProbeRows]:
+    """Within the block, every forward of `vision_model` also records query rows.
 
-    Yields a `ProbeRows`: the L rows (B, H, 1, T) of the latest forward, in layer order.
-    On exit the rows are dropped and the tower's attention implementation is restored as
-    it was found.
+    Args:
+        spec: how to read the rows; None = the spec attached to the tower (`spec_of`).
+
+    Yields a `ProbeRows`: the L canonical rows (B, H, 1, 1 + P) of the latest forward, in
+    layer order. On exit the rows are dropped and the tower's attention implementation
+    is restored as it was found.
     """
-    mods = attention_modules(vision_model)
+    spec = spec or spec_of(vision_model)
+    mods = attention_modules(vision_model, spec.attention)
     config = mods[0].config
     before = config._attn_implementation
     rows = ProbeRows(mods)
+    for m in mods:
+        m.__dict__[_RULE] = (spec.prefix_tokens, spec.query)
     handles = [m.register_forward_hook(_keep_row) for m in mods]
     try:
         if before != PROBE:
@@ -132,6 +216,8 @@ def probing(vision_model: nn.Module) -> Iterator[ProbeRows]:
         for h in handles:
             h.remove()
         rows.clear()
+        for m in mods:
+            m.__dict__.pop(_RULE, None)
         if config._attn_implementation != before:
             _set_impl(vision_model, config, before)
 
@@ -143,20 +229,56 @@ def stack_rows(rows, n_layers: int) -> Tensor:
     return torch.stack([r[:, :, 0] for r in rows])
 
 
-def cls_rows(vision_model: nn.Module, pixel_values: Tensor) -> Tensor:
-    """[CLS]→token attention rows of every layer and head.
+def cls_rows(vision_model: nn.Module, pixel_values: Tensor, spec: ProbeSpec | None = None) -> Tensor:
+    """[CLS]→token attention rows of every layer and head, in the canonical layout.
 
-    Works on any HF CLIP vision tower whatever its attention implementation, leaves that
-    implementation as it found it, and is differentiable (no `no_grad` inside).
+    Works on any transformers vision tower whatever its attention implementation, leaves
+    that implementation as it found it, and is differentiable (no `no_grad` inside).
 
     Args:
-        vision_model: a CLIP vision tower (CLIPVisionModel, or one wrapped by PEFT).
+        vision_model: a vision tower (CLIP, SigLIP, DINOv2, ViT; PEFT-wrapped too).
         pixel_values: (B, 3, S, S) normalised images.
+        spec: how to read the rows; None = the spec attached to the tower (`spec_of`).
 
     Returns:
-        (L, B, H, T) fp32 rows, each summing to 1 over the T tokens ([CLS] first).
+        (L, B, H, 1 + P) fp32 rows, each summing to 1: the mass on the prefix tokens
+        ([CLS], registers) first, then the P patches.
     """
-    n_layers = len(attention_modules(vision_model))
-    with probing(vision_model) as rows:
+    spec = spec or spec_of(vision_model)
+    n_layers = len(attention_modules(vision_model, spec.attention))
+    with probing(vision_model, spec) as rows:
         vision_model(pixel_values=pixel_values)
         return stack_rows(rows, n_layers)
+
+
+def pooling_head_rows(head_attention: nn.MultiheadAttention, run) -> Tensor:
+    """Per-head attention row of an attention-pooling head (SigLIP's `head.attention`).
+
+    The head calls its `nn.MultiheadAttention` with head-averaged weights; a pre-hook asks
+    for per-head ones (`average_attn_weights=False`) for the duration of `run()`.
+
+    Args:
+        head_attention: the pooling head's `nn.MultiheadAttention` (one probe query).
+        run: a no-argument callable running the tower's forward.
+
+    Returns:
+        (B, H, 1, T) rows of the probe query over the last layer's T tokens.
+    """
+    got: list[Tensor] = []
+
+    def pre(_mod, args, kwargs):
+        return args, {**kwargs, "need_weights": True, "average_attn_weights": False}
+
+    def post(_mod, _args, output):
+        got.append(output[1])
+
+    handles = [head_attention.register_forward_pre_hook(pre, with_kwargs=True),
+               head_attention.register_forward_hook(post)]
+    try:
+        run()
+    finally:
+        for h in handles:
+            h.remove()
+    if not got:
+        raise RuntimeError("the pooling head did not run in the forward")
+    return got[-1]

@@ -1,8 +1,11 @@
-"""Loading CLIP, the classifier head, LoRA through PEFT and layer freezing.
+"""Loading a model of any family, the classifier head, LoRA through PEFT and layer freezing.
 
 A model spec is one string: a preset name from `PRESETS` (random weights, built from a
 config, no download), a local directory saved with `save_pretrained`, or a hub id such
-as `openai/clip-vit-base-patch32`.
+as `openai/clip-vit-base-patch32`, `google/siglip-base-patch16-224`,
+`facebook/dinov2-small`, `facebook/dinov2-with-registers-small` or
+`google/vit-base-patch16-224`. The family (families.py) is read from the config's
+`model_type`.
 """
 
 from __future__ import annotations
@@ -11,50 +14,89 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+import transformers
 from torch import Tensor, nn
-from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+from transformers import AutoConfig, CLIPTokenizer, PretrainedConfig
 
+from .families import Family, attach_probe_spec, family_of, feature_dim, image_projection, vision_config, vision_tower
 from .presets import PRESETS
 
 # Special tokens of the tiny tokenizer; the tiny text config (presets.py) must agree with them.
 _BOS, _EOS = "<|startoftext|>", "<|endoftext|>"
 
 
-def load_clip(spec: str, *, seed: int = 0, attn_implementation: str = "sdpa") -> CLIPModel:
-    """Load a CLIPModel from a preset name, a local directory or a hub id.
+def model_config(spec: str) -> PretrainedConfig:
+    """The config of `load_model(spec)` (no weights loaded)."""
+    if spec in PRESETS:
+        return PRESETS[spec]()
+    if spec.endswith(".pt") and Path(spec).is_file():
+        raise ValueError(f"{spec}: an OpenAI/OpenCLIP checkpoint file; convert it first with "
+                         f"`attncollapse convert {spec} OUT_DIR` and pass OUT_DIR")
+    path = Path(spec).expanduser()
+    if spec.startswith((".", "/", "~")) and not path.exists():
+        raise FileNotFoundError(f"model directory {spec} does not exist")
+    return AutoConfig.from_pretrained(str(path) if path.exists() else spec)
+
+
+def load_model(spec: str, *, seed: int = 0, attn_implementation: str = "sdpa") -> nn.Module:
+    """Load a model of any family from a preset name, a local directory or a hub id.
+
+    The vision tower carries its family's probe spec (`families.attach_probe_spec`).
 
     Args:
         spec: `PRESETS` key, a directory with `config.json`, or a hub id.
         seed: seed of the random initialisation of presets.
-        attn_implementation: attention of both towers ("sdpa" fused by default; the
+        attn_implementation: attention of the towers ("sdpa" fused by default; the
             probe switches the vision tower temporarily when it needs rows).
+
+    Returns:
+        The family's transformers model in eval mode (CLIPModel, SiglipModel,
+        Dinov2Model, Dinov2WithRegistersModel, ViTModel).
     """
+    config = model_config(spec)
+    fam = family_of(config)
+    cls = getattr(transformers, fam.model_class)
+    kwargs = dict(fam.init_kwargs)
     if spec in PRESETS:
-        config = PRESETS[spec]()
         config._attn_implementation = attn_implementation
         with torch.random.fork_rng():
             torch.manual_seed(seed)
-            model = CLIPModel(config)
-        return model.eval()
-    if spec.endswith(".pt") and Path(spec).is_file():
-        raise NotImplementedError(
-            f"{spec}: OpenAI .pt checkpoints are not supported yet; convert them with "
-            "transformers' convert_clip_original_pytorch_to_hf.py and pass the directory"
-        )
-    path = Path(spec).expanduser()
-    if spec.startswith((".", "/", "~")) and not path.exists():
-        raise FileNotFoundError(f"model directory {spec} does not exist")
-    # A hub id or a local directory: real from_pretrained, which needs the network only
-    # for a hub id that is not in the local cache.
-    return CLIPModel.from_pretrained(str(path) if path.exists() else spec,
-                                     attn_implementation=attn_implementation).eval()
+            model = cls(config, **kwargs)
+    else:
+        # A hub id or a local directory: real from_pretrained, which needs the network only
+        # for a hub id that is not in the local cache.
+        path = Path(spec).expanduser()
+        model = cls.from_pretrained(str(path) if path.exists() else spec,
+                                    attn_implementation=attn_implementation, **kwargs)
+    return attach_probe_spec(model).eval()
+
+
+load_clip = load_model  # the name of the CLIP-only days; every family loads through it
 
 
 def image_size(spec: str) -> int:
-    """The input resolution of `load_clip(spec)`, read from its config (no weights loaded)."""
-    if spec in PRESETS:
-        return PRESETS[spec]().vision_config.image_size
-    return CLIPConfig.from_pretrained(spec).vision_config.image_size
+    """The input resolution of `load_model(spec)`, read from its config (no weights loaded)."""
+    return vision_config(model_config(spec)).image_size
+
+
+def num_layers(spec: str) -> int:
+    """Encoder layers of the vision tower of `load_model(spec)` (no weights loaded)."""
+    return vision_config(model_config(spec)).num_hidden_layers
+
+
+def zeroshot_problem(model_or_spec) -> str | None:
+    """Why zero-shot classification cannot run on a model, or None when it can.
+
+    Zero-shot here is CLIP's (text tower + projections + CLIP tokenizer): vision-only
+    families have no text tower, and SigLIP's text side is not wired yet.
+    """
+    src = model_config(model_or_spec) if isinstance(model_or_spec, str) else model_or_spec
+    fam = family_of(src)
+    if fam.name == "clip":
+        return None
+    if not fam.text_tower:
+        return f"{fam.name} is a vision-only model (no text tower): zero-shot is skipped"
+    return f"zero-shot for the {fam.name} family is not implemented yet (CLIP only): zero-shot is skipped"
 
 
 def tiny_tokenizer() -> CLIPTokenizer:
@@ -75,7 +117,7 @@ def tiny_tokenizer() -> CLIPTokenizer:
 
 
 def load_tokenizer(spec: str) -> CLIPTokenizer:
-    """The tokenizer matching `load_clip(spec)` (presets get the byte-level tokenizer)."""
+    """The tokenizer matching `load_model(spec)` (presets get the byte-level tokenizer)."""
     if spec in PRESETS:
         # Presets have random weights: any tokenizer whose ids fit the vocab serves the
         # pipeline (and speed benchmarks); the byte-level one needs no download.
@@ -84,30 +126,38 @@ def load_tokenizer(spec: str) -> CLIPTokenizer:
 
 
 class Classifier(nn.Module):
-    """`Linear(proj_dim, classes)` on `visual_projection(pooler_output)` (the original study).
+    """`Linear(feature_dim, classes)` on the tower's pooled, projected image feature.
 
-    The head lives outside the HF model, so PEFT never wraps it and disabling adapters
-    never touches it.
+    CLIP: `visual_projection(pooler_output)` (the original study). SigLIP: the
+    attention-pooling head's output. DINOv2: the final-LayerNorm [CLS] token
+    (`pooler_output`). ViT: the final-LayerNorm [CLS] token (`pool="cls"`). The head lives
+    outside the HF model, so PEFT never wraps it and disabling adapters never touches it.
 
     Args:
-        vision: the CLIP vision tower (CLIPVisionModel, possibly PEFT-wrapped later).
-        projection: the CLIP visual projection (trainable unless frozen).
+        vision: the vision tower (possibly PEFT-wrapped later).
+        projection: the image projection (CLIP's visual projection, else `nn.Identity`).
         num_classes: output classes.
+        feature_dim: width of `projection`'s output; default its `out_features`.
+        pool: "pooler" (`pooler_output`) or "cls" (`last_hidden_state[:, 0]`).
         normalize_features: L2-normalise features before the head (used with a head
             initialised from text embeddings, as in WiSE-FT/FLYP).
     """
 
-    def __init__(self, vision: nn.Module, projection: nn.Linear, num_classes: int,
-                 *, normalize_features: bool = False):
+    def __init__(self, vision: nn.Module, projection: nn.Module, num_classes: int, *,
+                 feature_dim: int | None = None, pool: str = "pooler", normalize_features: bool = False):
         super().__init__()
+        if pool not in ("pooler", "cls"):
+            raise ValueError(f"pool must be 'pooler' or 'cls', got {pool!r}")
         self.vision = vision
         self.projection = projection
-        self.head = nn.Linear(projection.out_features, num_classes)
+        self.head = nn.Linear(feature_dim or projection.out_features, num_classes)
+        self.pool = pool
         self.normalize_features = normalize_features
 
     def features(self, pixel_values: Tensor) -> Tensor:
-        """(B, 3, S, S) → (B, proj_dim) image features."""
-        pooled = self.vision(pixel_values=pixel_values).pooler_output
+        """(B, 3, S, S) → (B, feature_dim) image features."""
+        out = self.vision(pixel_values=pixel_values)
+        pooled = out.pooler_output if self.pool == "pooler" else out.last_hidden_state[:, 0]
         feats = self.projection(pooled)
         if self.normalize_features:
             feats = nn.functional.normalize(feats, dim=-1)
@@ -123,30 +173,36 @@ class Classifier(nn.Module):
         return v.get_base_model() if hasattr(v, "get_base_model") else v
 
 
-def build_classifier(clip: CLIPModel, num_classes: int, *,
+def build_classifier(model: nn.Module, num_classes: int, *,
                      text_head: Tensor | None = None) -> Classifier:
-    """Take the vision tower and projection out of `clip` and put a head on them.
+    """Take the vision tower and image projection out of `model` and put a head on them.
 
     Args:
-        clip: a loaded CLIPModel (its vision tower and projection are shared, not copied).
+        model: a loaded model of any family (its tower and projection are shared, not copied).
         num_classes: head outputs.
-        text_head: optional (classes, proj_dim) text embeddings; the head starts as the
-            zero-shot classifier (normalised embeddings × logit scale, zero bias) and the
-            features are L2-normalised.
+        text_head: optional (classes, proj_dim) text embeddings (CLIP only); the head
+            starts as the zero-shot classifier (normalised embeddings × logit scale, zero
+            bias) and the features are L2-normalised.
     """
-    clf = Classifier(clip.vision_model, clip.visual_projection, num_classes,
-                     normalize_features=text_head is not None)
+    fam: Family = family_of(model)
+    clf = Classifier(vision_tower(model), image_projection(model), num_classes, feature_dim=feature_dim(model),
+                     pool=fam.pool, normalize_features=text_head is not None)
     if text_head is not None:
+        if not hasattr(model, "logit_scale"):
+            raise ValueError(f"head_init: text needs a CLIP model with a text tower; {fam.name} has none "
+                             "(set head_init: random)")
         if text_head.shape != clf.head.weight.shape:
             raise ValueError(f"text_head shape {tuple(text_head.shape)} != head {tuple(clf.head.weight.shape)}")
         with torch.no_grad():
-            w = nn.functional.normalize(text_head.float(), dim=-1) * clip.logit_scale.exp()
+            w = nn.functional.normalize(text_head.float(), dim=-1) * model.logit_scale.exp()
             clf.head.weight.copy_(w)
             clf.head.bias.zero_()
     return clf
 
 
-LORA_TARGETS = {"qv": ["q_proj", "v_proj"], "qkvo": ["q_proj", "k_proj", "v_proj", "out_proj"]}
+# CLIP and SigLIP call the output projection `out_proj`, DINOv2 and ViT `o_proj`; PEFT needs
+# only some target names to exist in the model.
+LORA_TARGETS = {"qv": ["q_proj", "v_proj"], "qkvo": ["q_proj", "k_proj", "v_proj", "out_proj", "o_proj"]}
 
 
 def apply_lora(clf: Classifier, *, rank: int, alpha: float | None = None, dropout: float = 0.05,
@@ -172,6 +228,18 @@ def apply_lora(clf: Classifier, *, rank: int, alpha: float | None = None, dropou
     return clf
 
 
+def _blocks(root: nn.Module) -> tuple[str, nn.ModuleList]:
+    # Where each family keeps its transformer blocks: CLIP and SigLIP `encoder.layers`,
+    # DINOv2 `encoder.layer`, ViT (transformers 5) `layers` on the model itself.
+    for path in ("encoder.layers", "encoder.layer", "layers"):
+        mod = root
+        for part in path.split("."):
+            mod = getattr(mod, part, None)
+        if isinstance(mod, nn.ModuleList):
+            return path, mod
+    raise TypeError(f"{type(root).__name__}: no transformer block list (encoder.layers, encoder.layer, layers)")
+
+
 def freeze_layers(clf: Classifier, n_layers: int) -> list[str]:
     """Freeze the patch embedding (+ pre-LN) and the first `n_layers` encoder layers.
 
@@ -180,14 +248,15 @@ def freeze_layers(clf: Classifier, n_layers: int) -> list[str]:
     if n_layers <= 0:
         return []
     tower = clf.base_vision
-    layers = tower.encoder.layers if hasattr(tower, "encoder") else tower.vision_model.encoder.layers
+    root = tower if hasattr(tower, "embeddings") else tower.vision_model
+    attr, layers = _blocks(root)
     if n_layers > len(layers):
         raise ValueError(f"cannot freeze {n_layers} layers of a {len(layers)}-layer tower")
-    root = tower if hasattr(tower, "embeddings") else tower.vision_model
+    before = [("embeddings", root.embeddings)]
+    if hasattr(root, "pre_layrnorm"):  # CLIP's LayerNorm before the first block
+        before.append(("pre_layrnorm", root.pre_layrnorm))
     frozen = []
-    for prefix, mod in [("embeddings", root.embeddings), ("pre_layrnorm", root.pre_layrnorm)] + [
-        (f"encoder.layers.{i}", layers[i]) for i in range(n_layers)
-    ]:
+    for prefix, mod in before + [(f"{attr}.{i}", layers[i]) for i in range(n_layers)]:
         for name, p in mod.named_parameters():
             p.requires_grad_(False)
             frozen.append(f"{prefix}.{name}")

@@ -1,14 +1,19 @@
-"""Model presets: randomly initialised CLIPs built from a config, as plain data (no download).
+"""Model presets: randomly initialised models built from a config, as plain data (no download).
 
-The tiny preset is the test-sized model of the tests and the demo; the ViT-B presets have
-the exact shapes of the real models for speed studies.
+The tiny presets are the test-sized models of the tests and the demo, one per family
+(`tiny` is CLIP); the ViT-B presets have the exact shapes of the real models for speed
+studies.
 """
 
 from __future__ import annotations
 
 from typing import Callable
 
-from transformers import CLIPConfig, CLIPTextConfig, CLIPVisionConfig
+from transformers import (CLIPConfig, CLIPTextConfig, CLIPVisionConfig, Dinov2Config, Dinov2WithRegistersConfig,
+                          PretrainedConfig, SiglipConfig, SiglipTextConfig, SiglipVisionConfig, ViTConfig)
+
+# The test-sized vision transformer of STYLE.md, shared by every family.
+_TINY = dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=3, num_attention_heads=4)
 
 
 def _tiny() -> CLIPConfig:
@@ -32,8 +37,32 @@ def _vit_b(patch: int) -> Callable[[], CLIPConfig]:
         return CLIPConfig(vision_config=CLIPVisionConfig(patch_size=patch).to_dict())
     return make
 
-PRESETS: dict[str, Callable[[], CLIPConfig]] = {
+def _tiny_siglip() -> SiglipConfig:
+    vision = SiglipVisionConfig(**_TINY, intermediate_size=64)
+    text = SiglipTextConfig(vocab_size=2 * 256 + 2, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                            num_attention_heads=4, max_position_embeddings=16,
+                            bos_token_id=0, eos_token_id=1, pad_token_id=1)
+    return SiglipConfig(text_config=text.to_dict(), vision_config=vision.to_dict())
+
+
+def _tiny_dinov2() -> Dinov2Config:
+    return Dinov2Config(**_TINY, mlp_ratio=2)
+
+
+def _tiny_dinov2_reg() -> Dinov2WithRegistersConfig:
+    return Dinov2WithRegistersConfig(**_TINY, mlp_ratio=2, num_register_tokens=4)
+
+
+def _tiny_vit() -> ViTConfig:
+    return ViTConfig(**_TINY, intermediate_size=64)
+
+
+PRESETS: dict[str, Callable[[], PretrainedConfig]] = {
     "tiny": _tiny,
+    "tiny-siglip": _tiny_siglip,
+    "tiny-dinov2": _tiny_dinov2,
+    "tiny-dinov2-reg": _tiny_dinov2_reg,
+    "tiny-vit": _tiny_vit,
     "vit-b-32-random": _vit_b(32),  # exact ViT-B/32 shapes, random weights (speed studies)
     "vit-b-16-random": _vit_b(16),
 }

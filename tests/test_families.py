@@ -1,0 +1,154 @@
+"""Model families: every tiny random preset loads, the probe reads its rows exactly as eager
+attention does (per family's query rule and prefix tokens) and differentiably, and the
+pipeline (classifier, LoRA, freezing, E1 baseline) runs on each family."""
+
+import json
+
+import pytest
+import torch
+import transformers
+
+from attncollapse import measure, models
+from attncollapse.measure import probe
+from attncollapse.train.regularizers import apr
+
+TINY = {"tiny": "clip", "tiny-siglip": "siglip", "tiny-dinov2": "dinov2", "tiny-dinov2-reg": "dinov2-reg",
+        "tiny-vit": "vit"}
+# (query rule, tokens before the patches) written out by hand from each architecture.
+RULES = {"clip": ("first", 1), "siglip": ("mean", 0), "dinov2": ("first", 1), "dinov2-reg": ("first", 5),
+         "vit": ("first", 1)}
+
+
+def _eager_rows(preset: str, x: torch.Tensor, grad: bool = False):
+    """Reference canonical rows from eager attention's full (B, H, T, T) maps."""
+    model = models.load_model(preset, attn_implementation="eager")
+    tower = models.vision_tower(model)
+    with torch.set_grad_enabled(grad):
+        maps = tower(pixel_values=x, output_attentions=True).attentions
+    query, prefix = RULES[TINY[preset]]
+    out = []
+    for a in maps:
+        row = a[:, :, 0] if query == "first" else a.mean(-2)  # (B, H, T)
+        mass = row[..., :prefix].sum(-1, keepdim=True)  # [CLS] + registers, or 0 (SigLIP)
+        out.append(torch.cat([mass, row[..., prefix:]], -1))
+    return torch.stack(out), model
+
+
+@pytest.mark.parametrize("preset", list(TINY))
+def test_family_detected_from_config_and_preset_is_tiny(preset):
+    model = models.load_model(preset)
+    fam = models.family_of(model)
+    assert fam.name == TINY[preset]
+    assert type(model).__name__ == fam.model_class
+    v = models.vision_config(model.config)
+    assert (v.image_size, v.patch_size, v.hidden_size, v.num_hidden_layers, v.num_attention_heads) == (32, 8, 32, 3, 4)
+    assert models.image_size(preset) == 32 and models.num_layers(preset) == 3
+    spec = probe.spec_of(models.vision_tower(model))
+    assert (spec.query, spec.prefix_tokens) == RULES[fam.name]
+    # The two stages spell the attribute the same way (measure never imports models).
+    assert models.PROBE_SPEC_ATTR == probe.PROBE_SPEC_ATTR
+
+
+def test_every_family_class_name_exists_in_transformers():
+    for fam in models.FAMILIES.values():
+        assert hasattr(transformers, fam.model_class), fam.model_class
+        module = getattr(transformers, fam.model_class).__module__
+        for name in fam.attention:
+            assert hasattr(__import__(module, fromlist=[name]), name), (fam.name, name)
+
+
+def test_unknown_model_type_is_one_line():
+    with pytest.raises(ValueError, match="model_type 'bert' is not a known family"):
+        models.family_for_type("bert")
+
+
+@pytest.mark.parametrize("preset", list(TINY))
+def test_probe_rows_equal_eager_rows(preset):
+    torch.manual_seed(0)
+    x = torch.randn(3, 3, 32, 32)
+    ref, _ = _eager_rows(preset, x)
+    model = models.load_model(preset)  # sdpa, same seeded weights
+    tower = models.vision_tower(model)
+    rows = measure.cls_rows(tower, x)
+    assert rows.shape == ref.shape == (3, 3, 4, 17)
+    torch.testing.assert_close(rows, ref, atol=1e-5, rtol=0)
+    torch.testing.assert_close(rows.sum(-1), torch.ones(3, 3, 4), atol=1e-5, rtol=0)
+    assert model.config._attn_implementation == "sdpa"  # restored
+    # The E1 table reads the same rows: entropy of renormalised patch rows (by hand).
+    table = measure.summarize(rows.detach())
+    p = ref[..., 1:] / ref[..., 1:].sum(-1, keepdim=True)
+    hand = (-(p * p.log()).sum(-1)).mean((1, 2))
+    torch.testing.assert_close(torch.tensor(table["entropy"]), hand, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("preset", list(TINY))
+def test_gradients_through_probe_equal_eager_and_apr_trains(preset):
+    torch.manual_seed(1)
+    x = torch.randn(2, 3, 32, 32)
+    target = torch.softmax(torch.randn(3, 2, 4, 17), -1)  # a fixed reference distribution
+    ref, eager = _eager_rows(preset, x, grad=True)
+    apr(ref, target, 1.0).backward()
+    model = models.load_model(preset)
+    model.train()  # dropout probabilities are 0 in every tiny config
+    rows = measure.cls_rows(models.vision_tower(model), x)
+    loss = apr(rows, target, 1.0)
+    loss.backward()
+    for (n, p), (_, q) in zip(models.vision_tower(model).named_parameters(),
+                              models.vision_tower(eager).named_parameters()):
+        if "q_proj.weight" in n:
+            assert p.grad is not None and p.grad.abs().sum() > 0, n
+            torch.testing.assert_close(p.grad, q.grad, atol=1e-5, rtol=1e-4)
+    # One SGD step on the rows' loss lowers it: APR trains on this family.
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.grad is not None:
+                p -= 0.05 * p.grad
+    after = apr(measure.cls_rows(models.vision_tower(model), x), target, 1.0)
+    assert after < loss
+
+
+def test_siglip_pooling_head_rows_match_hand_computation():
+    model = models.load_model("tiny-siglip")
+    tower = models.vision_tower(model)
+    x = torch.randn(2, 3, 32, 32)
+    got = probe.pooling_head_rows(tower.head.attention, lambda: tower(pixel_values=x))
+    hidden = tower.post_layernorm(tower.encoder(tower.embeddings(x)).last_hidden_state).detach()
+    mha, d = tower.head.attention, 32 // 4
+    wq, wk, _ = mha.in_proj_weight.split(32)
+    bq, bk, _ = mha.in_proj_bias.split(32)
+    q = (tower.head.probe @ wq.T + bq).view(1, 1, 4, d).transpose(1, 2)
+    k = (hidden @ wk.T + bk).view(2, 16, 4, d).transpose(1, 2)
+    hand = torch.softmax(q @ k.transpose(-1, -2) / d ** 0.5, -1)
+    assert got.shape == (2, 4, 1, 16)
+    torch.testing.assert_close(got, hand, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("preset", list(TINY))
+def test_classifier_lora_and_freezing_on_every_family(preset):
+    model = models.load_model(preset)
+    clf = models.build_classifier(model, 5)
+    assert clf(torch.randn(2, 3, 32, 32)).shape == (2, 5)
+    frozen = set(models.freeze_layers(clf, 1))
+    assert any(n.startswith("embeddings.") for n in frozen) and any(".0.attention" in n or ".0.self_attn" in n
+                                                                    for n in frozen)
+    snap = {n: p.detach().clone() for n, p in clf.vision.named_parameters()}
+    opt = torch.optim.SGD([p for p in clf.parameters() if p.requires_grad], lr=0.1)
+    torch.nn.functional.cross_entropy(clf(torch.randn(4, 3, 32, 32)), torch.arange(4)).backward()
+    opt.step()
+    for n, p in clf.vision.named_parameters():
+        stem = n.removeprefix("vision_model.")  # SigLIP's tower names from its transformer root
+        assert torch.equal(p, snap[n]) == (stem in frozen), n
+    clf = models.apply_lora(clf, rank=2, targets="qkvo")
+    names = [n for n, _ in clf.vision.named_parameters() if "lora_A" in n]
+    assert any("q_proj" in n for n in names) and any(("o_proj" in n) or ("out_proj" in n) for n in names)
+    # The spec survives PEFT wrapping: the probe still finds 3 layers and the right rule.
+    assert len(measure.attention_modules(clf.vision)) == 3
+    assert measure.cls_rows(clf.vision, torch.randn(1, 3, 32, 32)).shape == (3, 1, 4, 17)
+
+
+def test_zeroshot_problem_names_the_reason():
+    assert models.zeroshot_problem("tiny") is None
+    assert "vision-only" in models.zeroshot_problem("tiny-dinov2")
+    assert "not implemented" in models.zeroshot_problem("tiny-siglip")
+    with pytest.raises(ValueError, match="CLIP model with a text tower"):
+        models.build_classifier(models.load_model("tiny-vit"), 4, text_head=torch.zeros(4, 32))
