@@ -3,6 +3,7 @@ attention does (per family's query rule and prefix tokens) and differentiably, a
 pipeline (classifier, LoRA, freezing, E1 baseline) runs on each family."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -152,3 +153,22 @@ def test_zeroshot_problem_names_the_reason():
     assert "not implemented" in models.zeroshot_problem("tiny-siglip")
     with pytest.raises(ValueError, match="CLIP model with a text tower"):
         models.build_classifier(models.load_model("tiny-vit"), 4, text_head=torch.zeros(4, 32))
+
+
+@pytest.mark.parametrize("preset", list(TINY))
+def test_baseline_cli_runs_on_every_family(preset, tmp_path, capsys):
+    from attncollapse.cli import main
+
+    out = tmp_path / preset
+    assert main(["baseline", "--model", preset, "--data", "synthetic", "--out", str(out),
+                 "--zeroshot", "synthetic"]) == 0
+    result = json.loads((out / "baseline.json").read_text())
+    assert result["family"] == TINY[preset]
+    ent = result["layers"]["entropy"]
+    # 16 patches: every family's tiny preset attends less than uniformly (ln 16).
+    assert len(ent) == 3 and all(0 < e < math.log(16) - 0.01 for e in ent)
+    if preset == "tiny":
+        assert "synthetic" in result["zeroshot"] and "zeroshot_skipped" not in result
+    else:
+        assert "zeroshot" not in result and "zero-shot is skipped" in result["zeroshot_skipped"]
+        assert "zero-shot is skipped" in capsys.readouterr().out

@@ -114,6 +114,8 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     print(format_table(result["layers"]))
     for name, block in (result.get("zeroshot") or {}).items():
         print(f"zero-shot {name}: {block.get('acc')}")
+    if result.get("zeroshot_skipped"):
+        print(f"zero-shot: {result['zeroshot_skipped']}")
     from .analysis.figures import baseline_structure
 
     png = baseline_structure(result, out / "fig2_baseline_structure.png")

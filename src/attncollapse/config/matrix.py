@@ -19,7 +19,7 @@ import yaml
 from pydantic import BaseModel, Field, PrivateAttr, ValidationError
 
 from ..data import known_sources as listed_sources
-from ..models import PRESETS
+from ..models import PRESETS, num_layers
 from .schema import DEFAULTS, RunConfig, Strict
 
 
@@ -237,7 +237,7 @@ def model_depth(spec: str) -> int | None:
         return _HUB_DEPTH[m.group(1)]
     if "/" not in spec and not p.exists():
         if spec in PRESETS:
-            return PRESETS[spec]().vision_config.num_hidden_layers
+            return num_layers(spec)
     return None
 
 
