@@ -172,3 +172,37 @@ def test_baseline_cli_runs_on_every_family(preset, tmp_path, capsys):
     else:
         assert "zeroshot" not in result and "zero-shot is skipped" in result["zeroshot_skipped"]
         assert "zero-shot is skipped" in capsys.readouterr().out
+
+
+def test_nested_probing_keeps_the_outer_blocks_rule():
+    # An eval point (inner block) inside a regularized training loop (outer block) on the
+    # same SigLIP tower: after the inner block the outer one still reads mean rows.
+    tower = models.vision_tower(models.load_model("tiny-siglip"))
+    x = torch.randn(2, 3, 32, 32)
+    with measure.probing(tower) as rows:
+        tower(pixel_values=x)
+        first = measure.stack_rows(rows, 3)
+        with measure.probing(tower):
+            tower(pixel_values=x)
+        rows.clear()
+        tower(pixel_values=x)
+        again = measure.stack_rows(rows, 3)
+    assert again.shape == (3, 2, 4, 17) and torch.equal(first, again)
+    assert (again[..., 0] == 0).all()  # SigLIP: no prefix tokens, entry 0 holds no mass
+
+
+def test_dinov2_with_registers_trains_end_to_end_with_apr(tmp_path):
+    from conftest import tiny_run_config
+
+    from attncollapse import train
+
+    cfg = tiny_run_config(model="tiny-dinov2-reg", **{
+        "optim.lr": 1e-2, "regularizer.kind": "apr", "regularizer.lam": 0.1,
+        "zeroshot.enabled": True, "zeroshot.datasets": ["digits"]})
+    final = train.run(cfg, tmp_path / "run")
+    assert final["zeroshot"] == {} and "vision-only" in final["zeroshot_skipped"]
+    assert final["final_acc"] > 0.3  # 10 synthetic classes: chance is 0.1
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert len(history["points"]) >= 2 and history["num_layers"] == 3
+    saved = json.loads((tmp_path / "run" / "final.json").read_text())
+    assert saved["zeroshot_skipped"] == final["zeroshot_skipped"]

@@ -205,6 +205,9 @@ def probing(vision_model: nn.Module, spec: ProbeSpec | None = None) -> Iterator[
     config = mods[0].config
     before = config._attn_implementation
     rows = ProbeRows(mods)
+    # A block nested in another on the same tower (an eval point inside a regularized
+    # training loop) puts the outer block's rules back on exit.
+    outer = [m.__dict__.get(_RULE) for m in mods]
     for m in mods:
         m.__dict__[_RULE] = (spec.prefix_tokens, spec.query)
     handles = [m.register_forward_hook(_keep_row) for m in mods]
@@ -216,8 +219,11 @@ def probing(vision_model: nn.Module, spec: ProbeSpec | None = None) -> Iterator[
         for h in handles:
             h.remove()
         rows.clear()
-        for m in mods:
-            m.__dict__.pop(_RULE, None)
+        for m, rule in zip(mods, outer):
+            if rule is None:
+                m.__dict__.pop(_RULE, None)
+            else:
+                m.__dict__[_RULE] = rule
         if config._attn_implementation != before:
             _set_impl(vision_model, config, before)
 

@@ -1,4 +1,4 @@
-"""Building a run's model: the pretrained CLIP and the classifier to train, and a trained one back."""
+"""Building a run's model: the pretrained model (any family) and the classifier to train, and a trained one back."""
 
 from __future__ import annotations
 
@@ -10,20 +10,28 @@ from safetensors.torch import load_file
 from .. import _io
 from .._device import resolve_device
 from ..config import RunConfig
-from ..models import apply_lora, build_classifier, freeze_layers, freeze_projection, load_clip
+from ..models import (apply_lora, build_classifier, freeze_layers, freeze_projection, image_projection, load_model,
+                      vision_tower, zeroshot_problem)
 from ..transfer import head_from_text
 from .checkpoints import load_newest, load_weights
 
 
 def build(cfg: RunConfig, num_classes: int, device: torch.device, class_names: list[str] | None = None):
-    """The pretrained CLIP and the classifier to train, frozen and wrapped per `cfg`."""
-    clip = load_clip(cfg.model)  # presets use one fixed init: the same "pretrained" model for every run
+    """The pretrained model and the classifier to train, frozen and wrapped per `cfg`.
+
+    Any family: the classifier sits on the family's pooled (and, for CLIP, projected)
+    image feature (`models.build_classifier`).
+    """
+    clip = load_model(cfg.model)  # presets use one fixed init: the same "pretrained" model for every run
     clip.requires_grad_(False)
-    clip.vision_model.requires_grad_(True)
-    clip.visual_projection.requires_grad_(True)
+    vision_tower(clip).requires_grad_(True)
+    image_projection(clip).requires_grad_(True)
     torch.manual_seed(cfg.seed)
     text_head = None
     if cfg.head_init == "text":
+        problem = zeroshot_problem(clip)
+        if problem:
+            raise ValueError(f"head_init: text needs CLIP's text tower ({problem}); set head_init: random")
         text_head = head_from_text(clip, cfg.model, class_names or [], device=device)
     clf = build_classifier(clip, num_classes, text_head=text_head)
     if cfg.method == "lora":

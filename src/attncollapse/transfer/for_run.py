@@ -7,6 +7,7 @@ finished one.
 
 from __future__ import annotations
 
+import logging
 from typing import Sequence
 
 import torch
@@ -14,10 +15,12 @@ from torch import nn
 
 from .._device import effective_precision
 from ..data import Splits, load_splits, load_test_split
-from ..models import Classifier, load_clip, load_tokenizer
+from ..models import Classifier, load_clip, load_tokenizer, zeroshot_problem
 from .text import TextCache
 from .wise import vision_state, wise
 from .zeroshot import capped, evaluate_dataset
+
+log = logging.getLogger(__name__)
 
 
 def evaluate_for_run(cfg, clip: nn.Module, clf: Classifier, splits: Splits | None = None, *,
@@ -39,12 +42,18 @@ def evaluate_for_run(cfg, clip: nn.Module, clf: Classifier, splits: Splits | Non
             `train.run` keeps); replaces `pretrained` and its reload.
 
     Returns:
-        {"zeroshot": {dataset: block}, "zeroshot_acc", "zeroshot_acc_base_only", "wise"}.
+        {"zeroshot": {dataset: block}, "zeroshot_acc", "zeroshot_acc_base_only", "wise"}; for a
+        model without CLIP's text tower the blocks are empty and "zeroshot_skipped" says why.
     """
     zcfg = cfg.zeroshot
     datasets = list(datasets or zcfg.datasets)
     if not datasets:
         return {"zeroshot": {}, "zeroshot_acc": None, "zeroshot_acc_base_only": None, "wise": []}
+    problem = zeroshot_problem(clip)
+    if problem:  # vision-only families (and SigLIP for now): no CLIP text tower
+        log.warning("%s: %s", cfg.model, problem)
+        return {"zeroshot": {}, "zeroshot_acc": None, "zeroshot_acc_base_only": None, "wise": [],
+                "zeroshot_skipped": problem}
     tokenizer = load_tokenizer(cfg.model)
     dev = torch.device(device)
     precision = effective_precision(precision, dev)
