@@ -206,3 +206,16 @@ def test_dinov2_with_registers_trains_end_to_end_with_apr(tmp_path):
     assert len(history["points"]) >= 2 and history["num_layers"] == 3
     saved = json.loads((tmp_path / "run" / "final.json").read_text())
     assert saved["zeroshot_skipped"] == final["zeroshot_skipped"]
+
+
+def test_families_demo_matrix_expands_to_every_family():
+    from attncollapse.config import load_matrix
+
+    planned = load_matrix("configs/families-demo.yaml").expand()
+    by_id = {p.id: p.config for p in planned}
+    assert len(by_id) == 15
+    assert {models.family_of(models.model_config(p)).name for p in TINY} == set(models.FAMILIES)
+    for preset in TINY:
+        e2, e4, r1 = (by_id[f"{entry}-{preset}"] for entry in ("E2", "E4", "R1"))
+        assert e2.model == e4.model == r1.model == preset
+        assert (e2.method, e4.method, e4.lora.rank, r1.regularizer.kind) == ("full", "lora", 4, "apr")
