@@ -206,6 +206,37 @@ def test_dinov2_with_registers_trains_end_to_end_with_apr(tmp_path):
     assert len(history["points"]) >= 2 and history["num_layers"] == 3
     saved = json.loads((tmp_path / "run" / "final.json").read_text())
     assert saved["zeroshot_skipped"] == final["zeroshot_skipped"]
+    # Weight drift per layer at every eval point: 0 at step 0, and at the last point equal
+    # to ‖θ − θ₀‖ / ‖θ₀‖ computed by hand from the last checkpoint and the preset.
+    first, last = history["points"][0], history["points"][-1]
+    assert first["weight_drift"] == [0.0, 0.0, 0.0]
+    _, clf, _ = train.load_trained(tmp_path / "run", which="last", device="cpu")
+    trained, start = clf.base_vision.state_dict(), models.load_model("tiny-dinov2-reg").state_dict()
+    assert last["step"] == final["steps"]
+    for i, got in enumerate(last["weight_drift"]):
+        keys = [k for k in start if k.startswith(f"encoder.layer.{i}.")]
+        num = sum(((trained[k].double() - start[k].double()) ** 2).sum() for k in keys)
+        den = sum((start[k].double() ** 2).sum() for k in keys)
+        assert got > 0 and abs(got - float((num / den).sqrt())) < 1e-6
+
+
+def test_weight_drift_of_lora_is_the_merged_weights_drift():
+    import copy
+
+    clf = models.apply_lora(models.build_classifier(models.load_model("tiny-vit"), 3), rank=2)
+    initial = models.block_weights(clf)
+    with torch.no_grad():
+        for n, p in clf.vision.named_parameters():
+            if "lora_B" in n:
+                p.normal_()
+    merged = copy.deepcopy(clf.vision).merge_and_unload().state_dict()  # PEFT's own merge
+    start = models.load_model("tiny-vit").state_dict()
+    got = models.weight_drift(clf, initial)
+    for i in range(3):
+        keys = [k for k in start if k.startswith(f"layers.{i}.")]
+        num = sum(((merged[k] - start[k]).double() ** 2).sum() for k in keys)
+        den = sum((start[k].double() ** 2).sum() for k in keys)
+        assert abs(got[i] - float((num / den).sqrt())) < 1e-6 and got[i] > 0
 
 
 def test_families_demo_matrix_expands_to_every_family():

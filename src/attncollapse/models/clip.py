@@ -228,6 +228,12 @@ def apply_lora(clf: Classifier, *, rank: int, alpha: float | None = None, dropou
     return clf
 
 
+def _root(tower: nn.Module) -> nn.Module:
+    # The module holding embeddings and blocks: the tower itself, or a CLIPVisionModel's
+    # (SiglipVisionModel's) inner `vision_model`.
+    return tower if hasattr(tower, "embeddings") else tower.vision_model
+
+
 def _blocks(root: nn.Module) -> tuple[str, nn.ModuleList]:
     # Where each family keeps its transformer blocks: CLIP and SigLIP `encoder.layers`,
     # DINOv2 `encoder.layer`, ViT (transformers 5) `layers` on the model itself.
@@ -247,8 +253,7 @@ def freeze_layers(clf: Classifier, n_layers: int) -> list[str]:
     """
     if n_layers <= 0:
         return []
-    tower = clf.base_vision
-    root = tower if hasattr(tower, "embeddings") else tower.vision_model
+    root = _root(clf.base_vision)
     attr, layers = _blocks(root)
     if n_layers > len(layers):
         raise ValueError(f"cannot freeze {n_layers} layers of a {len(layers)}-layer tower")
@@ -261,6 +266,54 @@ def freeze_layers(clf: Classifier, n_layers: int) -> list[str]:
             p.requires_grad_(False)
             frozen.append(f"{prefix}.{name}")
     return frozen
+
+
+def block_weights(clf: Classifier) -> list[dict[str, Tensor]]:
+    """Effective weights of each transformer block of the tower, detached copies on the CPU.
+
+    A LoRA-wrapped linear counts as its merged weight W + scale·B·A (PEFT's
+    `get_delta_weight`), so full fine-tuning and LoRA drift are measured alike.
+
+    Returns:
+        One {name: fp32 tensor} per block, in layer order.
+    """
+    _, blocks = _blocks(_root(clf.base_vision))
+    out = []
+    with torch.no_grad():
+        for blk in blocks:
+            state = {}
+            for name, mod in blk.named_modules():
+                if hasattr(mod, "base_layer") and hasattr(mod, "get_delta_weight"):
+                    w = mod.base_layer.weight
+                    for a in mod.active_adapters:
+                        if a in mod.lora_A:
+                            w = w + mod.get_delta_weight(a)
+                    state[f"{name}.weight"] = w
+                    if mod.base_layer.bias is not None:
+                        state[f"{name}.bias"] = mod.base_layer.bias
+            for name, p in blk.named_parameters():
+                if "lora_" not in name and ".base_layer." not in name:
+                    state[name] = p
+            out.append({k: v.detach().float().cpu().clone() for k, v in state.items()})
+    return out
+
+
+def weight_drift(clf: Classifier, initial: list[dict[str, Tensor]]) -> list[float]:
+    """Relative weight change per block, ‖θ − θ₀‖ / ‖θ₀‖ over each block's weights.
+
+    Args:
+        clf: the classifier being trained.
+        initial: `block_weights(clf)` before training.
+
+    Returns:
+        One float per block, in layer order (0 before the first step).
+    """
+    drift = []
+    for now, start in zip(block_weights(clf), initial):
+        num = sum(float((now[k].double() - start[k].double()).pow(2).sum()) for k in start)
+        den = sum(float(start[k].double().pow(2).sum()) for k in start)
+        drift.append((num / den) ** 0.5 if den > 0 else float("nan"))
+    return drift
 
 
 def freeze_projection(clf: Classifier) -> None:

@@ -26,7 +26,7 @@ from .._device import effective_precision, resolve_device
 from ..config import RunConfig
 from ..data import Feeder, Splits, load_splits
 from ..measure import classifier_accuracy, delta_pct, eval_rows, layer_mean, probing, summarize_rows
-from ..models import PRESETS, count_parameters, image_size
+from ..models import PRESETS, block_weights, count_parameters, image_size, weight_drift
 from ..transfer import evaluate_for_run, vision_state
 from .build import build
 from .checkpoints import CheckpointWriter, load_newest, load_weights, trainable
@@ -103,6 +103,7 @@ class Run:
     ref_vision: nn.Module | None = None
     ref_cache: ReferenceRows | None = None
     pretrained_state: dict | None = None
+    initial_blocks: list | None = None  # models.block_weights before the first step (weight drift)
 
 
 def run(cfg: RunConfig, run_dir: str | Path, *, before_step: Callable[[int], None] | None = None) -> dict:
@@ -152,13 +153,14 @@ def _setup(cfg: RunConfig, run_dir: Path) -> Run:
         # now (before a checkpoint is loaded) instead of loading the model again then.
         pretrained_state = {k: v.cpu() for k, v in vision_state(clf).items()}
     ref_vision, ref_cache = _apr_reference(cfg, clf, train_feed, device, precision)
+    initial_blocks = block_weights(clf)  # θ₀ per block, before `_resume` loads a checkpoint
     opt = torch.optim.AdamW(list(trainable(clf).values()), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
                             fused=bool(cfg.optim.fused and device.type == "cuda"))
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     return Run(cfg=cfg, dir=run_dir, device=device, precision=precision, splits=splits, train_feed=train_feed,
                val_feed=Feeder(splits.val, device), eval_feed=Feeder(splits.eval_set, device), clip=clip, clf=clf,
                opt=opt, scaler=scaler, schedule=schedule_of(cfg, len(splits.train)), ref_vision=ref_vision,
-               ref_cache=ref_cache, pretrained_state=pretrained_state)
+               ref_cache=ref_cache, pretrained_state=pretrained_state, initial_blocks=initial_blocks)
 
 
 def _apr_reference(cfg: RunConfig, clf: nn.Module, train_feed: Feeder, device: torch.device,
@@ -278,7 +280,7 @@ def _eval_point(r: Run, state: TrainState, writer: CheckpointWriter, board, step
            if with_val else None)
     lr = lr_at(max(step - 1, 0), sched.total, cfg.optim.lr, cfg.optim.warmup_frac) if step else 0.0
     point = {"step": step, "epoch": step / sched.steps_per_epoch, "lr": lr, "train_loss": loss, "val_acc": acc,
-             "layers": table, "mean": layer_mean(table)}
+             "layers": table, "mean": layer_mean(table), "weight_drift": weight_drift(r.clf, r.initial_blocks)}
     state.points.append(point)
     state.loss_sum, state.loss_count = 0.0, 0
     if acc is not None:
