@@ -27,6 +27,7 @@ from scipy import stats as _sp
 
 from .._io import read_json, write_json
 from .roles import by_config, close, describe, select
+from .seeds import write_aggregate_csv
 from .table import METRICS, Matrix, Run, load
 
 ALPHA = 0.05
@@ -463,7 +464,8 @@ def analyze(matrix_dir: str | Path, *, n_boot: int = 10000, seed: int = 0, write
         matrix_dir: a matrix directory (docs/FORMATS.md).
         n_boot: bootstrap resamples per comparison (reports: 10,000).
         seed: bootstrap seed.
-        write: write `<matrix_dir>/stats.json` (atomically).
+        write: write `<matrix_dir>/stats.json` and `results_by_config.csv` (seed means, SDs
+            and t-intervals: `seeds.write_aggregate_csv`), atomically.
         unit: unit of the two-sample comparisons: None (auto: "runs" when every config
             compared has ≥ 2 seeds, else "layers"), "seed"/"runs" or "layer"/"layers".
         convergence_criterion: `converged` keyword arguments over CONVERGENCE_DEFAULT.
@@ -525,6 +527,7 @@ def analyze(matrix_dir: str | Path, *, n_boot: int = 10000, seed: int = 0, write
     out = {"schema": 1, "alpha": ALPHA, "metric": "entropy", "n_boot": n_boot, "seed": seed,
            "primary_dataset": s["primary"], "default_lr": s["default_lr"], "default_wd": s["default_wd"],
            "runs_done": len(m.done), "runs_total": len(m.runs), "notes": m.notes,
+           "seeds_per_config": {cid: len(rs) for cid, rs in by_config(m.done).items()},
            "unit_rule": "per-layer Δ% (each config's seeds averaged per layer) with layers as samples "
                         "(unit 'layers') unless every config involved has ≥ 2 seeds, then run-level Δ% with "
                         "each seed's run as one sample (unit 'runs')",
@@ -537,6 +540,7 @@ def analyze(matrix_dir: str | Path, *, n_boot: int = 10000, seed: int = 0, write
            "tests": T}
     if write:
         write_json(Path(matrix_dir) / "stats.json", out)
+        write_aggregate_csv(matrix_dir, m)
     return out
 
 
