@@ -145,6 +145,27 @@ class Run:
             v = (self.final.get("delta_pct") or {}).get(metric)
         return None if v is None else float(v)
 
+    def zeroshot_delta(self, metric: str = "entropy") -> tuple[float | None, str]:
+        """Run-level Δ% of the checkpoint zero-shot accuracy was measured on, and which it is.
+
+        train/loop.py evaluates zero-shot on the best-accuracy checkpoint (final.json
+        `best_step`), while `delta` is the last step's. This is Δ% of the layer mean at the
+        history.json point of `best_step` against step 0 (final.json's Δ definition); it
+        equals `delta` when the best step is the last one.
+
+        Returns:
+            (Δ%, "best") or, without a best step or its history point, (`delta`, "final").
+        """
+        step = (self.final or {}).get("best_step")
+        pts = (self.history() or {}).get("points") or []
+        if step is not None and step >= 0 and pts:
+            at = next((p for p in pts if p.get("step") == step), None)
+            v0 = (pts[0].get("mean") or {}).get(metric)
+            v = (at.get("mean") or {}).get(metric) if at else None
+            if v is not None and v0:
+                return 100.0 * (float(v) - float(v0)) / float(v0), "best"
+        return self.delta(metric), "final"
+
     def layer_delta(self, metric: str = "entropy") -> np.ndarray | None:
         """Per-layer Δ% (L,), from final.json `delta_pct_layers` (or its layer tables)."""
         if not self.final:
