@@ -5,7 +5,9 @@ written path, or a string saying why the figure was skipped: a figure whose runs
 missing is never drawn from nothing. Names are the reports' file names (experiment report
 §7, English report §4). `render_all` draws them all into `<matrix_dir>/figures/` and
 writes `figures/figures.json` (name → file + caption, or the skip reason) for the report.
-Shared plumbing and the training-curve figures live in `figures_base.py`.
+Shared plumbing and the training-curve figures live in `figures_base.py`, the zero-shot
+figures (7, 15) in `figures_zeroshot.py`. A configuration with several seeds is drawn as its
+seed mean ± SD (error bars, bands) and the caption in figures.json says so, with n.
 """
 
 from __future__ import annotations

@@ -129,12 +129,13 @@ def seed_curve(runs: list[table.Run], metric: str | None, *,
 
 
 def plot_seeds(ax: Any, runs: list[table.Run], metric: str | None, *, relative: bool = False, scale: float = 1.0,
-               label: str | None = None, **style: Any) -> None:
-    """Plot a config's mean curve over its seeds, with a ± SD band and "(n=k)" in the label when k ≥ 2."""
+               label: str | None = None, n_in_label: bool = True, **style: Any) -> None:
+    """Plot a config's mean curve over its seeds, with a ± SD band when it has k ≥ 2 seeds
+    and then "(mean ± SD, n=k)" after the label (unless n_in_label is False: the caller says it)."""
     x, mean, sd, n = seed_curve(runs, metric, relative=relative)
     if not n:
         return
-    lab = None if label is None else label + (f" (mean ± SD, n={n})" if n > 1 else "")
+    lab = None if label is None else label + (f" (mean ± SD, n={n})" if n > 1 and n_in_label else "")
     (line,) = ax.plot(x, scale * mean, label=lab, **style)
     if n > 1:
         ax.fill_between(x, scale * (mean - sd), scale * (mean + sd), color=line.get_color(), alpha=0.2, lw=0)
@@ -220,9 +221,13 @@ def fig3(src: "Ctx | str | Path", out: Path) -> Path | str:
     for a, ds in zip(ax[0], dss):
         t = a.twinx()
         for i, rs in enumerate(roles.by_config(ctx.s["reference"][ds]).values()):
-            plot_seeds(a, rs, None, scale=100, color=OKABE_ITO[0], marker="o", ms=2, label="val acc" if i == 0 else None)
-            plot_seeds(t, rs, "entropy", color=OKABE_ITO[3], marker="s", ms=2, label="mean entropy" if i == 0 else None)
-        a.set(xlabel="epoch", ylabel="accuracy (%)", title=f"{roles.describe(ctx.s['reference'][ds][0])}")
+            plot_seeds(a, rs, None, scale=100, color=OKABE_ITO[0], marker="o", ms=2, n_in_label=False,
+                       label="val acc" if i == 0 else None)
+            plot_seeds(t, rs, "entropy", color=OKABE_ITO[3], marker="s", ms=2, n_in_label=False,
+                       label="mean entropy" if i == 0 else None)
+        n = seed_counts(ctx.s["reference"][ds])
+        a.set(xlabel="epoch", ylabel="accuracy (%)", title=roles.describe(ctx.s["reference"][ds][0])
+              + (f"\nmean ± SD over n={n} seeds" if n else ""))
         t.set_ylabel("mean entropy (nats)", color=OKABE_ITO[3])
         a.legend(loc="lower left")
         t.legend(loc="lower right")
