@@ -17,6 +17,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
 	$(PY) -m pip install -q -e ".[test]"
+	# OpenCLIP, only for the converter's equivalence tests: without its dependencies, since
+	# its torchvision requirement pulls a CUDA build that breaks beside CPU torch (the tests
+	# import it without torchvision). Optional: the tests skip when it is absent.
+	$(PY) -m pip install -q --no-deps "open_clip_torch==3.3.0" && $(PY) -m pip install -q "ftfy>=6" \
+		|| echo "warning: open_clip_torch not installed; the OpenCLIP comparison tests will skip"
 	touch $(STAMP)
 
 test: $(STAMP)

@@ -205,3 +205,18 @@ def test_set_errors_and_run_config_files(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_run_config(bad)
     assert len(info.value.errors) == 2
+
+
+def test_set_without_equals_is_an_error_for_matrices_run_configs_and_executor_options(tmp_path, capsys):
+    # One parser for every KEY=VALUE flag: `--set foo` must not silently set foo=None.
+    errs = _errors(tmp_path, TINY + "runs:\n  E2: {}\n", overrides=["optim.lr"])
+    assert errs == ["--set optim.lr: expected KEY=VALUE"]
+    run_file = _write(tmp_path, "id: E2\nmodel: tiny\ndataset: synthetic\n", "run.yaml")
+    with pytest.raises(ConfigError) as info:
+        load_run_config(run_file, overrides=["seed"])
+    assert info.value.errors == ["--set seed: expected KEY=VALUE"]
+    assert load_run_config(run_file, overrides=["seed=7"]).seed == 7
+    from attncollapse.cli import main
+    matrix = _write(tmp_path, TINY + "runs:\n  E2: {}\n", "m.yaml")
+    assert main(["run", str(matrix), "--out", str(tmp_path / "o"), "--executor-opt", "timeout_min"]) == 2
+    assert "--executor-opt timeout_min: expected KEY=VALUE" in capsys.readouterr().err

@@ -20,15 +20,12 @@ from pathlib import Path
 
 
 def _kv(items: list[str] | None) -> dict:
-    from .config import parse_value
+    from .config import ConfigError, parse_assignments
 
-    out = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"error: expected KEY=VALUE, got {item!r}")
-        out[key.strip()] = parse_value(value)
-    return out
+    pairs, errors = parse_assignments(items or [], "--executor-opt")
+    if errors:
+        raise ConfigError(errors)
+    return dict(pairs)
 
 
 def _run(args: argparse.Namespace, matrix_path: str) -> int:

@@ -5,7 +5,9 @@ written path, or a string saying why the figure was skipped: a figure whose runs
 missing is never drawn from nothing. Names are the reports' file names (experiment report
 §7, English report §4). `render_all` draws them all into `<matrix_dir>/figures/` and
 writes `figures/figures.json` (name → file + caption, or the skip reason) for the report.
-Shared plumbing and the training-curve figures live in `figures_base.py`.
+Shared plumbing and the training-curve figures live in `figures_base.py`, the zero-shot
+figures (7, 15) in `figures_zeroshot.py`. A configuration with several seeds is drawn as its
+seed mean ± SD (error bars, bands) and the caption in figures.json says so, with n.
 """
 
 from __future__ import annotations
@@ -19,10 +21,9 @@ import numpy as np
 from . import figures_base as base
 from . import roles, table
 from .._io import write_json
-from .figures_base import (DIVERGING, KIND_COLORS, METRIC_LABELS, OKABE_ITO, Ctx, as_ctx, bars, figure,
-                                       legend_kinds, p_text, save, seed_mean, short)
-
-
+from .figures_base import (DIVERGING, KIND_COLORS, METRIC_LABELS, OKABE_ITO, Ctx, as_ctx, bars, figure, layer_band,
+                           legend_kinds, p_text, save, seed_counts, seed_mean, short)
+from .figures_zeroshot import fig7, fig15
 
 def baseline_structure(baseline: dict, out_path: str | Path) -> Path | str:
     """Fig. 2: the pretrained model's 4 metrics × layers (experiment report §3.1).
@@ -68,9 +69,9 @@ def _fullft_vs_lora(ctx: Ctx, out: Path, k: int) -> Path | str:
     for i, rs in enumerate(groups.values()):
         vals = [seed_mean(rs, lambda r: r.delta(mt)) for mt in table.METRICS]
         ax[0, 0].bar(np.arange(4) + (i - (len(groups) - 1) / 2) * w, [v[0] for v in vals], w,
-                     yerr=[v[1] for v in vals], color=OKABE_ITO[i % 8], label=short(rs[0]).replace("\n", ": "))
-        layers = np.nanmean([r.layer_delta() for r in rs], 0)
-        ax[0, 1].plot(np.arange(1, len(layers) + 1), layers, marker="o", ms=3, color=OKABE_ITO[i % 8])
+                     yerr=[v[1] for v in vals], color=OKABE_ITO[i % 8], capsize=2,
+                     label=short(rs[0]).replace("\n", ": ") + (f" (mean ± SD, n={len(rs)})" if len(rs) > 1 else ""))
+        layer_band(ax[0, 1], rs, color=OKABE_ITO[i % 8])
     ax[0, 0].set_xticks(range(4), [METRIC_LABELS[m].split(" (")[0] for m in table.METRICS])
     ax[0, 0].axhline(0, color="black", lw=0.6)
     ax[0, 0].set(ylabel="Δ% (final vs initial)", title=f"Structural change on {ds}")
@@ -101,48 +102,6 @@ def fig6(src: Ctx | str | Path, out: Path) -> Path | str:
     v = [seed_mean(rs, lambda r: r.get("best_acc")) for rs in groups.values()]
     ax[0, 1].errorbar(lrs, [100 * x[0] for x in v], [100 * x[1] for x in v], marker="s", color=OKABE_ITO[3], capsize=2)
     ax[0, 1].set(xscale="log", xlabel="learning rate", ylabel="best accuracy (%)", title="Task accuracy")
-    return save(fig, out)
-
-
-def _zs_baseline(ctx: Ctx, name: str | None = None) -> float | None:
-    """The pretrained model's zero-shot accuracy on `name` (default: the headline dataset)."""
-    name = name or next((n for r in ctx.m.done for n in (r.final or {}).get("zeroshot") or {}), None)
-    for b in ctx.m.baseline.values():
-        acc = ((b.get("zeroshot") or {}).get(name) or {}).get("acc")
-        if acc is not None:
-            return acc
-    return None
-
-
-def fig7(src: Ctx | str | Path, out: Path) -> Path | str:
-    """Fig. 7: entropy Δ vs zero-shot accuracy, both protocols (§3.3, English §6.2)."""
-    ctx = as_ctx(src)
-    runs = [r for r in ctx.m.done if r.get("zeroshot_acc") is not None and r.delta() is not None]
-    if not runs:
-        return "no finished run has zero-shot results"
-    fig, ax = figure(6.0, 4.0)
-    a = ax[0, 0]
-    for r in runs:
-        c = KIND_COLORS.get(ctx.kind(r), "black")
-        x, y = r.delta(), 100 * r.get("zeroshot_acc")
-        a.scatter(x, y, color=c, edgecolor="black", linewidth=0.4, zorder=3)
-        a.annotate(r.config_id, (x, y), fontsize=6, xytext=(3, 2), textcoords="offset points")
-        if r.get("zeroshot_acc_base_only") is not None:
-            yb = 100 * r.get("zeroshot_acc_base_only")
-            a.scatter(x, yb, facecolor="white", edgecolor=c, zorder=3)
-            a.plot([x, x], [y, yb], color=c, lw=0.6, ls=":")
-    base = _zs_baseline(ctx)
-    if base is not None:
-        a.axhline(100 * base, color="black", ls="--", lw=0.8, label=f"pretrained {100 * base:.1f}%")
-    for k in sorted({ctx.kind(r) for r in runs}):
-        a.scatter([], [], color=KIND_COLORS.get(k, "black"), label=k)
-    a.scatter([], [], facecolor="white", edgecolor="black", label="LoRA base-only (adapters off)")
-    e = ctx.test("collapse_vs_zeroshot")
-    sub = "" if e.get("skipped") else f" (r={e['pearson_r']:.2f}, p={e['pearson_p']:.3g})"
-    zs_name = next((n for r in runs for n in (r.final or {}).get("zeroshot") or {}), "")
-    a.set(xlabel="entropy Δ% (final vs initial)", ylabel=f"zero-shot top-1 on {zs_name} (%)",
-          title="Collapse vs zero-shot" + sub)
-    a.legend(fontsize=6)
     return save(fig, out)
 
 
@@ -246,31 +205,6 @@ def fig13(src: Ctx | str | Path, out: Path) -> Path | str:
     return save(fig, out)
 
 
-def fig15(src: Ctx | str | Path, out: Path) -> Path | str:
-    """Fig. 15: zero-shot accuracy, base-only vs adapter-active side by side (English §6.3)."""
-    ctx = as_ctx(src)
-    runs = [r for r in ctx.m.done if (r.final or {}).get("zeroshot")]
-    names = sorted({n for r in runs for n in r.final["zeroshot"]})
-    if not names:
-        return "no finished run has zero-shot results"
-    fig, ax = figure(8.0, 3.0 * len(names), len(names), 1)
-    for a, name in zip(ax[:, 0], names):
-        groups = roles.by_config([r for r in runs if name in r.final["zeroshot"]])
-        xs = np.arange(len(groups))
-        for k, (key, lab, col) in enumerate((("acc", "adapter-active / fine-tuned", OKABE_ITO[0]),
-                                             ("acc_base_only", "base-only (adapters off)", OKABE_ITO[1]))):
-            v = [seed_mean(rs, lambda r: (r.final["zeroshot"][name].get(key))) for rs in groups.values()]
-            a.bar(xs + (k - 0.5) * 0.38, [100 * x[0] for x in v], 0.38, yerr=[100 * x[1] for x in v],
-                  color=col, edgecolor="black", lw=0.4, label=lab)
-        base = _zs_baseline(ctx, name)
-        if base is not None:
-            a.axhline(100 * base, color="black", ls="--", lw=0.8, label=f"pretrained {100 * base:.1f}%")
-        a.set_xticks(xs, [short(rs[0]) for rs in groups.values()], rotation=45, ha="right", fontsize=6)
-        a.set(ylabel="top-1 (%)", title=f"Zero-shot on {name} (base-only bars only exist for LoRA)")
-        a.legend(fontsize=6)
-    return save(fig, out)
-
-
 def fig16(src: Ctx | str | Path, out: Path) -> Path | str:
     """Fig. 16: one-page dashboard of accuracy, entropy Δ, zero-shot and the LR sweep."""
     ctx = as_ctx(src)
@@ -313,9 +247,7 @@ def extra_frozen_layers(src: Ctx | str | Path, out: Path) -> Path | str:
     ax[0, 0].set(xlabel="frozen encoder layers", ylabel="entropy Δ%", title="Entropy change and accuracy")
     t.set_ylabel("best accuracy (%)")
     for i, (k, rs) in enumerate(zip(ks, groups.values())):
-        layers = np.nanmean([r.layer_delta() for r in rs], 0)
-        ax[0, 1].plot(np.arange(1, len(layers) + 1), layers, marker="o", ms=3, color=OKABE_ITO[i % 8],
-                      label=f"freeze {k}")
+        layer_band(ax[0, 1], rs, color=OKABE_ITO[i % 8], label=f"freeze {k}")
     ax[0, 1].set(xlabel="layer", ylabel="entropy Δ%", title="Per-layer entropy Δ")
     ax[0, 1].legend()
     return save(fig, out)
@@ -338,7 +270,8 @@ def extra_lora_qkvo(src: Ctx | str | Path, out: Path) -> Path | str:
         v = [seed_mean(rs, lambda r: r.delta(mt)) for mt in table.METRICS]
         acc = 100 * seed_mean(rs, lambda r: r.get("best_acc"))[0]
         ax[0, 0].bar(np.arange(4) + (i - (len(groups) - 1) / 2) * w, [x[0] for x in v], w, yerr=[x[1] for x in v],
-                     color=OKABE_ITO[i % 8], label=f"{short(rs[0]).replace(chr(10), ': ')} (acc {acc:.2f}%)")
+                     color=OKABE_ITO[i % 8], capsize=2, label=f"{short(rs[0]).replace(chr(10), ': ')} (acc {acc:.2f}%"
+                     + (f"; mean ± SD, n={len(rs)})" if len(rs) > 1 else ")"))
     ax[0, 0].set_xticks(range(4), [METRIC_LABELS[m].split(" (")[0] for m in table.METRICS])
     ax[0, 0].axhline(0, color="black", lw=0.6)
     ax[0, 0].set(ylabel="Δ% (final vs initial)", title="LoRA target modules")
@@ -379,7 +312,8 @@ CAPTIONS = {
     "fig5_fullft_vs_lora": "Full FT vs LoRA structural comparison (first dataset)",
     "fig5b_fullft_vs_lora_pets": "Full FT vs LoRA structural comparison (second dataset)",
     "fig6_lr_sweep": "Learning-rate sweep: structure and accuracy",
-    "fig7_collapse_vs_zeroshot": "Attention collapse vs zero-shot transfer (hollow: LoRA base-only)",
+    "fig7_collapse_vs_zeroshot": "Attention collapse vs zero-shot transfer: entropy Δ% and zero-shot accuracy of "
+                                 "the same (best-accuracy) checkpoint (hollow: LoRA base-only)",
     "fig8_regularization": "Regularization (APR, entropy floor) and weight decay vs no regularizer",
     "fig9_head_diversity": "Head diversity evolution",
     "fig10_per_layer_delta_heatmap": "Per-layer entropy Δ% of every configuration",
@@ -387,7 +321,8 @@ CAPTIONS = {
     "fig12_training_dynamics": "Training dynamics: loss, accuracy, entropy and Gini",
     "fig13_metric_correlations": "Correlations among the four metrics' Δ%",
     "fig14_convergence": "Convergence check over the last 20% of training",
-    "fig15_zeroshot_extended": "Zero-shot transfer: base-only vs adapter-active, per dataset",
+    "fig15_zeroshot_extended": "Zero-shot transfer per dataset under each protocol: as trained, frozen pretrained "
+                               "projection, LoRA base-only (adapters off)",
     "fig16_dashboard": "Dashboard",
     "fig17_gini_evolution": "Gini evolution",
     "extra_erf95_evolution": "ERF@0.95 evolution",
@@ -396,6 +331,31 @@ CAPTIONS = {
     "extra_wise_interpolation": "WiSE-FT weight interpolation: zero-shot vs task accuracy and entropy",
     "extra_attention_overlays": "[CLS] attention over eval images, pretrained vs fine-tuned",
 }
+
+
+SEED_BANDS = {"fig3_triple_curve", "fig5_fullft_vs_lora", "fig5b_fullft_vs_lora_pets", "fig6_lr_sweep",
+              "fig7_collapse_vs_zeroshot", "fig8_regularization", "fig9_head_diversity", "fig15_zeroshot_extended",
+              "fig16_dashboard", "fig17_gini_evolution", "extra_erf95_evolution", "extra_frozen_layers",
+              "extra_lora_qkvo"}
+"""Figures that draw a configuration with several seeds as mean ± SD (error bars or bands)."""
+SEED_MEANS = {"fig4_layer_entropy_heatmap", "fig10_per_layer_delta_heatmap"}
+"""Figures that draw the seed mean only (heatmaps)."""
+PER_RUN = {"fig12_training_dynamics", "fig13_metric_correlations", "fig14_convergence", "extra_wise_interpolation"}
+"""Figures that draw every seed's run on its own."""
+
+
+def caption(name: str, n_seeds: str = "") -> str:
+    """The figure's caption, saying how seeds are drawn when configurations have several (n_seeds "2", "2–3")."""
+    c = CAPTIONS.get(name, name)
+    if not n_seeds:
+        return c
+    if name in SEED_BANDS:
+        return f"{c}. Mean ± SD over n={n_seeds} seeds per configuration"
+    if name in SEED_MEANS:
+        return f"{c}. Mean over n={n_seeds} seeds per configuration"
+    if name in PER_RUN:
+        return f"{c}. Every seed's run drawn on its own (n={n_seeds} seeds per configuration)"
+    return c
 
 
 def render_all(matrix_dir: str | Path) -> dict[str, Path | str]:
@@ -416,7 +376,8 @@ def render_all(matrix_dir: str | Path) -> dict[str, Path | str]:
             rendered[name] = f"failed: {type(exc).__name__}: {exc}"
         if not isinstance(rendered[name], Path) and (out_dir / f"{name}.png").exists():
             (out_dir / f"{name}.png").unlink()  # never leave a stale figure from an earlier render
+    n_seeds = seed_counts(ctx.m.done)
     write_json(out_dir / "figures.json", {
-        n: ({"file": f"figures/{p.name}", "caption": CAPTIONS.get(n, n)} if isinstance(p, Path)
-            else {"skipped": p, "caption": CAPTIONS.get(n, n)}) for n, p in rendered.items()})
+        n: ({"file": f"figures/{p.name}", "caption": caption(n, n_seeds)} if isinstance(p, Path)
+            else {"skipped": p, "caption": caption(n, n_seeds)}) for n, p in rendered.items()})
     return rendered

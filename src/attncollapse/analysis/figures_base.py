@@ -103,6 +103,57 @@ def seed_mean(runs: list[table.Run], fn) -> tuple[float, float]:
     return (float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0) if len(v) else (np.nan, 0.0)
 
 
+def seed_counts(runs: list[table.Run]) -> str:
+    """"2" or "2–3": seeds per configuration among `runs` ("" when every config has one seed)."""
+    counts = sorted({len(rs) for rs in roles.by_config(runs).values()})
+    if not counts or counts[-1] < 2:
+        return ""
+    return str(counts[0]) if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
+
+
+def seed_curve(runs: list[table.Run], metric: str | None, *,
+               relative: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """A config's curve over its seeds: (epoch (P,), mean (P,), SD (P,) ddof 1, n seeds).
+
+    Seeds of one config share the schedule, so their eval points coincide; a seed whose
+    points differ (a resumed run with other eval points) is interpolated onto the first's.
+    SD is 0 for one seed.
+    """
+    cs = [c for c in (curve(r, metric, relative=relative) for r in runs) if len(c[0])]
+    if not cs:
+        return np.empty(0), np.empty(0), np.empty(0), 0
+    x = cs[0][0]
+    ys = np.stack([cy if len(cx) == len(x) and np.allclose(cx, x) else np.interp(x, cx, cy) for cx, cy in cs])
+    sd = ys.std(0, ddof=1) if len(ys) > 1 else np.zeros(len(x))
+    return x, ys.mean(0), sd, len(ys)
+
+
+def plot_seeds(ax: Any, runs: list[table.Run], metric: str | None, *, relative: bool = False, scale: float = 1.0,
+               label: str | None = None, n_in_label: bool = True, **style: Any) -> None:
+    """Plot a config's mean curve over its seeds, with a ± SD band when it has k ≥ 2 seeds
+    and then "(mean ± SD, n=k)" after the label (unless n_in_label is False: the caller says it)."""
+    x, mean, sd, n = seed_curve(runs, metric, relative=relative)
+    if not n:
+        return
+    lab = None if label is None else label + (f" (mean ± SD, n={n})" if n > 1 and n_in_label else "")
+    (line,) = ax.plot(x, scale * mean, label=lab, **style)
+    if n > 1:
+        ax.fill_between(x, scale * (mean - sd), scale * (mean + sd), color=line.get_color(), alpha=0.2, lw=0)
+
+
+def layer_band(ax: Any, runs: list[table.Run], metric: str = "entropy", **style: Any) -> None:
+    """Per-layer Δ% of a config: the seed mean, with a ± SD band over seeds when it has several."""
+    ls = [v for r in runs if (v := r.layer_delta(metric)) is not None]
+    if not ls or len({len(v) for v in ls}) != 1:
+        return
+    arr = np.stack(ls)
+    mean, xs = np.nanmean(arr, 0), np.arange(1, arr.shape[1] + 1)
+    (line,) = ax.plot(xs, mean, marker="o", ms=3, **style)
+    if len(ls) > 1:
+        sd = np.nanstd(arr, 0, ddof=1)
+        ax.fill_between(xs, mean - sd, mean + sd, color=line.get_color(), alpha=0.2, lw=0)
+
+
 def short(r: table.Run) -> str:
     """A compact tick label: the config id and its description without the dataset."""
     return f"{r.config_id}\n{roles.describe(r).rsplit(' (', 1)[0]}"
@@ -119,7 +170,8 @@ def bars(ax: Any, groups: dict[str, list[table.Run]], fn, colors: list[str], *, 
     """One bar per config (seed mean ± SD) with its label under it."""
     xs = np.arange(len(groups))
     vals = [seed_mean(rs, fn) for rs in groups.values()]
-    ax.bar(xs, [v[0] for v in vals], yerr=[v[1] for v in vals], color=colors, edgecolor="black", linewidth=0.5)
+    ax.bar(xs, [v[0] for v in vals], yerr=[v[1] for v in vals], color=colors, edgecolor="black", linewidth=0.5,
+           capsize=2)
     labels = [rs[0].config_id if ids_only else short(rs[0]) for rs in groups.values()]
     ax.set_xticks(xs, labels, rotation=60 if ids_only else 45, ha="right")
     ax.axhline(0, color="black", linewidth=0.6)
@@ -168,12 +220,14 @@ def fig3(src: "Ctx | str | Path", out: Path) -> Path | str:
     fig, ax = figure(4.0 * len(dss), 3.2, 1, len(dss))
     for a, ds in zip(ax[0], dss):
         t = a.twinx()
-        for i, r in enumerate(ctx.s["reference"][ds]):
-            x, y = curve(r, None)
-            a.plot(x, 100 * y, color=OKABE_ITO[0], marker="o", ms=2, label="val acc" if i == 0 else None)
-            x, y = curve(r, "entropy")
-            t.plot(x, y, color=OKABE_ITO[3], marker="s", ms=2, label="mean entropy" if i == 0 else None)
-        a.set(xlabel="epoch", ylabel="accuracy (%)", title=f"{roles.describe(ctx.s['reference'][ds][0])}")
+        for i, rs in enumerate(roles.by_config(ctx.s["reference"][ds]).values()):
+            plot_seeds(a, rs, None, scale=100, color=OKABE_ITO[0], marker="o", ms=2, n_in_label=False,
+                       label="val acc" if i == 0 else None)
+            plot_seeds(t, rs, "entropy", color=OKABE_ITO[3], marker="s", ms=2, n_in_label=False,
+                       label="mean entropy" if i == 0 else None)
+        n = seed_counts(ctx.s["reference"][ds])
+        a.set(xlabel="epoch", ylabel="accuracy (%)", title=roles.describe(ctx.s["reference"][ds][0])
+              + (f"\nmean ± SD over n={n} seeds" if n else ""))
         t.set_ylabel("mean entropy (nats)", color=OKABE_ITO[3])
         a.legend(loc="lower left")
         t.legend(loc="lower right")
@@ -191,11 +245,15 @@ def fig4(src: "Ctx | str | Path", out: Path) -> Path | str:
     picks = [r for r in picks if r.history() and r.history()["points"]]
     if not picks:
         return "no full-FT or LoRA run with history.json"
-    mats = []
+    mats, seeds = [], roles.by_config(ctx.m.done)
     for r in picks:
-        pts = r.history()["points"]
-        h = np.asarray([p["layers"]["entropy"] for p in pts], float)  # (points, L)
-        mats.append((np.asarray([p.get("epoch", 0.0) for p in pts]), 100 * (h - h[0]) / h[0]))
+        per_seed = []  # the config's seeds with the same eval points as this one: averaged
+        for q in seeds.get(r.config_id, [r]):
+            pts = (q.history() or {}).get("points") or []
+            h = np.asarray([p["layers"]["entropy"] for p in pts], float)  # (points, L)
+            if not per_seed or h.shape == per_seed[0][1].shape:
+                per_seed.append((np.asarray([p.get("epoch", 0.0) for p in pts]), 100 * (h - h[0]) / h[0]))
+        mats.append((per_seed[0][0], np.mean([m for _, m in per_seed], 0)))
     lim = max(float(np.nanmax(np.abs(m))) for _, m in mats) or 1.0
     fig, ax = figure(3.2 * len(picks), 3.0, 1, len(picks))
     for a, r, (ep, m) in zip(ax[0], picks, mats):
@@ -217,9 +275,7 @@ def evolution(metric: str):
         fig, ax = figure(4.0 * len(dss), 3.2, 1, len(dss))
         for a, ds in zip(ax[0], dss):
             for i, rs in enumerate(roles.by_config(ctx.main_runs(ds)).values()):
-                for j, r in enumerate(rs):
-                    x, y = curve(r, metric)
-                    a.plot(x, y, lw=1.2, label=short(r).replace("\n", ": ") if j == 0 else None, **style_for(i))
+                plot_seeds(a, rs, metric, lw=1.2, label=short(rs[0]).replace("\n", ": "), **style_for(i))
             a.set(xlabel="epoch", ylabel=METRIC_LABELS[metric], title=f"{METRIC_LABELS[metric]} on {ds}")
             a.legend(fontsize=6)
         return save(fig, out)

@@ -27,6 +27,7 @@ from scipy import stats as _sp
 
 from .._io import read_json, write_json
 from .roles import by_config, close, describe, select
+from .seeds import write_aggregate_csv
 from .table import METRICS, Matrix, Run, load
 
 ALPHA = 0.05
@@ -455,6 +456,26 @@ def _entropy_vs_accuracy(runs: list[Run], datasets: list[str]) -> dict:
     return _family("scope and accuracy", entries, ("pearson_p", "spearman_p"), "no finished runs")
 
 
+def _collapse_vs_zeroshot(runs: list[Run]) -> dict:
+    """Experiment report §4.3: entropy Δ% vs zero-shot accuracy across runs (each seed a point).
+
+    Both numbers come from the same checkpoint: zero-shot is measured on the best-accuracy
+    checkpoint, so Δ% is taken at `best_step` (`Run.zeroshot_delta`); `checkpoint` says so,
+    and lists runs whose history has no such point (their final Δ% is used).
+    """
+    pts = [(r.run_id, *r.zeroshot_delta(), r.get("zeroshot_acc")) for r in runs if r.get("zeroshot_acc") is not None]
+    pts = [p for p in pts if p[1] is not None and math.isfinite(p[1])]
+    if len(pts) < 3:
+        return _skip(f"needs ≥ 3 runs with zero-shot results, found {len(pts)}")
+    ids, x, where, y = zip(*pts)
+    final_ids = [i for i, w in zip(ids, where) if w == "final"]
+    return _single({"label": "entropy Δ% vs zero-shot acc (same checkpoint)", "unit": "runs", "runs": list(ids),
+                    "x": "entropy_delta_pct at the zero-shot checkpoint", "y": "zeroshot_acc",
+                    "checkpoint": "best-accuracy step (best_step)" + (
+                        f"; final step for {', '.join(final_ids)} (no history point at best_step)" if final_ids else ""),
+                    "runs_at_final_step": final_ids, **correlate(x, [float(v) for v in y])})
+
+
 def analyze(matrix_dir: str | Path, *, n_boot: int = 10000, seed: int = 0, write: bool = True,
             unit: str | None = None, convergence_criterion: dict | None = None) -> dict:
     """Run the reports' tests on a finished matrix and write `stats.json`.
@@ -463,7 +484,8 @@ def analyze(matrix_dir: str | Path, *, n_boot: int = 10000, seed: int = 0, write
         matrix_dir: a matrix directory (docs/FORMATS.md).
         n_boot: bootstrap resamples per comparison (reports: 10,000).
         seed: bootstrap seed.
-        write: write `<matrix_dir>/stats.json` (atomically).
+        write: write `<matrix_dir>/stats.json` and `results_by_config.csv` (seed means, SDs
+            and t-intervals: `seeds.write_aggregate_csv`), atomically.
         unit: unit of the two-sample comparisons: None (auto: "runs" when every config
             compared has ≥ 2 seeds, else "layers"), "seed"/"runs" or "layer"/"layers".
         convergence_criterion: `converged` keyword arguments over CONVERGENCE_DEFAULT.
@@ -514,17 +536,13 @@ def analyze(matrix_dir: str | Path, *, n_boot: int = 10000, seed: int = 0, write
     T["metric_correlations"] = _metric_correlations(m.done)
     T["entropy_vs_accuracy"] = _entropy_vs_accuracy(m.done, s["datasets"])
 
-    # Experiment report §4.3: collapse vs zero-shot transfer, across runs.
-    zs = [r for r in m.done if r.get("zeroshot_acc") is not None and r.delta() is not None]
-    T["collapse_vs_zeroshot"] = (_single({"label": "entropy Δ% vs zero-shot acc", "unit": "runs",
-                                          "runs": [r.run_id for r in zs],
-                                          **correlate([r.delta() for r in zs], [r.get("zeroshot_acc") for r in zs])})
-                                 if len(zs) >= 3 else _skip(f"needs ≥ 3 runs with zero-shot results, found {len(zs)}"))
+    T["collapse_vs_zeroshot"] = _collapse_vs_zeroshot(m.done)
     # English report §4.6: "all 21 runs satisfy the late-epoch stability criterion".
     T["convergence"] = convergence(m.done, convergence_criterion) if m.done else _skip("no finished runs")
     out = {"schema": 1, "alpha": ALPHA, "metric": "entropy", "n_boot": n_boot, "seed": seed,
            "primary_dataset": s["primary"], "default_lr": s["default_lr"], "default_wd": s["default_wd"],
            "runs_done": len(m.done), "runs_total": len(m.runs), "notes": m.notes,
+           "seeds_per_config": {cid: len(rs) for cid, rs in by_config(m.done).items()},
            "unit_rule": "per-layer Δ% (each config's seeds averaged per layer) with layers as samples "
                         "(unit 'layers') unless every config involved has ≥ 2 seeds, then run-level Δ% with "
                         "each seed's run as one sample (unit 'runs')",
@@ -537,6 +555,7 @@ def analyze(matrix_dir: str | Path, *, n_boot: int = 10000, seed: int = 0, write
            "tests": T}
     if write:
         write_json(Path(matrix_dir) / "stats.json", out)
+        write_aggregate_csv(matrix_dir, m)
     return out
 
 

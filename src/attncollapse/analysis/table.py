@@ -26,7 +26,7 @@ RESULTS_COLUMNS = [
     "batch_size", "lora_rank", "lora_targets", "freeze_layers", "regularizer", "reg_lambda",
     "best_acc", "final_acc",
     *[f"{m}_{k}" for m in METRICS for k in ("initial", "final", "delta_pct")],
-    "zeroshot_acc", "zeroshot_acc_base_only",
+    "zeroshot_acc", "zeroshot_acc_base_only", "zeroshot_acc_frozen_projection",
 ]
 """results.csv columns before the per-dataset `zeroshot_<dataset>` ones (docs/FORMATS.md)."""
 
@@ -47,10 +47,25 @@ def _format_cell(v: Any) -> str:
     return str(v)
 
 
-def _final_cells(final: dict) -> dict[str, Any]:
-    """The results.csv cells read from a run's final.json (None where it has no value)."""
+def _headline_zeroshot(final: dict, datasets: list[str]) -> dict:
+    """final.json's zero-shot block of the headline dataset: the config's first zero-shot
+    dataset that has a block (as `zeroshot_acc` is chosen, train/posthoc.py), else the first block."""
+    blocks = final.get("zeroshot") or {}
+    head = next((d for d in datasets if d in blocks), next(iter(blocks), None))
+    block = blocks.get(head) if head is not None else None
+    return block if isinstance(block, dict) else {}
+
+
+def _final_cells(final: dict, zeroshot_datasets: list[str] | None = None) -> dict[str, Any]:
+    """The results.csv cells read from a run's final.json (None where it has no value).
+
+    `zeroshot_acc_frozen_projection` (fine-tuned tower + pretrained projection) has no
+    top-level key in final.json: it is read from the headline dataset's zero-shot block.
+    """
     row = {k: final.get(k) for k in ("best_acc", "final_acc", "zeroshot_acc", "zeroshot_acc_base_only",
                                      "wall_time_s", "images_per_s")}
+    row["zeroshot_acc_frozen_projection"] = final.get(
+        "zeroshot_acc_frozen_projection", _headline_zeroshot(final, zeroshot_datasets or []).get("acc_frozen_projection"))
     for m in METRICS:
         row[f"{m}_initial"] = (final.get("initial_mean") or {}).get(m)
         row[f"{m}_final"] = (final.get("final_mean") or {}).get(m)
@@ -71,6 +86,7 @@ def results_row(config: dict, final: dict | None, *, run_id: str, group: str, st
     optim, lora_cfg, reg = config.get("optim") or {}, config.get("lora") or {}, config.get("regularizer") or {}
     lora = config.get("method") == "lora"
     regularized = (reg.get("kind") or "none") != "none"
+    zs_datasets = list((config.get("zeroshot") or {}).get("datasets") or [])
     row = {
         "run_id": run_id, "group": group, "seed": config.get("seed"), "method": config.get("method"),
         "dataset": config.get("dataset"), "model": config.get("model"), "lr": optim.get("lr"),
@@ -78,10 +94,10 @@ def results_row(config: dict, final: dict | None, *, run_id: str, group: str, st
         "batch_size": optim.get("batch_size"), "lora_rank": lora_cfg.get("rank") if lora else None,
         "lora_targets": lora_cfg.get("targets") if lora else None, "freeze_layers": config.get("freeze_layers"),
         "regularizer": reg.get("kind"), "reg_lambda": reg.get("lam") if regularized else None,
-        **_final_cells(final or {}), "status": (final.get("status", "done") if final else status),
+        **_final_cells(final or {}, zs_datasets), "status": (final.get("status", "done") if final else status),
     }
     zeroshot = (final or {}).get("zeroshot") or {}
-    for ds in list((config.get("zeroshot") or {}).get("datasets") or []) + list(zeroshot):
+    for ds in zs_datasets + list(zeroshot):
         block = zeroshot.get(ds)
         row[f"zeroshot_{ds}"] = block.get("acc") if isinstance(block, dict) else None
     return row
@@ -128,6 +144,27 @@ class Run:
         if v is None and self.final:
             v = (self.final.get("delta_pct") or {}).get(metric)
         return None if v is None else float(v)
+
+    def zeroshot_delta(self, metric: str = "entropy") -> tuple[float | None, str]:
+        """Run-level Δ% of the checkpoint zero-shot accuracy was measured on, and which it is.
+
+        train/loop.py evaluates zero-shot on the best-accuracy checkpoint (final.json
+        `best_step`), while `delta` is the last step's. This is Δ% of the layer mean at the
+        history.json point of `best_step` against step 0 (final.json's Δ definition); it
+        equals `delta` when the best step is the last one.
+
+        Returns:
+            (Δ%, "best") or, without a best step or its history point, (`delta`, "final").
+        """
+        step = (self.final or {}).get("best_step")
+        pts = (self.history() or {}).get("points") or []
+        if step is not None and step >= 0 and pts:
+            at = next((p for p in pts if p.get("step") == step), None)
+            v0 = (pts[0].get("mean") or {}).get(metric)
+            v = (at.get("mean") or {}).get(metric) if at else None
+            if v is not None and v0:
+                return 100.0 * (float(v) - float(v0)) / float(v0), "best"
+        return self.delta(metric), "final"
 
     def layer_delta(self, metric: str = "entropy") -> np.ndarray | None:
         """Per-layer Δ% (L,), from final.json `delta_pct_layers` (or its layer tables)."""

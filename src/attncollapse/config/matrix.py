@@ -77,6 +77,22 @@ def parse_value(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)
 
 
+def parse_assignments(items: list[str] | tuple, flag: str = "--set") -> tuple[list[tuple[str, Any]], list[str]]:
+    """`KEY=VALUE` strings as (key, parsed value) pairs, plus one error per malformed item.
+
+    The one parser of `--set` and `--executor-opt`: a missing `=` or an empty key is an
+    error (never a silent `key=None`).
+    """
+    pairs, errors = [], []
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            errors.append(f"{flag} {item}: expected KEY=VALUE")
+            continue
+        pairs.append((key.strip(), parse_value(text)))
+    return pairs, errors
+
+
 def _duplicate_keys(node: yaml.Node, path: str = "") -> list[str]:
     """Keys given twice in one YAML mapping (PyYAML silently keeps the last)."""
     out: list[str] = []
@@ -514,15 +530,13 @@ def matrix_from_dict(data: Any, *, overrides: list[str] | tuple = (), source: st
     if not isinstance(data, dict):
         raise ConfigError(errors + ["expected a mapping with name:, defaults: and runs:"], source)
     data = json.loads(json.dumps(data))  # a deep copy we may modify
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        if not sep or not key.strip():
-            errors.append(f"--set {item}: expected key=value")
+    pairs, bad = parse_assignments(overrides)
+    errors.extend(bad)
+    for key, value in pairs:
+        if (p := _check_path(key)) is not None and key.split(".")[0] not in _MATRIX_KEYS:
+            errors.append(f"--set {key}: {p}")
             continue
-        if (p := _check_path(key.strip())) is not None and key.split(".")[0] not in _MATRIX_KEYS:
-            errors.append(f"--set {key.strip()}: {p}")
-            continue
-        _apply_override(data, key.strip(), parse_value(text))
+        _apply_override(data, key, value)
     try:
         matrix = MatrixConfig.model_validate(data)
     except ValidationError as exc:
@@ -567,9 +581,10 @@ def load_run_config(path: str | Path, overrides: list[str] | tuple = ()) -> RunC
     errors = list(dups)
     if not isinstance(data, dict):
         raise ConfigError(["expected a mapping of RunConfig fields"], str(path))
-    for item in overrides:
-        key, _sep, text = item.partition("=")
-        _set(data, key.strip(), parse_value(text))
+    pairs, bad = parse_assignments(overrides)
+    errors.extend(bad)
+    for key, value in pairs:
+        _set(data, key, value)
     cfg, cross_checked = None, False
     try:
         cfg = RunConfig.model_validate(data)
