@@ -6,7 +6,7 @@ Imports `data` and `models` of attncollapse for names only (sources, presets).
 
 from .matrix import (ConfigError, MatrixConfig, PlannedRun, format_value, load_matrix, load_run_config,
                      matrix_from_dict, model_depth, packaged_configs, parse_value, read_config_yaml,
-                     resolve_config_path)
+                     read_recorded_config, resolve_config_path)
 from .schema import (DEFAULTS, DataConfig, EvalConfig, LoraConfig, OptimConfig, RegularizerConfig, RunConfig,
                      ZeroShotConfig, compile_key, diff_fields, fingerprint, fingerprint_fields)
 
@@ -14,5 +14,5 @@ __all__ = [
     "DEFAULTS", "ConfigError", "DataConfig", "EvalConfig", "LoraConfig", "MatrixConfig", "OptimConfig",
     "PlannedRun", "RegularizerConfig", "RunConfig", "ZeroShotConfig", "compile_key", "diff_fields",
     "fingerprint", "fingerprint_fields", "format_value", "load_matrix", "load_run_config", "matrix_from_dict",
-    "model_depth", "packaged_configs", "parse_value", "read_config_yaml", "resolve_config_path",
+    "model_depth", "packaged_configs", "parse_value", "read_config_yaml", "read_recorded_config", "resolve_config_path",
 ]

@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, Field, PrivateAttr, ValidationError
 
+from .. import _io
 from ..data import known_sources as listed_sources
 from ..models import PRESETS
 from .schema import DEFAULTS, RunConfig, Strict
@@ -557,6 +558,21 @@ def load_matrix(path: str | Path, overrides: list[str] | tuple = ()) -> MatrixCo
     path = resolve_config_path(path)
     data, dups = read_config_yaml(path)
     return matrix_from_dict(data, overrides=overrides, source=str(path), extra_errors=dups)
+
+
+def read_recorded_config(path: str | Path) -> RunConfig:
+    """The RunConfig a run recorded in its config.yaml.
+
+    Raises:
+        DamagedFile: unreadable, not YAML, or not a valid RunConfig (naming the file).
+    """
+    fix = "it is rewritten when the run is trained again (delete the run directory and `attncollapse run`)"
+    data = _io.read_yaml_checked(path, fix=fix)
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        first = _pydantic_errors(exc, "", {})[0][1]
+        raise _io.DamagedFile(path, f"not a valid run config ({first}); {fix}") from None
 
 
 def load_run_config(path: str | Path, overrides: list[str] | tuple = ()) -> RunConfig:

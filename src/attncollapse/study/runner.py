@@ -102,8 +102,9 @@ def run_analysis(out_dir: str | Path, *, matrix: MatrixConfig | None = None,
                  log: Callable[[str], None] = print) -> dict[str, str]:
     """results.csv, then `stats.analyze`, `figures.render_all`, `report.write` on `out_dir`.
 
-    A stage that raises is reported (message and traceback through `log`) and the next
-    stage still runs.
+    A stage that raises is reported (message and traceback through `log`; a damaged file
+    in one line naming it) and the next stage still runs. With no finished run there is
+    nothing to analyse: the stages are "failed: no finished run ...".
 
     Returns:
         {"results": ..., "stats": ..., "figures": ..., "report": ...}: "ok" or "failed: <error>".
@@ -114,18 +115,30 @@ def run_analysis(out_dir: str | Path, *, matrix: MatrixConfig | None = None,
         write_results(out, matrix)
         state["results"] = "ok"
     except Exception as exc:
-        log(f"writing results.csv failed:\n{traceback.format_exc()}")
-        state["results"] = f"failed: {type(exc).__name__}: {exc}"
+        state["results"] = _stage_failure("results", exc, out, log)
         return state
+    done = [t for t in plan(matrix_of(out, matrix), out) if t.kind == "run" and run_state(t) == "done"]
+    if not done:
+        why = f"failed: no finished run in {out} (run `attncollapse run` first; `attncollapse status {out}`)"
+        return {**state, **{stage: why for stage in ANALYSIS_STAGES}}
     for stage, fn in ANALYSIS_STAGES.items():
         try:
             fn(out)
             state[stage] = "ok"
         except Exception as exc:
-            log(f"analysis step {stage} failed (the runs are intact; rerun "
-                f"`attncollapse report {out}`):\n{traceback.format_exc()}")
-            state[stage] = f"failed: {type(exc).__name__}: {exc}".splitlines()[0]
+            state[stage] = _stage_failure(stage, exc, out, log)
     return state
+
+
+def _stage_failure(stage: str, exc: Exception, out: Path, log: Callable[[str], None]) -> str:
+    """Log why an analysis stage failed (a traceback only for what is not a damaged file
+    or a full disk) and return its "failed: ..." state."""
+    short = _io.disk_full_message(exc, out) or (str(exc) if isinstance(exc, _io.DamagedFile) else None)
+    if short is None:
+        log(f"analysis step {stage} failed (the runs are intact; rerun "
+            f"`attncollapse report {out}`):\n{traceback.format_exc()}")
+        short = f"{type(exc).__name__}: {exc}"
+    return f"failed: {short}".splitlines()[0]
 
 
 def status(out_dir: str | Path) -> dict:
@@ -141,9 +154,11 @@ def status(out_dir: str | Path) -> dict:
     for task in plan(matrix, out):
         state = run_state(task)
         counts[state] = counts.get(state, 0) + 1
-        final = _io.read_json(task.done_file) if state == "done" and task.kind == "run" else {}
+        final = task.read_done() if state == "done" and task.kind == "run" else {}
         note = ""
-        if state in ("running", "stale-lock"):
+        if state == "damaged":
+            note = f"{task.done_file.name}: {task.done_problem()}"[:160]
+        elif state in ("running", "stale-lock"):
             owner = read_lock(task.lock_file) or {}
             note = f"pid {owner.get('pid')} on {owner.get('host')} since {owner.get('time')}"
         elif state == "failed":
