@@ -21,6 +21,8 @@ from pydantic import BaseModel, Field, PrivateAttr, ValidationError
 from .. import _io
 from ..data import known_sources as listed_sources
 from ..models import PRESETS
+from .checks import (dir_setting_problem, hub_id_problem, looks_local, model_dir_problem,
+                     source_path_problem)
 from .schema import DEFAULTS, RunConfig, Strict
 
 
@@ -99,13 +101,25 @@ def _duplicate_keys(node: yaml.Node, path: str = "") -> list[str]:
 
 
 def read_config_yaml(path: str | Path) -> tuple[Any, list[str]]:
-    """Parse a YAML file; returns (data, duplicate-key errors)."""
-    text = Path(path).read_text()
+    """Parse a YAML file; returns (data, duplicate-key errors).
+
+    Raises:
+        ConfigError: not UTF-8 text, binary, unreadable, not YAML, or empty.
+    """
+    try:
+        text = _io.read_text_checked(path)
+    except _io.DamagedFile as exc:
+        raise ConfigError([exc.why], str(path)) from None
+    if not text.strip() or all(not ln.strip() or ln.lstrip().startswith("#") for ln in text.splitlines()):
+        raise ConfigError(["empty file: expected a matrix (name:, defaults:, runs:) or a run config"],
+                          str(path))
     try:
         node = yaml.compose(text, Loader=_Loader)
         data = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as exc:
-        raise ConfigError([f"not valid YAML: {exc}"], str(path)) from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError([f"not valid YAML{where}: {getattr(exc, 'problem', None) or exc}"], str(path)) from None
     return data, (_duplicate_keys(node) if node is not None else [])
 
 
@@ -243,8 +257,10 @@ def model_depth(spec: str) -> int | None:
 
 
 def _model_problem(spec: str) -> str | None:
-    if "/" in spec or spec.startswith(("~", ".")) or Path(spec).expanduser().exists():
-        return None  # hub id or path: checked when it loads
+    if looks_local(spec):
+        return model_dir_problem(spec)
+    if "/" in spec:
+        return hub_id_problem(spec)  # reachability: the runner's preflight, before any task
     if spec not in PRESETS:
         return (f"unknown model {spec!r}: not a preset ({', '.join(PRESETS)}), "
                 "not an existing directory and not a hub id (owner/name)")
@@ -261,7 +277,7 @@ def source_forms() -> tuple[list[str], tuple[str, ...]]:
 def _source_problem(source: str) -> str | None:
     names, prefixes = source_forms()
     if source in names or (source.startswith(prefixes) and source.split(":", 1)[1]):
-        return None
+        return source_path_problem(source)
     return (f"unknown dataset source {source!r}; valid: {', '.join(names)}, "
             f"or {', '.join(p + '<...>' for p in prefixes)}")
 
@@ -295,6 +311,9 @@ def _semantic_problems(raw: dict, depths: dict[str, int | None], *,
     n_eval, n_test = get("data.eval_subset_size", int), get("data.synthetic_test", int)
     if ds == "synthetic" and n_eval and n_test and n_eval > n_test:
         errs.append(("data.eval_subset_size", f"{n_eval} eval images > data.synthetic_test {n_test}"))
+    for key in ("data.cache_dir", "data.data_root"):
+        if (p := dir_setting_problem(_get(raw, key))) is not None:
+            errs.append((key, p))
     kind, lam = get("regularizer.kind", str), get("regularizer.lam", (int, float))
     if cross_field and kind in ("apr", "entropy_floor") and lam is not None and lam <= 0:
         errs.append(("regularizer.lam", f"regularizer {kind} needs lam > 0"))
@@ -578,11 +597,16 @@ def read_recorded_config(path: str | Path) -> RunConfig:
 def load_run_config(path: str | Path, overrides: list[str] | tuple = ()) -> RunConfig:
     """Read and validate one RunConfig YAML file (e.g. a run's config.yaml)."""
     data, dups = read_config_yaml(path)
-    if data is None:
-        data = {}
-    errors = list(dups)
+    return run_config_from_dict(data, overrides=overrides, source=str(path), extra_errors=dups)
+
+
+def run_config_from_dict(data: Any, *, overrides: list[str] | tuple = (), source: str | None = None,
+                         extra_errors: list[str] | None = None) -> RunConfig:
+    """Validate one RunConfig given as a dict (plus `--set` overrides); ConfigError lists all problems."""
+    errors = list(extra_errors or [])
     if not isinstance(data, dict):
-        raise ConfigError(["expected a mapping of RunConfig fields"], str(path))
+        raise ConfigError(errors + ["expected a mapping of RunConfig fields"], source)
+    data = json.loads(json.dumps(data))
     for item in overrides:
         key, _sep, text = item.partition("=")
         _set(data, key.strip(), parse_value(text))
@@ -596,5 +620,5 @@ def load_run_config(path: str | Path, overrides: list[str] | tuple = ()) -> RunC
     errors.extend(f"{field}: {msg}" for field, msg in
                   _semantic_problems(data, {}, cross_field=cfg is None and not cross_checked))
     if errors:
-        raise ConfigError(errors, str(path))
+        raise ConfigError(errors, source)
     return cfg

@@ -19,6 +19,8 @@ from ..config import MatrixConfig, load_matrix
 from .collect import write_results
 from .executors import dispatch
 from .locks import read_lock
+from .preflight import check_hub as check_hub_access
+from .preflight import hub_needs
 from .tasks import Task, TrainFn, matrix_of, plan, run_state
 
 
@@ -26,7 +28,7 @@ def run_matrix(matrix: MatrixConfig | str | Path, out_dir: str | Path | None = N
                only: str | list[str] | None = None, executor: str = "local",
                gpus: int | str | list[int] | None = None, runs_per_gpu: int = 1,
                train_fn: TrainFn | None = None, baseline_fn: Callable[[Task], Any] | None = None,
-               executor_options: dict | None = None, analyze: bool = True,
+               executor_options: dict | None = None, analyze: bool = True, check_hub: bool = True,
                log: Callable[[str], None] = print) -> dict:
     """Run every task of a matrix that is not done yet, then collect and analyse.
 
@@ -42,6 +44,8 @@ def run_matrix(matrix: MatrixConfig | str | Path, out_dir: str | Path | None = N
         baseline_fn: `f(task)` measuring one E1 baseline (default `train.baseline`).
         executor_options: executor settings (Ray: `init` kwargs; Slurm: submitit parameters).
         analyze: write results.csv and run stats, figures and the report afterwards.
+        check_hub: before any task, check every hub model and dataset the unfinished
+            tasks need is cached or reachable (preflight.py).
         log: where progress lines and the summary table go.
 
     Returns:
@@ -50,12 +54,18 @@ def run_matrix(matrix: MatrixConfig | str | Path, out_dir: str | Path | None = N
 
     Raises:
         ConfigError: an invalid matrix or an `only` that matches nothing (before any work).
+        HubUnavailable: the hub is unreachable and something needed is not cached
+            (before any work; the message names it and the offline routes).
     """
     if not isinstance(matrix, MatrixConfig):
         matrix = load_matrix(matrix)
     t0 = time.time()
     out = Path(out_dir) if out_dir is not None else Path("runs") / matrix.name
     tasks = plan(matrix, out, only)
+    if check_hub:
+        todo = [t for t in tasks if run_state(t) != "done"]
+        check_hub_access(hub_needs([(t.id, t.config) for t in todo if t.kind == "run"],
+                                   [(t.id, t.config) for t in todo if t.kind == "baseline"]), log=log)
     out.mkdir(parents=True, exist_ok=True)
     _io.write_yaml(out / "matrix.yaml", matrix.model_dump(mode="json"))
     _io.write_json(out / "env.json", _io.environment())
