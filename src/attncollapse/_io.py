@@ -181,6 +181,53 @@ def write_text(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text)
 
 
+class PlainProgress:
+    """A progress bar for logs: one plain line every `every` seconds (and at the end)
+    instead of tqdm's carriage-return redraws, which fill a log file with thousands of
+    partial lines. Same calls as the tqdm bar it replaces: update, set_postfix, close."""
+
+    def __init__(self, total: int, initial: int = 0, desc: str = "", every: float = 10.0, stream=None):
+        import sys
+        import time
+
+        self.total, self.n, self.desc, self.every = total, initial, desc, every
+        self.stream = stream or sys.stderr
+        self._clock = time.monotonic
+        self._t0 = self._last = self._clock()
+        self._n0, self._postfix = initial, ""
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        if self._clock() - self._last >= self.every:
+            self._print()
+
+    def set_postfix(self, **kw: Any) -> None:
+        self._postfix = " ".join(f"{k} {v}" for k, v in kw.items())
+
+    def close(self) -> None:
+        if self.n != self._n0 or self._postfix:
+            self._print()
+
+    def _print(self) -> None:
+        now = self._clock()
+        rate = (self.n - self._n0) / max(now - self._t0, 1e-9)
+        pct = 100.0 * self.n / self.total if self.total else 100.0
+        print(f"{self.desc}: step {self.n}/{self.total} ({pct:.0f}%) {rate:.2f} step/s {self._postfix}".rstrip(),
+              file=self.stream, flush=True)
+        self._last = now
+
+
+def progress(total: int, initial: int = 0, desc: str = "", **kw: Any):
+    """tqdm on a terminal; `PlainProgress` when stderr is a file or a pipe (a log)."""
+    import sys
+
+    if sys.stderr.isatty():
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True, **kw)
+    return PlainProgress(total, initial, desc)
+
+
 def git_commit(start: str | os.PathLike | None = None) -> str | None:
     """The git commit of the checkout holding `start` (default: this package), or None."""
     where = Path(start) if start else Path(__file__).resolve().parent
