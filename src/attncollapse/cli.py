@@ -83,9 +83,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .study import run_analysis
+    from .study import matrix_of, run_analysis
 
-    state = run_analysis(args.dir)
+    matrix = matrix_of(Path(args.dir))  # a missing or damaged matrix.yaml: one line from main
+    state = run_analysis(args.dir, matrix=matrix)
     for stage, s in state.items():
         print(f"{stage:>8}: {s}")
     return 1 if any(s.startswith("failed") for s in state.values()) else 0

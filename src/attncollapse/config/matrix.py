@@ -585,7 +585,8 @@ def read_recorded_config(path: str | Path) -> RunConfig:
     Raises:
         DamagedFile: unreadable, not YAML, or not a valid RunConfig (naming the file).
     """
-    fix = "it is rewritten when the run is trained again (delete the run directory and `attncollapse run`)"
+    fix = (f"delete {Path(path).parent / 'final.json'} and `attncollapse run` the matrix: the run "
+           "resumes from its last checkpoint and rewrites it")
     data = _io.read_yaml_checked(path, fix=fix)
     try:
         return RunConfig.model_validate(data)
