@@ -118,7 +118,9 @@ def _hf(arg: str, cfg: Any, image_size: int, *, image_column: str | None = None,
 
     if not arg:
         raise DataError("hf: needs a dataset id or directory, e.g. hf:tanganke/eurosat")
+    full = arg
     arg, image_column, label_column = _column_options(arg, image_column, label_column)
+    opts = full[len(arg):]  # "#label=..." is part of the name: another column is another cache entry
     path = Path(arg).expanduser()
     local = arg.startswith((".", "/", "~")) or path.exists()
     try:
@@ -127,10 +129,10 @@ def _hf(arg: str, cfg: Any, image_size: int, *, image_column: str | None = None,
                 raise DataError(f"hf: dataset directory {path} does not exist")
             saved = (path / "dataset_dict.json").exists() or (path / "state.json").exists()
             ds = hfd.load_from_disk(str(path)) if saved else hfd.load_dataset(str(path))
-            name = f"hf:{path.resolve()}"
+            name = f"hf:{path.resolve()}{opts}"
         else:
             ds = hfd.load_dataset(arg)  # downloads on first use (HF cache afterwards)
-            name = f"hf:{arg}"
+            name = f"hf:{arg}{opts}"
     except DataError:
         raise
     except Exception as e:
