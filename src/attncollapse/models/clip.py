@@ -37,9 +37,9 @@ def load_clip(spec: str, *, seed: int = 0, attn_implementation: str = "sdpa") ->
             model = CLIPModel(config)
         return model.eval()
     if spec.endswith(".pt") and Path(spec).is_file():
-        raise NotImplementedError(
-            f"{spec}: OpenAI .pt checkpoints are not supported yet; convert them with "
-            "transformers' convert_clip_original_pytorch_to_hf.py and pass the directory"
+        raise ValueError(
+            f"{spec}: a checkpoint file, not a model directory; convert it with "
+            f"`attncollapse convert {spec} <dir>` and pass <dir>"
         )
     path = Path(spec).expanduser()
     if spec.startswith((".", "/", "~")) and not path.exists():
