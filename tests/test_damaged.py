@@ -203,3 +203,18 @@ def test_one_changed_image_anywhere_in_the_cache_is_caught(tmp_path):
     np.testing.assert_array_equal(rebuilt, first)
     manifest = _io.read_json(entry / "manifest.json")
     assert manifest["images_hash"].split(":")[0] in ("xxh3_128", "sha256")
+
+
+def test_full_disk_while_writing_names_the_file(tmp_path, capsys, monkeypatch):
+    """`run` itself hitting ENOSPC (writing matrix.yaml): one line naming the file."""
+    import attncollapse.study.runner as runner
+
+    def no_space(path, obj):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(runner._io, "write_yaml", no_space)
+    m = tmp_path / "m.yaml"
+    m.write_text("name: t\ndefaults: {model: tiny, dataset: synthetic, zeroshot: {enabled: false}}\nruns: {E2: {}}\n")
+    assert main(["run", str(m), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: disk full: {tmp_path / 'o' / 'matrix.yaml'} (free space there, or write elsewhere with --out)\n"

@@ -158,10 +158,10 @@ def disk_full_message(exc: BaseException, path: str | os.PathLike) -> str | None
 
     seen = 0
     while exc is not None and seen < 8:
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            return f"disk full: {path} (free space there, or write elsewhere with --out)"
-        if "No space left on device" in str(exc):
-            return f"disk full: {path} (free space there, or write elsewhere with --out)"
+        full = isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        if full or "No space left on device" in str(exc):
+            where = (getattr(exc, "filename", None) if full else None) or path
+            return f"disk full: {where} (free space there, or write elsewhere with --out)"
         exc, seen = exc.__cause__ or exc.__context__, seen + 1
     return None
 

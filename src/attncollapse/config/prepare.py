@@ -54,12 +54,12 @@ def prepare(path: str | Path, overrides: list[str] | tuple = (), *, need_matrix:
     path = resolve_config_path(path)
     data, dups = read_config_yaml(path)
     if not isinstance(data, dict):
-        raise ConfigError(dups + [f"expected a mapping: a matrix (name:, defaults:, runs:) or a run "
-                                  f"config, found a {type(data).__name__}"], str(path))
+        found = f"expected a mapping: a matrix (name:, defaults:, runs:) or a run config, found a {type(data).__name__}"
+        raise ConfigError([*dups, found], str(path))
     if is_matrix(data) or need_matrix:
         if need_matrix and not is_matrix(data):
-            raise ConfigError(["a single run's config, not a matrix: give it as `runs: {<id>: {...}}` "
-                               "under `name:` (see configs/demo.yaml)"], str(path))
+            why = "a single run's config, not a matrix: give it as `runs: {<id>: {...}}` under `name:` (see configs/demo.yaml)"
+            raise ConfigError([why], str(path))
         matrix = matrix_from_dict(data, overrides=overrides, source=str(path), extra_errors=dups)
         return Prepared(path, matrix=matrix,
                         warnings=collect_warnings([(r.id, r.config) for r in matrix.expand()]))
