@@ -13,13 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_runner import fake_baseline, fake_train
 
 from attncollapse import _io
 from attncollapse.analysis.table import Run
 from attncollapse.cli import main
 from attncollapse.config import matrix_from_dict
 from attncollapse.study import execute_task, plan, run_matrix, status
-from test_runner import fake_baseline, fake_train
 
 # A kill mid-write (truncated), an emptied file, `{}`, binary junk, a valid object that
 # is not a result: each must read as "not done".
@@ -181,9 +181,9 @@ def test_orphan_checkpoint_temp_dirs_are_removed_and_a_damaged_run_recovers_iden
 
 def test_one_changed_image_anywhere_in_the_cache_is_caught(tmp_path):
     """The old check hashed 64 evenly spaced images; an image between them went unseen."""
+    from attncollapse.data import RawSplit
     from attncollapse.data.cache import cached_images
     from attncollapse.data.sources import ArrayReader
-    from attncollapse.data import RawSplit
 
     n, size = 200, 8
     rng = np.random.default_rng(0)

@@ -107,9 +107,8 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     from . import _io
     from .config import DataConfig, EvalConfig, RunConfig, ZeroShotConfig
     from .measure import format_table
-    from .train import baseline
-
     from .study import check_hub, hub_needs
+    from .train import baseline
 
     data_cfg = DataConfig(eval_subset_size=args.eval_images)
     zs_cfg = ZeroShotConfig(datasets=args.zeroshot) if args.zeroshot else ZeroShotConfig(enabled=False)

@@ -8,12 +8,14 @@ the same file reading, the same errors, the same warnings.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from pathlib import Path
 from typing import Any
 
 from ..data import HF_SHORTCUTS
+from ..data import known_sources as listed_sources
 from ..data.base import IMAGE_EXTENSIONS
 from ..models import PRESETS
 
@@ -32,6 +34,9 @@ KNOWN_TRAIN_IMAGES = {"eurosat": 21_600, "pets": 3_680, "cifar100": 50_000, "dig
 # one A100-class GPU, is ~2,000 images/s (the reports' setting); a smaller model is faster,
 # so this errs toward warning late, never early.
 IMAGES_PER_GPU_DAY = 2_000 * 86_400
+
+# Vision-tower depth of hub ids named like OpenAI's CLIP releases.
+_HUB_DEPTH = {"base": 12, "large": 24, "huge": 32}
 
 
 def looks_local(spec: str) -> bool:
@@ -115,6 +120,58 @@ def dir_setting_problem(value: Any) -> str | None:
         if q.exists():
             return None if q.is_dir() else f"{q} is a file, so {p} cannot be a directory"
     return None
+
+
+def model_depth(spec: str) -> int | None:
+    """Encoder layers of a model spec, where knowable without loading weights.
+
+    Presets (models.PRESETS), local directories with a config.json, and hub ids named
+    like OpenAI's releases (`*clip-vit-base-patch32*` → 12); None when unknown.
+    """
+    p = Path(spec).expanduser()
+    if (p / "config.json").is_file():
+        try:
+            cfg = json.loads((p / "config.json").read_text())
+        except (OSError, ValueError):
+            return None
+        vision = cfg.get("vision_config", cfg)
+        n = vision.get("num_hidden_layers")
+        return int(n) if isinstance(n, int) else (12 if "vision_config" in cfg else None)
+    m = re.search(r"clip-vit-(base|large|huge)-patch\d+", spec.lower())
+    if m:
+        return _HUB_DEPTH[m.group(1)]
+    if "/" not in spec and not p.exists():
+        if spec in PRESETS:
+            return PRESETS[spec]().vision_config.num_hidden_layers
+    return None
+
+
+def model_problem(spec: str) -> str | None:
+    """Why `spec` is not a preset, a loadable local model directory or a hub id, or None."""
+    if looks_local(spec):
+        return model_dir_problem(spec)
+    if "/" in spec:
+        return hub_id_problem(spec)  # reachability: the runner's preflight, before any task
+    if spec not in PRESETS:
+        return (f"unknown model {spec!r}: not a preset ({', '.join(PRESETS)}), "
+                "not an existing directory and not a hub id (owner/name)")
+    return None
+
+
+def source_forms() -> tuple[list[str], tuple[str, ...]]:
+    """(named sources, "kind:" prefixes) a dataset may be: from `sources.known_sources()`."""
+    entries = listed_sources()
+    return ([e for e in entries if ":" not in e],
+            tuple(e.split(":")[0] + ":" for e in entries if ":" in e))
+
+
+def source_problem(source: str) -> str | None:
+    """Why `source` is not a dataset source (or names a missing local folder), or None."""
+    names, prefixes = source_forms()
+    if source in names or (source.startswith(prefixes) and source.split(":", 1)[1]):
+        return source_path_problem(source)
+    return (f"unknown dataset source {source!r}; valid: {', '.join(names)}, "
+            f"or {', '.join(p + '<...>' for p in prefixes)}")
 
 
 def train_images(cfg: Any) -> int | None:

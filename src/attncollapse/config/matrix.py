@@ -19,12 +19,8 @@ import yaml
 from pydantic import BaseModel, Field, PrivateAttr, ValidationError
 
 from .. import _io
-from ..data import known_sources as listed_sources
-from ..models import PRESETS
-from .checks import (dir_setting_problem, hub_id_problem, looks_local, model_dir_problem,
-                     source_path_problem)
+from .checks import dir_setting_problem, model_depth, model_problem, source_problem
 from .schema import DEFAULTS, RunConfig, Strict
-
 
 # --- matrices: defaults + per-run deltas + sweeps ----------------------------------------
 # A study is `defaults:` (a partial RunConfig) plus `runs:` keyed by the reports' ids,
@@ -41,10 +37,6 @@ SWEEP_LABELS = {
     "freeze_layers": "freeze", "lora.rank": "r", "lora.alpha": "alpha", "lora.targets": "",
     "regularizer.lam": "lam", "regularizer.kind": "", "method": "", "dataset": "", "model": "",
 }
-
-
-# Vision-tower depth of hub ids named like OpenAI's CLIP releases.
-_HUB_DEPTH = {"base": 12, "large": 24, "huge": 32}
 
 
 class ConfigError(ValueError):
@@ -232,56 +224,6 @@ def _pydantic_errors(exc, base_loc: str, sweep_locs: dict[str, str]) -> list[tup
     return out
 
 
-def model_depth(spec: str) -> int | None:
-    """Encoder layers of a model spec, where knowable without loading weights.
-
-    Presets (models.PRESETS), local directories with a config.json, and hub ids named
-    like OpenAI's releases (`*clip-vit-base-patch32*` → 12); None when unknown.
-    """
-    p = Path(spec).expanduser()
-    if (p / "config.json").is_file():
-        try:
-            cfg = json.loads((p / "config.json").read_text())
-        except (OSError, ValueError):
-            return None
-        vision = cfg.get("vision_config", cfg)
-        n = vision.get("num_hidden_layers")
-        return int(n) if isinstance(n, int) else (12 if "vision_config" in cfg else None)
-    m = re.search(r"clip-vit-(base|large|huge)-patch\d+", spec.lower())
-    if m:
-        return _HUB_DEPTH[m.group(1)]
-    if "/" not in spec and not p.exists():
-        if spec in PRESETS:
-            return PRESETS[spec]().vision_config.num_hidden_layers
-    return None
-
-
-def _model_problem(spec: str) -> str | None:
-    if looks_local(spec):
-        return model_dir_problem(spec)
-    if "/" in spec:
-        return hub_id_problem(spec)  # reachability: the runner's preflight, before any task
-    if spec not in PRESETS:
-        return (f"unknown model {spec!r}: not a preset ({', '.join(PRESETS)}), "
-                "not an existing directory and not a hub id (owner/name)")
-    return None
-
-
-def source_forms() -> tuple[list[str], tuple[str, ...]]:
-    """(named sources, "kind:" prefixes) a dataset may be: from `sources.known_sources()`."""
-    entries = listed_sources()
-    return ([e for e in entries if ":" not in e],
-            tuple(e.split(":")[0] + ":" for e in entries if ":" in e))
-
-
-def _source_problem(source: str) -> str | None:
-    names, prefixes = source_forms()
-    if source in names or (source.startswith(prefixes) and source.split(":", 1)[1]):
-        return source_path_problem(source)
-    return (f"unknown dataset source {source!r}; valid: {', '.join(names)}, "
-            f"or {', '.join(p + '<...>' for p in prefixes)}")
-
-
 def _semantic_problems(raw: dict, depths: dict[str, int | None], *,
                        cross_field: bool = False) -> list[tuple[str, str]]:
     """(field, message) for what pydantic cannot check: sources, model spec, layers to freeze.
@@ -294,14 +236,14 @@ def _semantic_problems(raw: dict, depths: dict[str, int | None], *,
         return v if isinstance(v, typ) and not isinstance(v, bool) else None
 
     errs = []
-    if (ds := get("dataset", str)) is not None and (p := _source_problem(ds)) is not None:
+    if (ds := get("dataset", str)) is not None and (p := source_problem(ds)) is not None:
         errs.append(("dataset", p))
     if _get(raw, "zeroshot.enabled", True) is not False:
         for i, zs in enumerate(get("zeroshot.datasets", list) or []):
-            if isinstance(zs, str) and (p := _source_problem(zs)) is not None:
+            if isinstance(zs, str) and (p := source_problem(zs)) is not None:
                 errs.append((f"zeroshot.datasets[{i}]", p))
     model, freeze = get("model", str), get("freeze_layers", int)
-    if model is not None and (p := _model_problem(model)) is not None:
+    if model is not None and (p := model_problem(model)) is not None:
         errs.append(("model", p))
     elif model is not None and freeze:
         if model not in depths:
@@ -508,7 +450,7 @@ def _expand(matrix: MatrixConfig) -> list[PlannedRun]:
                 planned.append(PlannedRun(rid, entry, run_id.split("-")[0],
                                           cfg.model_copy(update={"seed": seed})))
     for i, ds in enumerate(matrix.baseline):
-        if (p := _source_problem(ds)) is not None:
+        if (p := source_problem(ds)) is not None:
             errors.append(f"baseline[{i}]: {p}")
     if errors:
         raise ConfigError(errors)
