@@ -195,6 +195,7 @@ class PlainProgress:
         self._clock = time.monotonic
         self._t0 = self._last = self._clock()
         self._n0, self._postfix = initial, ""
+        self._said: tuple | None = None  # (step, postfix) of the last line printed
 
     def update(self, n: int = 1) -> None:
         self.n += n
@@ -205,7 +206,7 @@ class PlainProgress:
         self._postfix = " ".join(f"{k} {v}" for k, v in kw.items())
 
     def close(self) -> None:
-        if self.n != self._n0 or self._postfix:
+        if (self.n != self._n0 or self._postfix) and self._said != (self.n, self._postfix):
             self._print()
 
     def _print(self) -> None:
@@ -214,7 +215,7 @@ class PlainProgress:
         pct = 100.0 * self.n / self.total if self.total else 100.0
         print(f"{self.desc}: step {self.n}/{self.total} ({pct:.0f}%) {rate:.2f} step/s {self._postfix}".rstrip(),
               file=self.stream, flush=True)
-        self._last = now
+        self._last, self._said = now, (self.n, self._postfix)
 
 
 def progress(total: int, initial: int = 0, desc: str = "", **kw: Any):
