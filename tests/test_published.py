@@ -61,7 +61,7 @@ def test_every_entry_names_its_table():
 
 
 def test_run_ids_are_the_reports_21_configurations_and_the_paper_matrix():
-    from attncollapse.matrix import load_matrix
+    from attncollapse.config import load_matrix
 
     runs = published_runs()
     assert list(runs) == REPORT_RUNS
