@@ -107,3 +107,132 @@ def test_help_is_cheap(capsys):
         main(["--help"])
     assert info.value.code == 0
     assert "run" in capsys.readouterr().out
+
+
+# --- broken configs: `validate` and `run` refuse each with the same one-line-per-problem error
+BASE = SMALL.replace("  zeroshot: {datasets: [synthetic], max_images: 24}\n", "")
+
+
+def _broken(tmp_path: Path) -> dict[str, tuple[bytes, str]]:
+    """name → (file content, what the error must say); `_make_paths` makes the paths it names."""
+    sub = lambda a, b: BASE.replace(a, b).encode()  # noqa: E731
+    return {
+        "empty file": (b"", "empty file"),
+        "only comments": (b"# nothing here\n", "empty file"),
+        "no runs": (b"name: x\ndefaults: {model: tiny, dataset: synthetic}\n", "runs: Field required"),
+        "batch_size true": (sub("batch_size: 32", "batch_size: true"), "defaults.optim.batch_size: Input should be a valid integer"),
+        "batch_size 1e12": (sub("batch_size: 32", "batch_size: 1e12"), "defaults.optim.batch_size: Input should be a valid integer"),
+        "epochs 1e12": (sub("epochs: 1,", "epochs: 1e12,"), "defaults.optim.epochs: Input should be less than or equal to 10000"),
+        "points_per_epoch 1e6": (sub("points_per_epoch: 2", "points_per_epoch: 1e6"), "defaults.eval.points_per_epoch: Input should be a valid integer"),
+        "seed a bool": (BASE.replace("name: small", "name: small\nseeds: [true]").encode(), "seeds.0: Input should be a valid integer"),
+        "missing imagefolder": (sub("dataset: synthetic", f"dataset: imagefolder:{tmp_path}/nope"), "does not exist"),
+        "imagefolder without images": (sub("dataset: synthetic", f"dataset: imagefolder:{tmp_path}/empty_folder"), "no image files"),
+        "missing hf dir": (sub("dataset: synthetic", f"dataset: hf:{tmp_path}/nope"), "save_to_disk"),
+        "missing model dir": (sub("model: tiny", f"model: {tmp_path}/nope"), f"model directory {tmp_path}/nope does not exist"),
+        "model dir without weights": (sub("model: tiny", f"model: {tmp_path}/no_weights"), "has no weights"),
+        "model .pt file": (sub("model: tiny", f"model: {tmp_path}/model.pt"), "attncollapse convert"),
+        "bad hub id": (sub("model: tiny", "model: models/vit-b/32"), "neither an existing directory nor a hub id"),
+        "cache_dir under a file": (sub("dataset: synthetic", f"dataset: synthetic\n  data: {{cache_dir: {tmp_path}/a_file/cache}}")
+                                   .replace(b"  data: {synthetic_train", b"  data2: {synthetic_train"), "is a file"),
+        "not UTF-8": ("name: caf\xe9\n".encode("latin-1"), "not UTF-8 text"),
+        "binary": (b"\x89PNG\r\n\x1a\n\0\0\0", "binary file"),
+        "bad YAML": (b"name: x\nruns: {E2: [\n", "not valid YAML at line"),
+        "a list": (b"- a\n- b\n", "expected a mapping"),
+    }
+
+
+BROKEN_NAMES = list(_broken(Path("/nonexistent")))
+
+
+def _make_paths(tmp_path: Path) -> None:
+    (tmp_path / "a_file").write_text("x")
+    (tmp_path / "no_weights").mkdir()
+    (tmp_path / "no_weights" / "config.json").write_text("{}")
+    (tmp_path / "empty_folder" / "cat").mkdir(parents=True)
+    (tmp_path / "model.pt").write_bytes(b"\0")
+
+
+@pytest.mark.parametrize("name", BROKEN_NAMES)
+def test_broken_config_refused_alike_by_validate_and_run(tmp_path, capsys, name):
+    _make_paths(tmp_path)
+    content, expected = _broken(tmp_path)[name]
+    path = tmp_path / "m.yaml"
+    path.write_bytes(content)
+    assert main(["validate", str(path)]) == 2
+    v_err = capsys.readouterr().err
+    out = tmp_path / "out"
+    assert main(["run", str(path), "--out", str(out)]) == 2
+    r_err = capsys.readouterr().err
+    assert expected in v_err, v_err
+    assert "Traceback" not in v_err + r_err
+    assert v_err == r_err  # one code path: the same errors, word for word
+    assert not out.exists()
+
+
+WARNED = {
+    "single image": ("data: {synthetic_train: 64", "data: {max_train_images: 1, synthetic_train: 64",
+                     "a single training image"),
+    "batch over dataset": ("batch_size: 32", "batch_size: 128", "optim.batch_size 128 > the 64 training images"),
+    "eval points beyond steps": ("points_per_epoch: 2", "points_per_epoch: 50",
+                                 "eval.points_per_epoch 50 > the 2 steps per epoch"),
+    "a GPU-day": ("dataset: synthetic", "dataset: eurosat", None),
+}
+
+
+@pytest.mark.parametrize("name", list(WARNED))
+def test_likely_typos_warned_alike_by_validate_and_run(tmp_path, capsys, name):
+    old, new, expected = WARNED[name]
+    text = BASE.replace(old, new)
+    if expected is None:  # 21,600 images × 9,000 epochs ≈ 1.9e8 images > a GPU-day at 2,000/s
+        text, expected = text.replace("epochs: 1,", "epochs: 9000,"), "GPU-days"
+    path = tmp_path / "m.yaml"
+    path.write_text(text)
+    assert main(["validate", str(path)]) == 0
+    v_err = capsys.readouterr().err
+    assert f"warning: E2, E4, R1-apr0.1: {expected}" in v_err or (expected in v_err and "warning:" in v_err), v_err
+    # run prints the same warnings before anything else (here it then stops at --only)
+    assert main(["run", str(path), "--out", str(tmp_path / "o"), "--only", "Q7"]) == 2
+    r_err = capsys.readouterr().err
+    assert r_err.startswith(v_err), (v_err, r_err)
+
+
+def test_clean_config_has_no_warnings(tmp_path, capsys):
+    path = tmp_path / "m.yaml"
+    path.write_text(BASE)
+    assert main(["validate", str(path)]) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_run_refuses_a_single_run_config_that_validate_accepts(tmp_path, capsys):
+    path = tmp_path / "run.yaml"
+    path.write_text("model: tiny\ndataset: synthetic\n")
+    assert main(["validate", str(path)]) == 0
+    assert main(["run", str(path), "--out", str(tmp_path / "o")]) == 2
+    assert "not a matrix" in capsys.readouterr().err
+
+
+def test_bug_gives_one_line_unless_debug(tmp_path, capsys, monkeypatch):
+    import attncollapse.study as study
+
+    def boom(*a, **k):
+        raise ZeroDivisionError("a real bug")
+
+    monkeypatch.setattr(study, "status", boom)
+    (tmp_path / "matrix.yaml").write_text("x")
+    assert main(["status", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.strip() == "error: ZeroDivisionError: a real bug (rerun with --debug for the traceback)"
+    with pytest.raises(ZeroDivisionError):
+        main(["status", str(tmp_path), "--debug"])
+
+
+def test_every_subcommand_has_a_description_and_positionals_have_help():
+    from attncollapse.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    for name, p in sub.choices.items():
+        assert p.description, name
+        for a in p._actions:
+            if not a.option_strings:
+                assert a.help, (name, a.dest)

@@ -182,6 +182,8 @@ def test_freeze_checked_against_hub_and_directory_depth(tmp_path):
     assert errs == ["runs.A3.sweep.freeze_layers[1]: cannot freeze 13 layers; openai/clip-vit-base-patch32 has 12"]
     unknown = tmp_path / "some-model"
     unknown.mkdir()
+    (unknown / "config.json").write_text("{}")  # a model directory whose depth is not written down
+    (unknown / "model.safetensors").write_bytes(b"")
     m = matrix_from_dict({"name": "t", "defaults": {"model": str(unknown), "dataset": "eurosat"},
                           "runs": {"A3": {"freeze_layers": 40}}})
     assert m.expand()[0].config.freeze_layers == 40  # unknown depth: not checked

@@ -139,16 +139,17 @@ def test_hf_named_columns_and_single_split(tmp_path):
 
     rng = np.random.default_rng(3)
     n = 40
-    feats = hfd.Features({"img": hfd.Image(), "coarse_label": hfd.ClassLabel(names=["a", "b"]),
+    # "image", not CIFAR-100's "img": that layout is recognised (test_offline.py)
+    feats = hfd.Features({"image": hfd.Image(), "coarse_label": hfd.ClassLabel(names=["a", "b"]),
                           "fine_label": hfd.ClassLabel(names=["c0", "c1", "c2", "c3"])})
-    ds = hfd.Dataset.from_dict({"img": [_rand_image(rng, 12, 12) for _ in range(n)],
+    ds = hfd.Dataset.from_dict({"image": [_rand_image(rng, 12, 12) for _ in range(n)],
                                 "coarse_label": [i % 2 for i in range(n)],
                                 "fine_label": [i % 4 for i in range(n)]}, features=feats)
     ds.save_to_disk(str(tmp_path / "one"))
     src = f"hf:{tmp_path / 'one'}"
     with pytest.raises(DataError, match="ClassLabel columns .*coarse_label, fine_label.*label_column"):
         load_test_split(src, _cfg(tmp_path), image_size=S)
-    cfg = _cfg(tmp_path, image_column="img", label_column="fine_label", eval_subset_size=8)
+    cfg = _cfg(tmp_path, image_column="image", label_column="fine_label", eval_subset_size=8)
     sp = load_splits(src, cfg, image_size=S)
     # no test split on disk: the fixed stratified 80/20 of `sources.SOURCE_SPLIT_SEED`
     assert (len(sp.train), len(sp.test)) == (32, 8)

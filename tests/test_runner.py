@@ -267,3 +267,31 @@ def test_affinity_orders_group_kinds_and_start_workers_apart():
         assert len(runs_of_keys) == n_keys  # each kind in one contiguous block
     assert len({key(order[0]) for order in orders}) == 3  # the workers start on different kinds
     assert [t.id for t in affinity_orders(tasks, 1)[0]][:3] == ["E1:synthetic", "E2", "A1-lr1e-06"]
+
+
+def test_plain_progress_prints_a_line_every_few_seconds_not_per_step():
+    import io
+
+    out = io.StringIO()
+    bar = _io.PlainProgress(total=1000, initial=200, desc="E2", every=10.0, stream=out)
+    now = [0.0]
+    bar._clock = lambda: now[0]
+    bar._t0 = bar._last = 0.0
+    for _ in range(800):  # 800 steps of 0.125 s: 100 s → a line every 10 s, not 800 redraws
+        now[0] += 0.125
+        bar.update(1)
+    bar.close()  # nothing new since the last line: no repeat
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 10 and "\r" not in out.getvalue()
+    assert lines[0] == "E2: step 280/1000 (28%) 8.00 step/s"
+    assert lines[-1] == "E2: step 1000/1000 (100%) 8.00 step/s"
+    bar.set_postfix(loss="0.123")
+    bar.close()
+    assert out.getvalue().splitlines()[-1] == "E2: step 1000/1000 (100%) 8.00 step/s loss 0.123"
+
+
+def test_progress_is_tqdm_only_on_a_terminal(monkeypatch):
+    import sys
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False, raising=False)
+    assert isinstance(_io.progress(10, 0, "x"), _io.PlainProgress)

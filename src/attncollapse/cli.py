@@ -28,11 +28,18 @@ def _kv(items: list[str] | None) -> dict:
     return dict(pairs)
 
 
+def _warn(lines: list[str]) -> None:
+    for line in lines:
+        print(f"warning: {line}", file=sys.stderr)
+
+
 def _run(args: argparse.Namespace, matrix_path: str) -> int:
-    from .config import load_matrix
+    from .config import prepare
     from .study import run_matrix
 
-    matrix = load_matrix(matrix_path, overrides=args.set or [])  # ConfigError → main
+    prep = prepare(matrix_path, args.set or [], need_matrix=True)  # validate's code path; ConfigError → main
+    _warn(prep.warnings)
+    matrix = prep.matrix
     out = args.out or str(Path("runs") / matrix.name)
     summary = run_matrix(matrix, out, only=args.only, executor=args.executor, gpus=args.gpus,
                          runs_per_gpu=args.runs_per_gpu, executor_options=_kv(args.executor_opt),
@@ -50,19 +57,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from .config import load_matrix, load_run_config, read_config_yaml, resolve_config_path
+    from .config import prepare
 
-    path = resolve_config_path(args.file)
-    data, _dups = read_config_yaml(path)
-    if isinstance(data, dict) and "runs" in data:
-        matrix = load_matrix(path, overrides=args.set or [])
+    prep = prepare(args.file, args.set or [])  # the code path of `run`: same errors, same warnings
+    path, matrix, cfg = prep.path, prep.matrix, prep.run
+    if matrix is not None:
         runs = matrix.expand()
         print(f"{path}: ok — matrix {matrix.name!r}, {len(runs)} runs"
               + (f" + E1 baseline on {', '.join(matrix.baseline)}" if matrix.baseline else ""))
         print("  " + " ".join(r.id for r in runs))
     else:
-        cfg = load_run_config(path, overrides=args.set or [])
         print(f"{path}: ok — run {cfg.id!r} ({cfg.method} on {cfg.dataset}, model {cfg.model})")
+    _warn(prep.warnings)
     return 0
 
 
@@ -74,9 +80,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .study import run_analysis
+    from .study import matrix_of, run_analysis
 
-    state = run_analysis(args.dir)
+    matrix = matrix_of(Path(args.dir))  # a missing or damaged matrix.yaml: one line from main
+    state = run_analysis(args.dir, matrix=matrix)
     for stage, s in state.items():
         print(f"{stage:>8}: {s}")
     return 1 if any(s.startswith("failed") for s in state.values()) else 0
@@ -95,12 +102,16 @@ def cmd_zeroshot(args: argparse.Namespace) -> int:
 
 def cmd_baseline(args: argparse.Namespace) -> int:
     from . import _io
-    from .config import DataConfig, EvalConfig, ZeroShotConfig
+    from .config import DataConfig, EvalConfig, RunConfig, ZeroShotConfig
     from .measure import format_table
+    from .study import check_hub, hub_needs
     from .train import baseline
 
     data_cfg = DataConfig(eval_subset_size=args.eval_images)
-    zs_cfg = ZeroShotConfig(datasets=args.zeroshot) if args.zeroshot else None
+    zs_cfg = ZeroShotConfig(datasets=args.zeroshot) if args.zeroshot else ZeroShotConfig(enabled=False)
+    cfg = RunConfig(model=args.model, dataset=args.data, data=data_cfg, zeroshot=zs_cfg)
+    check_hub(hub_needs([], [(f"E1:{args.data}", cfg)]))  # offline: one message, not 85 lines
+    zs_cfg = zs_cfg if args.zeroshot else None
     out = Path(args.out)
     result = baseline(args.model, args.data, data_cfg=data_cfg, eval_cfg=EvalConfig(), out_dir=out,
                       zeroshot_cfg=zs_cfg, device=args.device, out_name="baseline.json")
@@ -153,40 +164,62 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show the Python traceback of an error (for bug reports)")
     parser = argparse.ArgumentParser(
-        prog="attncollapse",
+        prog="attncollapse", parents=[common],
         description="Measure, control and report how fine-tuning reshapes CLIP's attention.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("run", help="run a matrix (skips finished runs, resumes partial ones)")
+    def add(name: str, help: str, description: str, **kw) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=description, parents=[common], **kw)
+
+    p = add("run", "run a matrix (skips finished runs, resumes partial ones)",
+            "Validate a matrix exactly as `validate` does, check the hub models and datasets it "
+            "needs are cached or reachable, then train every run not finished yet (resuming "
+            "interrupted ones), and write results.csv, stats, figures and the report.")
     p.add_argument("matrix", help="matrix YAML, or a packaged config: paper, demo, paper-shapes")
     _add_run_options(p)
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("demo", help="the whole study in miniature on CPU (runs/demo)")
+    p = add("demo", "the whole study in miniature on CPU (runs/demo)",
+            "The packaged demo matrix: a tiny random-init CLIP on synthetic and digits images, "
+            "every experiment family, a few CPU minutes, written to runs/demo.")
     _add_run_options(p)
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("validate", help="check a matrix or run config; print every problem")
-    p.add_argument("file")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE")
+    p = add("validate", "check a matrix or run config; print every problem",
+            "Check a matrix or a single run's config the way `run` does (same code path): "
+            "types, sources, local model and data directories, cache_dir; print every problem "
+            "with its location, and warnings for legal settings that are likely typos.")
+    p.add_argument("file", help="matrix or run config YAML, or a packaged config name (paper, demo)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field, as for run")
     p.set_defaults(func=cmd_validate)
 
-    p = sub.add_parser("status", help="where a matrix directory stands")
-    p.add_argument("dir")
+    p = add("status", "where a matrix directory stands",
+            "One line per task: done, damaged (final.json unreadable: `run` trains it again), "
+            "failed, running, stale-lock, partial or pending, with accuracy and Δentropy.")
+    p.add_argument("dir", help="a matrix directory written by `attncollapse run` (runs/<name>)")
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("report", help="results.csv, statistics, figures and report of a matrix directory")
-    p.add_argument("dir")
+    p = add("report", "results.csv, statistics, figures and report of a matrix directory",
+            "Rewrite results.csv, stats.json, the figures and report.md/html from the files of "
+            "a matrix directory; fails when no run has finished.")
+    p.add_argument("dir", help="a matrix directory written by `attncollapse run` (runs/<name>)")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("zeroshot", help="zero-shot evaluation of a finished run")
-    p.add_argument("run_dir")
+    p = add("zeroshot", "zero-shot evaluation of a finished run",
+            "Zero-shot accuracy of a finished run's selected checkpoint on the given sources, "
+            "merged into its final.json.")
+    p.add_argument("run_dir", help="a finished run's directory (runs/<matrix>/<run id>)")
     p.add_argument("--datasets", nargs="+", help="zero-shot sources (default: the run's config)")
     p.add_argument("--device", default=None)
     p.set_defaults(func=cmd_zeroshot)
 
-    p = sub.add_parser("baseline", help="E1: attention structure of a pretrained model")
+    p = add("baseline", "E1: attention structure of a pretrained model",
+            "Experiment E1: the pretrained model's per-layer attention metrics on a dataset's "
+            "fixed eval subset (and zero-shot accuracy), with the baseline figure.")
     p.add_argument("--model", required=True, help="hub id, local directory or preset (tiny)")
     p.add_argument("--data", required=True, help="dataset source (eurosat, pets, synthetic, hf:<id>, ...)")
     p.add_argument("--out", required=True, help="directory for baseline.json and fig2_baseline_structure.png")
@@ -198,8 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     desc = ("Convert an OpenAI TorchScript ViT-*.pt archive or an OpenCLIP ViT state dict into a "
             "Hugging Face CLIPModel directory (config.json, model.safetensors) for --model. "
             "ResNet, timm-tower and SigLIP checkpoints are refused.")
-    p = sub.add_parser("convert", help="OpenAI/OpenCLIP checkpoint -> Hugging Face directory",
-                       description=desc)
+    p = add("convert", "OpenAI/OpenCLIP checkpoint -> Hugging Face directory", desc)
     p.add_argument("src", help="OpenAI ViT-*.pt, or open_clip_pytorch_model.bin / .safetensors / .pt")
     p.add_argument("out", help="directory to write (config.json, model.safetensors, ...)")
     p.add_argument("--act", choices=["quick_gelu", "gelu"],
@@ -218,19 +250,43 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the console script; returns the exit status (tests call it in-process)."""
+def _user_error(exc: BaseException) -> str | None:
+    """The one line a user's mistake, a damaged file, a full disk or an unreachable hub
+    gets instead of a traceback; None for anything else (a bug)."""
+    from . import _io
     from .config import ConfigError
+    from .data import DataError
+    from .study import HubUnavailable
 
+    if (full := _io.disk_full_message(exc, Path.cwd())) is not None:
+        return full
+    if isinstance(exc, (ConfigError, _io.DamagedFile, DataError, HubUnavailable, FileNotFoundError)):
+        return str(exc)
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script; returns the exit status (tests call it in-process).
+
+    A user's mistake or a damaged file prints one "error: ..." and returns 2; any other
+    exception prints one line too, unless `--debug` asks for the traceback.
+    """
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except FileNotFoundError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        print("interrupted (finished runs are kept; `attncollapse run` resumes the rest)", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if getattr(args, "debug", False):
+            raise
+        msg = _user_error(exc)
+        if msg is not None:
+            print(f"error: {msg}", file=sys.stderr)
+            return 2
+        print(f"error: {type(exc).__name__}: {exc}".splitlines()[0]
+              + " (rerun with --debug for the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

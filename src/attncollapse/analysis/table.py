@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .._io import read_json, read_yaml, write_text
+from .._io import read_json, read_json_checked, read_yaml, write_text
 
 METRICS = ("entropy", "erf", "gini", "head_diversity")
 
@@ -135,7 +135,9 @@ class Run:
     def history(self) -> dict | None:
         """history.json, read on first use (figures only)."""
         if self._history is None and (self.dir / "history.json").exists():
-            self._history = read_json(self.dir / "history.json")
+            self._history = read_json_checked(
+                self.dir / "history.json", ("points",),
+                fix=f"delete {self.dir / 'final.json'} and rerun `attncollapse run` to rewrite it")
         return self._history
 
     def delta(self, metric: str = "entropy") -> float | None:

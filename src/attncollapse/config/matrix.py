@@ -18,10 +18,9 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, Field, PrivateAttr, ValidationError
 
-from ..data import known_sources as listed_sources
-from ..models import PRESETS, num_layers
+from .. import _io
+from .checks import dir_setting_problem, model_depth, model_problem, source_problem
 from .schema import DEFAULTS, RunConfig, Strict
-
 
 # --- matrices: defaults + per-run deltas + sweeps ----------------------------------------
 # A study is `defaults:` (a partial RunConfig) plus `runs:` keyed by the reports' ids,
@@ -38,10 +37,6 @@ SWEEP_LABELS = {
     "freeze_layers": "freeze", "lora.rank": "r", "lora.alpha": "alpha", "lora.targets": "",
     "regularizer.lam": "lam", "regularizer.kind": "", "method": "", "dataset": "", "model": "",
 }
-
-
-# Vision-tower depth of hub ids named like OpenAI's CLIP releases.
-_HUB_DEPTH = {"base": 12, "large": 24, "huge": 32}
 
 
 class ConfigError(ValueError):
@@ -114,13 +109,25 @@ def _duplicate_keys(node: yaml.Node, path: str = "") -> list[str]:
 
 
 def read_config_yaml(path: str | Path) -> tuple[Any, list[str]]:
-    """Parse a YAML file; returns (data, duplicate-key errors)."""
-    text = Path(path).read_text()
+    """Parse a YAML file; returns (data, duplicate-key errors).
+
+    Raises:
+        ConfigError: not UTF-8 text, binary, unreadable, not YAML, or empty.
+    """
+    try:
+        text = _io.read_text_checked(path)
+    except _io.DamagedFile as exc:
+        raise ConfigError([exc.why], str(path)) from None
+    if not text.strip() or all(not ln.strip() or ln.lstrip().startswith("#") for ln in text.splitlines()):
+        raise ConfigError(["empty file: expected a matrix (name:, defaults:, runs:) or a run config"],
+                          str(path))
     try:
         node = yaml.compose(text, Loader=_Loader)
         data = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as exc:
-        raise ConfigError([f"not valid YAML: {exc}"], str(path)) from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError([f"not valid YAML{where}: {getattr(exc, 'problem', None) or exc}"], str(path)) from None
     return data, (_duplicate_keys(node) if node is not None else [])
 
 
@@ -233,54 +240,6 @@ def _pydantic_errors(exc, base_loc: str, sweep_locs: dict[str, str]) -> list[tup
     return out
 
 
-def model_depth(spec: str) -> int | None:
-    """Encoder layers of a model spec, where knowable without loading weights.
-
-    Presets (models.PRESETS), local directories with a config.json, and hub ids named
-    like OpenAI's releases (`*clip-vit-base-patch32*` → 12); None when unknown.
-    """
-    p = Path(spec).expanduser()
-    if (p / "config.json").is_file():
-        try:
-            cfg = json.loads((p / "config.json").read_text())
-        except (OSError, ValueError):
-            return None
-        vision = cfg.get("vision_config", cfg)
-        n = vision.get("num_hidden_layers")
-        return int(n) if isinstance(n, int) else (12 if "vision_config" in cfg else None)
-    m = re.search(r"clip-vit-(base|large|huge)-patch\d+", spec.lower())
-    if m:
-        return _HUB_DEPTH[m.group(1)]
-    if "/" not in spec and not p.exists():
-        if spec in PRESETS:
-            return num_layers(spec)
-    return None
-
-
-def _model_problem(spec: str) -> str | None:
-    if "/" in spec or spec.startswith(("~", ".")) or Path(spec).expanduser().exists():
-        return None  # hub id or path: checked when it loads
-    if spec not in PRESETS:
-        return (f"unknown model {spec!r}: not a preset ({', '.join(PRESETS)}), "
-                "not an existing directory and not a hub id (owner/name)")
-    return None
-
-
-def source_forms() -> tuple[list[str], tuple[str, ...]]:
-    """(named sources, "kind:" prefixes) a dataset may be: from `sources.known_sources()`."""
-    entries = listed_sources()
-    return ([e for e in entries if ":" not in e],
-            tuple(e.split(":")[0] + ":" for e in entries if ":" in e))
-
-
-def _source_problem(source: str) -> str | None:
-    names, prefixes = source_forms()
-    if source in names or (source.startswith(prefixes) and source.split(":", 1)[1]):
-        return None
-    return (f"unknown dataset source {source!r}; valid: {', '.join(names)}, "
-            f"or {', '.join(p + '<...>' for p in prefixes)}")
-
-
 def _semantic_problems(raw: dict, depths: dict[str, int | None], *,
                        cross_field: bool = False) -> list[tuple[str, str]]:
     """(field, message) for what pydantic cannot check: sources, model spec, layers to freeze.
@@ -293,14 +252,14 @@ def _semantic_problems(raw: dict, depths: dict[str, int | None], *,
         return v if isinstance(v, typ) and not isinstance(v, bool) else None
 
     errs = []
-    if (ds := get("dataset", str)) is not None and (p := _source_problem(ds)) is not None:
+    if (ds := get("dataset", str)) is not None and (p := source_problem(ds)) is not None:
         errs.append(("dataset", p))
     if _get(raw, "zeroshot.enabled", True) is not False:
         for i, zs in enumerate(get("zeroshot.datasets", list) or []):
-            if isinstance(zs, str) and (p := _source_problem(zs)) is not None:
+            if isinstance(zs, str) and (p := source_problem(zs)) is not None:
                 errs.append((f"zeroshot.datasets[{i}]", p))
     model, freeze = get("model", str), get("freeze_layers", int)
-    if model is not None and (p := _model_problem(model)) is not None:
+    if model is not None and (p := model_problem(model)) is not None:
         errs.append(("model", p))
     elif model is not None and freeze:
         if model not in depths:
@@ -310,6 +269,9 @@ def _semantic_problems(raw: dict, depths: dict[str, int | None], *,
     n_eval, n_test = get("data.eval_subset_size", int), get("data.synthetic_test", int)
     if ds == "synthetic" and n_eval and n_test and n_eval > n_test:
         errs.append(("data.eval_subset_size", f"{n_eval} eval images > data.synthetic_test {n_test}"))
+    for key in ("data.cache_dir", "data.data_root"):
+        if (p := dir_setting_problem(_get(raw, key))) is not None:
+            errs.append((key, p))
     kind, lam = get("regularizer.kind", str), get("regularizer.lam", (int, float))
     if cross_field and kind in ("apr", "entropy_floor") and lam is not None and lam <= 0:
         errs.append(("regularizer.lam", f"regularizer {kind} needs lam > 0"))
@@ -504,7 +466,7 @@ def _expand(matrix: MatrixConfig) -> list[PlannedRun]:
                 planned.append(PlannedRun(rid, entry, run_id.split("-")[0],
                                           cfg.model_copy(update={"seed": seed})))
     for i, ds in enumerate(matrix.baseline):
-        if (p := _source_problem(ds)) is not None:
+        if (p := source_problem(ds)) is not None:
             errors.append(f"baseline[{i}]: {p}")
     if errors:
         raise ConfigError(errors)
@@ -573,14 +535,35 @@ def load_matrix(path: str | Path, overrides: list[str] | tuple = ()) -> MatrixCo
     return matrix_from_dict(data, overrides=overrides, source=str(path), extra_errors=dups)
 
 
+def read_recorded_config(path: str | Path) -> RunConfig:
+    """The RunConfig a run recorded in its config.yaml.
+
+    Raises:
+        DamagedFile: unreadable, not YAML, or not a valid RunConfig (naming the file).
+    """
+    fix = (f"delete {Path(path).parent / 'final.json'} and `attncollapse run` the matrix: the run "
+           "resumes from its last checkpoint and rewrites it")
+    data = _io.read_yaml_checked(path, fix=fix)
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        first = _pydantic_errors(exc, "", {})[0][1]
+        raise _io.DamagedFile(path, f"not a valid run config ({first}); {fix}") from None
+
+
 def load_run_config(path: str | Path, overrides: list[str] | tuple = ()) -> RunConfig:
     """Read and validate one RunConfig YAML file (e.g. a run's config.yaml)."""
     data, dups = read_config_yaml(path)
-    if data is None:
-        data = {}
-    errors = list(dups)
+    return run_config_from_dict(data, overrides=overrides, source=str(path), extra_errors=dups)
+
+
+def run_config_from_dict(data: Any, *, overrides: list[str] | tuple = (), source: str | None = None,
+                         extra_errors: list[str] | None = None) -> RunConfig:
+    """Validate one RunConfig given as a dict (plus `--set` overrides); ConfigError lists all problems."""
+    errors = list(extra_errors or [])
     if not isinstance(data, dict):
-        raise ConfigError(["expected a mapping of RunConfig fields"], str(path))
+        raise ConfigError(errors + ["expected a mapping of RunConfig fields"], source)
+    data = json.loads(json.dumps(data))
     pairs, bad = parse_assignments(overrides)
     errors.extend(bad)
     for key, value in pairs:
@@ -595,5 +578,5 @@ def load_run_config(path: str | Path, overrides: list[str] | tuple = ()) -> RunC
     errors.extend(f"{field}: {msg}" for field, msg in
                   _semantic_problems(data, {}, cross_field=cfg is None and not cross_checked))
     if errors:
-        raise ConfigError(errors, str(path))
+        raise ConfigError(errors, source)
     return cfg

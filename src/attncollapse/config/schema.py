@@ -15,7 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # strict: YAML's `true` is not a batch size and `1e12` is not an int (pydantic's lax
+    # mode would turn them into 1 and 1000000000000); an int still serves as a float.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True)
 
 
 class DataConfig(Strict):
@@ -73,7 +75,7 @@ class OptimConfig(Strict):
     """AdamW weight decay (reports: 0.01; R3: 0.0, 0.1)."""
     batch_size: int = Field(64, ge=1)
     """Training batch size (reports: 64)."""
-    epochs: float = Field(20, gt=0)
+    epochs: float = Field(20, gt=0, le=10_000)
     """Training epochs (reports: EuroSAT 20, Pets 30); fractions allowed for benchmarks."""
     warmup_frac: float = Field(0.05, ge=0, lt=1)
     """Linear warmup as a fraction of all steps (reports: 5%), then cosine to 0."""

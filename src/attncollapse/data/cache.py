@@ -33,7 +33,6 @@ from .base import DataError, RawSplit
 PREPROCESS_VERSION = 1
 """Bump when `preprocess` changes: every cache entry of an older version becomes stale."""
 
-_SAMPLED = 64  # images hashed into the manifest's sampled checksum
 _INPROCESS_BELOW = 512  # smaller splits are built without worker processes (start-up costs more)
 
 
@@ -78,15 +77,39 @@ def _labels_sha(labels: np.ndarray) -> str:
     return hashlib.sha256(np.asarray(labels, dtype=np.int64).tobytes()).hexdigest()
 
 
-def _sample_idx(n: int) -> np.ndarray:
-    return np.unique(np.linspace(0, n - 1, min(n, _SAMPLED)).round().astype(np.int64))
+def _hasher(algo: str):
+    """A new hash object of `algo`, or None when that algorithm is not available here."""
+    if algo == "xxh3_128":
+        try:
+            import xxhash
+        except ImportError:
+            return None
+        return xxhash.xxh3_128()
+    return hashlib.new(algo) if algo in hashlib.algorithms_available else None
 
 
-def _images_sha(images: np.ndarray) -> str:
-    h = hashlib.sha256()
-    for i in _sample_idx(len(images)):
-        h.update(np.ascontiguousarray(images[i]).tobytes())
-    return h.hexdigest()
+def _hash_algo() -> str:
+    """xxh3_128 where the optional `xxhash` is installed (~20 GB/s), else sha256 (~1 GB/s)."""
+    return "xxh3_128" if _hasher("xxh3_128") is not None else "sha256"
+
+
+def _images_sha(images: np.ndarray, algo: str | None = None) -> str | None:
+    """`<algo>:<hex>` over every byte of `images` (N, 3, S, S) uint8, or None when `algo`
+    is not available here.
+
+    All of it, not a sample: one changed image anywhere changes the digest. Read in
+    64 MiB chunks of the memory map, so memory stays flat (measured on 10k×3×224×224,
+    1.5 GB, page cache warm: xxh3_128 0.08 s, sha256 1.4 s, blake2b 1.7 s).
+    """
+    algo = algo or _hash_algo()
+    h = _hasher(algo)
+    if h is None:
+        return None
+    flat = np.ascontiguousarray(images).reshape(-1)  # a view of a C-ordered memory map: no copy
+    chunk = 1 << 26
+    for start in range(0, flat.size, chunk):
+        h.update(memoryview(flat[start:start + chunk]))
+    return f"{algo}:{h.hexdigest()}"
 
 
 def _manifest(raw: RawSplit, images: np.ndarray, source: str, split: str, size: int) -> dict:
@@ -94,7 +117,7 @@ def _manifest(raw: RawSplit, images: np.ndarray, source: str, split: str, size: 
         "version": PREPROCESS_VERSION, "source": source, "split": split, "image_size": size,
         "count": len(raw), "shape": list(images.shape), "dtype": "uint8",
         "source_fingerprint": raw.fingerprint, "labels_sha256": _labels_sha(raw.labels),
-        "images_sampled_sha256": _images_sha(images), "sampled": _SAMPLED,
+        "images_hash": _images_sha(images),
     }
 
 
@@ -117,8 +140,14 @@ def check_entry(d: Path, raw: RawSplit, size: int) -> str | None:
         return f"stale (cached {m.get('shape')}, expected {shape})"
     if list(images.shape) != shape or images.dtype != np.uint8:
         return f"corrupt (images.npy is {images.dtype}{list(images.shape)}, expected uint8{shape})"
-    if _images_sha(images) != m.get("images_sampled_sha256"):
-        return "corrupt (sampled image checksum mismatch)"
+    recorded = m.get("images_hash")
+    if not isinstance(recorded, str) or ":" not in recorded:
+        return "stale (no whole-image checksum: written by an older version)"
+    actual = _images_sha(images, recorded.split(":", 1)[0])
+    if actual is None:
+        return f"stale (hashed with {recorded.split(':', 1)[0]}, which is not installed here)"
+    if actual != recorded:
+        return "corrupt (image checksum mismatch: images.npy changed after it was written)"
     return None
 
 

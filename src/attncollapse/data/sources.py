@@ -118,6 +118,9 @@ def _hf(arg: str, cfg: Any, image_size: int, *, image_column: str | None = None,
 
     if not arg:
         raise DataError("hf: needs a dataset id or directory, e.g. hf:tanganke/eurosat")
+    full = arg
+    arg, image_column, label_column = _column_options(arg, image_column, label_column)
+    opts = full[len(arg):]  # "#label=..." is part of the name: another column is another cache entry
     path = Path(arg).expanduser()
     local = arg.startswith((".", "/", "~")) or path.exists()
     try:
@@ -126,10 +129,10 @@ def _hf(arg: str, cfg: Any, image_size: int, *, image_column: str | None = None,
                 raise DataError(f"hf: dataset directory {path} does not exist")
             saved = (path / "dataset_dict.json").exists() or (path / "state.json").exists()
             ds = hfd.load_from_disk(str(path)) if saved else hfd.load_dataset(str(path))
-            name = f"hf:{path.resolve()}"
+            name = f"hf:{path.resolve()}{opts}"
         else:
             ds = hfd.load_dataset(arg)  # downloads on first use (HF cache afterwards)
-            name = f"hf:{arg}"
+            name = f"hf:{arg}{opts}"
     except DataError:
         raise
     except Exception as e:
@@ -143,8 +146,12 @@ def _hf(arg: str, cfg: Any, image_size: int, *, image_column: str | None = None,
 
     feats = train.features
     cols = ", ".join(feats)
-    img_col = cfg.image_column or image_column
-    lab_col = cfg.label_column or label_column
+    # The source's own columns (a shortcut's pinned ones, or `#label=` in the source
+    # string) win over data.*_column, which a zero-shot set must not inherit from training.
+    img_col = image_column or cfg.image_column
+    lab_col = label_column or cfg.label_column
+    if lab_col is None and img_col is None:
+        img_col, lab_col = _known_layout(feats)
     if img_col is None:
         found = [c for c, f in feats.items() if isinstance(f, hfd.Image)]
         if len(found) != 1:
@@ -160,7 +167,8 @@ def _hf(arg: str, cfg: Any, image_size: int, *, image_column: str | None = None,
             lab_col = (preferred or found)[0]
         else:
             raise DataError(f"{name}: found {len(found)} ClassLabel columns ({', '.join(found) or 'none'}); "
-                            f"set data.label_column to one of: {cols}")
+                            f"name one in the source, e.g. hf:{arg}#label={(found or ['label'])[0]}, "
+                            f"or set data.label_column (training set only); columns: {cols}")
     elif lab_col not in feats:
         raise DataError(f"{name}: label column {lab_col!r} does not exist; available columns: {cols}")
 
@@ -188,6 +196,29 @@ def _hf(arg: str, cfg: Any, image_size: int, *, image_column: str | None = None,
     else:
         splits = {"train": make(train, "train"), "test": make(test, "test")}
     return Source(name, class_names, splits)
+
+
+def _column_options(arg: str, image: str | None, label: str | None) -> tuple[str, str | None, str | None]:
+    """Split `<id or dir>#label=<col>,image=<col>` into (id or dir, image column, label column)."""
+    arg, sep, opts = arg.partition("#")
+    for item in opts.split(",") if sep else []:
+        key, eq, value = item.partition("=")
+        if key.strip() not in ("label", "image") or not eq or not value.strip():
+            raise DataError(f"hf:{arg}#{opts}: expected #label=<column>,image=<column>")
+        if key.strip() == "label":
+            label = value.strip()
+        else:
+            image = value.strip()
+    return arg, image, label
+
+
+def _known_layout(feats: Any) -> tuple[str | None, str | None]:
+    """The pinned (image, label) columns of a shortcut whose layout `feats` has (a local copy
+    of CIFAR-100 saved with `save_to_disk` has img, fine_label, coarse_label), else (None, None)."""
+    for spec in HF_SHORTCUTS.values():
+        if spec["image"] in feats and spec["label"] in feats and spec["label"] not in ("label", "labels"):
+            return spec["image"], spec["label"]
+    return None, None
 
 
 def _imagefolder(arg: str, cfg: Any, image_size: int) -> Source:

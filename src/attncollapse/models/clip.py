@@ -224,7 +224,13 @@ def apply_lora(clf: Classifier, *, rank: int, alpha: float | None = None, dropou
     modules = LORA_TARGETS[targets] if isinstance(targets, str) else list(targets)
     cfg = LoraConfig(r=rank, lora_alpha=2 * rank if alpha is None else alpha,
                      lora_dropout=dropout, target_modules=modules, bias="none")
-    clf.vision = get_peft_model(clf.vision, cfg)
+    import warnings
+
+    with warnings.catch_warnings():
+        # peft reads transformers 5's deprecated `is_gradient_checkpointing` (a FutureWarning
+        # per LoRA run that the user can do nothing about); only that one is silenced.
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        clf.vision = get_peft_model(clf.vision, cfg)
     return clf
 
 

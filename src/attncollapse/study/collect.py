@@ -26,11 +26,12 @@ def results_rows(out_dir: str | Path, matrix: MatrixConfig | None = None) -> lis
         recorded = task.path / "config.yaml"
         if recorded.is_file():
             try:
-                config = _io.read_yaml(recorded) or config
-            except Exception:  # unreadable: the planned config describes the run as well
+                config = _io.read_yaml_checked(recorded)
+            except _io.DamagedFile:  # unreadable: the planned config describes the run as well
                 pass
-        final = _io.read_json(task.done_file) if task.done_file.is_file() else None
-        rows.append(results_row(config, final, run_id=task.id, group=task.group, status=run_state(task)))
+        state = run_state(task)
+        final = task.read_done() if state == "done" else None  # a damaged one counts as not done
+        rows.append(results_row(config, final, run_id=task.id, group=task.group, status=state))
     return rows
 
 

@@ -38,7 +38,7 @@ def _config_changed(task: Task) -> str | None:
     if task.kind != "run" or not recorded.is_file():
         return None
     try:
-        old = RunConfig.model_validate(_io.read_yaml(recorded))
+        old = RunConfig.model_validate(_io.read_yaml_checked(recorded))
     except Exception:  # an older schema: cannot compare, trust final.json
         return None
     if fingerprint(old) == fingerprint(task.config):
@@ -64,15 +64,20 @@ def execute_task(task: Task, train_fn: TrainFn | None = None,
         return {"id": task.id, "kind": task.kind, "status": status,
                 "wall_s": round(time.time() - t0, 2), "note": note}
 
-    if task.done_file.exists():
+    if task.done_problem() is None:
         changed = _config_changed(task)
         return outcome("changed", changed) if changed else outcome("skipped")
     if not acquire_lock(task.lock_file, task.id):
         owner = read_lock(task.lock_file) or {}
         return outcome("busy", f"held by pid {owner.get('pid')} on {owner.get('host')} since {owner.get('time')}")
     try:
-        if task.done_file.exists():  # finished while we were looking
+        problem = task.done_problem()
+        if problem is None:  # finished while we were looking
             return outcome("skipped")
+        note = ""
+        if problem != "missing":  # keep the damaged file for a look; train the task again
+            os.replace(task.done_file, task.done_file.with_name(task.done_file.name + ".damaged"))
+            note = f"{task.done_file} was damaged ({problem.split(' — ')[0]}); trained again"
         task.error_file.unlink(missing_ok=True)
         try:
             if task.kind == "run":
@@ -84,10 +89,14 @@ def execute_task(task: Task, train_fn: TrainFn | None = None,
             if not task.done_file.exists():
                 raise RuntimeError(f"returned without writing {task.done_file.name}")
         except Exception as exc:  # keep going past a failed run; KeyboardInterrupt stops
-            _io.write_text(task.error_file, f"{task.id} failed on {socket.gethostname()} pid {os.getpid()} "
-                           f"at {datetime.now(timezone.utc).isoformat(timespec='seconds')}\n\n"
-                           + traceback.format_exc())
-            return outcome("failed", f"{type(exc).__name__}: {exc}".splitlines()[0][:200])
-        return outcome("done")
+            full = _io.disk_full_message(exc, task.path)
+            try:
+                _io.write_text(task.error_file, f"{task.id} failed on {socket.gethostname()} pid {os.getpid()} "
+                               f"at {datetime.now(timezone.utc).isoformat(timespec='seconds')}\n\n"
+                               + (f"{full}\n\n" if full else "") + traceback.format_exc())
+            except OSError:  # a full disk may refuse error.txt too; the outcome still says why
+                pass
+            return outcome("failed", full or f"{type(exc).__name__}: {exc}".splitlines()[0][:200])
+        return outcome("done", note)
     finally:
         release_lock(task.lock_file)

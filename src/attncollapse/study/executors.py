@@ -28,7 +28,8 @@ def dispatch(executor: str, tasks: list[Task], *, train_fn=None, baseline_fn=Non
     if runs_per_gpu < 1:
         raise ValueError(f"runs_per_gpu must be >= 1, got {runs_per_gpu}")
     # Finished tasks need no worker: settle them here (cheap, and the same answer).
-    settled = {t.id: execute_task(t) for t in tasks if t.done_file.exists()}
+    # A damaged result file is not finished: it goes to the workers to be trained again.
+    settled = {t.id: execute_task(t) for t in tasks if t.done_problem() is None}
     pending = [t for t in tasks if t.id not in settled]
     if settled:
         log(f"{len(settled)} already done, {len(pending)} to run")

@@ -19,6 +19,8 @@ from ..config import MatrixConfig, load_matrix
 from .collect import write_results
 from .executors import dispatch
 from .locks import read_lock
+from .preflight import check_hub as check_hub_access
+from .preflight import hub_needs
 from .tasks import Task, TrainFn, matrix_of, plan, run_state
 
 
@@ -26,7 +28,7 @@ def run_matrix(matrix: MatrixConfig | str | Path, out_dir: str | Path | None = N
                only: str | list[str] | None = None, executor: str = "local",
                gpus: int | str | list[int] | None = None, runs_per_gpu: int = 1,
                train_fn: TrainFn | None = None, baseline_fn: Callable[[Task], Any] | None = None,
-               executor_options: dict | None = None, analyze: bool = True,
+               executor_options: dict | None = None, analyze: bool = True, check_hub: bool = True,
                log: Callable[[str], None] = print) -> dict:
     """Run every task of a matrix that is not done yet, then collect and analyse.
 
@@ -42,6 +44,8 @@ def run_matrix(matrix: MatrixConfig | str | Path, out_dir: str | Path | None = N
         baseline_fn: `f(task)` measuring one E1 baseline (default `train.baseline`).
         executor_options: executor settings (Ray: `init` kwargs; Slurm: submitit parameters).
         analyze: write results.csv and run stats, figures and the report afterwards.
+        check_hub: before any task, check every hub model and dataset the unfinished
+            tasks need is cached or reachable (preflight.py).
         log: where progress lines and the summary table go.
 
     Returns:
@@ -50,12 +54,18 @@ def run_matrix(matrix: MatrixConfig | str | Path, out_dir: str | Path | None = N
 
     Raises:
         ConfigError: an invalid matrix or an `only` that matches nothing (before any work).
+        HubUnavailable: the hub is unreachable and something needed is not cached
+            (before any work; the message names it and the offline routes).
     """
     if not isinstance(matrix, MatrixConfig):
         matrix = load_matrix(matrix)
     t0 = time.time()
     out = Path(out_dir) if out_dir is not None else Path("runs") / matrix.name
     tasks = plan(matrix, out, only)
+    if check_hub:
+        todo = [t for t in tasks if run_state(t) != "done"]
+        check_hub_access(hub_needs([(t.id, t.config) for t in todo if t.kind == "run"],
+                                   [(t.id, t.config) for t in todo if t.kind == "baseline"]), log=log)
     out.mkdir(parents=True, exist_ok=True)
     _io.write_yaml(out / "matrix.yaml", matrix.model_dump(mode="json"))
     _io.write_json(out / "env.json", _io.environment())
@@ -102,8 +112,9 @@ def run_analysis(out_dir: str | Path, *, matrix: MatrixConfig | None = None,
                  log: Callable[[str], None] = print) -> dict[str, str]:
     """results.csv, then `stats.analyze`, `figures.render_all`, `report.write` on `out_dir`.
 
-    A stage that raises is reported (message and traceback through `log`) and the next
-    stage still runs.
+    A stage that raises is reported (message and traceback through `log`; a damaged file
+    in one line naming it) and the next stage still runs. With no finished run there is
+    nothing to analyse: the stages are "failed: no finished run ...".
 
     Returns:
         {"results": ..., "stats": ..., "figures": ..., "report": ...}: "ok" or "failed: <error>".
@@ -114,18 +125,30 @@ def run_analysis(out_dir: str | Path, *, matrix: MatrixConfig | None = None,
         write_results(out, matrix)
         state["results"] = "ok"
     except Exception as exc:
-        log(f"writing results.csv failed:\n{traceback.format_exc()}")
-        state["results"] = f"failed: {type(exc).__name__}: {exc}"
+        state["results"] = _stage_failure("results", exc, out, log)
         return state
+    done = [t for t in plan(matrix_of(out, matrix), out) if t.kind == "run" and run_state(t) == "done"]
+    if not done:
+        why = f"failed: no finished run in {out} (run `attncollapse run` first; `attncollapse status {out}`)"
+        return {**state, **{stage: why for stage in ANALYSIS_STAGES}}
     for stage, fn in ANALYSIS_STAGES.items():
         try:
             fn(out)
             state[stage] = "ok"
         except Exception as exc:
-            log(f"analysis step {stage} failed (the runs are intact; rerun "
-                f"`attncollapse report {out}`):\n{traceback.format_exc()}")
-            state[stage] = f"failed: {type(exc).__name__}: {exc}".splitlines()[0]
+            state[stage] = _stage_failure(stage, exc, out, log)
     return state
+
+
+def _stage_failure(stage: str, exc: Exception, out: Path, log: Callable[[str], None]) -> str:
+    """Log why an analysis stage failed (a traceback only for what is not a damaged file
+    or a full disk) and return its "failed: ..." state."""
+    short = _io.disk_full_message(exc, out) or (str(exc) if isinstance(exc, _io.DamagedFile) else None)
+    if short is None:
+        log(f"analysis step {stage} failed (the runs are intact; rerun "
+            f"`attncollapse report {out}`):\n{traceback.format_exc()}")
+        short = f"{type(exc).__name__}: {exc}"
+    return f"failed: {short}".splitlines()[0]
 
 
 def status(out_dir: str | Path) -> dict:
@@ -141,9 +164,11 @@ def status(out_dir: str | Path) -> dict:
     for task in plan(matrix, out):
         state = run_state(task)
         counts[state] = counts.get(state, 0) + 1
-        final = _io.read_json(task.done_file) if state == "done" and task.kind == "run" else {}
+        final = task.read_done() if state == "done" and task.kind == "run" else {}
         note = ""
-        if state in ("running", "stale-lock"):
+        if state == "damaged":
+            note = f"{task.done_file.name}: {task.done_problem()}"[:160]
+        elif state in ("running", "stale-lock"):
             owner = read_lock(task.lock_file) or {}
             note = f"pid {owner.get('pid')} on {owner.get('host')} since {owner.get('time')}"
         elif state == "failed":

@@ -15,6 +15,11 @@ LOCK_NAME = "lock.json"
 
 BASELINE_ID = "E1"
 
+# What a finished run's final.json / a baseline's JSON must hold to count as done: a file
+# truncated by a kill, or `{}`, lacks them and the task is trained again.
+FINAL_KEYS = _io.FINAL_JSON_KEYS
+BASELINE_KEYS = ("dataset", "layers", "mean")
+
 TrainFn = Callable[[RunConfig, Path], Any]
 
 
@@ -39,6 +44,26 @@ class Task:
     @property
     def done_file(self) -> Path:
         return self.path / "final.json" if self.kind == "run" else self.path
+
+    @property
+    def required_keys(self) -> tuple[str, ...]:
+        return FINAL_KEYS if self.kind == "run" else BASELINE_KEYS
+
+    def read_done(self) -> dict:
+        """The validated content of `done_file`; DamagedFile when unreadable or incomplete."""
+        return _io.read_json_checked(self.done_file, self.required_keys,
+                                     fix="`attncollapse run` trains it again (the damaged file is kept "
+                                         "as *.damaged)")
+
+    def done_problem(self) -> str | None:
+        """None when `done_file` is a valid result; else why not ("missing" when absent)."""
+        if not self.done_file.exists():
+            return "missing"
+        try:
+            self.read_done()
+        except _io.DamagedFile as exc:
+            return exc.why
+        return None
 
     @property
     def lock_file(self) -> Path:
@@ -89,13 +114,22 @@ def matrix_of(out: Path, matrix: MatrixConfig | None = None) -> MatrixConfig:
     path = out / "matrix.yaml"
     if not path.is_file():
         raise FileNotFoundError(f"{out}: no matrix.yaml (not a matrix directory written by `attncollapse run`)")
-    return matrix_from_dict(_io.read_yaml(path), source=str(path))
+    fix = "rerun `attncollapse run <your matrix.yaml> --out DIR` to rewrite it"
+    data = _io.read_yaml_checked(path, fix=fix)
+    try:
+        return matrix_from_dict(data, source=str(path))
+    except ConfigError as exc:
+        raise _io.DamagedFile(path, f"not a valid matrix ({exc.errors[0]}); {fix}") from None
 
 
 def run_state(task: Task) -> str:
-    """done / failed / running / stale-lock / partial / pending, from the files alone."""
+    """done / damaged / failed / running / stale-lock / partial / pending, from the files alone.
+
+    "damaged": the result file exists but cannot be read as one (truncated, `{}`); the
+    next `run` trains the task again.
+    """
     if task.done_file.exists():
-        return "done"
+        return "done" if task.done_problem() is None else "damaged"
     owner = read_lock(task.lock_file)
     if owner is not None:
         return "stale-lock" if lock_is_stale(owner, task.lock_file) else "running"

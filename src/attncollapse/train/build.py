@@ -7,9 +7,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from .. import _io
 from .._device import resolve_device
-from ..config import RunConfig
+from ..config import RunConfig, read_recorded_config
 from ..models import (apply_lora, build_classifier, freeze_layers, freeze_projection, image_projection, load_model,
                       vision_tower, zeroshot_problem)
 from ..transfer import head_from_text
@@ -52,7 +51,7 @@ def load_trained(run_dir: str | Path, *, which: str = "best", device: str = "aut
         which: "best" (the selected checkpoint) or "last" (the newest checkpoint).
     """
     run_dir = Path(run_dir)
-    cfg = RunConfig.model_validate(_io.read_yaml(run_dir / "config.yaml"))
+    cfg = read_recorded_config(run_dir / "config.yaml")
     dev = resolve_device(device)
     if which == "best" and (run_dir / "checkpoints" / "best.safetensors").exists():
         tensors = load_file(run_dir / "checkpoints" / "best.safetensors")

@@ -82,6 +82,10 @@ class CheckpointWriter:
 
     def __init__(self, root: Path, cfg: RunConfig, *, synchronous: bool = False) -> None:
         self.root, self.cfg = Path(root), cfg
+        # A kill during an earlier write left its hidden temporary directory (~1 GB at
+        # ViT-B/32 scale); this run holds the lock now, so nothing else is filling one.
+        for orphan in _io.clean_orphans(self.root):
+            warnings.warn(f"removed {orphan}: a checkpoint write interrupted by an earlier kill", stacklevel=2)
         self._pool = None if synchronous else ThreadPoolExecutor(1, thread_name_prefix="attncollapse-ckpt")
         self._pending: dict[str, Future] = {}
         self._bufs = {"checkpoint": _Buffers(), "best": _Buffers()}

@@ -203,8 +203,6 @@ def _resume(r: Run) -> tuple[TrainState, torch.Tensor | None]:
 def _train(r: Run, state: TrainState, writer: CheckpointWriter, board, overlay_initial,
            before_step: Callable[[int], None] | None) -> float:
     """Steps from `state.step` to the end, with eval points and checkpoints; returns the loop's seconds."""
-    from tqdm.auto import tqdm
-
     cfg, sched, device = r.cfg, r.schedule, r.device
     floor = None
     if cfg.regularizer.kind == "entropy_floor":
@@ -214,7 +212,7 @@ def _train(r: Run, state: TrainState, writer: CheckpointWriter, board, overlay_i
     n_acc = 0
     t0 = t_loop = time.perf_counter()
     first_step, first_images = state.step, state.images_seen
-    bar = tqdm(total=sched.total, initial=state.step, desc=cfg.id, unit="step", dynamic_ncols=True)
+    bar = _io.progress(sched.total, state.step, cfg.id)  # plain lines every few seconds in a log
     with probing(r.clf.vision) if cfg.regularizer.kind != "none" else contextlib.nullcontext() as rows:
         step_fn = make_step(cfg, r.clf, r.opt, r.scaler, device=device, precision=r.precision, rows=rows,
                             ref_vision=r.ref_vision, floor=floor)

@@ -10,7 +10,7 @@ from torch import nn
 
 from .. import _io
 from .._device import resolve_device
-from ..config import RunConfig
+from ..config import read_recorded_config
 from ..transfer import TextCache, evaluate_for_run
 from .build import load_trained
 
@@ -39,8 +39,9 @@ def evaluate_run(run_dir: str | Path, datasets: Sequence[str] | None = None, *,
     final_path = run_dir / "final.json"
     if not final_path.is_file():
         raise FileNotFoundError(f"{final_path} missing: the run has not finished")
-    final = _io.read_json(final_path)
-    cfg = RunConfig.model_validate(_io.read_yaml(run_dir / "config.yaml"))
+    final = _io.read_json_checked(final_path, ("run_id", "best_acc"),  # all zeroshot needs of it
+                                  fix="`attncollapse run` trains the run again, then zeroshot works")
+    cfg = read_recorded_config(run_dir / "config.yaml")
     dev = resolve_device(str(device) if device is not None else cfg.device)
     clip, clf, cfg = load_trained(run_dir, device=str(dev))
     res = evaluate_for_run(cfg, clip, clf, device=dev, precision=precision or cfg.optim.precision,

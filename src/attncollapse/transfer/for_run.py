@@ -18,7 +18,7 @@ from ..data import Splits, load_splits, load_test_split
 from ..models import Classifier, load_clip, load_tokenizer, zeroshot_problem
 from .text import TextCache
 from .wise import vision_state, wise
-from .zeroshot import capped, evaluate_dataset
+from .zeroshot import capped, evaluate_dataset, zeroshot_data_cfg
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,8 @@ def evaluate_for_run(cfg, clip: nn.Module, clf: Classifier, splits: Splits | Non
             raise ValueError(f"pretrained model differs from the LoRA run's base tower (e.g. {bad[0]})")
     cache = TextCache() if cache is None else cache
     size = clip.config.vision_config.image_size
-    sets = {name: capped(load_test_split(name, cfg.data, image_size=size), zcfg) for name in datasets}
+    sets = {name: capped(load_test_split(name, zeroshot_data_cfg(cfg.data, name, cfg.dataset), image_size=size), zcfg)
+            for name in datasets}
     blocks = {name: evaluate_dataset(clf, clip, tokenizer, s, zcfg, method=cfg.method,
                                      pretrained_projection=projection, device=dev,
                                      precision=precision, batch_size=batch_size, cache=cache)

@@ -150,6 +150,15 @@ def capped(imageset: ImageSet, zcfg) -> ImageSet:
     return imageset
 
 
+def zeroshot_data_cfg(data_cfg, name: str, train_source: str | None = None):
+    """`data_cfg` for loading zero-shot set `name`: without the training set's
+    `image_column`/`label_column` (they name the training set's columns; a zero-shot
+    `hf:` set names its own with `hf:<dir>#label=<col>`), unless `name` is the training set."""
+    if name == train_source or data_cfg is None or not hasattr(data_cfg, "model_copy"):
+        return data_cfg
+    return data_cfg.model_copy(update={"image_column": None, "label_column": None})
+
+
 def evaluate_pretrained(clip: nn.Module, spec: str, zcfg, *, data_cfg, device: torch.device | str,
                         precision: str = "fp32", batch_size: int = 1024,
                         cache: TextCache | dict | None = None) -> dict:
@@ -167,7 +176,7 @@ def evaluate_pretrained(clip: nn.Module, spec: str, zcfg, *, data_cfg, device: t
     size = clip.config.vision_config.image_size
     out = {}
     for name in zcfg.datasets:
-        imageset = capped(load_test_split(name, data_cfg, image_size=size), zcfg)
+        imageset = capped(load_test_split(name, zeroshot_data_cfg(data_cfg, name), image_size=size), zcfg)
         text = text_embeddings(clip, tokenizer, imageset.class_names, zcfg.templates, device=dev, cache=cache)
         feeder = as_feeder(imageset, dev)
         pooled = _pooled(clip.vision_model, feeder, batch_size=batch_size, precision=precision)

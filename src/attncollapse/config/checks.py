@@ -1,0 +1,209 @@
+"""Checks a schema cannot make: local paths (model and dataset directories, cache_dir),
+and warnings for settings that are legal but almost surely typos.
+
+`matrix.py` calls the path checks while validating (they are errors, reported with every
+other problem); `prepare` is the one code path `attncollapse validate` and `run` share:
+the same file reading, the same errors, the same warnings.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+from ..data import HF_SHORTCUTS
+from ..data import known_sources as listed_sources
+from ..data.base import IMAGE_EXTENSIONS
+from ..models import PRESETS, num_layers
+
+# Weight files a local Hugging Face model directory may hold (transformers' names).
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+
+# A hub id: owner/name of letters, digits, '-', '_', '.' (huggingface_hub's rule, simplified).
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+# Training images of the named sources under their hub split (order of magnitude is all
+# the warnings need); other sources are not counted without reading them.
+KNOWN_TRAIN_IMAGES = {"eurosat": 21_600, "pets": 3_680, "cifar100": 50_000, "digits": 1_437}
+
+# Throughput behind "a day of GPU time": ViT-B/32 full fine-tuning at 224 px, fp16, on
+# one A100-class GPU, is ~2,000 images/s (the reports' setting); a smaller model is faster,
+# so this errs toward warning late, never early.
+IMAGES_PER_GPU_DAY = 2_000 * 86_400
+
+# Vision-tower depth of hub ids named like OpenAI's CLIP releases.
+_HUB_DEPTH = {"base": 12, "large": 24, "huge": 32}
+
+
+def looks_local(spec: str) -> bool:
+    """A model or dataset spec meant as a path (absolute, ./, ../, ~, or existing)."""
+    return spec.startswith(("/", ".", "~")) or Path(spec).expanduser().exists()
+
+
+def hub_model_id(spec: str) -> str | None:
+    """The hub repo a model spec downloads from, or None (a preset or a local directory)."""
+    return None if spec in PRESETS or looks_local(spec) else spec
+
+
+def hub_dataset_id(source: str) -> str | None:
+    """The hub dataset repo a source downloads from (`eurosat` → tanganke/eurosat,
+    `hf:owner/name`), or None (local directory, imagefolder, synthetic, digits, torchvision)."""
+    if source in HF_SHORTCUTS:
+        return HF_SHORTCUTS[source]["id"]
+    kind, _, arg = source.partition(":")
+    arg = arg.partition("#")[0]
+    return arg if kind == "hf" and arg and not looks_local(arg) else None
+
+
+def model_dir_problem(spec: str) -> str | None:
+    """Why a local model spec cannot load (missing, a file, no config.json, no weights), or None."""
+    p = Path(spec).expanduser()
+    if not p.exists():
+        return f"model directory {p} does not exist"
+    if p.is_file():
+        if p.suffix in (".pt", ".bin", ".safetensors"):
+            return (f"{p} is a checkpoint file, not a model directory; convert it with "
+                    f"`attncollapse convert {p} <dir>` and give <dir> as model")
+        return f"{p} is a file, not a model directory"
+    if not (p / "config.json").is_file():
+        return f"model directory {p} has no config.json (not a Hugging Face model directory)"
+    if not any((p / w).is_file() for w in WEIGHT_FILES) and not any(p.glob("*.safetensors")):
+        return f"model directory {p} has no weights ({', '.join(WEIGHT_FILES[::2])})"
+    return None
+
+
+def hub_id_problem(spec: str) -> str | None:
+    """Why `spec` (neither a preset nor a local path) is not a hub id, or None."""
+    if _HUB_ID.match(spec):
+        return None
+    return (f"{spec!r} is neither an existing directory nor a hub id (owner/name); a local "
+            "model must be a directory holding config.json and weights")
+
+
+def source_path_problem(source: str) -> str | None:
+    """Why a path-based dataset source cannot be read (missing folder, no images), or None."""
+    kind, _, arg = source.partition(":")
+    if kind == "imagefolder" and arg:
+        return _imagefolder_problem(Path(arg).expanduser())
+    if kind == "hf" and arg and looks_local(arg.partition("#")[0]):
+        p = Path(arg.partition("#")[0]).expanduser()
+        if not p.is_dir():
+            return (f"hf: dataset directory {p} does not exist (save one with "
+                    "`datasets.load_dataset(...).save_to_disk(dir)`)")
+    return None
+
+
+def _imagefolder_problem(root: Path) -> str | None:
+    if not root.is_dir():
+        return f"imagefolder: {root} does not exist or is not a directory"
+    base = root / "train" if (root / "train").is_dir() else root
+    classes = [d for d in base.iterdir() if d.is_dir() and not d.name.startswith(".")]
+    if not classes:
+        return f"imagefolder: no class sub-folders in {base} (expected {base}/<class>/<image>)"
+    for d in classes:  # one image anywhere is enough here; the loader checks every folder
+        if any(p.suffix.lower() in IMAGE_EXTENSIONS for p in d.rglob("*")):
+            return None
+    return f"imagefolder: no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {base}"
+
+
+def dir_setting_problem(value: Any) -> str | None:
+    """Why a directory setting (cache_dir, data_root) cannot be a directory: it, or a
+    folder above it, is a file. None when it is or can be created."""
+    if not isinstance(value, str):
+        return None
+    p = Path(value).expanduser()
+    for q in (p, *p.parents):
+        if q.exists():
+            return None if q.is_dir() else f"{q} is a file, so {p} cannot be a directory"
+    return None
+
+
+def model_depth(spec: str) -> int | None:
+    """Encoder layers of a model spec, where knowable without loading weights.
+
+    Presets (models.PRESETS), local directories with a config.json, and hub ids named
+    like OpenAI's releases (`*clip-vit-base-patch32*` → 12); None when unknown.
+    """
+    p = Path(spec).expanduser()
+    if (p / "config.json").is_file():
+        try:
+            cfg = json.loads((p / "config.json").read_text())
+        except (OSError, ValueError):
+            return None
+        vision = cfg.get("vision_config", cfg)
+        n = vision.get("num_hidden_layers")
+        return int(n) if isinstance(n, int) else (12 if "vision_config" in cfg else None)
+    m = re.search(r"clip-vit-(base|large|huge)-patch\d+", spec.lower())
+    if m:
+        return _HUB_DEPTH[m.group(1)]
+    if "/" not in spec and not p.exists():
+        if spec in PRESETS:
+            return num_layers(spec)
+    return None
+
+
+def model_problem(spec: str) -> str | None:
+    """Why `spec` is not a preset, a loadable local model directory or a hub id, or None."""
+    if looks_local(spec):
+        return model_dir_problem(spec)
+    if "/" in spec:
+        return hub_id_problem(spec)  # reachability: the runner's preflight, before any task
+    if spec not in PRESETS:
+        return (f"unknown model {spec!r}: not a preset ({', '.join(PRESETS)}), "
+                "not an existing directory and not a hub id (owner/name)")
+    return None
+
+
+def source_forms() -> tuple[list[str], tuple[str, ...]]:
+    """(named sources, "kind:" prefixes) a dataset may be: from `sources.known_sources()`."""
+    entries = listed_sources()
+    return ([e for e in entries if ":" not in e],
+            tuple(e.split(":")[0] + ":" for e in entries if ":" in e))
+
+
+def source_problem(source: str) -> str | None:
+    """Why `source` is not a dataset source (or names a missing local folder), or None."""
+    names, prefixes = source_forms()
+    if source in names or (source.startswith(prefixes) and source.split(":", 1)[1]):
+        return source_path_problem(source)
+    return (f"unknown dataset source {source!r}; valid: {', '.join(names)}, "
+            f"or {', '.join(p + '<...>' for p in prefixes)}")
+
+
+def train_images(cfg: Any) -> int | None:
+    """Training images of a RunConfig, where knowable without reading the data."""
+    n = cfg.data.synthetic_train if cfg.dataset == "synthetic" else KNOWN_TRAIN_IMAGES.get(cfg.dataset)
+    cap = cfg.data.max_train_images
+    return cap if n is None else (n if cap is None else min(n, cap))
+
+
+def run_warnings(cfg: Any) -> list[str]:
+    """Legal settings of one RunConfig that are almost surely typos, each a sentence."""
+    out = []
+    n = train_images(cfg)
+    bs, epochs, ppe = cfg.optim.batch_size, cfg.optim.epochs, cfg.eval.points_per_epoch
+    images = math.ceil(max(n or 1, 1) / bs) * bs * epochs  # at least one image per epoch
+    if images > IMAGES_PER_GPU_DAY:
+        out.append(f"optim.epochs {epochs:g} × {n or '≥1'} images is {images:.2g} training images: "
+                   f"≈{images / IMAGES_PER_GPU_DAY:.2g} GPU-days at ~2,000 images/s")
+    if cfg.data.max_train_images == 1 or n == 1:
+        out.append("a single training image (data.max_train_images: 1?)")
+    if n is not None and bs > n:
+        out.append(f"optim.batch_size {bs} > the {n} training images (every step sees them all)")
+    if n is not None and ppe > math.ceil(n / bs):
+        out.append(f"eval.points_per_epoch {ppe} > the {math.ceil(n / bs)} steps per epoch "
+                   "(one eval point per step at most)")
+    return out
+
+
+def collect_warnings(configs: list[tuple[str, Any]]) -> list[str]:
+    """`run_warnings` of each (run id, RunConfig), the same sentence for many runs said once."""
+    seen: dict[str, list[str]] = {}
+    for rid, cfg in configs:
+        for w in run_warnings(cfg):
+            seen.setdefault(w, []).append(rid)
+    return [f"{', '.join(ids[:4])}{' …' if len(ids) > 4 else ''}: {w}" for w, ids in seen.items()]
