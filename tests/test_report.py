@@ -66,14 +66,20 @@ def test_demo_banner_for_presets_and_offline_data(tmp_path, kw, why):
     d = build_matrix(tmp_path / "m", ["E2", "E5"], **SMALL, **kw)
     md, hp = report.write(d)
     md, html = md.read_text(), hp.read_text()
-    top = md.split("## 1.")[0]
+    top = md.split("## Abstract")[0]
     assert "PIPELINE DEMONSTRATION — NOT A SCIENTIFIC RESULT" in top and why in top
     assert '<div class="banner" role="alert">' in html.split("<h2>")[0]
 
 
+def _section(md: str, title: str) -> str:
+    """The text of the numbered section `## <n>. <title>` up to the next level-2 heading."""
+    m = re.search(rf"^## \d+\. {re.escape(title)}.*?$(.*?)(?=^## |\Z)", md, flags=re.M | re.S)
+    assert m, f"no section {title!r}"
+    return m.group(1)
+
+
 def _findings(d: Path) -> str:
-    md = report.write(d)[0].read_text()
-    return md.split("## 15. Findings")[1].split("## 16.")[0]
+    return _section(report.write(d)[0].read_text(), "Findings")
 
 
 def test_findings_flip_with_the_numbers(tmp_path):
