@@ -61,7 +61,9 @@ def _rq1(m: Matrix, T: dict, alpha: float) -> dict:
         ans = f"No: entropy rose in all {len(deltas)} runs{dep}."
     else:
         ans = f"Not uniformly: entropy fell in {down} of {len(deltas)} runs and rose in the rest{dep}."
-    return {"rq": "RQ1", "answer": ans, "rows": rows, "claims": [ans] if dep.startswith("; its") else []}
+    short = (f"entropy fell in {down} of {len(deltas)} runs" + (", depending on the learning rate" if dep.startswith("; its")
+             else "") if deltas else "not answered")
+    return {"rq": "RQ1", "answer": ans, "short": short, "rows": rows, "claims": [ans] if dep.startswith("; its") else []}
 
 
 def _rq2(T: dict, alpha: float) -> dict:
@@ -91,23 +93,27 @@ def _rq2(T: dict, alpha: float) -> dict:
         ans = "Partly or fully supported where significant: " + "; ".join(parts) + "."
     else:
         ans = "Not established: the difference is not significant after Holm correction (" + "; ".join(parts) + ")."
-    return {"rq": "RQ2", "answer": ans, "rows": rows, "claims": claims}
+    short = ("not answered" if not entries else f"LoRA differs significantly from full FT on {len(claims)} of "
+             f"{len(entries)} comparisons" if claims else "no significant difference between LoRA and full FT")
+    return {"rq": "RQ2", "answer": ans, "short": short, "rows": rows, "claims": claims}
 
 
 def _rq3(T: dict, alpha: float) -> dict:
     e = T.get("collapse_vs_zeroshot") or {}
     if not e or e.get("skipped"):
-        return {"rq": "RQ3", "answer": f"Not answered: {e.get('reason', 'no zero-shot results')}.", "rows": [],
-                "claims": []}
+        return {"rq": "RQ3", "answer": f"Not answered: {e.get('reason', 'no zero-shot results')}.",
+                "short": "not answered", "rows": [], "claims": []}
     row = _row("RQ3", "entropy Δ% vs zero-shot acc (as trained), across runs", "Pearson", e,
                f"r = {num(e['pearson_r'])}", "pearson_p", alpha)
     if _sig(e, alpha, "pearson_p_holm"):
         ans = (f"Associated: across {e['n']} runs, entropy Δ% and zero-shot accuracy correlate "
                f"(r = {num(e['pearson_r'])}, p = {pval(e['pearson_p'])}); an association, not a cause.")
-        return {"rq": "RQ3", "answer": ans, "rows": [row], "claims": [ans]}
+        return {"rq": "RQ3", "answer": ans, "short": "entropy Δ% and zero-shot accuracy are associated",
+                "rows": [row], "claims": [ans]}
     ans = (f"No significant association across {e['n']} runs (r = {num(e['pearson_r'])}, "
            f"p = {pval(e['pearson_p'])}).")
-    return {"rq": "RQ3", "answer": ans, "rows": [row], "claims": []}
+    return {"rq": "RQ3", "answer": ans, "short": "no significant association of collapse with zero-shot accuracy",
+            "rows": [row], "claims": []}
 
 
 def _family_rows(rq: str, test: dict, what: str, alpha: float) -> tuple[list[list[str]], list[dict]]:
@@ -124,7 +130,7 @@ def _rq4(m: Matrix, sel: dict, T: dict, alpha: float) -> dict:
     rows, sig = _family_rows("RQ4", T.get("regularizers") or {}, "entropy Δ%", alpha)
     if not rows:
         return {"rq": "RQ4", "answer": f"Not answered: {(T.get('regularizers') or {}).get('reason', 'no regularized runs')}.",
-                "rows": [], "claims": []}
+                "short": "not answered", "rows": [], "claims": []}
     ref = sel["reference"].get(sel["primary"], [])
     ref_acc = max((r.get("best_acc") for r in ref if r.get("best_acc") is not None), default=None)
     accs = [r.get("best_acc") for r in sel["regularized"] if r.get("best_acc") is not None]
@@ -137,7 +143,9 @@ def _rq4(m: Matrix, sel: dict, T: dict, alpha: float) -> dict:
     else:
         ans = (f"Not established: none of {len(rows)} regularized configurations raises entropy Δ significantly "
                f"after Holm correction{acc_txt}.")
-    return {"rq": "RQ4", "answer": ans, "rows": rows, "claims": [ans] if up else []}
+    short = (f"{len(up)} of {len(rows)} regularizers raise entropy Δ significantly" if up
+             else "no regularizer raises entropy Δ significantly")
+    return {"rq": "RQ4", "answer": ans, "short": short, "rows": rows, "claims": [ans] if up else []}
 
 
 def _rq5(sel: dict, T: dict, alpha: float) -> dict:
@@ -168,7 +176,9 @@ def _rq5(sel: dict, T: dict, alpha: float) -> dict:
         ans = "Significant knobs: " + "; ".join(knobs) + ". The others tested are not significant after Holm correction."
     else:
         ans = "None of the knobs tested changes entropy Δ significantly after Holm correction."
-    return {"rq": "RQ5", "answer": ans, "rows": rows, "claims": [ans] if knobs else []}
+    short = ("not answered" if not rows else f"significant: {', '.join(k.split(' (')[0] for k in knobs)}" if knobs
+             else "no knob significant")
+    return {"rq": "RQ5", "answer": ans, "short": short, "rows": rows, "claims": [ans] if knobs else []}
 
 
 def research_questions(m: Matrix, st: dict, sel: dict) -> list[dict]:
@@ -191,7 +201,7 @@ def rq_blocks(answers: list[dict], st: dict) -> list[Block]:
     B.append(("p", f"α = {st.get('alpha', 0.05)}. Holm p: Holm–Bonferroni correction within each family of tests "
                    "(stats.json), equal to the raw p for a test that stands alone. Unit: what one observation is "
                    "— 'layers' (per-layer Δ% of one run per configuration) or 'runs' (one value per run or seed). "
-                   f"{st.get('unit_rule', '')}."))
+                   f"Unit rule: {st.get('unit_rule', '')}."))
     return B
 
 
@@ -203,7 +213,8 @@ def abstract(m: Matrix, sel: dict, answers: list[dict], demo: bool) -> list[Bloc
             f"{', '.join(sel['datasets']) or 'no dataset'} ({len(seeds)} seed{'s' if len(seeds) != 1 else ''} each; "
             f"{len(m.done)} of {len(m.runs)} runs finished) and tracked four measures of [CLS]→patch attention "
             "(entropy, ERF@0.95, Gini, head diversity) from the pretrained model to the end of training. "
-            + " ".join(f"{a['rq']}: {a['answer']}" for a in answers))
+            + "Answers (Holm-corrected tests at α = 0.05; details in the next section): "
+            + "; ".join(f"{a['rq']} {a['short']}" for a in answers) + ".")
     if demo:
         text += " These runs are a pipeline demonstration (see the banner): the answers describe the demo's numbers only."
     return [("p", text)]
@@ -241,10 +252,10 @@ def discussion(m: Matrix, st: dict, sel: dict) -> list[Block]:
         lo, hi = min(done, key=Run.delta), max(done, key=Run.delta)
         out.append(f"Entropy Δ% ranges from {dpct(lo.delta())} ({lo.run_id}: {roles.describe(lo)}) to "
                    f"{dpct(hi.delta())} ({hi.run_id}: {roles.describe(hi)}).")
-    for e in ran(T.get("metric_correlations") or {}):
-        if _sig(e, alpha, "pearson_p_holm"):
-            out.append(f"{e['a']} and {e['b']} move together across runs (r = {num(e['pearson_r'], '.2f')}, "
-                       f"Holm p = {pval(e['pearson_p_holm'])}): they are not independent evidence.")
+    coupled = [e for e in ran(T.get("metric_correlations") or {}) if _sig(e, alpha, "pearson_p_holm")]
+    if coupled:
+        out.append("Metrics that move together across runs (Pearson, Holm p < α), so they are not independent "
+                   "evidence: " + "; ".join(f"{e['a']}–{e['b']} r = {num(e['pearson_r'], '.2f')}" for e in coupled) + ".")
     for e in ran(T.get("entropy_vs_accuracy") or {}):
         if e.get("scope") == "all runs":
             out.append(f"{e['label']}: r = {num(e['pearson_r'], '.2f')}, p = {pval(e['pearson_p'])}, n = {e['n']} "

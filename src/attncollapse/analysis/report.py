@@ -90,9 +90,12 @@ def _family_table(test: dict, alpha: float, a: str = "a", b: str = "reference") 
 
 
 def _runs_table(runs: list[table.Run], extra: list[tuple[str, Any]] = ()) -> Block:
+    """Runs with accuracy and each metric's Δ% (marked † where its initial value is near zero)."""
     head = ["Run", "Configuration", "Best acc", "ΔEntropy", "ΔERF", "ΔGini", "ΔHead div"] + [h for h, _ in extra]
+    mark = lambda r, mt: runtables.UNSTABLE_MARK if runtables.unstable(mt, r.get(f"{mt}_initial")) else ""  # noqa: E731
     return ("table", head, [[r.run_id, roles.describe(r), pct(r.get("best_acc"))]
-                            + [dpct(r.delta(mt)) for mt in table.METRICS] + [fn(r) for _, fn in extra] for r in runs])
+                            + [dpct(r.delta(mt)) + mark(r, mt) for mt in table.METRICS] + [fn(r) for _, fn in extra]
+                            for r in runs])
 
 
 def _family_sentence(test: dict, alpha: float, what: str) -> str:

@@ -176,7 +176,8 @@ def grand_tables(runs: list[Run]) -> list[Block]:
             ini = (a.get(f"{mt}_initial") or {}).get("mean")
             mark = UNSTABLE_MARK if unstable(mt, ini) else ""
             marked |= bool(mark)
-            rows.append([cid, cell(a, f"{mt}_initial", num), cell(a, f"{mt}_final", num),
+            four = lambda x: num(x, ".4f")  # noqa: E731  (head diversity starts near 0.001 on the demo)
+            rows.append([cid, cell(a, f"{mt}_initial", four), cell(a, f"{mt}_final", four),
                          cell(a, f"{mt}_delta_abs", lambda x: num(x, "+.4f")), cell(a, f"{mt}_delta_pct", dpct) + mark])
         B += [("h", 3, f"{mt}"), ("table", ["Run", "Initial", "Final", "Δ (final − initial)", "Δ%"], rows)]
     B.append(("p", unstable_rule() + ("" if marked else " No Δ% in these tables is marked.")))

@@ -238,10 +238,37 @@ def blocks(card: dict) -> list[Block]:
     if not card["rows"]:
         return B + [("p", "*No published number matches a run of this matrix.*")]
     B.append(("p", "Counts: " + ", ".join(f"{v} {k}" for k, v in sorted(card["counts"].items())) + "."))
-    fmt = lambda x: "—" if x is None else num(x, ".4g")  # noqa: E731
+    rows = card["rows"]
+    if card["comparable"]:
+        B.append(("table", ["Run / test", "Within", "Outside", "Missing"], _per_run(rows)))
+    else:  # nothing is judged: the headline numbers are enough to show what would be compared
+        rows = [r for r in rows if r["quantity"] in HEADLINE or r["run"] in card_statistics(rows)]
+        B.append(("p", f"Shown: the headline numbers ({', '.join(HEADLINE)}) and the statistics, "
+                       f"{len(rows)} of {len(card['rows'])}."))
     B.append(("table", ["Run / test", "Number", "Published", "Ours", "Ours − published", "Rule", "Verdict", "Source"],
-              [[r["run"], r["quantity"], fmt(r["published"]),
-                fmt(r["ours"]) + (f" ± {num(r['sd'], '.3g')}" if r.get("sd") is not None else ""),
+              [[r["run"], r["quantity"], _fmt(r["published"]),
+                _fmt(r["ours"]) + (f" ± {num(r['sd'], '.3g')}" if r.get("sd") is not None else ""),
                 "—" if r["diff"] is None else num(r["diff"], "+.4g"), r["rule"], r["verdict"],
-                r["source"].split(";")[0]] for r in card["rows"]]))
+                r["source"].split(";")[0]] for r in rows]))
     return B
+
+
+HEADLINE = ("best_acc_pct", "entropy.delta_pct", "zeroshot_cifar100.acc_pct", "zeroshot_cifar100.acc_pct_base_only")
+
+
+def _fmt(x: Any) -> str:
+    return "—" if x is None else num(x, ".4g")
+
+
+def card_statistics(rows: list[dict]) -> set[str]:
+    """The names of the published tests among the rows (their `run` is the test's name)."""
+    return {r["run"] for r in rows if r["quantity"] in ("t", "p", "cohens_d", "r", "rho", "p_gt")}
+
+
+def _per_run(rows: list[dict]) -> list[list[str]]:
+    """At a glance: per run (and test), how many of its numbers reproduce."""
+    out: dict[str, dict[str, int]] = {}
+    for r in rows:
+        out.setdefault(r["run"], {}).setdefault(r["verdict"], 0)
+        out[r["run"]][r["verdict"]] += 1
+    return [[k, str(v.get("within", 0)), str(v.get("outside", 0)), str(v.get("missing", 0))] for k, v in out.items()]
