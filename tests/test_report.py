@@ -158,9 +158,10 @@ def test_html_renders_in_a_headless_browser(written, tmp_path):
 # ----------------------------------------------------------------------------- the study's document
 
 def _table_rows(section: str) -> list[list[str]]:
-    """Every Markdown table row of a section, as cells."""
-    return [[c.strip() for c in line.strip().strip("|").split(" | ")] for line in section.splitlines()
-            if line.startswith("| ") and not line.startswith("|---")]
+    """Every Markdown table body row of a section (no header), as cells."""
+    lines = section.splitlines() + [""]
+    return [[c.strip() for c in line.strip().strip("|").split(" | ")] for line, nxt in zip(lines, lines[1:])
+            if line.startswith("| ") and not nxt.startswith("|---")]
 
 
 def test_research_questions_carry_their_tests(written):
@@ -286,3 +287,16 @@ def test_real_runs_report(tmp_path, capsys):
     assert [c.split(" (")[0] for c in zs["E4"][2:5]] == [render.pct(z["acc"]), render.pct(z["acc_frozen_projection"]),
                                                         render.pct(z["acc_base_only"])]
     assert "PIPELINE DEMONSTRATION" in md.split("## Abstract")[0]
+
+
+def test_several_seeds_give_one_row_per_configuration(tmp_path):
+    d = build_matrix(tmp_path / "m", ["E2", "E5"], seeds=(42, 43), **SMALL)
+    md = report.write(d)[0].read_text()
+    with open(d / "results.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    table = {r[0]: r for r in _table_rows(_section(md, "Grand comparison").split("### entropy")[1].split("###")[0])}
+    assert set(table) == {"E2", "E5"}  # configs, not E2-s42 / E2-s43
+    for cid in ("E2", "E5"):
+        v = np.array([float(r["entropy_delta_pct"]) for r in rows if r["run_id"].startswith(cid + "-")])
+        assert table[cid][4] == f"{v.mean():+.2f}% ± {v.std(ddof=1):.2f}%"
+    assert {r[0]: r for r in _table_rows(_section(md, "Experiment matrix"))}["E2"][12] == "42, 43"
