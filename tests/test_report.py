@@ -14,9 +14,14 @@ import numpy as np
 import pytest
 
 from analysis_fixture import build_matrix, rendered_matrix
-from attncollapse.analysis import report
+from attncollapse.analysis import render, report
 
 SMALL = {"overlays": (), "wise": ()}
+SECTIONS = ("Research questions", "Setup", "Metric definitions", "Experiment matrix", "Datasets",
+            "Pretrained baseline", "Grand comparison", "Full fine-tuning vs LoRA", "LoRA rank", "Zero-shot transfer",
+            "Learning-rate sweep", "Layer freezing", "LoRA target modules", "Regularization", "Weight decay",
+            "Layer-wise patterns", "Statistics", "Training dynamics", "Reproduction scorecard", "Findings",
+            "Discussion", "Limitations", "Conclusions", "Runs", "Figure index")
 
 
 @pytest.fixture(scope="module")
@@ -51,9 +56,7 @@ def test_report_embeds_every_rendered_figure(written):
 def test_report_follows_the_reports_structure(written):
     _, md, _ = written
     heads = re.findall(r"^## \d+\. (.+)$", md, flags=re.M)
-    for want in ("Setup", "Pretrained baseline", "Grand comparison", "Full fine-tuning vs LoRA", "LoRA rank",
-                 "Zero-shot transfer", "Learning-rate sweep", "Layer freezing", "LoRA target modules",
-                 "Regularization", "Weight decay", "Layer-wise patterns", "Statistics", "Findings", "Runs"):
+    for want in SECTIONS:
         assert any(h.startswith(want) for h in heads), want
     assert "adapter-active" in md and "base-only" in md  # both zero-shot protocols side by side
     assert "PIPELINE DEMONSTRATION" not in md  # a real model on real data
@@ -66,14 +69,20 @@ def test_demo_banner_for_presets_and_offline_data(tmp_path, kw, why):
     d = build_matrix(tmp_path / "m", ["E2", "E5"], **SMALL, **kw)
     md, hp = report.write(d)
     md, html = md.read_text(), hp.read_text()
-    top = md.split("## 1.")[0]
+    top = md.split("## Abstract")[0]
     assert "PIPELINE DEMONSTRATION — NOT A SCIENTIFIC RESULT" in top and why in top
     assert '<div class="banner" role="alert">' in html.split("<h2>")[0]
 
 
+def _section(md: str, title: str) -> str:
+    """The text of the numbered section `## <n>. <title>` up to the next level-2 heading."""
+    m = re.search(rf"^## \d+\. {re.escape(title)}.*?$(.*?)(?=^## |\Z)", md, flags=re.M | re.S)
+    assert m, f"no section {title!r}"
+    return m.group(1)
+
+
 def _findings(d: Path) -> str:
-    md = report.write(d)[0].read_text()
-    return md.split("## 15. Findings")[1].split("## 16.")[0]
+    return _section(report.write(d)[0].read_text(), "Findings")
 
 
 def test_findings_flip_with_the_numbers(tmp_path):
@@ -144,3 +153,150 @@ def test_html_renders_in_a_headless_browser(written, tmp_path):
     assert px.std() > 0.05 and not_white > 0.05, (px.std(), not_white)  # not blank
     # the figure area (below the setup tables) holds colour, i.e. images were painted
     assert np.abs(px[..., 0] - px[..., 2]).max() > 0.3
+
+
+# ----------------------------------------------------------------------------- the study's document
+
+def _table_rows(section: str) -> list[list[str]]:
+    """Every Markdown table body row of a section (no header), as cells."""
+    lines = section.splitlines() + [""]
+    return [[c.strip() for c in line.strip().strip("|").split(" | ")] for line, nxt in zip(lines, lines[1:])
+            if line.startswith("| ") and not nxt.startswith("|---")]
+
+
+def test_research_questions_carry_their_tests(written):
+    d, md, _ = written
+    st = json.loads((d / "stats.json").read_text())
+    sec = _section(md, "Research questions")
+    for rq in ("RQ1", "RQ2", "RQ3", "RQ4", "RQ5"):
+        assert f"**{rq}." in sec
+    assert "Does LoRA preserve attention structure better than full fine-tuning?" in sec
+    rows = {r[1]: r for r in _table_rows(sec) if r[0] == "RQ2"}
+    for e in st["tests"]["fullft_vs_lora"]["entries"]:  # raw and Holm p exactly as stats.json has them
+        row = rows[f"entropy Δ%, full FT − LoRA ({e['label']})"]
+        assert row[2:5] == ["Welch t", e["unit"], f"{e['n_a']}+{e['n_b']}"]
+        assert row[6] == render.pval(e["welch_p"]) and row[7] == render.pval(e["welch_p_holm"])
+        assert row[8].startswith("significant" if e["welch_p_holm"] < 0.05 else "not significant")
+    # the abstract answers every RQ in one line each
+    abstract = md.split("## Abstract")[1].split("## 1.")[0]
+    assert all(f"RQ{i} " in abstract for i in range(1, 6))
+
+
+def test_conclusions_claim_only_what_holm_supports(written, tmp_path):
+    d, md, _ = written
+    st = json.loads((d / "stats.json").read_text())
+    sig = [e for e in st["tests"]["fullft_vs_lora"]["entries"] if e["welch_p_holm"] < 0.05]
+    concl = _section(md, "Conclusions")
+    for e in st["tests"]["fullft_vs_lora"]["entries"]:
+        assert (f"On {e['label']}, LoRA's entropy Δ% differs" in concl) == (e in sig)
+    same = {r: {"delta": (-0.14, -1.7, -3.5, -0.7), "layer_noise": 2.0} for r in ("E2", "E5")}
+    flat = report.write(build_matrix(tmp_path / "m", ["E2", "E5"], overrides=same, **SMALL))[0].read_text()
+    assert "supports no claim" in _section(flat, "Conclusions")
+
+
+def test_grand_tables_equal_the_results_file(written):
+    d, md, _ = written
+    with open(d / "results.csv", newline="") as fh:
+        rows = {r["run_id"]: r for r in csv.DictReader(fh)}
+    grand = _section(md, "Grand comparison")
+    for mt in ("entropy", "head_diversity"):
+        table = {r[0]: r for r in _table_rows(grand.split(f"### {mt}")[1].split("###")[0])}
+        for rid, r in rows.items():
+            if r["status"] != "done":
+                continue
+            ini, fin, dp = float(r[f"{mt}_initial"]), float(r[f"{mt}_final"]), float(r[f"{mt}_delta_pct"])
+            assert table[rid][1:] == [f"{ini:.4f}", f"{fin:.4f}", f"{fin - ini:+.4f}", f"{dp:+.2f}%"], rid
+    # the reports' baseline head diversity (0.075) is not near zero: nothing marked
+    assert "%†" not in md
+
+
+def test_matrix_and_datasets_tables_show_each_runs_settings(written):
+    d, md, _ = written
+    with open(d / "results.csv", newline="") as fh:
+        rows = {r["run_id"]: r for r in csv.DictReader(fh)}
+    table = {r[0]: r for r in _table_rows(_section(md, "Experiment matrix"))}
+    for rid, r in rows.items():
+        assert table[rid][3] == format(float(r["lr"]), "g") and table[rid][8] == format(float(r["weight_decay"]), "g")
+        assert table[rid][4] == (r["lora_rank"] or "—" if r["method"] == "lora" else "—")
+    assert "| Dataset | Role |" in _section(md, "Datasets")
+
+
+def test_zero_shot_names_all_three_protocols(written):
+    _, md, _ = written
+    sec = _section(md, "Zero-shot transfer")
+    assert "| Run | Configuration | as trained | frozen pretrained projection | adapters off |" in sec
+    for name in ("**as trained**", "**frozen pretrained projection**", "**adapters off**"):
+        assert name in sec
+
+
+SMALL_MATRIX = """\
+name: small
+baseline: [synthetic]
+defaults:
+  model: tiny
+  dataset: synthetic
+  optim: {lr: 1.0e-3, batch_size: 32, epochs: 1, precision: fp32}
+  data: {synthetic_train: 64, synthetic_test: 48, eval_subset_size: 20}
+  eval: {points_per_epoch: 2, batch_size: 10}
+  zeroshot: {datasets: [synthetic], max_images: 24}
+runs:
+  E2: {}
+  E4: {method: lora, lora: {rank: 4, alpha: 8}, optim: {lr: 1.0e-2}}
+"""
+
+
+def test_real_runs_report(tmp_path, capsys):
+    """The real runner on the tiny preset: every section, numbers equal to the run files,
+    † exactly where the initial value is near zero, the scorecard labelled not comparable."""
+    from attncollapse.analysis.runtables import unstable
+    from attncollapse.cli import main
+
+    (tmp_path / "m.yaml").write_text(SMALL_MATRIX)
+    out = tmp_path / "out"
+    assert main(["run", str(tmp_path / "m.yaml"), "--out", str(out)]) == 0, capsys.readouterr().out
+    md = (out / "report.md").read_text()
+    heads = re.findall(r"^## \d+\. (.+)$", md, flags=re.M)
+    for want in SECTIONS:
+        assert any(h.startswith(want) for h in heads), want
+    fin = {r: json.loads((out / r / "final.json").read_text()) for r in ("E2", "E4")}
+    grand = _section(md, "Grand comparison")
+    marks = 0
+    for mt in ("entropy", "erf", "gini", "head_diversity"):
+        table = {r[0]: r for r in _table_rows(grand.split(f"### {mt}")[1].split("###")[0])}
+        for rid, f in fin.items():
+            ini, end = f["initial_mean"][mt], f["final_mean"][mt]
+            want = f"{f['delta_pct'][mt]:+.2f}%" + ("†" if abs(ini) < 0.05 * (np.log(49) if mt == "entropy" else 1) else "")
+            assert table[rid][1:] == [f"{ini:.4f}", f"{end:.4f}", f"{end - ini:+.4f}", want], (mt, rid)
+            marks += want.endswith("†")
+            assert unstable(mt, ini) == want.endswith("†")
+    assert marks > 0  # the random tiny preset's head diversity starts near 0.001: its Δ% is marked
+    assert "†" not in grand.split("### entropy")[1].split("###")[0]  # entropy (~2.7 nats) never is
+    sc = _section(md, "Reproduction scorecard")
+    assert sc.lstrip().startswith("**Not comparable**") and "model_random_init" in sc
+    assert "| E2 | best_acc_pct | 99.3 |" in sc
+    ds = {(r[0], r[1]): r for r in _table_rows(_section(md, "Datasets"))}
+    info = fin["E2"]["data"]
+    assert ds["synthetic", "training"][3:7] == [str(info["classes"]), str(info["sizes"]["train"]), str(info["sizes"]["val"]),
+                                    str(info["sizes"]["test"])]
+    assert ds["synthetic", "zero-shot"][6] == str(fin["E2"]["zeroshot"]["synthetic"]["images"])
+    mx = {r[0]: r for r in _table_rows(_section(md, "Experiment matrix"))}
+    assert (mx["E2"][3], mx["E4"][3], mx["E4"][4]) == ("0.001", "0.01", "4")
+    assert "Method and learning rate are confounded" in md
+    zs = {r[0]: r for r in _table_rows(_section(md, "Zero-shot transfer"))}
+    z = fin["E4"]["zeroshot"]["synthetic"]
+    assert [c.split(" (")[0] for c in zs["E4"][2:5]] == [render.pct(z["acc"]), render.pct(z["acc_frozen_projection"]),
+                                                        render.pct(z["acc_base_only"])]
+    assert "PIPELINE DEMONSTRATION" in md.split("## Abstract")[0]
+
+
+def test_several_seeds_give_one_row_per_configuration(tmp_path):
+    d = build_matrix(tmp_path / "m", ["E2", "E5"], seeds=(42, 43), **SMALL)
+    md = report.write(d)[0].read_text()
+    with open(d / "results.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    table = {r[0]: r for r in _table_rows(_section(md, "Grand comparison").split("### entropy")[1].split("###")[0])}
+    assert set(table) == {"E2", "E5"}  # configs, not E2-s42 / E2-s43
+    for cid in ("E2", "E5"):
+        v = np.array([float(r["entropy_delta_pct"]) for r in rows if r["run_id"].startswith(cid + "-")])
+        assert table[cid][4] == f"{v.mean():+.2f}% ± {v.std(ddof=1):.2f}%"
+    assert {r[0]: r for r in _table_rows(_section(md, "Experiment matrix"))}["E2"][12] == "42, 43"

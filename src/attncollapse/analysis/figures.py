@@ -57,28 +57,50 @@ def _pairs(ctx: Ctx) -> list[str]:
     return [ds for ds in ctx.s["datasets"] if ctx.s["reference"][ds] and ctx.s["lora"][ds]]
 
 
+def metric_panels(axes: Any, groups: dict[str, list[table.Run]], *, labels: list[str] | None = None) -> None:
+    """One panel per metric, each on its own y scale: a bar per config (seed mean ± SD of Δ%).
+
+    A shared Δ% axis lets a metric with a near-zero base (head diversity, +5,000% on the
+    demo) flatten the primary one (entropy, a few %); the panel title gives the configs'
+    initial value, so a large Δ% over a small base is read as such.
+
+    Args:
+        axes: 4 matplotlib axes, one per `table.METRICS`.
+        groups: config id → its runs (seeds), in bar order.
+        labels: a tick label per config (default: the config ids).
+    """
+    xs = np.arange(len(groups))
+    for a, mt in zip(axes, table.METRICS):
+        vals = [seed_mean(rs, lambda r: r.delta(mt)) for rs in groups.values()]
+        a.bar(xs, [v[0] for v in vals], yerr=[v[1] for v in vals], color=[OKABE_ITO[i % 8] for i in range(len(xs))],
+              edgecolor="black", linewidth=0.5, capsize=2)
+        a.axhline(0, color="black", lw=0.6)
+        a.set_xticks(xs, labels or list(groups), rotation=30, ha="right", fontsize=7)
+        ini = [seed_mean(rs, lambda r: r.get(f"{mt}_initial"))[0] for rs in groups.values()]
+        ini = [v for v in ini if np.isfinite(v)]
+        span = "" if not ini else f"initial {min(ini):.3g}" + (f"–{max(ini):.3g}" if max(ini) > min(ini) else "")
+        a.set(title=f"{METRIC_LABELS[mt].split(' (')[0]} ({span})" if span else METRIC_LABELS[mt].split(" (")[0],
+              ylabel="Δ% (final vs initial)")
+
+
 def _fullft_vs_lora(ctx: Ctx, out: Path, k: int) -> Path | str:
-    """Fig. 5 / 5b: Δ% of the four metrics and per-layer ΔH, full FT vs LoRA (§3.2)."""
+    """Fig. 5 / 5b: Δ% of each metric (own panel), and per-layer ΔH, full FT vs LoRA (§3.2)."""
     pairs = _pairs(ctx)
     if len(pairs) <= k:
         return f"needs full-FT and LoRA runs on {'a' if k == 0 else 'a second'} dataset; found {len(pairs)}"
     ds = pairs[k]
     groups = roles.by_config(ctx.s["reference"][ds] + sorted(ctx.s["lora"][ds], key=lambda r: r.get("lora_rank")))
-    fig, ax = figure(8.0, 3.4, 1, 2)
-    w = 0.8 / len(groups)
+    fig, ax = figure(9.5, 5.6, 2, 3)
+    metric_panels([ax[0, 0], ax[0, 1], ax[0, 2], ax[1, 0]], groups,
+                  labels=[short(rs[0]).replace("\n", ": ") for rs in groups.values()])
     for i, rs in enumerate(groups.values()):
-        vals = [seed_mean(rs, lambda r: r.delta(mt)) for mt in table.METRICS]
-        ax[0, 0].bar(np.arange(4) + (i - (len(groups) - 1) / 2) * w, [v[0] for v in vals], w,
-                     yerr=[v[1] for v in vals], color=OKABE_ITO[i % 8], capsize=2,
-                     label=short(rs[0]).replace("\n", ": ") + (f" (mean ± SD, n={len(rs)})" if len(rs) > 1 else ""))
-        layer_band(ax[0, 1], rs, color=OKABE_ITO[i % 8])
-    ax[0, 0].set_xticks(range(4), [METRIC_LABELS[m].split(" (")[0] for m in table.METRICS])
-    ax[0, 0].axhline(0, color="black", lw=0.6)
-    ax[0, 0].set(ylabel="Δ% (final vs initial)", title=f"Structural change on {ds}")
-    ax[0, 0].legend()
+        layer_band(ax[1, 1], rs, color=OKABE_ITO[i % 8], label=rs[0].config_id)
     e = next((e for e in ctx.test("fullft_vs_lora").get("entries", []) if e.get("label") == ds), {})
-    ax[0, 1].axhline(0, color="black", lw=0.6)
-    ax[0, 1].set(xlabel="layer", ylabel="entropy Δ%", title=f"Per-layer entropy Δ — {p_text(e)}")
+    ax[1, 1].axhline(0, color="black", lw=0.6)
+    ax[1, 1].set(xlabel="layer", ylabel="entropy Δ%", title=f"Per-layer entropy Δ — {p_text(e)}")
+    ax[1, 1].legend(fontsize=7)
+    ax[1, 2].axis("off")
+    fig.suptitle(f"Full FT vs LoRA on {ds}: each metric on its own scale", fontsize=9)
     return save(fig, out)
 
 
@@ -264,18 +286,11 @@ def extra_lora_qkvo(src: Ctx | str | Path, out: Path) -> Path | str:
     if not qv:
         return f"no LoRA QV run at rank {qkvo[0].get('lora_rank')} to compare with"
     groups = roles.by_config(qv + qkvo)
-    fig, ax = figure(6.0, 3.2)
-    w = 0.8 / len(groups)
-    for i, rs in enumerate(groups.values()):
-        v = [seed_mean(rs, lambda r: r.delta(mt)) for mt in table.METRICS]
-        acc = 100 * seed_mean(rs, lambda r: r.get("best_acc"))[0]
-        ax[0, 0].bar(np.arange(4) + (i - (len(groups) - 1) / 2) * w, [x[0] for x in v], w, yerr=[x[1] for x in v],
-                     color=OKABE_ITO[i % 8], capsize=2, label=f"{short(rs[0]).replace(chr(10), ': ')} (acc {acc:.2f}%"
-                     + (f"; mean ± SD, n={len(rs)})" if len(rs) > 1 else ")"))
-    ax[0, 0].set_xticks(range(4), [METRIC_LABELS[m].split(" (")[0] for m in table.METRICS])
-    ax[0, 0].axhline(0, color="black", lw=0.6)
-    ax[0, 0].set(ylabel="Δ% (final vs initial)", title="LoRA target modules")
-    ax[0, 0].legend()
+    fig, ax = figure(9.5, 3.0, 1, 4)
+    labels = [f"{short(rs[0]).replace(chr(10), ': ')}\nacc {100 * seed_mean(rs, lambda r: r.get('best_acc'))[0]:.2f}%"
+              for rs in groups.values()]
+    metric_panels(ax[0], groups, labels=labels)
+    fig.suptitle("LoRA target modules: each metric on its own scale", fontsize=9)
     return save(fig, out)
 
 
@@ -309,8 +324,8 @@ CAPTIONS = {
     "fig2_baseline_structure": "Pretrained attention structure: 4 metrics × layers (E1)",
     "fig3_triple_curve": "Accuracy and mean entropy during full fine-tuning",
     "fig4_layer_entropy_heatmap": "Layer-wise entropy evolution (Δ% vs step 0), full FT and LoRA",
-    "fig5_fullft_vs_lora": "Full FT vs LoRA structural comparison (first dataset)",
-    "fig5b_fullft_vs_lora_pets": "Full FT vs LoRA structural comparison (second dataset)",
+    "fig5_fullft_vs_lora": "Full FT vs LoRA structural comparison (first dataset), one panel per metric",
+    "fig5b_fullft_vs_lora_pets": "Full FT vs LoRA structural comparison (second dataset), one panel per metric",
     "fig6_lr_sweep": "Learning-rate sweep: structure and accuracy",
     "fig7_collapse_vs_zeroshot": "Attention collapse vs zero-shot transfer: entropy Δ% and zero-shot accuracy of "
                                  "the same (best-accuracy) checkpoint (hollow: LoRA base-only)",
@@ -327,7 +342,7 @@ CAPTIONS = {
     "fig17_gini_evolution": "Gini evolution",
     "extra_erf95_evolution": "ERF@0.95 evolution",
     "extra_frozen_layers": "Frozen-layers ablation",
-    "extra_lora_qkvo": "LoRA QV vs QKVO",
+    "extra_lora_qkvo": "LoRA QV vs QKVO, one panel per metric",
     "extra_wise_interpolation": "WiSE-FT weight interpolation: zero-shot vs task accuracy and entropy",
     "extra_attention_overlays": "[CLS] attention over eval images, pretrained vs fine-tuned",
 }

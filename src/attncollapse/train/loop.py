@@ -337,7 +337,7 @@ def _finish(r: Run, state: TrainState, overlay_initial: torch.Tensor, timings: d
     result = {
         "run_id": cfg.id, "seed": cfg.seed, "status": "done", "method": cfg.method,
         "dataset": cfg.dataset, "model": cfg.model, "model_random_init": cfg.model in PRESETS,
-        "split_protocol": splits.protocol,
+        "split_protocol": splits.protocol, "data": splits.info,  # classes and split sizes, for the report
         "select_split": "test" if splits.protocol == "hub" else "val",
         "best_acc": state.best_acc, "best_step": state.best_step, "final_acc": state.last_acc,
         "initial": initial, "final": final, "initial_mean": init_mean, "final_mean": final_mean,

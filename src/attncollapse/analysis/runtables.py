@@ -1,0 +1,224 @@
+"""The report's per-run tables: experiment matrix, datasets, grand comparison, zero-shot.
+
+Every number is read from the matrix's files (results.csv, final.json, history.json,
+config.yaml, baseline/*.json); nothing is computed but means over a configuration's seeds
+and the differences final − initial. One row per configuration: with one seed it shows the
+run's value, with several `mean ± sd` over seeds (`config_summary`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import numpy as np
+
+from . import roles
+from .._io import read_yaml
+from .render import Block, dpct, num, pct
+from .table import METRICS, Run
+
+UNSTABLE_FRAC = 0.05
+"""Δ% is marked unstable when |initial| < UNSTABLE_FRAC × the metric's range (METRIC_RANGE)."""
+METRIC_RANGE = {"entropy": math.log(49), "erf": 1.0, "gini": 1.0, "head_diversity": 1.0}
+"""Each metric's range: entropy 0..ln P nats (P = 49 patches of ViT-B/32 at 224 px; with
+fewer patches the threshold 0.19 nats stays "near zero"); ERF, Gini and head diversity of
+non-negative attention rows all lie in [0, 1]."""
+UNSTABLE_MARK = "†"
+ZS_PROTOCOLS = (("acc", "as trained"), ("acc_frozen_projection", "frozen pretrained projection"),
+                ("acc_base_only", "adapters off"))
+"""final.json zero-shot keys and the protocol each names (docs/FORMATS.md)."""
+
+
+def unstable(metric: str, initial: float | None) -> bool:
+    """Whether a Δ% over this initial value is unstable (its base is near zero)."""
+    return initial is not None and abs(initial) < UNSTABLE_FRAC * METRIC_RANGE[metric]
+
+
+def unstable_rule() -> str:
+    """The rule in words, with each metric's threshold."""
+    th = ", ".join(f"{mt} {UNSTABLE_FRAC * r:.3g}" for mt, r in METRIC_RANGE.items())
+    return (f"{UNSTABLE_MARK} Δ% unstable: |initial| < {UNSTABLE_FRAC:g} × the metric's range (entropy ln 49 nats, "
+            f"ERF, Gini and head diversity 1), i.e. below {th}. A ratio over a base that small multiplies noise; "
+            "read the absolute Δ instead.")
+
+
+# ----------------------------------------------------------------------------- seeds
+
+def _zs(r: Run, key: str) -> float | None:
+    """The first zero-shot dataset's accuracy under one protocol (final.json key), or None."""
+    zs = (r.final or {}).get("zeroshot") or {}
+    block = next(iter(zs.values()), None)
+    return block.get(key) if isinstance(block, dict) else None
+
+
+def _getters() -> dict[str, Callable[[Run], Any]]:
+    cols = ["best_acc", "final_acc"] + [f"{m}_{k}" for m in METRICS for k in ("initial", "final", "delta_pct")]
+    out: dict[str, Callable[[Run], Any]] = {c: (lambda r, c=c: r.get(c)) for c in cols}
+    for m in METRICS:
+        out[f"{m}_delta_abs"] = lambda r, m=m: (None if r.get(f"{m}_final") is None or r.get(f"{m}_initial") is None
+                                                else r.get(f"{m}_final") - r.get(f"{m}_initial"))
+    for key, _ in ZS_PROTOCOLS:
+        out[f"zeroshot_{key}"] = lambda r, key=key: _zs(r, key)
+    return out
+
+
+def config_summary(runs: list[Run]) -> dict[str, dict[str, Any]]:
+    """Per configuration, every reported number over its seeds.
+
+    Integration point for `analysis.seeds.aggregate` (same shape: `n_seeds`, `seeds`,
+    `run_ids`, and per column `mean, sd, ci_low, ci_high, n`); this local version gives the
+    mean and sample SD (None for one seed) and leaves the CI to that module.
+
+    Returns:
+        {config_id: {"n_seeds", "seeds", "run_ids", "runs", <column>: {"mean", "sd", "ci_low", "ci_high", "n"}}}
+    """
+    out = {}
+    for cid, rs in roles.by_config(runs).items():
+        agg: dict[str, Any] = {"n_seeds": len(rs), "seeds": [r.get("seed") for r in rs],
+                               "run_ids": [r.run_id for r in rs], "runs": rs}
+        for col, get in _getters().items():
+            v = np.asarray([float(x) for x in map(get, rs) if x is not None], float)
+            agg[col] = {"mean": float(v.mean()) if len(v) else None, "n": len(v),
+                        "sd": float(v.std(ddof=1)) if len(v) > 1 else None, "ci_low": None, "ci_high": None}
+        out[cid] = agg
+    return out
+
+
+def cell(agg: dict, col: str, fmt: Callable[[Any], str]) -> str:
+    """One number of a configuration: the value (one seed) or "mean ± sd" (several)."""
+    c = agg.get(col) or {}
+    if c.get("mean") is None:
+        return "—"
+    return fmt(c["mean"]) + (f" ± {fmt(c['sd']).lstrip('+')}" if c.get("sd") is not None else "")
+
+
+def _cfg(r: Run) -> dict:
+    p = r.dir / "config.yaml"
+    return (read_yaml(p) or {}) if p.exists() else {}
+
+
+# ----------------------------------------------------------------------------- tables
+
+def matrix_table(runs: list[Run]) -> list[Block]:
+    """Every configuration's settings (lr, LoRA rank and targets, λ, weight decay, frozen layers)."""
+    head = ["Run", "Method", "Dataset", "lr", "LoRA rank", "LoRA targets", "Regularizer", "λ", "Weight decay",
+            "Frozen layers", "Epochs", "Batch", "Seeds"]
+    rows = []
+    for cid, rs in roles.by_config(runs).items():
+        r = rs[0]
+        lora = r.get("method") == "lora"
+        rows.append([cid, r.get("method", "—"), r.get("dataset", "—"), num(r.get("lr"), "g"),
+                     num(r.get("lora_rank"), "d") if lora else "—", str(r.get("lora_targets") or "—") if lora else "—",
+                     r.get("regularizer") or "none", num(r.get("reg_lambda"), "g"), num(r.get("weight_decay"), "g"),
+                     num(r.get("freeze_layers") or 0, "d"), num(r.get("epochs"), "g"), num(r.get("batch_size"), "d"),
+                     ", ".join(str(x.get("seed")) for x in rs)])
+    return [("table", head, rows)] + [("p", t) for t in confounds(runs)]
+
+
+def confounds(runs: list[Run]) -> list[str]:
+    """Settings that change together with the method, so the method's effect cannot be told apart."""
+    full = {r.get("lr") for r in runs if r.get("method") == "full" and r.get("lr") is not None}
+    lora = {r.get("lr") for r in runs if r.get("method") == "lora" and r.get("lr") is not None}
+    if full and lora and not full & lora:
+        return [f"**Method and learning rate are confounded**: every LoRA run used lr "
+                f"{', '.join(format(x, 'g') for x in sorted(lora))}, every full-FT run lr "
+                f"{', '.join(format(x, 'g') for x in sorted(full))}. A full-FT vs LoRA difference below may come "
+                "from either (the reports' setup has the same confound: LoRA 1e-4, full FT 1e-5)."]
+    return []
+
+
+def datasets_table(runs: list[Run], baseline: dict[str, dict]) -> list[Block]:
+    """Training and zero-shot datasets: classes, split sizes and protocol, eval subset."""
+    head = ["Dataset", "Role", "Source", "Classes", "Train", "Val", "Test", "Eval subset", "Split protocol",
+            "Split seed"]
+    rows, seen = [], set()
+    for r in runs:
+        ds = r.get("dataset")
+        if ds in seen or not r.final:
+            continue
+        seen.add(ds)
+        info, cfg = r.final.get("data") or {}, _cfg(r)
+        sizes, dc = info.get("sizes") or {}, cfg.get("data") or {}
+        hist = r.history() or {}
+        classes = info.get("classes") or (dc.get("synthetic_classes") if ds == "synthetic" else None)
+        proto = r.final.get("split_protocol") or hist.get("split_protocol") or dc.get("split")
+        if proto == "hub":
+            proto = "hub (its train/test; test doubles as val: the best checkpoint is chosen on test)"
+        rows.append([ds, "training", info.get("source", ds), num(classes, "d"), num(sizes.get("train"), "d"),
+                     num(sizes.get("val"), "d"), num(sizes.get("test"), "d"),
+                     f"{len(hist['eval_idx'])} test images (seed {dc.get('eval_subset_seed', '—')})"
+                     if hist.get("eval_idx") else "—", proto or "—", num(info.get("split_seed", dc.get("split_seed")), "d")])
+    zs = {}
+    for r in runs:
+        for name, b in ((r.final or {}).get("zeroshot") or {}).items():
+            zs.setdefault(name, b.get("images") if isinstance(b, dict) else None)
+    rows += [[name, "zero-shot", name, "—", "—", "—", num(n, "d"), "—", "test split", "—"] for name, n in zs.items()]
+    for ds, b in baseline.items():
+        if ds not in seen:
+            rows.append([ds, "baseline (E1) only", ds, "—", "—", "—", "—", f"{b.get('images', '—')} images", "—", "—"])
+    note = ("Classes and split sizes come from final.json `data`; a run that predates it shows —."
+            if any(r.final and not r.final.get("data") for r in runs) else None)
+    return [("table", head, rows)] + ([("p", note)] if note else [])
+
+
+def grand_tables(runs: list[Run]) -> list[Block]:
+    """Accuracy per configuration, then one table per metric: initial, final, Δ, Δ% (unstable marked)."""
+    summ = config_summary(runs)
+    pp = lambda x: num(100 * x, ".2f") + "%"  # noqa: E731
+    acc = [[cid, roles.describe(a["runs"][0]), str(a["n_seeds"]), cell(a, "best_acc", pp), cell(a, "final_acc", pp),
+            cell(a, "zeroshot_acc", pp)] for cid, a in summ.items()]
+    B: list[Block] = [("table", ["Run", "Configuration", "Seeds", "Best acc", "Final acc", "Zero-shot (as trained)"], acc)]
+    marked = False
+    for mt in METRICS:
+        rows = []
+        for cid, a in summ.items():
+            ini = (a.get(f"{mt}_initial") or {}).get("mean")
+            mark = UNSTABLE_MARK if unstable(mt, ini) else ""
+            marked |= bool(mark)
+            four = lambda x: num(x, ".4f")  # noqa: E731  (head diversity starts near 0.001 on the demo)
+            rows.append([cid, cell(a, f"{mt}_initial", four), cell(a, f"{mt}_final", four),
+                         cell(a, f"{mt}_delta_abs", lambda x: num(x, "+.4f")), cell(a, f"{mt}_delta_pct", dpct) + mark])
+        B += [("h", 3, f"{mt}"), ("table", ["Run", "Initial", "Final", "Δ (final − initial)", "Δ%"], rows)]
+    B.append(("p", unstable_rule() + ("" if marked else " No Δ% in these tables is marked.")))
+    return B
+
+
+def zeroshot_table(runs: list[Run], baseline: dict[str, dict]) -> list[Block]:
+    """Zero-shot accuracy under the three protocols, each named, beside the pretrained model's."""
+    names = sorted({n for r in runs for n in (r.final or {}).get("zeroshot") or {}})
+    if not names:
+        return [("p", "*No zero-shot results in this matrix.*")]
+    B: list[Block] = [("p", "Protocols: **as trained** — the fine-tuned vision tower and its fine-tuned projection "
+                            "(adapters active); **frozen pretrained projection** — the fine-tuned tower with the "
+                            "pretrained projection, so a trained projection cannot move the number; **adapters "
+                            "off** — LoRA runs with the adapters disabled, i.e. the pretrained tower plus the "
+                            "trained projection (the reports' protocol, English report §6.2; — for full FT).")]
+    for n in names:
+        base = next((((b.get("zeroshot") or {}).get(n) or {}).get("acc") for b in baseline.values()
+                     if ((b.get("zeroshot") or {}).get(n) or {}).get("acc") is not None), None)
+        rows = [["E1 (pretrained)", "baseline", pct(base), "—", "—"]]
+        for r in runs:
+            z = ((r.final or {}).get("zeroshot") or {}).get(n) or {}
+            rows.append([r.run_id, roles.describe(r)] + [
+                pct(z.get(k)) + (f" ({100 * (z[k] - base) / base:+.1f}%)" if base and z.get(k) is not None else "")
+                for k, _ in ZS_PROTOCOLS])
+        B += [("h", 3, f"{n}"), ("table", ["Run", "Configuration"] + [p for _, p in ZS_PROTOCOLS], rows)]
+    return B + [("p", "In parentheses: change relative to the pretrained model's accuracy.")]
+
+
+def baseline_blocks(baseline: dict[str, dict]) -> list[Block]:
+    """E1: each dataset's per-layer table of the pretrained model."""
+    if not baseline:
+        return [("p", "*No baseline/<dataset>.json in this matrix.*")]
+    out: list[Block] = []
+    for ds, b in baseline.items():
+        lay = b.get("layers") or {}
+        out.append(("p", f"**{ds}** ({b.get('images', '?')} eval images, model `{b.get('model', '?')}`): "
+                         + "; ".join(f"{mt} mean {num((b.get('mean') or {}).get(mt))}, range "
+                                     f"{num(min(lay[mt]))}–{num(max(lay[mt]))}" for mt in METRICS if lay.get(mt))))
+        L = len(lay.get("entropy", []))
+        out.append(("table", ["Layer"] + list(METRICS), [[str(i + 1)] + [num(lay[mt][i]) for mt in METRICS]
+                                                          for i in range(L)]))
+    return out
+
