@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import roles
+from . import roles, seeds
 from .._io import read_yaml
 from .render import Block, dpct, num, pct
 from .table import METRICS, Run
@@ -64,20 +64,20 @@ def _getters() -> dict[str, Callable[[Run], Any]]:
 
 
 def config_summary(runs: list[Run]) -> dict[str, dict[str, Any]]:
-    """Per configuration, every reported number over its seeds.
-
-    Integration point for `analysis.seeds.aggregate` (same shape: `n_seeds`, `seeds`,
-    `run_ids`, and per column `mean, sd, ci_low, ci_high, n`); this local version gives the
-    mean and sample SD (None for one seed) and leaves the CI to that module.
+    """Per configuration, every reported number over its seeds (`seeds.aggregate`, plus the
+    report's derived columns such as absolute Δ).
 
     Returns:
         {config_id: {"n_seeds", "seeds", "run_ids", "runs", <column>: {"mean", "sd", "ci_low", "ci_high", "n"}}}
     """
+    base = seeds.aggregate(runs)
     out = {}
     for cid, rs in roles.by_config(runs).items():
-        agg: dict[str, Any] = {"n_seeds": len(rs), "seeds": [r.get("seed") for r in rs],
+        agg: dict[str, Any] = {**base.get(cid, {}), "n_seeds": len(rs), "seeds": [r.get("seed") for r in rs],
                                "run_ids": [r.run_id for r in rs], "runs": rs}
         for col, get in _getters().items():
+            if isinstance(agg.get(col), dict):
+                continue  # aggregated by seeds.aggregate (with its 95% CI)
             v = np.asarray([float(x) for x in map(get, rs) if x is not None], float)
             agg[col] = {"mean": float(v.mean()) if len(v) else None, "n": len(v),
                         "sd": float(v.std(ddof=1)) if len(v) > 1 else None, "ci_low": None, "ci_high": None}
