@@ -22,7 +22,8 @@ class DataConfig(Strict):
     split: Literal["hub", "pooled_80_20", "holdout_val"] = "hub"
     """Split protocol: "hub" = the dataset's own train/test, test doubling as validation
     (original study's code); "pooled_80_20" = the reports' stated stratified 80/20 of
-    train+test (seed 42); "holdout_val" = val carved from train, test kept apart."""
+    train+test (seed 42; the hub's EuroSAT has 24,300 images, so 19,440 / 4,860, not the
+    reports' 21,600 / 5,400 of 27,000); "holdout_val" = val carved from train, test kept apart."""
     val_frac: float = Field(0.1, gt=0.0, lt=1.0)
     """Fraction of train held out as validation under split="holdout_val"."""
     split_seed: int = 42
