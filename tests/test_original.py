@@ -234,6 +234,32 @@ def test_exif_orientation_applied_as_datasets_decodes(tmp_path):
 
 # ---------------------------------------------------------------- hub look-alikes
 
+def test_eurosat_like_source_takes_test_not_a_corrupted_copy(tmp_path):
+    """tanganke/eurosat's schema: 64×64 RGB, 10 descriptive names, corrupted test copies."""
+    import datasets as hfd
+
+    rng = np.random.default_rng(8)
+    names = ["annual crop land", "forest", "brushland or shrubland", "highway or road",
+             "industrial buildings", "pasture land", "permanent crop land", "residential buildings",
+             "river", "lake or sea"]
+    feats = hfd.Features({"image": hfd.Image(), "label": hfd.ClassLabel(names=names)})
+
+    def make(n, shift=0):
+        imgs = [Image.fromarray(np.clip(rng.integers(0, 200, (64, 64, 3)) + shift, 0, 255).astype(np.uint8))
+                for _ in range(n)]
+        return hfd.Dataset.from_dict({"image": imgs, "label": [i % 10 for i in range(n)]}, features=feats)
+
+    parts = {"train": make(30), "test": make(40)}
+    parts.update({k: make(40, 55) for k in ("contrast", "gaussian_noise", "impulse_noise", "jpeg_compression",
+                                            "motion_blur", "pixelate", "spatter")})
+    hfd.DatasetDict(parts).save_to_disk(str(tmp_path / "eurosat"))
+    sp = load_splits(f"hf:{tmp_path / 'eurosat'}", _cfg(tmp_path, eval_subset_size=20), image_size=S)
+    test = parts["test"]
+    assert (len(sp.train), len(sp.test)) == (30, 40) and sp.test.class_names == names
+    assert sp.eval_idx.tolist() == original_eval_subset(test["label"], 20, 42)
+    np.testing.assert_array_equal(sp.test.images, np.stack([original_pixels(r["image"], S) for r in test]))
+
+
 def _pets_like(tmp_path):
     """timm/oxford-iiit-pet's schema: mixed modes, 37 breeds, image_id, label_cat_dog."""
     import datasets as hfd
