@@ -278,7 +278,7 @@ def run_slice(args, workdir: Path) -> dict:
 def prepare_data(tasks) -> float:
     """Build the uint8 disk cache of every data set the tasks read, before the clock starts.
 
-    A study builds its data cache once, whatever it runs afterwards (real EuroSAT: 27,000
+    A study builds its data cache once, whatever it runs afterwards (the hub's EuroSAT: 24,300
     JPEGs in seconds with the cache's worker processes); synthetic sets are made the same
     way. Its time is reported on its own (`cache_build_s`), not projected per run.
     """

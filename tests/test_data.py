@@ -25,6 +25,10 @@ S = 32  # the tiny model's resolution
 
 
 def _cfg(tmp_path, **kw) -> DataConfig:
+    # these tests check the CLIP processor's preprocessing against `_slow`; the original
+    # study's (the default) is checked in test_original.py
+    kw.setdefault("preprocess", "clip")
+    kw.setdefault("alpha", "white")
     kw.setdefault("cache_dir", str(tmp_path / "cache"))
     kw.setdefault("cache_workers", 1)
     kw.setdefault("eval_subset_size", 10)
@@ -99,7 +103,7 @@ def test_preprocess_matches_direct_pil_for_every_shape_and_mode():
     rng = np.random.default_rng(2)
     for w, h, mode in _SHAPES:
         img = _rand_image(rng, w, h, mode)
-        got = data.preprocess(img, S)
+        got = data.preprocess(img, S, "clip", "white")
         assert got.shape == (3, S, S) and got.dtype == np.uint8
         np.testing.assert_array_equal(got, _slow(img, S), err_msg=f"{w}x{h} {mode}")
 
@@ -271,7 +275,7 @@ def test_eval_subset_balanced_deterministic_and_by_hand():
         want += rng.choice(pool, min(10, len(pool)), replace=False).tolist()
     rest = np.setdiff1d(np.arange(len(labels)), want)
     want += rng.choice(rest, 40 - len(want), replace=False).tolist()
-    assert idx.tolist() == sorted(want)
+    assert idx.tolist() == want  # draw order, as the original: it decides the metric batches
     np.testing.assert_array_equal(idx, eval_subset_indices(labels, 40, 42))
     assert len(set(idx.tolist())) == 40
     bal = eval_subset_indices(np.arange(200) % 10, 20, 42)
@@ -345,7 +349,7 @@ def test_damaged_cache_is_rebuilt_with_a_warning(folder, tmp_path, damage, reaso
         assert len(rebuilt) == 13 and rebuilt.labels[-1] == 2
     else:
         np.testing.assert_array_equal(rebuilt.images, good)
-    assert cache_mod.check_entry(d, _raw_test(root, cfg), S) is None
+    assert cache_mod.check_entry(d, _raw_test(root, cfg), S, "clip-white") is None
 
 
 def _raw_test(root, cfg):

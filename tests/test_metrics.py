@@ -94,19 +94,29 @@ def test_patch_rows_drops_cls_and_renormalises():
 def test_summarize_matches_manual_aggregation():
     L, N, H, T = 2, 70, 3, 10
     raw = _rows((L, N, H, T), seed=4)
-    out = metrics.summarize(raw, diversity="batch_mean", diversity_batch=32)
+    by_image = metrics.summarize(raw, diversity="batch_mean", diversity_batch=32, aggregate="per_image")
+    by_batch = metrics.summarize(raw, diversity="batch_mean", diversity_batch=32, aggregate="per_batch")
+    assert by_batch == metrics.summarize(raw)  # per_batch and batches of 32 are the defaults
     a = raw[..., 1:].double().numpy()
     a = a / a.sum(-1, keepdims=True)
+    starts = (0, 32, 64)  # batches 0-31, 32-63 and the short 64-69
     for layer in range(L):
-        ents = [_entropy_loop(a[layer, n, h]) for n in range(N) for h in range(H)]
-        assert out["entropy"][layer] == pytest.approx(np.mean(ents), abs=1e-5)
-        # batches 0-31, 32-63, 64-69: mean rows per head, diversity, unweighted mean over batches
-        divs = [_diversity_loop(a[layer, s:s + 32].mean(0)) for s in (0, 32, 64)]
-        assert out["head_diversity"][layer] == pytest.approx(np.mean(divs), abs=1e-5)
-    per_image = metrics.summarize(raw, diversity="per_image")
+        ents = np.array([[_entropy_loop(a[layer, n, h]) for h in range(H)] for n in range(N)]).mean(1)
+        assert by_image["entropy"][layer] == pytest.approx(ents.mean(), abs=1e-5)
+        # per_batch: the 6 images of the last batch weigh as much as the 32 of a full one
+        assert by_batch["entropy"][layer] == pytest.approx(np.mean([ents[s:s + 32].mean() for s in starts]), abs=1e-5)
+        # mean rows per head over each batch, diversity, then over batches (unweighted) or
+        # over images (each image counts its batch's value)
+        divs = np.array([_diversity_loop(a[layer, s:s + 32].mean(0)) for s in starts])
+        assert by_batch["head_diversity"][layer] == pytest.approx(divs.mean(), abs=1e-5)
+        assert by_image["head_diversity"][layer] == pytest.approx((divs * [32, 32, 6]).sum() / N, abs=1e-5)
+    assert by_batch["entropy"][0] != pytest.approx(by_image["entropy"][0], abs=1e-4)
+    per_image = metrics.summarize(raw, diversity="per_image", aggregate="per_image")
     want = np.mean([_diversity_loop(a[0, n]) for n in range(N)])
     assert per_image["head_diversity"][0] == pytest.approx(want, abs=1e-5)
-    assert per_image["head_diversity"][0] != pytest.approx(out["head_diversity"][0], abs=1e-4)
+    assert per_image["head_diversity"][0] != pytest.approx(by_batch["head_diversity"][0], abs=1e-4)
+    with pytest.raises(ValueError, match="aggregate 'images'"):
+        metrics.summarize(raw, aggregate="images")
 
 
 def test_delta_pct_and_layer_mean():

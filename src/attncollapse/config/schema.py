@@ -24,7 +24,8 @@ class DataConfig(Strict):
     split: Literal["hub", "pooled_80_20", "holdout_val"] = "hub"
     """Split protocol: "hub" = the dataset's own train/test, test doubling as validation
     (original study's code); "pooled_80_20" = the reports' stated stratified 80/20 of
-    train+test (seed 42); "holdout_val" = val carved from train, test kept apart."""
+    train+test (seed 42; the hub's EuroSAT has 24,300 images, so 19,440 / 4,860, not the
+    reports' 21,600 / 5,400 of 27,000); "holdout_val" = val carved from train, test kept apart."""
     val_frac: float = Field(0.1, gt=0.0, lt=1.0)
     """Fraction of train held out as validation under split="holdout_val"."""
     split_seed: int = 42
@@ -33,6 +34,12 @@ class DataConfig(Strict):
     """Images in the fixed metric eval subset (reports: 200, class-balanced)."""
     eval_subset_seed: int = 42
     """`numpy.random.RandomState` seed of the eval subset (reports: 42)."""
+    preprocess: Literal["original", "clip"] = "original"
+    """Resize and crop: "original" = torchvision `Resize(S)` + `CenterCrop(S)` on PIL images
+    (bilinear, the original study's code); "clip" = the CLIP image processor (bicubic)."""
+    alpha: Literal["drop", "white"] = "drop"
+    """Transparent pixels: "drop" = PIL `convert("RGB")` keeps their stored colour (original
+    code); "white" = composited onto white (the CLIP image processor)."""
     hflip: bool = True
     """Random horizontal flip during training (original study's only augmentation)."""
     max_train_images: int | None = Field(None, ge=1)
@@ -123,6 +130,11 @@ class EvalConfig(Strict):
     rows by `batch_size`, and a row does not depend on its batch-mates)."""
     diversity: Literal["batch_mean", "per_image"] = "batch_mean"
     """Head diversity aggregation (reports: batch_mean)."""
+    aggregate: Literal["per_batch", "per_image"] = "per_batch"
+    """A layer's value of every metric: "per_batch" = the unweighted mean of the per-batch
+    means over batches of `batch_size` eval images in draw order, a short last batch
+    weighing as much as a full one (the original code, which made the reports' numbers);
+    "per_image" = the mean over images (the reports' text)."""
     val_per_epoch: int = Field(1, ge=1)
     """Accuracy evaluations per epoch on the selection split."""
     erf_q: float = Field(0.95, gt=0, le=1)
@@ -130,7 +142,8 @@ class EvalConfig(Strict):
 
     def metric_options(self) -> dict:
         """The keyword arguments of `measure.summarize_rows` / `attention_table` this config sets."""
-        return {"group_size": self.batch_size, "erf_q": self.erf_q, "diversity": self.diversity}
+        return {"group_size": self.batch_size, "erf_q": self.erf_q, "diversity": self.diversity,
+                "aggregate": self.aggregate}
 
 
 class ZeroShotConfig(Strict):
@@ -141,6 +154,9 @@ class ZeroShotConfig(Strict):
     wise_alphas: list[float] = Field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
     """WiSE-FT coefficients α (θ = (1−α)·θ_pretrained + α·θ_finetuned) evaluated at the
     end of each run (empty = skip; the reports had none)."""
+    class_names: Literal["raw", "humanized"] = "raw"
+    """Class names in the prompts: "raw" as the dataset gives them (`aquarium_fish`, HF
+    CIFAR-100's `cra`; the original code) or "humanized" (underscores to spaces)."""
     max_images: int | None = Field(None, ge=1)
     """Cap on zero-shot images (demos); None = the whole test split."""
     enabled: bool = True

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import ExifTags, Image, ImageOps
 
 
 class DataError(ValueError):
@@ -71,14 +71,18 @@ class ImageSet:
     Attributes:
         images: (N, 3, S, S) uint8 array (possibly a read-only memory map).
         labels: (N,) int64 class indices.
-        class_names: human-readable name of each class (used for zero-shot prompts).
+        class_names: human-readable name of each class (`humanize`d; zero-shot prompts
+            and text-initialised heads).
         name: "<source>/<split>" for messages and records.
+        raw_class_names: the names as the source gives them (`aquarium_fish`, HF's `cra`),
+            or None when they equal `class_names`; see `with_class_names`.
     """
 
     images: np.ndarray
     labels: np.ndarray
     class_names: list[str]
     name: str = "images"
+    raw_class_names: list[str] | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -88,9 +92,28 @@ class ImageSet:
         return len(self.class_names)
 
     def subset(self, idx: np.ndarray, name: str | None = None) -> "ImageSet":
+        """Images `idx` in the order given (the eval subset keeps its draw order)."""
         idx = np.asarray(idx, dtype=np.int64)
         return ImageSet(np.ascontiguousarray(self.images[idx]), self.labels[idx].copy(),
-                        list(self.class_names), name or self.name)
+                        list(self.class_names), name or self.name, _copy(self.raw_class_names))
+
+    def with_class_names(self, style: str) -> "ImageSet":
+        """This set with `class_names` in `style`: "humanized" (`aquarium fish`) or "raw"
+        (`aquarium_fish`, as the original study's CIFAR-100 prompts used them).
+
+        Pixels and labels are shared, not copied.
+        """
+        if style not in ("raw", "humanized"):
+            raise ValueError(f"class names style must be 'raw' or 'humanized', got {style!r}")
+        raw = self.raw_class_names
+        if raw is None:
+            return self
+        names = list(raw) if style == "raw" else [humanize(n) for n in raw]
+        return ImageSet(self.images, self.labels, names, self.name, list(raw))
+
+
+def _copy(names: list[str] | None) -> list[str] | None:
+    return None if names is None else list(names)
 
 
 @dataclass
@@ -124,10 +147,17 @@ def humanize(name: str) -> str:
 
 
 def open_image(src: str | os.PathLike | io.BytesIO, name: str) -> Image.Image:
-    """Open and fully decode one image, naming the file if it cannot be read."""
+    """Open and fully decode one image, upright, naming the file if it cannot be read.
+
+    An EXIF orientation tag is applied (`PIL.ImageOps.exif_transpose`), exactly when
+    `datasets.Image.decode_example` applies it (the tag is present), so an `hf:` source
+    decoded here gives the pixels the original study's `datasets` loader gave it.
+    """
     try:
         img = Image.open(src)
         img.load()
+        if img.getexif().get(ExifTags.Base.Orientation) is not None:
+            img = ImageOps.exif_transpose(img)
     except Exception as e:  # PIL raises many types; all mean "this file is bad"
         msg = " ".join(str(e).split())
         raise DataError(f"unreadable image {name}: {type(e).__name__}: {msg}") from None

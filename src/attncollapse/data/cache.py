@@ -1,14 +1,17 @@
-"""CLIP preprocessing and the on-disk uint8 image cache.
+"""Image preprocessing and the on-disk uint8 image cache.
 
-Each image is decoded, resized and centre-cropped once, exactly as CLIP's image processor
-does it (transformers `CLIPImageProcessorPil`: RGB with transparency composited on white,
-shorter side to S with PIL bicubic, centre crop S×S), and stored as uint8 in a `.npy` file
-read back with `mmap_mode="r"`. Rescaling and mean/std normalisation stay on the device
-(`data.feed.Feeder`), so the cache is 4× smaller than float pixels and independent of them.
+Each image is decoded (EXIF orientation applied), made RGB, resized and centre-cropped
+once, and stored as uint8 in a `.npy` file read back with `mmap_mode="r"`. Two
+geometries (`data.preprocess`): "original" = the original study's torchvision
+`Resize(S)` + `CenterCrop(S)` on PIL images (bilinear); "clip" = transformers'
+`CLIPImageProcessorPil` (bicubic). Two alpha treatments (`data.alpha`): "drop" = PIL
+`convert("RGB")` (original), "white" = composited on white (transformers). Rescaling
+and mean/std normalisation stay on the device (`data.feed.Feeder`), so the cache is 4×
+smaller than float pixels and independent of them.
 
-Layout: `<root>/images/<source>-<split>-<S>px-v<VERSION>-<hash>/{images.npy, manifest.json}`.
-The manifest is written last and atomically; a missing, partial, stale or corrupt entry
-is rebuilt with a warning, never used.
+Layout: `<root>/images/<source>-<split>-<S>px-v<VERSION>-<hash>/{images.npy, manifest.json}`,
+the hash covering the preprocessing variant. The manifest is written last and
+atomically; a missing, partial, stale or corrupt entry is rebuilt with a warning, never used.
 """
 
 from __future__ import annotations
@@ -30,44 +33,77 @@ from PIL import Image
 from .. import _io
 from .base import DataError, RawSplit
 
-PREPROCESS_VERSION = 1
-"""Bump when `preprocess` changes: every cache entry of an older version becomes stale."""
+PREPROCESS_VERSION = 2
+"""Bump when `preprocess` changes: every cache entry of an older version becomes stale.
+v2: EXIF orientation applied; the variant (geometry, alpha) joined the cache key."""
 
 _INPROCESS_BELOW = 512  # smaller splits are built without worker processes (start-up costs more)
 
+GEOMETRIES = ("original", "clip")
+ALPHAS = ("drop", "white")
 
-def preprocess(img: Image.Image, size: int) -> np.ndarray:
-    """CLIP's geometric preprocessing of one image.
+
+def variant(geometry: str = "original", alpha: str = "drop") -> str:
+    """The cache-key name of a preprocessing choice, e.g. "original-drop"."""
+    if geometry not in GEOMETRIES or alpha not in ALPHAS:
+        raise DataError(f"unknown preprocessing {geometry!r}/{alpha!r}; data.preprocess is one of "
+                        f"{', '.join(GEOMETRIES)}, data.alpha one of {', '.join(ALPHAS)}")
+    return f"{geometry}-{alpha}"
+
+
+def to_rgb(img: Image.Image, alpha: str = "drop") -> Image.Image:
+    """RGB pixels of any PIL image.
+
+    Args:
+        img: any mode (L, P, CMYK, RGBA, LA, ...).
+        alpha: "drop" = PIL `convert("RGB")`, what the original's `HFImageDataset` did
+            (transparent pixels keep whatever colour they store); "white" = transparency
+            composited onto white (transformers `convert_to_rgb`).
+    """
+    if alpha == "white" and ("A" in img.getbands() or img.info.get("transparency") is not None):
+        rgba = img.convert("RGBA")
+        img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
+def preprocess(img: Image.Image, size: int, geometry: str = "original", alpha: str = "drop") -> np.ndarray:
+    """Geometric preprocessing of one image: shorter side to S, centre crop S×S.
+
+    Both geometries size the long side as `int(S * long / short)` (torchvision
+    `_compute_resized_output_size`, transformers `get_resize_output_image_size`: truncated).
+    "original" resizes with PIL bilinear — torchvision's `F.resize` hands a PIL image to
+    `PIL.Image.resize(size, BILINEAR)`, which antialiases when downscaling — and crops at
+    `int(round((h - S) / 2.0))` (torchvision `transforms/functional.py` `center_crop`;
+    Python rounds halves to even: an excess of 3 px starts the crop at 2, of 5 at 2).
+    "clip" resizes bicubic and crops at `(h - S) // 2` (transformers `center_crop`).
 
     Args:
         img: any PIL image.
         size: S, the model's input resolution.
+        geometry: "original" or "clip".
+        alpha: "drop" or "white" (`to_rgb`).
 
     Returns:
         (3, S, S) uint8.
     """
-    # transformers `convert_to_rgb`: transparency is composited onto white, not dropped.
-    if "A" in img.getbands() or img.info.get("transparency") is not None:
-        rgba = img.convert("RGBA")
-        img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
-    if img.mode != "RGB":
-        img = img.convert("RGB")
+    variant(geometry, alpha)  # validates both
+    img = to_rgb(img, alpha)
     w, h = img.size
-    # transformers `get_resize_output_image_size(default_to_square=False)`: the long side
-    # is truncated with int(), not rounded.
-    if w <= h:
-        new_w, new_h = size, int(size * h / w)
+    new_w, new_h = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
+    if geometry == "original":
+        if (new_w, new_h) != (w, h):  # torchvision returns the image untouched at the target size
+            img = img.resize((new_w, new_h), Image.BILINEAR)
+        top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
     else:
-        new_w, new_h = int(size * w / h), size
-    img = img.resize((new_w, new_h), Image.BICUBIC)
-    top, left = (new_h - size) // 2, (new_w - size) // 2  # transformers `center_crop`
+        img = img.resize((new_w, new_h), Image.BICUBIC)
+        top, left = (new_h - size) // 2, (new_w - size) // 2
     arr = np.asarray(img)[top:top + size, left:left + size]
     return np.ascontiguousarray(arr.transpose(2, 0, 1))
 
 
-def entry_dir(root: Path, source: str, split: str, size: int) -> Path:
-    """The cache directory of one (source, split, image size, preprocessing version)."""
-    key = f"{source}|{split}|{size}|{PREPROCESS_VERSION}"
+def entry_dir(root: Path, source: str, split: str, size: int, how: str = "original-drop") -> Path:
+    """The cache directory of one (source, split, image size, preprocessing variant and version)."""
+    key = f"{source}|{split}|{size}|{PREPROCESS_VERSION}|{how}"
     slug = re.sub(r"[^A-Za-z0-9]+", "_", source.split(":", 1)[-1]).strip("_")[-40:] or "source"
     digest = hashlib.sha256(key.encode()).hexdigest()[:10]
     return root / "images" / f"{slug}-{split}-{size}px-v{PREPROCESS_VERSION}-{digest}"
@@ -112,17 +148,17 @@ def _images_sha(images: np.ndarray, algo: str | None = None) -> str | None:
     return f"{algo}:{h.hexdigest()}"
 
 
-def _manifest(raw: RawSplit, images: np.ndarray, source: str, split: str, size: int) -> dict:
+def _manifest(raw: RawSplit, images: np.ndarray, source: str, split: str, size: int, how: str) -> dict:
     return {
-        "version": PREPROCESS_VERSION, "source": source, "split": split, "image_size": size,
+        "version": PREPROCESS_VERSION, "preprocess": how, "source": source, "split": split, "image_size": size,
         "count": len(raw), "shape": list(images.shape), "dtype": "uint8",
         "source_fingerprint": raw.fingerprint, "labels_sha256": _labels_sha(raw.labels),
         "images_hash": _images_sha(images),
     }
 
 
-def check_entry(d: Path, raw: RawSplit, size: int) -> str | None:
-    """Why the cache entry `d` cannot be used for `raw`, or None when it is good."""
+def check_entry(d: Path, raw: RawSplit, size: int, how: str = "original-drop") -> str | None:
+    """Why the cache entry `d` cannot be used for `raw` preprocessed as `how`, or None when it is good."""
     mpath, ipath = d / "manifest.json", d / "images.npy"
     if not mpath.exists():
         return "partial (no manifest.json)"
@@ -134,6 +170,8 @@ def check_entry(d: Path, raw: RawSplit, size: int) -> str | None:
     shape = [len(raw), 3, size, size]
     if m.get("version") != PREPROCESS_VERSION:
         return f"stale (preprocessing version {m.get('version')} != {PREPROCESS_VERSION})"
+    if m.get("preprocess") != how:
+        return f"stale (preprocessed {m.get('preprocess')}, expected {how})"
     if m.get("source_fingerprint") != raw.fingerprint or m.get("labels_sha256") != _labels_sha(raw.labels):
         return "stale (the source's files or labels changed)"
     if m.get("count") != len(raw) or m.get("shape") != shape:
@@ -152,7 +190,7 @@ def check_entry(d: Path, raw: RawSplit, size: int) -> str | None:
 
 
 def cached_images(raw: RawSplit, *, root: Path, source: str, split: str, size: int,
-                  workers: int | None = None) -> np.ndarray:
+                  workers: int | None = None, how: str = "original-drop") -> np.ndarray:
     """The preprocessed images of `raw`, from the cache, building it first when needed.
 
     Args:
@@ -161,17 +199,18 @@ def cached_images(raw: RawSplit, *, root: Path, source: str, split: str, size: i
         source, split: the canonical source id and split name (the cache key).
         size: S.
         workers: decoding processes; None = CPU count.
+        how: the preprocessing variant, `variant(geometry, alpha)` (part of the cache key).
 
     Returns:
         (N, 3, S, S) uint8 read-only memory map.
     """
-    d = entry_dir(root, source, split, size)
+    d = entry_dir(root, source, split, size, how)
     if d.exists():
-        reason = check_entry(d, raw, size)
+        reason = check_entry(d, raw, size, how)
         if reason is None:
             return np.load(d / "images.npy", mmap_mode="r")
         warnings.warn(f"image cache {d} is {reason}; rebuilding it", stacklevel=3)
-    _build(d, raw, source, split, size, workers or os.cpu_count() or 1)
+    _build(d, raw, source, split, size, workers or os.cpu_count() or 1, how)
     return np.load(d / "images.npy", mmap_mode="r")
 
 
@@ -180,15 +219,16 @@ def cached_images(raw: RawSplit, *, root: Path, source: str, split: str, size: i
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(reader: Any, path: str, size: int) -> None:
-    _WORKER.update(reader=reader, out=np.load(path, mmap_mode="r+"), size=size)
+def _init_worker(reader: Any, path: str, size: int, how: str) -> None:
+    geometry, alpha = how.split("-")
+    _WORKER.update(reader=reader, out=np.load(path, mmap_mode="r+"), size=size, geometry=geometry, alpha=alpha)
 
 
 def _fill(start: int, end: int) -> int:
     """Preprocess images [start, end) into the shared memory map (in a worker)."""
     out, size = _WORKER["out"], _WORKER["size"]
     for i, img in enumerate(_WORKER["reader"].images(start, end), start):
-        out[i] = preprocess(img, size)
+        out[i] = preprocess(img, size, _WORKER["geometry"], _WORKER["alpha"])
     # no flush here: msync would force a synchronous write-back of every worker's dirty
     # pages on each chunk; the shared mapping is coherent, the parent fsyncs once at the end
     return end - start
@@ -201,7 +241,7 @@ def _mp_context():
     return get_context("fork" if sys.platform == "linux" else "spawn")
 
 
-def _build(d: Path, raw: RawSplit, source: str, split: str, size: int, workers: int) -> None:
+def _build(d: Path, raw: RawSplit, source: str, split: str, size: int, workers: int, how: str) -> None:
     from tqdm.auto import tqdm
 
     n = len(raw)
@@ -217,7 +257,7 @@ def _build(d: Path, raw: RawSplit, source: str, split: str, size: int, workers: 
         bounds = [(s, min(s + chunk, n)) for s in range(0, n, chunk)]
         bar = tqdm(total=n, desc=f"caching {source} {split} @{size}px", unit="img", disable=None)
         if workers <= 1 or n < _INPROCESS_BELOW:
-            _init_worker(raw.reader, str(ipath), size)
+            _init_worker(raw.reader, str(ipath), size, how)
             try:
                 for s, e in bounds:
                     bar.update(_fill(s, e))
@@ -226,7 +266,7 @@ def _build(d: Path, raw: RawSplit, source: str, split: str, size: int, workers: 
         else:
             with ProcessPoolExecutor(min(workers, len(bounds)), mp_context=_mp_context(),
                                      initializer=_init_worker,
-                                     initargs=(raw.reader, str(ipath), size)) as pool:
+                                     initargs=(raw.reader, str(ipath), size, how)) as pool:
                 futures = {pool.submit(_fill, s, e) for s, e in bounds}
                 try:
                     while futures:
@@ -240,13 +280,13 @@ def _build(d: Path, raw: RawSplit, source: str, split: str, size: int, workers: 
         with open(ipath, "rb+") as fh:
             os.fsync(fh.fileno())  # the pixels are on disk before the manifest says so
         images = np.load(ipath, mmap_mode="r")
-        _io.write_json(tmp / "manifest.json", _manifest(raw, images, source, split, size))  # last
+        _io.write_json(tmp / "manifest.json", _manifest(raw, images, source, split, size, how))  # last
         del images
         shutil.rmtree(d, ignore_errors=True)
         try:
             os.replace(tmp, d)
         except OSError:
-            if check_entry(d, raw, size) is not None:  # another process built it meanwhile?
+            if check_entry(d, raw, size, how) is not None:  # another process built it meanwhile?
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from .. import _io
-from .base import IMAGE_EXTENSIONS, DataError, RawSplit, Source, cache_root, humanize, open_image, stratified_split
+from .base import IMAGE_EXTENSIONS, DataError, RawSplit, Source, cache_root, open_image, stratified_split
 from .synthetic import synthetic
 
 
@@ -181,7 +181,7 @@ def _hf(arg: str, cfg: Any, image_size: int, *, image_column: str | None = None,
 
     feat = feats[lab_col]
     if isinstance(feat, hfd.ClassLabel):
-        class_names = [humanize(n) for n in feat.names]
+        class_names = list(feat.names)  # raw: `ImageSet` humanizes them (splits.py)
     else:
         class_names = [f"class {i}" for i in range(int(labels_of(train).max()) + 1)]
 
@@ -266,7 +266,7 @@ def _imagefolder(arg: str, cfg: Any, image_size: int) -> Source:
         splits = _subset_pair(lab, lambda idx: make([paths[i] for i in idx], lab[idx], _sha(fp, idx)))
     else:
         splits = {k: make(*listed[k]) for k in ("train", "test")}
-    return Source(f"imagefolder:{root}", [humanize(c) for c in classes], splits)
+    return Source(f"imagefolder:{root}", list(classes), splits)
 
 
 def _torchvision(arg: str, cfg: Any, image_size: int) -> Source:
@@ -300,7 +300,7 @@ def _torchvision(arg: str, cfg: Any, image_size: int) -> Source:
         if targets is None:
             targets = [ds[i][1] for i in range(len(ds))]  # slow path: decodes every image
         lab = np.asarray(targets, dtype=np.int64)
-        class_names = [humanize(c) for c in getattr(ds, "classes", range(int(lab.max()) + 1))]
+        class_names = [str(c) for c in getattr(ds, "classes", range(int(lab.max()) + 1))]
         splits[split] = RawSplit(lab, _sha(arg, split, len(ds), lab), TorchvisionReader(ds, arg))
     return Source(f"torchvision:{arg}", class_names, splits)
 

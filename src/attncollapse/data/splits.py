@@ -10,19 +10,26 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import DataError, ImageSet, Source, Splits, cache_root, stratified_split
-from .cache import PREPROCESS_VERSION, cached_images
+from .base import DataError, ImageSet, Source, Splits, cache_root, humanize, stratified_split
+from .cache import PREPROCESS_VERSION, cached_images, variant
 from .sources import resolve
 
 
 def eval_subset_indices(labels: np.ndarray, n: int = 200, seed: int = 42) -> np.ndarray:
-    """The reports' fixed, class-balanced metric subset.
+    """The reports' fixed, class-balanced metric subset, in the original code's draw order.
 
     `n // classes` images per class drawn with `numpy.random.RandomState(seed)`, class by
-    class in label order; topped up from the remaining images if some class is short.
+    class in label order; then topped up, with the same generator, from the remaining
+    images when `n` is not a multiple of the class count or a class is short (Pets:
+    37 × 5 + 15), exactly as the original's `create_fixed_eval_subset`.
+
+    The order is part of the result, not an accident: the metrics group the subset into
+    batches of `eval.batch_size` in this order and average per-batch values, so sorting
+    these indices changes head diversity and (with a short last batch) every metric.
+    Every run records them (history.json `eval_idx`).
 
     Returns:
-        (n,) sorted indices into `labels`.
+        (n,) indices into `labels`, in draw order (not sorted).
     """
     labels = np.asarray(labels)
     if len(labels) < n:
@@ -37,14 +44,19 @@ def eval_subset_indices(labels: np.ndarray, n: int = 200, seed: int = 42) -> np.
         take = min(per_class, len(pool))
         chosen.extend(rng.choice(pool, take, replace=False).tolist())
     if len(chosen) < n:
-        rest = np.setdiff1d(np.arange(len(labels)), np.asarray(chosen, dtype=np.int64))
+        # The original draws the top-up from `list(set(range(N)) - set(chosen))`. CPython
+        # fixes that order (an int hashes to itself): ascending for the real test splits
+        # (2,700, 3,669 images), not always for tiny ones, so the same expression is used.
+        rest = np.fromiter(set(range(len(labels))) - set(chosen), dtype=np.int64)
         chosen.extend(rng.choice(rest, n - len(chosen), replace=False).tolist())
-    return np.sort(np.asarray(chosen, dtype=np.int64))
+    return np.asarray(chosen, dtype=np.int64)
 
 
 def _load(source: str, cfg, image_size: int, splits: tuple[str, ...]) -> tuple[Source, dict[str, ImageSet]]:
     """Resolve `source` and bring the named raw splits to `ImageSet`s through the cache."""
     src = resolve(source, cfg, image_size=image_size)
+    how = variant(cfg.preprocess, cfg.alpha)
+    names = [humanize(n) for n in src.class_names]
     out = {}
     for split in splits:
         raw = src.splits[split]
@@ -52,8 +64,8 @@ def _load(source: str, cfg, image_size: int, splits: tuple[str, ...]) -> tuple[S
             images = raw.ready
         else:
             images = cached_images(raw, root=cache_root(cfg), source=src.name, split=split,
-                                   size=image_size, workers=cfg.cache_workers)
-        out[split] = ImageSet(images, raw.labels, list(src.class_names), f"{src.name}/{split}")
+                                   size=image_size, workers=cfg.cache_workers, how=how)
+        out[split] = ImageSet(images, raw.labels, list(names), f"{src.name}/{split}", list(src.class_names))
     return src, out
 
 
@@ -66,7 +78,8 @@ def _gather(parts: list[ImageSet], idx: np.ndarray, name: str) -> ImageSet:
         sel = np.flatnonzero((idx >= offsets[k]) & (idx < offsets[k + 1]))
         local = idx[sel] - offsets[k]
         images[sel], labels[sel] = p.images[local], p.labels[local]
-    return ImageSet(images, labels, list(parts[0].class_names), name)
+    raw_names = parts[0].raw_class_names
+    return ImageSet(images, labels, list(parts[0].class_names), name, None if raw_names is None else list(raw_names))
 
 
 def _cap(train: ImageSet, n: int, seed: int) -> ImageSet:
@@ -83,7 +96,9 @@ def load_splits(source: str, cfg, *, image_size: int) -> Splits:
 
     Protocols (`cfg.split`): "hub" = the source's train and test, test doubling as val
     (original study's code); "pooled_80_20" = train+test pooled and split stratified 80/20
-    with `cfg.split_seed`, the 20% serving as val and test (the reports' stated split);
+    with `cfg.split_seed`, the 20% serving as val and test (the reports' stated split; the
+    hub's EuroSAT has 24,300 images, not the full 27,000, so it gives 19,440 / 4,860, not
+    the reports' 21,600 / 5,400);
     "holdout_val" = val carved stratified from train (`cfg.val_frac`), test kept apart.
     `cfg.max_train_images` then caps train (seeded, stratified). The eval subset indexes
     `test`.
@@ -116,7 +131,7 @@ def load_splits(source: str, cfg, *, image_size: int) -> Splits:
     eval_idx = eval_subset_indices(test.labels, cfg.eval_subset_size, cfg.eval_subset_seed)
     info = {"source": src.name, "sizes": {"train": len(train), "val": len(val), "test": len(test)},
             "classes": train.num_classes, "split_seed": cfg.split_seed,
-            "preprocess_version": PREPROCESS_VERSION}
+            "preprocess_version": PREPROCESS_VERSION, "preprocess": variant(cfg.preprocess, cfg.alpha)}
     return Splits(train=train, val=val, test=test, eval_idx=eval_idx, protocol=cfg.split, info=info)
 
 
@@ -124,6 +139,7 @@ def load_test_split(source: str, cfg, *, image_size: int) -> ImageSet:
     """The source's own test split, whatever `cfg.split` says (zero-shot evaluation).
 
     CIFAR-100 gives its 10,000 test images. Only this split is decoded and cached.
+    Its `class_names` are humanized; `.with_class_names("raw")` gives the source's own.
 
     Args:
         source: as in `load_splits`.

@@ -32,23 +32,26 @@ def eval_rows(vision: nn.Module, feeder: Feeder, *, batch_size: int, precision: 
 
 
 def summarize_rows(rows: Tensor, *, group_size: int = 32, erf_q: float = 0.95,
-                   diversity: str = "batch_mean") -> dict[str, list[float]]:
+                   diversity: str = "batch_mean", aggregate: str = "per_batch") -> dict[str, list[float]]:
     """Per-layer table of eval rows (L, N, H, T) (`metrics.summarize`).
 
     Args:
-        group_size: images per metric batch (reports: 32); head diversity depends on it.
+        group_size: images per metric batch (reports: 32), in the rows' order; head
+            diversity, and every metric under "per_batch", depend on it.
         erf_q: ERF mass.
         diversity: "batch_mean" (the reports') or "per_image".
+        aggregate: "per_batch" (the original code's mean of batch means) or "per_image".
     """
-    return metrics.summarize(rows, erf_q=erf_q, diversity=diversity, diversity_batch=group_size)
+    return metrics.summarize(rows, erf_q=erf_q, diversity=diversity, diversity_batch=group_size,
+                             aggregate=aggregate)
 
 
 def attention_table(vision: nn.Module, feeder: Feeder, *, forward_batch_size: int = 256, group_size: int = 32,
-                    erf_q: float = 0.95, diversity: str = "batch_mean",
+                    erf_q: float = 0.95, diversity: str = "batch_mean", aggregate: str = "per_batch",
                     precision: str = "fp32") -> dict[str, list[float]]:
     """Per-layer table of the four metrics on the eval subset, exactly as at every eval point."""
     rows = eval_rows(vision, feeder, batch_size=forward_batch_size, precision=precision)
-    return summarize_rows(rows, group_size=group_size, erf_q=erf_q, diversity=diversity)
+    return summarize_rows(rows, group_size=group_size, erf_q=erf_q, diversity=diversity, aggregate=aggregate)
 
 
 @torch.no_grad()

@@ -16,6 +16,7 @@ from torch import Tensor
 
 METRICS = ("entropy", "erf", "gini", "head_diversity")
 Diversity = Literal["batch_mean", "per_image"]
+Aggregate = Literal["per_batch", "per_image"]
 
 
 def patch_rows(rows: Tensor, *, n_prefix: int = 1) -> Tensor:
@@ -104,39 +105,52 @@ def summarize(
     erf_q: float = 0.95,
     diversity: Diversity = "batch_mean",
     diversity_batch: int = 32,
+    aggregate: Aggregate = "per_batch",
 ) -> dict[str, list[float]]:
     """Per-layer table of the four metrics over a set of eval images.
+
+    The images are taken in batches of `diversity_batch`, in the order given (the eval
+    subset's draw order), the last batch possibly shorter, as the original eval loop did.
 
     Args:
         cls_rows: (L, N, H, T) [CLS] rows for L layers, N images, H heads, T tokens.
         n_prefix: leading non-patch tokens dropped before every metric.
         erf_q: mass for ERF.
         diversity: "batch_mean" (the reports' definition: average each head's row over a
-            batch of images, then D; layer value = unweighted mean over batches) or
-            "per_image" (D per image, then the mean over images).
-        diversity_batch: images per batch for "batch_mean" (reports: 32; the last batch
-            may be smaller, as in the original eval loop).
+            batch of images, then D) or "per_image" (D of each image).
+        diversity_batch: images per batch (reports: 32).
+        aggregate: "per_batch" = unweighted mean over batches of each batch's mean (the
+            original code: a batch of 8 weighs as much as one of 32) or "per_image" = mean
+            over images (a batch-mean diversity counts once per image of its batch).
 
     Returns:
         {"entropy": [L], "erf": [L], "gini": [L], "head_diversity": [L]}; entropy, ERF
-        and Gini are means over images and heads.
+        and Gini averaged over heads first.
     """
     if cls_rows.dim() != 4:
         raise ValueError(f"summarize expects (layers, images, heads, tokens), got {tuple(cls_rows.shape)}")
+    if aggregate not in ("per_batch", "per_image"):
+        raise ValueError(f"unknown aggregate {aggregate!r}; expected 'per_batch' or 'per_image'")
     a = patch_rows(cls_rows, n_prefix=n_prefix)  # (L, N, H, P)
-    table = {
-        "entropy": entropy(a).mean((1, 2)),
-        "erf": erf(a, erf_q).mean((1, 2)),
-        "gini": gini(a).mean((1, 2)),
-    }
+    per_image = {"entropy": entropy(a).mean(2), "erf": erf(a, erf_q).mean(2), "gini": gini(a).mean(2)}  # (L, N)
+    sizes = [len(c) for c in torch.arange(a.shape[1]).split(diversity_batch)]
     if diversity == "batch_mean":
-        per_batch = [head_diversity(chunk.mean(1)) for chunk in a.split(diversity_batch, dim=1)]
-        table["head_diversity"] = torch.stack(per_batch, 1).mean(1)
+        per_batch = torch.stack([head_diversity(chunk.mean(1)) for chunk in a.split(diversity_batch, dim=1)], 1)
+        # one value per batch, repeated for each of its images: (L, N)
+        per_image["head_diversity"] = per_batch.repeat_interleave(torch.tensor(sizes, device=a.device), dim=1)
     elif diversity == "per_image":
-        table["head_diversity"] = head_diversity(a).mean(1)
+        per_image["head_diversity"] = head_diversity(a)
     else:
         raise ValueError(f"unknown diversity mode {diversity!r}; expected 'batch_mean' or 'per_image'")
+    table = {k: _over_images(v, diversity_batch, aggregate) for k, v in per_image.items()}
     return {k: [float(x) for x in v.tolist()] for k, v in table.items()}
+
+
+def _over_images(values: Tensor, batch: int, aggregate: str) -> Tensor:
+    """(L, N) per-image values -> (L,) layer values, per `summarize`'s `aggregate`."""
+    if aggregate == "per_image":
+        return values.mean(1)
+    return torch.stack([chunk.mean(1) for chunk in values.split(batch, dim=1)], 1).mean(1)
 
 
 def layer_mean(table: dict[str, list[float]]) -> dict[str, float]:

@@ -89,5 +89,5 @@ def evaluate_for_run(cfg, clip: nn.Module, clf: Classifier, splits: Splits | Non
                            zeroshot_set=sets[datasets[0]], task_set=splits.test, eval_set=splits.eval_set,
                            templates=zcfg.templates, device=dev, precision=precision, batch_size=batch_size,
                            eval_batch=cfg.eval.batch_size, erf_q=cfg.eval.erf_q,
-                           diversity=cfg.eval.diversity, cache=cache)
+                           diversity=cfg.eval.diversity, aggregate=cfg.eval.aggregate, cache=cache)
     return out

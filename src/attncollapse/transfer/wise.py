@@ -57,7 +57,7 @@ def wise(clf: Classifier, pretrained_state: dict[str, Tensor], alphas: Sequence[
          clip: nn.Module, tokenizer, zeroshot_set: ImageSet, task_set: ImageSet,
          eval_set: ImageSet, templates: str | Sequence[str] = "single",
          device: torch.device | str, precision: str = "fp32", batch_size: int = 1024,
-         eval_batch: int = 32, erf_q: float = 0.95, diversity: str = "batch_mean",
+         eval_batch: int = 32, erf_q: float = 0.95, diversity: str = "batch_mean", aggregate: str = "per_batch",
          cache: TextCache | dict | None = None, cache_key: str | None = None) -> list[dict]:
     """WiSE-FT: θ = (1 − α)·θ_pre + α·θ_ft over the vision tower and projection.
 
@@ -100,7 +100,7 @@ def wise(clf: Classifier, pretrained_state: dict[str, Tensor], alphas: Sequence[
             with scale:
                 feats = image_features(clf, zs, batch_size=batch_size, device=device, precision=precision)
                 layers = attention_table(clf.vision, ev, group_size=eval_batch, precision=precision,
-                                         erf_q=erf_q, diversity=diversity)
+                                         erf_q=erf_q, diversity=diversity, aggregate=aggregate)
                 out.append({"alpha": alpha, "zeroshot_acc": zeroshot_accuracy(feats, zs.labels, text)["acc"],
                             "task_acc": classifier_accuracy(clf, task, batch_size=batch_size, precision=precision),
                             "mean": layer_mean(layers), "layers": layers})

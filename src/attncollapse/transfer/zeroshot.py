@@ -145,6 +145,9 @@ def evaluate_dataset(clf: Classifier, clip: nn.Module, tokenizer, imageset: Imag
 
 
 def capped(imageset: ImageSet, zcfg) -> ImageSet:
+    """The zero-shot images `zcfg` asks for: the first `max_images`, class names in the
+    `class_names` style (raw `aquarium_fish`, as the original's prompts, or humanized)."""
+    imageset = imageset.with_class_names(zcfg.class_names)
     if zcfg.max_images is not None and zcfg.max_images < len(imageset):
         return imageset.subset(np.arange(zcfg.max_images))
     return imageset
