@@ -27,12 +27,16 @@ RESULTS_COLUMNS = [
     "best_acc", "final_acc",
     *[f"{m}_{k}" for m in METRICS for k in ("initial", "final", "delta_pct")],
     "zeroshot_acc", "zeroshot_acc_base_only", "zeroshot_acc_frozen_projection",
+    "knn_acc", "linear_probe_acc", "transfer_acc",
 ]
 """results.csv columns before the per-dataset `zeroshot_<dataset>` ones (docs/FORMATS.md)."""
 
-RESULTS_TAIL = ["status", "wall_time_s", "images_per_s"]
+RESULTS_TAIL = ["status", "transfer_protocol", "wall_time_s", "images_per_s"]
+"""results.csv's last columns; `transfer_protocol` (text: zeroshot | knn) stays out of the
+value columns that `seeds.aggregate` averages."""
 
-_STR_COLS = {"run_id", "group", "method", "dataset", "model", "lora_targets", "regularizer", "status"}
+_STR_COLS = {"run_id", "group", "method", "dataset", "model", "lora_targets", "regularizer", "status",
+             "transfer_protocol"}
 
 _INT_COLS = {"seed", "lora_rank", "freeze_layers", "batch_size"}
 
@@ -63,6 +67,7 @@ def _final_cells(final: dict, zeroshot_datasets: list[str] | None = None) -> dic
     top-level key in final.json: it is read from the headline dataset's zero-shot block.
     """
     row = {k: final.get(k) for k in ("best_acc", "final_acc", "zeroshot_acc", "zeroshot_acc_base_only",
+                                     "knn_acc", "linear_probe_acc", "transfer_acc", "transfer_protocol",
                                      "wall_time_s", "images_per_s")}
     row["zeroshot_acc_frozen_projection"] = final.get(
         "zeroshot_acc_frozen_projection", _headline_zeroshot(final, zeroshot_datasets or []).get("acc_frozen_projection"))

@@ -161,6 +161,13 @@ class ZeroShotConfig(Strict):
     """Cap on zero-shot images (demos); None = the whole test split."""
     enabled: bool = True
     """Evaluate zero-shot at the end of the run."""
+    feature_transfer: Literal["auto", "always", "never"] = "auto"
+    """k-NN and linear-probe accuracy on the zero-shot datasets (transfer/representation.py):
+    "auto" = for models without zero-shot (vision-only families), "always" = every family
+    (a cross-family comparison on one protocol), "never" = off."""
+    max_train_images: int | None = Field(None, ge=1)
+    """Cap on each zero-shot dataset's train images for k-NN and the linear probe (seeded,
+    stratified); None = the whole train split."""
 
 
 class RunConfig(Strict):
@@ -172,8 +179,9 @@ class RunConfig(Strict):
     """Hub id, local directory or preset (`tiny`, `vit-b-32-random`)."""
     dataset: str = "eurosat"
     """Training source: eurosat, pets, cifar100, hf:<id>, imagefolder:<path>, synthetic, digits."""
-    method: Literal["full", "lora"] = "full"
-    """Full fine-tuning or LoRA on the vision tower."""
+    method: Literal["full", "lora", "linear_probe"] = "full"
+    """Full fine-tuning or LoRA on the vision tower, or "linear_probe": tower and projection
+    frozen, only the head trains (the "no collapse" reference: every Δ is exactly 0)."""
     freeze_layers: int = Field(0, ge=0)
     """Freeze the patch embedding and the first k encoder layers (A3: 3, 6, 9)."""
     freeze_projection: bool = False
@@ -204,6 +212,9 @@ class RunConfig(Strict):
     def _consistent(self) -> "RunConfig":
         if self.regularizer.kind != "none" and self.regularizer.lam <= 0:
             raise ValueError(f"regularizer {self.regularizer.kind} needs lam > 0")
+        if self.method == "linear_probe" and self.regularizer.kind != "none":
+            raise ValueError("method linear_probe freezes the tower, so an attention regularizer has nothing "
+                             "to act on; set regularizer.kind: none")
         return self
 
 

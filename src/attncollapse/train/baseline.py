@@ -1,7 +1,9 @@
-"""Experiment E1: the pretrained model's per-layer attention table (and zero-shot) on a dataset.
+"""Experiment E1: the pretrained model's per-layer attention table (and transfer) on a dataset.
 
 Any model family (models.FAMILIES): zero-shot needs CLIP's text tower and is skipped, with
-the reason in baseline.json's "zeroshot_skipped", for the others.
+the reason in baseline.json's "zeroshot_skipped", for the others; they get k-NN and
+linear-probe accuracy instead (transfer/representation.py), the pretrained side of a
+run's transfer drop.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from ..config import DataConfig, EvalConfig
 from ..data import Feeder, load_splits
 from ..measure import attention_table, layer_mean
 from ..models import PRESETS, family_of, load_model, vision_config, vision_tower, zeroshot_problem
-from ..transfer import evaluate_pretrained
+from ..transfer import (evaluate_features, evaluate_pretrained, pretrained_classifier, transfer_headline,
+                        transfer_sets, wants_features, zeroshot_data_cfg)
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +29,9 @@ def baseline(model: str, source: str, *, data_cfg=None, eval_cfg=None, out_dir: 
     """Experiment E1: the pretrained model's per-layer attention table on `source`.
 
     Writes `<out_dir>/<out_name or "baseline.json">` and returns its content (FORMATS.md).
-    Zero-shot accuracy on `zeroshot_cfg.datasets` is added when a config is given and
-    enabled and the model is a CLIP (else "zeroshot_skipped" says why).
+    Transfer on `zeroshot_cfg.datasets` is added when a config is given and enabled:
+    zero-shot accuracy for a CLIP (else "zeroshot_skipped" says why), k-NN and linear
+    probe as `zeroshot_cfg.feature_transfer` asks, and the run-level `transfer_acc`.
     """
     data_cfg = data_cfg or DataConfig()
     eval_cfg = eval_cfg or EvalConfig()
@@ -44,13 +48,27 @@ def baseline(model: str, source: str, *, data_cfg=None, eval_cfg=None, out_dir: 
         "eval_idx": splits.eval_idx.tolist(), "diversity": eval_cfg.diversity,
         "layers": table, "mean": layer_mean(table), "env": _io.environment(),
     }
-    wants_zeroshot = zeroshot_cfg is not None and zeroshot_cfg.enabled and zeroshot_cfg.datasets
-    problem = zeroshot_problem(clip) if wants_zeroshot else None
-    if problem:
-        log.warning("%s: %s", model, problem)
-        result["zeroshot_skipped"] = problem
-    elif wants_zeroshot:
-        result["zeroshot"] = evaluate_pretrained(clip, model, zeroshot_cfg, data_cfg=data_cfg,
-                                                 device=dev, precision=precision)
+    if zeroshot_cfg is not None and zeroshot_cfg.enabled and zeroshot_cfg.datasets:
+        result.update(_transfer(clip, model, zeroshot_cfg, data_cfg, size, dev, precision))
     _io.write_json(Path(out_dir) / (out_name or "baseline.json"), result)
     return result
+
+
+def _transfer(clip, model: str, zcfg, data_cfg, size: int, dev, precision: str) -> dict:
+    """baseline.json's "zeroshot" blocks (zero-shot and/or k-NN + linear probe) and headline."""
+    out: dict = {"zeroshot": {}}
+    problem = zeroshot_problem(clip)
+    if problem:
+        log.warning("%s: %s", model, problem)
+        out["zeroshot_skipped"] = problem
+    else:
+        out["zeroshot"] = evaluate_pretrained(clip, model, zcfg, data_cfg=data_cfg, device=dev, precision=precision)
+    if wants_features(zcfg, problem):
+        clf = pretrained_classifier(clip)
+        for name in zcfg.datasets:
+            train, test = transfer_sets(name, zeroshot_data_cfg(data_cfg, name), zcfg, image_size=size)
+            block = out["zeroshot"].setdefault(name, {"acc": None})
+            block.update(evaluate_features(clf, train, test, device=dev, precision=precision))
+    if not out["zeroshot"]:
+        del out["zeroshot"]
+    return {**out, **transfer_headline(out.get("zeroshot", {}), zcfg.datasets)}

@@ -19,7 +19,8 @@ def build(cfg: RunConfig, num_classes: int, device: torch.device, class_names: l
     """The pretrained model and the classifier to train, frozen and wrapped per `cfg`.
 
     Any family: the classifier sits on the family's pooled (and, for CLIP, projected)
-    image feature (`models.build_classifier`).
+    image feature (`models.build_classifier`). `method: linear_probe` freezes everything
+    but the head.
     """
     clip = load_model(cfg.model)  # presets use one fixed init: the same "pretrained" model for every run
     clip.requires_grad_(False)
@@ -38,6 +39,11 @@ def build(cfg: RunConfig, num_classes: int, device: torch.device, class_names: l
                    targets=cfg.lora.targets)
     freeze_layers(clf, cfg.freeze_layers)
     if cfg.freeze_projection:
+        freeze_projection(clf)
+    if cfg.method == "linear_probe":
+        # The "no collapse" reference (issue 16): tower and projection frozen, only the
+        # head trains, so every attention metric and the zero-shot stay the pretrained ones.
+        clf.vision.requires_grad_(False)
         freeze_projection(clf)
     clip.to(device)
     clf.to(device)

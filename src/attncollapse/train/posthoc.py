@@ -11,7 +11,7 @@ from torch import nn
 from .. import _io
 from .._device import resolve_device
 from ..config import read_recorded_config
-from ..transfer import TextCache, evaluate_for_run
+from ..transfer import TextCache, evaluate_for_run, transfer_headline
 from .build import load_trained
 
 
@@ -52,7 +52,8 @@ def evaluate_run(run_dir: str | Path, datasets: Sequence[str] | None = None, *,
     # The headline stays the config's first dataset when it has a block (CIFAR-100 in the
     # reports), whichever subset was evaluated now.
     head = next((d for d in cfg.zeroshot.datasets if d in merged), next(iter(res["zeroshot"])))
-    final["zeroshot_acc"], final["zeroshot_acc_base_only"] = merged[head]["acc"], merged[head].get("acc_base_only")
+    final["zeroshot_acc"], final["zeroshot_acc_base_only"] = merged[head].get("acc"), merged[head].get("acc_base_only")
+    final.update(transfer_headline(merged, cfg.zeroshot.datasets))  # k-NN where zero-shot is missing
     if cfg.zeroshot.wise_alphas or "wise" not in final:
         final["wise"] = res["wise"]
     _io.write_json(final_path, final)

@@ -1,4 +1,5 @@
-"""A trained run's transfer numbers: zero-shot on every configured dataset, then WiSE-FT.
+"""A trained run's transfer numbers: zero-shot on every configured dataset, then WiSE-FT;
+k-NN and the linear probe (representation.py) where zero-shot cannot run.
 
 `evaluate_for_run` is what a run's final.json holds under "zeroshot" and "wise"
 (docs/FORMATS.md); training calls it at the end of a run, `attncollapse zeroshot` on a
@@ -15,7 +16,8 @@ from torch import nn
 
 from .._device import effective_precision
 from ..data import Splits, load_splits, load_test_split
-from ..models import Classifier, load_clip, load_tokenizer, zeroshot_problem
+from ..models import Classifier, load_clip, load_tokenizer, vision_config, zeroshot_problem
+from .representation import evaluate_features, transfer_headline, transfer_sets, wants_features
 from .text import TextCache
 from .wise import vision_state, wise
 from .zeroshot import capped, evaluate_dataset, zeroshot_data_cfg
@@ -27,11 +29,15 @@ def evaluate_for_run(cfg, clip: nn.Module, clf: Classifier, splits: Splits | Non
                      device: torch.device | str, precision: str = "fp32", datasets: Sequence[str] | None = None,
                      pretrained: nn.Module | None = None, pretrained_state: dict | None = None,
                      batch_size: int = 1024, cache: TextCache | dict | None = None) -> dict:
-    """The zero-shot part of a run's final.json (docs/FORMATS.md), for a trained model.
+    """The transfer part of a run's final.json (docs/FORMATS.md), for a trained model.
+
+    Zero-shot where the model has CLIP's text tower; k-NN and a linear probe
+    (representation.py) where it has none, or everywhere with `zeroshot.feature_transfer:
+    always`; their fields share one block per dataset.
 
     Args:
         cfg: the run's `RunConfig` (method, model, data, eval and zeroshot sections).
-        clip: the run's CLIPModel (its text tower is the pretrained one).
+        clip: the run's pretrained model (its text tower is the pretrained one).
         clf: the trained classifier (PEFT-wrapped for LoRA).
         splits: the run's splits, for WiSE-FT's task accuracy and metrics; loaded when
             `cfg.zeroshot.wise_alphas` asks for them and none are given.
@@ -42,21 +48,40 @@ def evaluate_for_run(cfg, clip: nn.Module, clf: Classifier, splits: Splits | Non
             `train.run` keeps); replaces `pretrained` and its reload.
 
     Returns:
-        {"zeroshot": {dataset: block}, "zeroshot_acc", "zeroshot_acc_base_only", "wise"}; for a
-        model without CLIP's text tower the blocks are empty and "zeroshot_skipped" says why.
+        {"zeroshot": {dataset: block}, "zeroshot_acc", "zeroshot_acc_base_only", "wise",
+        "transfer_acc", "transfer_protocol", "knn_acc", "linear_probe_acc"}; for a model
+        without CLIP's text tower "zeroshot_skipped" says why its blocks hold no "acc".
     """
-    zcfg = cfg.zeroshot
-    datasets = list(datasets or zcfg.datasets)
+    datasets = list(datasets or cfg.zeroshot.datasets)
+    out = {"zeroshot": {}, "zeroshot_acc": None, "zeroshot_acc_base_only": None, "wise": []}
     if not datasets:
-        return {"zeroshot": {}, "zeroshot_acc": None, "zeroshot_acc_base_only": None, "wise": []}
+        return {**out, **transfer_headline({}, [])}
+    dev = torch.device(device)
+    precision = effective_precision(precision, dev)
+    opts = dict(device=dev, precision=precision, batch_size=batch_size)
     problem = zeroshot_problem(clip)
     if problem:  # vision-only families (and SigLIP for now): no CLIP text tower
         log.warning("%s: %s", cfg.model, problem)
-        return {"zeroshot": {}, "zeroshot_acc": None, "zeroshot_acc_base_only": None, "wise": [],
-                "zeroshot_skipped": problem}
+        out["zeroshot_skipped"] = problem
+    else:
+        out.update(_zeroshot(cfg, clip, clf, splits, datasets, pretrained=pretrained,
+                             pretrained_state=pretrained_state, cache=cache, **opts))
+    if wants_features(cfg.zeroshot, problem):
+        size = vision_config(clip.config).image_size
+        for name in datasets:
+            train, test = transfer_sets(name, zeroshot_data_cfg(cfg.data, name, cfg.dataset), cfg.zeroshot,
+                                        image_size=size)
+            block = out["zeroshot"].setdefault(name, {"acc": None})
+            block.update(evaluate_features(clf, train, test, **opts))
+    return {**out, **transfer_headline(out["zeroshot"], datasets)}
+
+
+def _zeroshot(cfg, clip: nn.Module, clf: Classifier, splits: Splits | None, datasets: list[str], *,
+              device: torch.device, precision: str, batch_size: int, pretrained: nn.Module | None,
+              pretrained_state: dict | None, cache: TextCache | dict | None) -> dict:
+    """Zero-shot blocks (every protocol) and WiSE-FT of a model with CLIP's text tower."""
+    zcfg, dev = cfg.zeroshot, device
     tokenizer = load_tokenizer(cfg.model)
-    dev = torch.device(device)
-    precision = effective_precision(precision, dev)
     if pretrained_state is not None:
         pre_state = pretrained_state
         weight = pre_state["projection.weight"]

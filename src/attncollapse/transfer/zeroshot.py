@@ -108,7 +108,7 @@ def evaluate_dataset(clf: Classifier, clip: nn.Module, tokenizer, imageset: Imag
         clip: the CLIPModel holding the original text tower.
         imageset: the zero-shot test split (capped at `zcfg.max_images`, first images).
         zcfg: a `config.ZeroShotConfig` (templates, max_images).
-        method: "full" or "lora".
+        method: "full", "lora" or "linear_probe" (a frozen tower: scored as "full").
         pretrained_projection: the pretrained visual projection; gives
             `acc_frozen_projection` (fine-tuned tower + pretrained projection) and, for
             LoRA, the projection of the base-only pass (what the reports' loader used;
@@ -118,8 +118,8 @@ def evaluate_dataset(clf: Classifier, clip: nn.Module, tokenizer, imageset: Imag
         {"acc", "top5", "acc_base_only", "top5_base_only", "acc_frozen_projection",
         "templates", "images"}; base-only fields are None unless method == "lora".
     """
-    if method not in ("full", "lora"):
-        raise ValueError(f"unknown method {method!r}; expected 'full' or 'lora'")
+    if method not in ("full", "lora", "linear_probe"):
+        raise ValueError(f"unknown method {method!r}; expected 'full', 'lora' or 'linear_probe'")
     if method == "lora" and not is_peft(clf.vision):
         raise ValueError("method='lora' but the classifier's vision tower has no PEFT adapters")
     imageset = capped(imageset, zcfg)
