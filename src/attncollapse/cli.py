@@ -94,9 +94,8 @@ def cmd_zeroshot(args: argparse.Namespace) -> int:
 
     final = evaluate_run(args.run_dir, datasets=args.datasets or None, device=args.device)
     for name, block in (final.get("zeroshot") or {}).items():
-        extra = "".join(f"  {k} {block[k]:.4f}" for k in ("top5", "acc_base_only", "acc_frozen_projection")
-                        if isinstance(block.get(k), (int, float)))
-        print(f"{name:>12}: acc {block.get('acc', float('nan')):.4f}{extra}")
+        keys = ("acc", "top5", "acc_base_only", "acc_frozen_projection", "knn_acc", "linear_probe_acc")
+        print(f"{name:>12}:" + "".join(f"  {k} {block[k]:.4f}" for k in keys if isinstance(block.get(k), (int, float))))
     return 0
 
 
@@ -121,7 +120,8 @@ def cmd_baseline(args: argparse.Namespace) -> int:
           f"(head diversity: {result.get('diversity')})")
     print(format_table(result["layers"]))
     for name, block in (result.get("zeroshot") or {}).items():
-        print(f"zero-shot {name}: {block.get('acc')}")
+        print(f"zero-shot {name}: {block.get('acc')}" + "".join(
+            f", {k} {block[k]:.4f}" for k in ("knn_acc", "linear_probe_acc") if block.get(k) is not None))
     if result.get("zeroshot_skipped"):
         print(f"zero-shot: {result['zeroshot_skipped']}")
     from .analysis.figures import baseline_structure
