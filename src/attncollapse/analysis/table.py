@@ -31,7 +31,7 @@ RESULTS_COLUMNS = [
 ]
 """results.csv columns before the per-dataset `zeroshot_<dataset>` ones (docs/FORMATS.md)."""
 
-RESULTS_TAIL = ["status", "transfer_protocol", "wall_time_s", "images_per_s"]
+RESULTS_TAIL = ["transfer_protocol", "status", "wall_time_s", "images_per_s"]
 """results.csv's last columns; `transfer_protocol` (text: zeroshot | knn) stays out of the
 value columns that `seeds.aggregate` averages."""
 
