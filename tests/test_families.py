@@ -150,7 +150,7 @@ def test_classifier_lora_and_freezing_on_every_family(preset):
 def test_zeroshot_problem_names_the_reason():
     assert models.zeroshot_problem("tiny") is None
     assert "vision-only" in models.zeroshot_problem("tiny-dinov2")
-    assert "not implemented" in models.zeroshot_problem("tiny-siglip")
+    assert models.zeroshot_problem("tiny-siglip") is None  # text tower + sigmoid scoring
     with pytest.raises(ValueError, match="CLIP model with a text tower"):
         models.build_classifier(models.load_model("tiny-vit"), 4, text_head=torch.zeros(4, 32))
 
@@ -167,8 +167,9 @@ def test_baseline_cli_runs_on_every_family(preset, tmp_path, capsys):
     ent = result["layers"]["entropy"]
     # 16 patches: every family's tiny preset attends less than uniformly (ln 16).
     assert len(ent) == 3 and all(0 < e < math.log(16) - 1e-3 for e in ent)
-    if preset == "tiny":
+    if preset in ("tiny", "tiny-siglip"):
         assert "synthetic" in result["zeroshot"] and "zeroshot_skipped" not in result
+        assert result["transfer_protocol"] == "zeroshot"
     else:
         assert "zero-shot is skipped" in result["zeroshot_skipped"]
         assert "zero-shot is skipped" in capsys.readouterr().out

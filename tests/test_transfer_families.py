@@ -186,3 +186,42 @@ def test_linear_probe_method_changes_only_the_head_and_every_delta_is_zero(tmp_p
 def test_linear_probe_with_a_regularizer_is_a_config_error():
     with pytest.raises(ValueError, match="linear_probe freezes the tower"):
         RunConfig(method="linear_probe", regularizer={"kind": "apr", "lam": 0.1})
+
+
+def test_siglip_zeroshot_equals_the_models_own_sigmoid_logits():
+    from attncollapse.transfer import evaluate_pretrained, text
+
+    model = models.load_model("tiny-siglip")
+    assert models.zeroshot_problem(model) is None
+    with torch.no_grad():  # a trained SigLIP's bias (-10 in the paper's init), not the random 0
+        model.logit_bias.fill_(-10.0)
+    zcfg = ZeroShotConfig(datasets=["synthetic"], max_images=50)
+    dcfg = DataConfig(synthetic_test=64)
+    got = evaluate_pretrained(model, "tiny-siglip", zcfg, data_cfg=dcfg, device="cpu")["synthetic"]
+    # Independent: SiglipModel's own forward (logit_scale·cos + logit_bias, the sigmoid's
+    # argument) on prompts padded to the full length, as transformers' SigLIP docs do.
+    test_set = data.load_test_split("synthetic", dcfg, image_size=32).subset(np.arange(50))
+    prompts = [f"a photo of a {c}" for c in test_set.with_class_names("raw").class_names]
+    ids = models.load_tokenizer("tiny-siglip")(prompts, padding="max_length", truncation=True, max_length=64,
+                                               return_tensors="pt")["input_ids"]
+    x = data.Feeder(test_set, "cpu").get(torch.arange(50))[0]
+    with torch.no_grad():
+        logits = model(input_ids=ids, pixel_values=x).logits_per_image  # (50, C)
+    assert logits.std(1).min() > 0  # prompts fit the 64 positions: classes get different texts
+    want = (torch.sigmoid(logits).argmax(1).numpy() == test_set.labels).mean()
+    assert got["acc"] == want and got["images"] == 50
+    assert text.TEMPLATES["single"] == ["a photo of a {}"]
+
+
+def test_siglip_run_records_zeroshot_and_transfer(tmp_path):
+    cfg = tiny_run_config(model="tiny-siglip", method="lora", **{"optim.epochs": 1, "optim.lr": 1e-2, **ZS,
+                                                                 "zeroshot.wise_alphas": [0.0, 1.0]})
+    final = train.run(cfg, tmp_path / "run")
+    block = final["zeroshot"]["digits"]
+    assert "zeroshot_skipped" not in final and "knn_acc" not in block
+    assert (final["transfer_protocol"], final["transfer_acc"]) == ("zeroshot", block["acc"])
+    base = train.baseline("tiny-siglip", "synthetic", data_cfg=cfg.data, eval_cfg=cfg.eval,
+                          out_dir=tmp_path / "e1", zeroshot_cfg=cfg.zeroshot, device="cpu")
+    # LoRA with adapters off and WiSE at α = 0 are the pretrained model: E1's accuracy exactly.
+    assert block["acc_base_only"] == base["zeroshot"]["digits"]["acc"] == final["wise"][0]["zeroshot_acc"]
+    assert final["wise"][1]["zeroshot_acc"] == block["acc"]

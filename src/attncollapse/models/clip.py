@@ -87,12 +87,12 @@ def num_layers(spec: str) -> int:
 def zeroshot_problem(model_or_spec) -> str | None:
     """Why zero-shot classification cannot run on a model, or None when it can.
 
-    Zero-shot here is CLIP's (text tower + projections + CLIP tokenizer): vision-only
-    families have no text tower, and SigLIP's text side is not wired yet.
+    Zero-shot needs a text tower: CLIP (cosine scoring) and SigLIP (sigmoid of the scaled
+    cosine plus a bias, whose argmax is the cosine argmax); vision-only families have none.
     """
     src = model_config(model_or_spec) if isinstance(model_or_spec, str) else model_or_spec
     fam = family_of(src)
-    if fam.name == "clip":
+    if fam.name in ("clip", "siglip"):
         return None
     if not fam.text_tower:
         return f"{fam.name} is a vision-only model (no text tower): zero-shot is skipped"
@@ -116,12 +116,17 @@ def tiny_tokenizer() -> CLIPTokenizer:
     return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
 
 
-def load_tokenizer(spec: str) -> CLIPTokenizer:
+def load_tokenizer(spec: str):
     """The tokenizer matching `load_model(spec)` (presets get the byte-level tokenizer)."""
     if spec in PRESETS:
         # Presets have random weights: any tokenizer whose ids fit the vocab serves the
-        # pipeline (and speed benchmarks); the byte-level one needs no download.
+        # pipeline (and speed benchmarks); the byte-level one needs no download. The tiny
+        # SigLIP's text config uses the same 514 ids, pad = <|endoftext|> = 1.
         return tiny_tokenizer()
+    if family_of(model_config(spec)).name == "siglip":
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(spec)  # SigLIP's SentencePiece, SigLIP 2's Gemma
     return CLIPTokenizer.from_pretrained(spec)
 
 

@@ -40,7 +40,7 @@ def _vit_b(patch: int) -> Callable[[], CLIPConfig]:
 def _tiny_siglip() -> SiglipConfig:
     vision = SiglipVisionConfig(**_TINY, intermediate_size=64)
     text = SiglipTextConfig(vocab_size=2 * 256 + 2, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                            num_attention_heads=4, max_position_embeddings=16,
+                            num_attention_heads=4, max_position_embeddings=64,
                             bos_token_id=0, eos_token_id=1, pad_token_id=1)
     return SiglipConfig(text_config=text.to_dict(), vision_config=vision.to_dict())
 

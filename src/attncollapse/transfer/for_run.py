@@ -16,7 +16,7 @@ from torch import nn
 
 from .._device import effective_precision
 from ..data import Splits, load_splits, load_test_split
-from ..models import Classifier, load_clip, load_tokenizer, vision_config, zeroshot_problem
+from ..models import Classifier, image_projection, load_clip, load_tokenizer, vision_config, zeroshot_problem
 from .representation import evaluate_features, transfer_headline, transfer_sets, wants_features
 from .text import TextCache
 from .wise import vision_state, wise
@@ -60,7 +60,7 @@ def evaluate_for_run(cfg, clip: nn.Module, clf: Classifier, splits: Splits | Non
     precision = effective_precision(precision, dev)
     opts = dict(device=dev, precision=precision, batch_size=batch_size)
     problem = zeroshot_problem(clip)
-    if problem:  # vision-only families (and SigLIP for now): no CLIP text tower
+    if problem:  # vision-only families: no text tower
         log.warning("%s: %s", cfg.model, problem)
         out["zeroshot_skipped"] = problem
     else:
@@ -84,13 +84,15 @@ def _zeroshot(cfg, clip: nn.Module, clf: Classifier, splits: Splits | None, data
     tokenizer = load_tokenizer(cfg.model)
     if pretrained_state is not None:
         pre_state = pretrained_state
-        weight = pre_state["projection.weight"]
-        projection = nn.Linear(weight.shape[1], weight.shape[0], bias=False).to(dev)
-        with torch.no_grad():
-            projection.weight.copy_(weight)
+        projection = nn.Identity()  # SigLIP has no image projection
+        if "projection.weight" in pre_state:
+            weight = pre_state["projection.weight"]
+            projection = nn.Linear(weight.shape[1], weight.shape[0], bias=False).to(dev)
+            with torch.no_grad():
+                projection.weight.copy_(weight)
     else:
         pretrained = (pretrained if pretrained is not None else load_clip(cfg.model)).to(dev)
-        pre_state, projection = vision_state(pretrained), pretrained.visual_projection
+        pre_state, projection = vision_state(pretrained), image_projection(pretrained)
     if cfg.method == "lora":
         # LoRA never changes the base tower: a mismatch means `pretrained` is the wrong model.
         ft_state = vision_state(clf)

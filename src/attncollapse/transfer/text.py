@@ -2,6 +2,8 @@
 
 Text features = the original text tower, one embedding per class (mean of the
 normalised prompt features over templates, renormalised; CLIP's prompt ensembling).
+CLIP and SigLIP alike: SigLIP's sigmoid(scale·cos + bias) is monotone in the cosine, so
+its zero-shot prediction is the same cosine argmax.
 """
 
 from __future__ import annotations
@@ -89,7 +91,9 @@ def _model_digest(clip: nn.Module) -> str:
     # projection. Two random presets with different seeds get different keys; the same
     # hub model gets the same key in every process (so the disk cache is reusable).
     parts = [getattr(clip.config, "_name_or_path", "") or ""]
-    for p in (clip.text_model.get_input_embeddings().weight, clip.text_projection.weight):
+    last = _text_projection(clip)
+    last = last if isinstance(last, nn.Linear) else clip.text_model.head  # SigLIP: the text head
+    for p in (clip.text_model.get_input_embeddings().weight, last.weight):
         d = p.detach().double()
         parts.append(f"{d.sum().item():.10e},{d.square().sum().item():.10e}")
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
@@ -107,18 +111,34 @@ def text_cache_key(clip: nn.Module, class_names: Sequence[str], templates: Seque
     return f"{cache_key or _model_digest(clip)}-{hashlib.sha256(blob).hexdigest()[:16]}"
 
 
+def _text_projection(clip: nn.Module) -> nn.Module:
+    # CLIP projects the pooled text feature; SigLIP's text head sits inside `text_model`.
+    return getattr(clip, "text_projection", None) or nn.Identity()
+
+
+def _tokenize(clip: nn.Module, tokenizer, prompts: list[str]) -> dict:
+    """Token ids (and CLIP's attention mask) the way each family was trained."""
+    if clip.config.model_type == "siglip":
+        # SigLIP pools the last position and was trained on prompts padded to the full
+        # length without an attention mask (transformers' SigLIP docs: padding="max_length").
+        length = clip.config.text_config.max_position_embeddings
+        enc = tokenizer(prompts, padding="max_length", truncation=True, max_length=length, return_tensors="pt")
+        return {"input_ids": enc["input_ids"]}
+    enc = tokenizer(prompts, padding=True, truncation=True, max_length=77, return_tensors="pt")
+    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+
 @torch.no_grad()
 def _encode_text(clip: nn.Module, tokenizer, prompts: list[str], device, batch_size: int = 1024) -> Tensor:
     """(len(prompts), D) float32 L2-normalised projected text features."""
     out = []
     for s in range(0, len(prompts), batch_size):
-        enc = tokenizer(prompts[s:s + batch_size], padding=True, truncation=True,
-                        max_length=77, return_tensors="pt").to(device)
+        enc = {k: v.to(device) for k, v in _tokenize(clip, tokenizer, prompts[s:s + batch_size]).items()}
         # text_model + text_projection directly: `get_text_features` returns a tensor in
         # older transformers and a BaseModelOutputWithPooling in 5.2x.
-        res = clip.text_model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
+        res = clip.text_model(**enc)
         pooled = res.pooler_output if hasattr(res, "pooler_output") else res[1]
-        out.append(nn.functional.normalize(clip.text_projection(pooled).float(), dim=-1))
+        out.append(nn.functional.normalize(_text_projection(clip)(pooled).float(), dim=-1))
     return torch.cat(out)
 
 

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from ..data import ImageSet
 from ..measure import attention_table, classifier_accuracy, layer_mean
-from ..models import Classifier, is_peft
+from ..models import Classifier, image_projection, is_peft, vision_tower
 from .text import TextCache, text_embeddings
 from .zeroshot import as_feeder, image_features, zeroshot_accuracy
 
@@ -41,7 +41,7 @@ def vision_state(model: nn.Module) -> dict[str, Tensor]:
     """Detached copies of the vision tower and visual projection weights, for `wise`.
 
     Args:
-        model: a CLIPModel (pretrained) or a Classifier (LoRA factors are skipped).
+        model: a pretrained model of any family or a Classifier (LoRA factors are skipped).
 
     Returns:
         {"vision.<name>": tensor, "projection.<name>": tensor} with PEFT-independent names.
@@ -49,7 +49,7 @@ def vision_state(model: nn.Module) -> dict[str, Tensor]:
     if isinstance(model, Classifier):
         params = _interp_params(model.vision, model.projection)
     else:
-        params = _interp_params(model.vision_model, model.visual_projection)
+        params = _interp_params(vision_tower(model), image_projection(model))
     return {k: p.detach().clone() for k, p in params.items()}
 
 

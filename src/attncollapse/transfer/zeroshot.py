@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from .._device import autocast, effective_precision, eval_mode
 from ..data import Feeder, ImageSet, load_test_split
-from ..models import Classifier, is_peft, load_tokenizer
+from ..models import Classifier, image_projection, is_peft, load_tokenizer, vision_tower
 from .text import TextCache, template_set, text_embeddings
 
 
@@ -182,8 +182,8 @@ def evaluate_pretrained(clip: nn.Module, spec: str, zcfg, *, data_cfg, device: t
         imageset = capped(load_test_split(name, zeroshot_data_cfg(data_cfg, name), image_size=size), zcfg)
         text = text_embeddings(clip, tokenizer, imageset.class_names, zcfg.templates, device=dev, cache=cache)
         feeder = as_feeder(imageset, dev)
-        pooled = _pooled(clip.vision_model, feeder, batch_size=batch_size, precision=precision)
-        res = zeroshot_accuracy(_project(pooled, clip.visual_projection, batch_size=batch_size, precision=precision),
+        pooled = _pooled(vision_tower(clip), feeder, batch_size=batch_size, precision=precision)
+        res = zeroshot_accuracy(_project(pooled, image_projection(clip), batch_size=batch_size, precision=precision),
                        feeder.labels, text)
         out[name] = {**res, "templates": template_set(zcfg.templates)[0], "images": len(imageset)}
     return out
