@@ -6,6 +6,8 @@ Tiny random presets, synthetic images and scikit-learn's bundled digits; nothing
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -165,6 +167,8 @@ def test_linear_probe_method_changes_only_the_head_and_every_delta_is_zero(tmp_p
     assert all(v == 0.0 for v in final["delta_pct"].values())
     assert all(v == 0.0 for layer in final["delta_pct_layers"].values() for v in layer)
     assert final["initial"] == final["final"]
+    history = json.loads((tmp_path / "lp" / "history.json").read_text())
+    assert all(d == 0.0 for pt in history["points"] for d in pt["weight_drift"])
     saved = load_file(tmp_path / "lp" / "checkpoints" / "best.safetensors")
     assert set(saved) == {"head.weight", "head.bias"}
     # Every parameter but the head is bit-identical to the pretrained model's.
@@ -225,3 +229,9 @@ def test_siglip_run_records_zeroshot_and_transfer(tmp_path):
     # LoRA with adapters off and WiSE at α = 0 are the pretrained model: E1's accuracy exactly.
     assert block["acc_base_only"] == base["zeroshot"]["digits"]["acc"] == final["wise"][0]["zeroshot_acc"]
     assert final["wise"][1]["zeroshot_acc"] == block["acc"]
+
+
+@pytest.mark.parametrize("mode, problem, want", [
+    ("auto", None, False), ("auto", "vision-only", True), ("always", None, True), ("never", "vision-only", False)])
+def test_feature_transfer_modes(mode, problem, want):
+    assert rep.wants_features(ZeroShotConfig(feature_transfer=mode), problem) is want
