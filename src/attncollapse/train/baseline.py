@@ -14,7 +14,8 @@ from .._device import effective_precision, resolve_device
 from ..config import DataConfig, EvalConfig
 from ..data import Feeder, load_splits
 from ..measure import attention_table, layer_mean
-from ..models import PRESETS, family_of, load_model, vision_config, vision_tower, zeroshot_problem
+from ..models import (PRESETS, family_of, load_model, normalization, vision_config, vision_tower,
+                      zeroshot_problem)
 from ..transfer import evaluate_pretrained
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,8 @@ def baseline(model: str, source: str, *, data_cfg=None, eval_cfg=None, out_dir: 
     clip = load_model(model).to(dev)
     size = vision_config(clip.config).image_size
     splits = load_splits(source, data_cfg, image_size=size)
-    feeder = Feeder(splits.eval_set, dev)
+    mean, std = normalization(clip)  # the family's (or the checkpoint's) image constants
+    feeder = Feeder(splits.eval_set, dev, mean=mean, std=std)
     table = attention_table(vision_tower(clip), feeder, **eval_cfg.metric_options(), precision=precision)
     result = {
         "model": model, "family": family_of(clip).name, "model_random_init": model in PRESETS, "dataset": source,

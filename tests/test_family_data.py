@@ -1,0 +1,133 @@
+"""Each family's own image normalisation: the Feeder takes it, the stages that know the
+model pass it (train, E1 baseline, zero-shot/WiSE-FT), and CLIP's numbers stay as they were."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from transformers import image_utils
+
+from attncollapse import data, models, train
+from attncollapse.config import ZeroShotConfig
+from attncollapse.data import Feeder, load_splits
+from attncollapse.transfer import evaluate_pretrained
+
+from conftest import tiny_run_config
+
+# The image processors' own defaults, read from transformers (image_processing_*.py), not
+# from our families: CLIP → OPENAI_CLIP_*, SigLIP and ViT → IMAGENET_STANDARD_* (0.5),
+# DINOv2 (BitImageProcessor with the hub's preprocessor_config.json values) → IMAGENET_DEFAULT_*.
+CLIP = (image_utils.OPENAI_CLIP_MEAN, image_utils.OPENAI_CLIP_STD)
+HALF = (image_utils.IMAGENET_STANDARD_MEAN, image_utils.IMAGENET_STANDARD_STD)
+IMAGENET = (image_utils.IMAGENET_DEFAULT_MEAN, image_utils.IMAGENET_DEFAULT_STD)
+EXPECTED = {"tiny": CLIP, "tiny-siglip": HALF, "tiny-dinov2": IMAGENET, "tiny-dinov2-reg": IMAGENET,
+            "tiny-vit": HALF}
+
+
+def _as_tuples(norm):
+    return tuple(float(x) for x in norm[0]), tuple(float(x) for x in norm[1])
+
+
+def test_transformers_constants_are_the_published_numbers():
+    # Independent of transformers' names: the numbers the reports and model cards print.
+    assert _as_tuples(IMAGENET) == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    assert _as_tuples(HALF) == ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    assert _as_tuples(CLIP) == ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
+
+
+def test_processor_classes_default_to_the_family_constants():
+    from transformers import CLIPImageProcessorPil, SiglipImageProcessorPil, ViTImageProcessorPil
+
+    for cls, preset in ((CLIPImageProcessorPil, "tiny"), (SiglipImageProcessorPil, "tiny-siglip"),
+                        (ViTImageProcessorPil, "tiny-vit")):
+        proc = cls()
+        assert models.normalization(preset) == _as_tuples((proc.image_mean, proc.image_std)), cls.__name__
+
+
+@pytest.mark.parametrize("preset", sorted(EXPECTED))
+def test_normalization_of_each_family(preset):
+    want = _as_tuples(EXPECTED[preset])
+    assert models.normalization(preset) == want  # from the spec
+    assert models.normalization(models.load_model(preset)) == want  # from the loaded model
+
+
+def test_feeder_default_is_clip_and_normalises_with_what_it_is_given():
+    s = load_splits("synthetic", tiny_run_config().data, image_size=32).eval_set
+    raw = s.images.astype(np.float64) / 255.0  # (N, S, S, 3) uint8 → [0, 1]
+    default = Feeder(s, "cpu")
+    assert default.norm == _as_tuples(CLIP) and data.CLIP_MEAN == models.FAMILIES["clip"].mean
+    x_clip, _ = default.get(torch.arange(len(s)))
+    # bit-identical to passing CLIP's constants explicitly: the CLIP runs do not change
+    assert torch.equal(x_clip, Feeder(s, "cpu", mean=CLIP[0], std=CLIP[1]).get(torch.arange(len(s)))[0])
+    for mean, std in (IMAGENET, HALF):
+        x, y = Feeder(s, "cpu", mean=mean, std=std).get(torch.arange(len(s)))
+        want = (raw - np.array(mean)) / np.array(std)  # channels last, by hand
+        np.testing.assert_allclose(x.numpy(), want.transpose(0, 3, 1, 2), atol=1e-6)
+        assert not torch.allclose(x, x_clip)
+    with pytest.raises(ValueError, match="3 means and 3 positive stds"):
+        Feeder(s, "cpu", mean=(0.5, 0.5), std=(0.5, 0.5, 0.5))
+
+
+@pytest.fixture
+def feeders_built(monkeypatch):
+    """Records the (mean, std) of every Feeder built while the test runs."""
+    seen = []
+    init = Feeder.__init__
+
+    def spy(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        seen.append(self.norm)
+
+    monkeypatch.setattr(Feeder, "__init__", spy)
+    return seen
+
+
+@pytest.mark.parametrize("preset", ["tiny-dinov2", "tiny-siglip"])
+def test_a_run_feeds_its_family_constants(tmp_path, feeders_built, preset):
+    cfg = tiny_run_config(model=preset, **{"optim.epochs": 1, "eval.points_per_epoch": 1})
+    train.run(cfg, tmp_path / "r")
+    # train, val, eval and the overlays' feeder: all with the family's constants
+    assert len(feeders_built) >= 4 and set(feeders_built) == {_as_tuples(EXPECTED[preset])}
+
+
+def test_baseline_feeds_its_family_constants(tmp_path, feeders_built):
+    out = train.baseline("tiny-dinov2", "synthetic", data_cfg=tiny_run_config().data, out_dir=tmp_path)
+    assert out["family"] == "dinov2" and feeders_built == [_as_tuples(IMAGENET)]
+
+
+def _clip_dir(tmp_path, preprocessor):
+    path = tmp_path / "clip"
+    models.load_model("tiny").save_pretrained(path)
+    models.tiny_tokenizer().save_pretrained(path)
+    (path / "preprocessor_config.json").write_text(json.dumps(preprocessor))
+    return path
+
+
+def test_local_checkpoint_constants_reach_every_stage(tmp_path, feeders_built):
+    # A converted OpenCLIP checkpoint may ship other constants in its preprocessor_config.json.
+    path = _clip_dir(tmp_path, {"image_mean": [0.5, 0.5, 0.5], "image_std": 0.25})
+    want = ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    assert models.normalization(str(path)) == models.normalization(models.load_model(str(path))) == want
+    cfg = tiny_run_config(model=str(path), **{
+        "optim.epochs": 1, "eval.points_per_epoch": 1, "zeroshot.enabled": True,
+        "zeroshot.datasets": ["digits"], "zeroshot.max_images": 30, "zeroshot.wise_alphas": [0.5]})
+    final = train.run(cfg, tmp_path / "r")
+    assert final["zeroshot"]["digits"]["images"] == 30 and len(final["wise"]) == 1
+    # train, val, eval, overlays, zero-shot and WiSE-FT's three feeders
+    assert len(feeders_built) >= 8 and set(feeders_built) == {want}
+    feeders_built.clear()
+    zcfg = ZeroShotConfig(datasets=["digits"], max_images=30)
+    evaluate_pretrained(models.load_model("tiny"), "tiny", zcfg, data_cfg=None, device="cpu")
+    assert feeders_built == [_as_tuples(CLIP)]
+
+
+def test_damaged_preprocessor_config_is_named(tmp_path):
+    path = _clip_dir(tmp_path, {"image_mean": [0.5, 0.5], "image_std": [0.5, 0.5, 0.5]})
+    with pytest.raises(ValueError, match=r"preprocessor_config.json: image_mean and image_std must be lists of 3"):
+        models.normalization(str(path))
+    (path / "preprocessor_config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not readable JSON"):
+        models.normalization(str(path))
+    (path / "preprocessor_config.json").write_text(json.dumps({"crop_size": 32}))  # no constants: the family's
+    assert models.normalization(str(path)) == _as_tuples(CLIP)
