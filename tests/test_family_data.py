@@ -54,7 +54,7 @@ def test_normalization_of_each_family(preset):
 
 def test_feeder_default_is_clip_and_normalises_with_what_it_is_given():
     s = load_splits("synthetic", tiny_run_config().data, image_size=32).eval_set
-    raw = s.images.astype(np.float64) / 255.0  # (N, S, S, 3) uint8 → [0, 1]
+    raw = s.images.astype(np.float64) / 255.0  # (N, 3, S, S) uint8 → [0, 1]
     default = Feeder(s, "cpu")
     assert default.norm == _as_tuples(CLIP) and data.CLIP_MEAN == models.FAMILIES["clip"].mean
     x_clip, _ = default.get(torch.arange(len(s)))
@@ -62,8 +62,8 @@ def test_feeder_default_is_clip_and_normalises_with_what_it_is_given():
     assert torch.equal(x_clip, Feeder(s, "cpu", mean=CLIP[0], std=CLIP[1]).get(torch.arange(len(s)))[0])
     for mean, std in (IMAGENET, HALF):
         x, y = Feeder(s, "cpu", mean=mean, std=std).get(torch.arange(len(s)))
-        want = (raw - np.array(mean)) / np.array(std)  # channels last, by hand
-        np.testing.assert_allclose(x.numpy(), want.transpose(0, 3, 1, 2), atol=1e-6)
+        want = (raw - np.reshape(mean, (1, 3, 1, 1))) / np.reshape(std, (1, 3, 1, 1))  # by hand, float64
+        np.testing.assert_allclose(x.numpy(), want, atol=1e-5)
         assert not torch.allclose(x, x_clip)
     with pytest.raises(ValueError, match="3 means and 3 positive stds"):
         Feeder(s, "cpu", mean=(0.5, 0.5), std=(0.5, 0.5, 0.5))
@@ -118,7 +118,7 @@ def test_local_checkpoint_constants_reach_every_stage(tmp_path, feeders_built):
     assert len(feeders_built) >= 8 and set(feeders_built) == {want}
     feeders_built.clear()
     zcfg = ZeroShotConfig(datasets=["digits"], max_images=30)
-    evaluate_pretrained(models.load_model("tiny"), "tiny", zcfg, data_cfg=None, device="cpu")
+    evaluate_pretrained(models.load_model("tiny"), "tiny", zcfg, data_cfg=tiny_run_config().data, device="cpu")
     assert feeders_built == [_as_tuples(CLIP)]
 
 
