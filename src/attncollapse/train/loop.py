@@ -143,6 +143,8 @@ def _setup(cfg: RunConfig, run_dir: Path) -> Run:
     """Data, model, optimizer, and APR's reference, as the config asks."""
     run_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
+    if cfg.cpu_threads:
+        torch.set_num_threads(cfg.cpu_threads)
     precision = effective_precision(cfg.optim.precision, device)
     splits = load_splits(cfg.dataset, cfg.data, image_size=image_size(cfg.model))
     mean, std = normalization(cfg.model)  # the family's (or the checkpoint's) image constants
