@@ -131,3 +131,53 @@ def test_damaged_preprocessor_config_is_named(tmp_path):
         models.normalization(str(path))
     (path / "preprocessor_config.json").write_text(json.dumps({"crop_size": 32}))  # no constants: the family's
     assert models.normalization(str(path)) == _as_tuples(CLIP)
+
+
+# ------------------------------------------------------------------ E1 per model
+
+TINY = ["tiny", "tiny-siglip", "tiny-dinov2", "tiny-dinov2-reg", "tiny-vit"]
+
+
+def test_families_demo_measures_e1_on_every_model(tmp_path):
+    from attncollapse.config import load_matrix
+    from attncollapse.study import plan
+
+    m = load_matrix("configs/families-demo.yaml")
+    base = [t for t in plan(m, tmp_path) if t.kind == "baseline"]
+    assert [t.id for t in base] == [f"E1:{p}:synthetic" for p in TINY]
+    assert [t.path for t in base] == [tmp_path / "baseline" / f"{p}_synthetic.json" for p in TINY]
+    by_id = {r.id: r.config for r in m.expand()}
+    for t, preset in zip(base, TINY):
+        # the model's own first run gives the data/eval/zero-shot settings
+        assert t.config.model == preset and t.config.dataset == "synthetic"
+        assert t.config == by_id[f"E2-{preset}"]
+    assert [t.id for t in plan(m, tmp_path, only="E1")] == [t.id for t in base]
+
+
+def test_single_model_matrix_keeps_its_e1_names(tmp_path):
+    from attncollapse.config import load_matrix
+    from attncollapse.study import plan
+
+    base = [t for t in plan(load_matrix("demo"), tmp_path) if t.kind == "baseline"]
+    assert [t.id for t in base] == ["E1:synthetic", "E1:digits"]
+    assert [t.path.name for t in base] == ["synthetic.json", "digits.json"]
+    assert [t.config.dataset for t in base] == ["synthetic", "digits"]
+
+
+def test_two_model_matrix_runs_each_models_e1(tmp_path):
+    from attncollapse.config import matrix_from_dict
+    from attncollapse.study import plan, run_matrix
+
+    m = matrix_from_dict({
+        "name": "two", "baseline": ["synthetic"],
+        "defaults": {"device": "cpu", "data": {"synthetic_train": 64, "synthetic_test": 32, "eval_subset_size": 8},
+                     "zeroshot": {"enabled": False}},
+        # the second model trains only on digits: its E1 on synthetic falls back to the defaults
+        "runs": {"A": {"model": "tiny-vit"}, "B": {"model": "tiny-siglip", "dataset": "digits"}}})
+    tasks = [t for t in plan(m, tmp_path) if t.kind == "baseline"]
+    assert [t.id for t in tasks] == ["E1:tiny-vit:synthetic", "E1:tiny-siglip:synthetic"]
+    assert tasks[1].config.model == "tiny-siglip" and tasks[1].config.dataset == "synthetic"
+    run_matrix(m, tmp_path, only="E1", analyze=False, check_hub=False, log=lambda _: None)
+    for preset, family in (("tiny-vit", "vit"), ("tiny-siglip", "siglip")):
+        got = json.loads((tmp_path / "baseline" / f"{preset}_synthetic.json").read_text())
+        assert (got["model"], got["family"], got["dataset"], got["images"]) == (preset, family, "synthetic", 8)
