@@ -181,3 +181,34 @@ def test_two_model_matrix_runs_each_models_e1(tmp_path):
     for preset, family in (("tiny-vit", "vit"), ("tiny-siglip", "siglip")):
         got = json.loads((tmp_path / "baseline" / f"{preset}_synthetic.json").read_text())
         assert (got["model"], got["family"], got["dataset"], got["images"]) == (preset, family, "synthetic", 8)
+
+
+# ------------------------------------------------------------------ the real families matrix
+
+HUB = {"clip": "openai/clip-vit-base-patch32", "siglip": "google/siglip-base-patch16-224",
+       "dinov2": "facebook/dinov2-base", "dinov2-reg": "facebook/dinov2-with-registers-base",
+       "vit": "google/vit-base-patch16-224"}
+
+
+def test_families_matrix_is_the_papers_e2_e4_r1_per_family():
+    from pathlib import Path
+
+    from attncollapse.config import load_matrix, packaged_configs
+
+    # configs/families.yaml is the packaged copy (a symlink, as the other configs)
+    assert Path("configs/families.yaml").resolve() == packaged_configs()["families"].resolve()
+    fam = {r.id: r.config for r in load_matrix("configs/families.yaml").expand()}  # offline: no hub
+    paper = {r.id: r.config for r in load_matrix("paper").expand()}
+
+    def same(cfg):  # everything but the run id and the model
+        return cfg.model_dump(exclude={"id", "model"})
+
+    assert len(fam) == 5 * (1 + 1 + 3)
+    for name, hub in HUB.items():
+        assert same(fam[f"E2-{name}"]) == same(paper["E2"]) and fam[f"E2-{name}"].model == hub
+        assert same(fam[f"E4-{name}"]) == same(paper["E4"]) and fam[f"E4-{name}"].model == hub
+        for lam in ("0.01", "0.1", "1.0"):
+            r1 = fam[f"R1-{name}-apr{lam}"]
+            assert same(r1) == same(paper[f"R1-apr{lam}"]) and r1.model == hub
+    assert paper["E2"].dataset == "eurosat" and paper["E4"].lora.rank == 4
+    assert paper["R1-apr0.1"].regularizer.kind == "apr"
