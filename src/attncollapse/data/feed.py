@@ -20,7 +20,7 @@ class Feeder:
     and copied asynchronously. Normalisation (and the optional flip) run on the device.
 
     Args:
-        images: the uint8 images (N, S, S, 3) and labels.
+        images: the uint8 images (N, 3, S, S) and their labels.
         device: where batches are served.
         resident: keep the whole uint8 array on `device` (default: on CPU always, on CUDA
             when it takes under a quarter of the free memory).
