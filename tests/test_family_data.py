@@ -215,3 +215,12 @@ def test_families_matrix_is_the_papers_e2_e4_r1_per_family():
             assert same(r1) == same(paper[f"R1-apr{lam}"]) and r1.model == hub
     assert paper["E2"].dataset == "eurosat" and paper["E4"].lora.rank == 4
     assert paper["R1-apr0.1"].regularizer.kind == "apr"
+
+
+def test_validate_says_e1_covers_every_model(capsys):
+    from attncollapse.cli import main
+
+    assert main(["validate", "configs/families.yaml"]) == 0
+    assert "25 runs + E1 baseline on eurosat for each of its 5 models" in capsys.readouterr().out
+    assert main(["validate", "demo"]) == 0
+    assert capsys.readouterr().out.splitlines()[0].endswith("21 runs + E1 baseline on synthetic, digits")
