@@ -64,7 +64,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if matrix is not None:
         runs = matrix.expand()
         print(f"{path}: ok — matrix {matrix.name!r}, {len(runs)} runs"
-              + (f" + E1 baseline on {', '.join(matrix.baseline)}" if matrix.baseline else ""))
+              + (f" + E1 baseline on {', '.join(matrix.baseline)}" if matrix.baseline else "")
+              + (f" for each of its {n} models" if matrix.baseline and (n := len(matrix.models())) > 1 else ""))
         print("  " + " ".join(r.id for r in runs))
     else:
         print(f"{path}: ok — run {cfg.id!r} ({cfg.method} on {cfg.dataset}, model {cfg.model})")

@@ -154,8 +154,10 @@ def datasets_table(runs: list[Run], baseline: dict[str, dict]) -> list[Block]:
         for name, b in ((r.final or {}).get("zeroshot") or {}).items():
             zs.setdefault(name, b.get("images") if isinstance(b, dict) else None)
     rows += [[name, "zero-shot", name, "—", "—", "—", num(n, "d"), "—", "test split", "—"] for name, n in zs.items()]
-    for ds, b in baseline.items():
+    for key, b in baseline.items():
+        ds = b.get("dataset", key)  # a matrix of several models keys E1 by <model>_<dataset>
         if ds not in seen:
+            seen.add(ds)
             rows.append([ds, "baseline (E1) only", ds, "—", "—", "—", "—", f"{b.get('images', '—')} images", "—", "—"])
     note = ("Classes and split sizes come from final.json `data`; a run that predates it shows —."
             if any(r.final and not r.final.get("data") for r in runs) else None)

@@ -342,13 +342,18 @@ class MatrixConfig(Strict):
                                for p in unmatched])
         return keep
 
-    def baseline_config(self, dataset: str) -> RunConfig:
-        """The RunConfig whose data/eval/zero-shot settings the E1 baseline on `dataset` uses:
-        the first run training on it, else the defaults."""
+    def baseline_config(self, dataset: str, model: str | None = None) -> RunConfig:
+        """The RunConfig whose model and data/eval/zero-shot settings the E1 baseline on
+        `dataset` (of `model`, default any) uses: the first such run training on `dataset`,
+        else the defaults with `dataset` (and `model`). Its `dataset` is always `dataset`."""
         for run in self.expand():
-            if run.config.dataset == dataset:
+            if run.config.dataset == dataset and model in (None, run.config.model):
                 return run.config
-        return RunConfig.model_validate({**self.defaults, "dataset": dataset})
+        return RunConfig.model_validate({**self.defaults, "dataset": dataset, **({"model": model} if model else {})})
+
+    def models(self) -> list[str]:
+        """The models the runs train, in order of first appearance."""
+        return list(dict.fromkeys(run.config.model for run in self.expand()))
 
 
 def _expand_entry(loc: str, entry: str, delta: dict, defaults: dict) -> tuple[list, list[str]]:

@@ -200,6 +200,10 @@ class RunConfig(Strict):
     """Newest checkpoints kept on disk."""
     device: str = "auto"
     """"auto" (CUDA when available), "cpu", "cuda", "cuda:1"."""
+    cpu_threads: int | None = Field(None, ge=1)
+    """torch's intra-op CPU threads for the run (`torch.set_num_threads`); None = torch's
+    default (one per core). The tiny demo models run fastest on 1: their ops are too small
+    to split, and on a busy machine extra threads only wait for each other."""
 
     @field_validator("id")
     @classmethod
@@ -222,7 +226,7 @@ DEFAULTS = RunConfig().model_dump()
 """Every field's default, as plain data (the matrix checks read them)."""
 
 # Fields that do not change a run's numbers: excluded from the resume fingerprint.
-_NOT_FINGERPRINTED = {"device", "eval.forward_batch_size", "data.cache_dir", "data.gpu_resident", "data.cache_workers", "data.data_root", "zeroshot"}
+_NOT_FINGERPRINTED = {"device", "cpu_threads", "eval.forward_batch_size", "data.cache_dir", "data.gpu_resident", "data.cache_workers", "data.data_root", "zeroshot"}
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

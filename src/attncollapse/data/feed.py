@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -17,9 +18,19 @@ class Feeder:
     The uint8 array moves to `device` once when `resident` (a 224-px EuroSAT is ~4 GB of
     uint8, a small part of an H100); otherwise each batch is gathered on the host, pinned
     and copied asynchronously. Normalisation (and the optional flip) run on the device.
+
+    Args:
+        images: the uint8 images (N, 3, S, S) and their labels.
+        device: where batches are served.
+        resident: keep the whole uint8 array on `device` (default: on CPU always, on CUDA
+            when it takes under a quarter of the free memory).
+        mean, std: the model's per-channel normalisation, (x / 255 - mean) / std. The data
+            stage knows no model: callers pass their family's constants
+            (`models.normalization`); the default is CLIP's.
     """
 
-    def __init__(self, images: ImageSet, device: torch.device | str, *, resident: bool | None = None):
+    def __init__(self, images: ImageSet, device: torch.device | str, *, resident: bool | None = None,
+                 mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD):
         self.set = images
         self.device = torch.device(device)
         if resident is None:
@@ -32,8 +43,13 @@ class Feeder:
             host = torch.from_numpy(np.ascontiguousarray(images.images))
         self.images = host.to(self.device) if self.resident else host
         self.labels = torch.from_numpy(np.asarray(images.labels, dtype=np.int64)).to(self.device)
-        self.mean = torch.tensor(CLIP_MEAN, device=self.device).view(1, 3, 1, 1)
-        self.std = torch.tensor(CLIP_STD, device=self.device).view(1, 3, 1, 1)
+        self.norm = _checked_norm(mean, std)
+        self.mean = torch.tensor(self.norm[0], device=self.device).view(1, 3, 1, 1)
+        self.std = torch.tensor(self.norm[1], device=self.device).view(1, 3, 1, 1)
+
+    def of(self, images: ImageSet) -> "Feeder":
+        """A Feeder of other `images` on the same device with the same normalisation."""
+        return Feeder(images, self.device, mean=self.norm[0], std=self.norm[1])
 
     def __len__(self) -> int:
         return len(self.set)
@@ -60,6 +76,14 @@ class Feeder:
         n = len(self)
         for s in range(0, n, batch_size):
             yield self.get(torch.arange(s, min(s + batch_size, n)))
+
+
+def _checked_norm(mean: Sequence[float], std: Sequence[float]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) as tuples of 3 floats, std positive; else a one-line ValueError."""
+    mean, std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
+    if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+        raise ValueError(f"image normalisation needs 3 means and 3 positive stds (RGB), got mean={mean} std={std}")
+    return mean, std
 
 
 def _fits_on_gpu(nbytes: int, device: torch.device) -> bool:

@@ -27,7 +27,7 @@ def _default_train(cfg: RunConfig, run_dir: Path) -> Any:
 
 def _default_baseline(task: Task) -> dict:
     cfg = task.config
-    return baseline(cfg.model, task.id.split(":", 1)[1], data_cfg=cfg.data, eval_cfg=cfg.eval,
+    return baseline(cfg.model, cfg.dataset, data_cfg=cfg.data, eval_cfg=cfg.eval,
                     out_dir=task.path.parent, zeroshot_cfg=cfg.zeroshot, device=cfg.device,
                     out_name=task.path.name)
 

@@ -41,8 +41,7 @@ def hub_needs(configs: list[tuple[str, RunConfig]], baselines: list[tuple[str, R
 
     Args:
         configs: (task id, RunConfig) of runs: their model, dataset and zero-shot sets.
-        baselines: (task id, RunConfig) of E1 baselines: their model and dataset (the id's
-            dataset) and zero-shot sets.
+        baselines: (task id, RunConfig) of E1 baselines: their model, dataset and zero-shot sets.
     """
     need: dict[tuple[str, str], list[str]] = {}
 
@@ -52,7 +51,7 @@ def hub_needs(configs: list[tuple[str, RunConfig]], baselines: list[tuple[str, R
 
     for tid, cfg in [*configs, *baselines]:
         add("model", hub_model_id(cfg.model), tid)
-        sources = [tid.split(":", 1)[1] if tid.startswith("E1:") else cfg.dataset]
+        sources = [cfg.dataset]  # a baseline's config trains on its dataset (MatrixConfig.baseline_config)
         if cfg.zeroshot.enabled:
             sources += cfg.zeroshot.datasets
         for src in sources:

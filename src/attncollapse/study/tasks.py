@@ -29,7 +29,8 @@ class Task:
 
     Attributes:
         kind: "baseline" or "run".
-        id: run directory name, or "E1:<dataset>".
+        id: run directory name, or "E1:<dataset>" ("E1:<model>:<dataset>" in a matrix of
+            several models).
         path: the run directory, or the baseline JSON file.
         config: the RunConfig (for a baseline: whose data/eval/zero-shot settings it uses).
         group: the reports' family (E2, A1, ...; E1 for baselines).
@@ -79,6 +80,18 @@ def baseline_name(source: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in source)
 
 
+def baseline_tasks(matrix: MatrixConfig, out: Path) -> list[Task]:
+    """E1 per dataset of `matrix.baseline`: `E1:<dataset>` → baseline/<dataset>.json; a matrix
+    training several models measures each: `E1:<model>:<dataset>` → baseline/<model>_<dataset>.json."""
+    models = matrix.models()
+    if len(models) <= 1:
+        return [Task("baseline", f"{BASELINE_ID}:{ds}", out / "baseline" / f"{baseline_name(ds)}.json",
+                     matrix.baseline_config(ds), BASELINE_ID) for ds in matrix.baseline]
+    return [Task("baseline", f"{BASELINE_ID}:{m}:{ds}",
+                 out / "baseline" / f"{baseline_name(m)}_{baseline_name(ds)}.json",
+                 matrix.baseline_config(ds, m), BASELINE_ID) for m in models for ds in matrix.baseline]
+
+
 def plan(matrix: MatrixConfig, out_dir: str | Path, only: str | list[str] | None = None) -> list[Task]:
     """The tasks of a matrix (baselines first), restricted by `only`.
 
@@ -98,9 +111,7 @@ def plan(matrix: MatrixConfig, out_dir: str | Path, only: str | list[str] | None
                            f"{', '.join(r.id for r in runs)})" for p in unmatched])
     tasks = []
     if not pats or base_pats:
-        for ds in matrix.baseline:
-            tasks.append(Task("baseline", f"{BASELINE_ID}:{ds}", out / "baseline" / f"{baseline_name(ds)}.json",
-                              matrix.baseline_config(ds), BASELINE_ID))
+        tasks += baseline_tasks(matrix, out)
     if pats:
         runs = matrix.selected(run_pats) if run_pats else []
     tasks.extend(Task("run", r.id, out / r.id, r.config, r.group) for r in runs)

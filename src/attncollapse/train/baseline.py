@@ -16,7 +16,8 @@ from .._device import effective_precision, resolve_device
 from ..config import DataConfig, EvalConfig
 from ..data import Feeder, load_splits
 from ..measure import attention_table, layer_mean
-from ..models import PRESETS, family_of, load_model, vision_config, vision_tower, zeroshot_problem
+from ..models import (PRESETS, family_of, load_model, normalization, vision_config, vision_tower,
+                      zeroshot_problem)
 from ..transfer import (evaluate_features, evaluate_pretrained, pretrained_classifier, transfer_headline,
                         transfer_sets, wants_features, zeroshot_data_cfg)
 
@@ -40,7 +41,8 @@ def baseline(model: str, source: str, *, data_cfg=None, eval_cfg=None, out_dir: 
     clip = load_model(model).to(dev)
     size = vision_config(clip.config).image_size
     splits = load_splits(source, data_cfg, image_size=size)
-    feeder = Feeder(splits.eval_set, dev)
+    mean, std = normalization(clip)  # the family's (or the checkpoint's) image constants
+    feeder = Feeder(splits.eval_set, dev, mean=mean, std=std)
     table = attention_table(vision_tower(clip), feeder, **eval_cfg.metric_options(), precision=precision)
     result = {
         "model": model, "family": family_of(clip).name, "model_random_init": model in PRESETS, "dataset": source,
@@ -68,7 +70,8 @@ def _transfer(clip, model: str, zcfg, data_cfg, size: int, dev, precision: str) 
         for name in zcfg.datasets:
             train, test = transfer_sets(name, zeroshot_data_cfg(data_cfg, name), zcfg, image_size=size)
             block = out["zeroshot"].setdefault(name, {"acc": None})
-            block.update(evaluate_features(clf, train, test, device=dev, precision=precision))
+            block.update(evaluate_features(clf, train, test, device=dev, precision=precision,
+                                           norm=normalization(clip)))
     if not out["zeroshot"]:
         del out["zeroshot"]
     return {**out, **transfer_headline(out.get("zeroshot", {}), zcfg.datasets)}

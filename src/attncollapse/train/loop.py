@@ -26,7 +26,7 @@ from .._device import effective_precision, resolve_device
 from ..config import RunConfig
 from ..data import Feeder, Splits, load_splits
 from ..measure import classifier_accuracy, delta_pct, eval_rows, layer_mean, probing, summarize_rows
-from ..models import PRESETS, block_weights, count_parameters, image_size, weight_drift
+from ..models import PRESETS, block_weights, count_parameters, image_size, normalization, weight_drift
 from ..transfer import evaluate_for_run, vision_state
 from .build import build
 from .checkpoints import CheckpointWriter, load_newest, load_weights, trainable
@@ -143,9 +143,12 @@ def _setup(cfg: RunConfig, run_dir: Path) -> Run:
     """Data, model, optimizer, and APR's reference, as the config asks."""
     run_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
+    if cfg.cpu_threads:
+        torch.set_num_threads(cfg.cpu_threads)
     precision = effective_precision(cfg.optim.precision, device)
     splits = load_splits(cfg.dataset, cfg.data, image_size=image_size(cfg.model))
-    train_feed = Feeder(splits.train, device, resident=_resident(cfg))
+    mean, std = normalization(cfg.model)  # the family's (or the checkpoint's) image constants
+    train_feed = Feeder(splits.train, device, resident=_resident(cfg), mean=mean, std=std)
     clip, clf = build(cfg, splits.train.num_classes, device, splits.train.class_names)
     pretrained_state = None
     if cfg.zeroshot.enabled and cfg.zeroshot.datasets:
@@ -158,7 +161,7 @@ def _setup(cfg: RunConfig, run_dir: Path) -> Run:
                             fused=bool(cfg.optim.fused and device.type == "cuda"))
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     return Run(cfg=cfg, dir=run_dir, device=device, precision=precision, splits=splits, train_feed=train_feed,
-               val_feed=Feeder(splits.val, device), eval_feed=Feeder(splits.eval_set, device), clip=clip, clf=clf,
+               val_feed=train_feed.of(splits.val), eval_feed=train_feed.of(splits.eval_set), clip=clip, clf=clf,
                opt=opt, scaler=scaler, schedule=schedule_of(cfg, len(splits.train)), ref_vision=ref_vision,
                ref_cache=ref_cache, pretrained_state=pretrained_state, initial_blocks=initial_blocks)
 
@@ -370,7 +373,7 @@ def _finish(r: Run, state: TrainState, overlay_initial: torch.Tensor, timings: d
 def _write_overlays(r: Run, overlay_initial: torch.Tensor) -> None:
     """overlays.npz: the first eval images and their [CLS] rows before and after training."""
     shown = r.splits.eval_set.subset(np.arange(min(N_OVERLAY, len(r.splits.eval_idx))))
-    overlay_final = eval_rows(r.clf.vision, Feeder(shown, r.device), batch_size=N_OVERLAY, precision=r.precision)
+    overlay_final = eval_rows(r.clf.vision, r.eval_feed.of(shown), batch_size=N_OVERLAY, precision=r.precision)
     with _io.atomic_path(r.dir / "overlays.npz") as tmp, open(tmp, "wb") as fh:
         np.savez_compressed(fh, images=shown.images, initial=overlay_initial.cpu().numpy(),
                             final=overlay_final.cpu().numpy())

@@ -16,7 +16,8 @@ from torch import nn
 
 from .._device import effective_precision
 from ..data import Splits, load_splits, load_test_split
-from ..models import Classifier, image_projection, load_clip, load_tokenizer, vision_config, zeroshot_problem
+from ..models import (Classifier, image_projection, load_clip, load_tokenizer, normalization, vision_config,
+                      zeroshot_problem)
 from .representation import evaluate_features, transfer_headline, transfer_sets, wants_features
 from .text import TextCache
 from .wise import vision_state, wise
@@ -72,7 +73,7 @@ def evaluate_for_run(cfg, clip: nn.Module, clf: Classifier, splits: Splits | Non
             train, test = transfer_sets(name, zeroshot_data_cfg(cfg.data, name, cfg.dataset), cfg.zeroshot,
                                         image_size=size)
             block = out["zeroshot"].setdefault(name, {"acc": None})
-            block.update(evaluate_features(clf, train, test, **opts))
+            block.update(evaluate_features(clf, train, test, norm=normalization(clip), **opts))
     return {**out, **transfer_headline(out["zeroshot"], datasets)}
 
 

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from .._device import autocast, eval_mode
 from ..data import Feeder, ImageSet, load_splits
 from ..models import Classifier, build_classifier
+from .zeroshot import as_feeder
 
 KNN_K = 20
 """Neighbours of the k-NN vote (DINO's default)."""
@@ -59,7 +60,8 @@ def pretrained_classifier(model: nn.Module) -> Classifier:
 
 @torch.no_grad()
 def frozen_features(clf: Classifier, images: ImageSet | Feeder, *, device: torch.device | str,
-                    batch_size: int = 1024, precision: str = "fp32") -> Tensor:
+                    batch_size: int = 1024, precision: str = "fp32",
+                    norm: tuple[tuple[float, ...], tuple[float, ...]] | None = None) -> Tensor:
     """L2-normalised image features of every image, in order.
 
     Args:
@@ -67,11 +69,12 @@ def frozen_features(clf: Classifier, images: ImageSet | Feeder, *, device: torch
             `normalize_features` flag play no part.
         images: uint8 images (normalised on `device` by the Feeder).
         precision: autocast "fp16", "bf16" or "fp32" (off).
+        norm: the model family's (mean, std) (`models.normalization`); None = CLIP's.
 
     Returns:
         (N, D) float32 unit rows on `device`.
     """
-    feeder = images if isinstance(images, Feeder) else Feeder(images, device)
+    feeder = images if isinstance(images, Feeder) else as_feeder(images, device, norm)
     out = []
     with eval_mode(clf), autocast(feeder.device, precision):
         for x, _ in feeder.batches(batch_size):
@@ -162,14 +165,15 @@ def transfer_sets(name: str, data_cfg, zcfg, *, image_size: int) -> tuple[ImageS
 
 
 def evaluate_features(clf: Classifier, train: ImageSet, test: ImageSet, *, device: torch.device | str,
-                      precision: str = "fp32", batch_size: int = 1024) -> dict:
+                      precision: str = "fp32", batch_size: int = 1024,
+                      norm: tuple[tuple[float, ...], tuple[float, ...]] | None = None) -> dict:
     """One dataset's k-NN and linear-probe fields (merged into final.json's zero-shot block).
 
     Returns:
         {"knn_acc", "knn_protocol", "linear_probe_acc", "linear_probe_protocol",
         "train_images", "images"}.
     """
-    opts = dict(device=device, precision=precision, batch_size=batch_size)
+    opts = dict(device=device, precision=precision, batch_size=batch_size, norm=norm)
     f_train, f_test = frozen_features(clf, train, **opts), frozen_features(clf, test, **opts)
     classes = max(train.num_classes, test.num_classes)
     return {

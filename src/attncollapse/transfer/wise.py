@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from ..data import ImageSet
 from ..measure import attention_table, classifier_accuracy, layer_mean
-from ..models import Classifier, image_projection, is_peft, vision_tower
+from ..models import Classifier, image_projection, is_peft, normalization, vision_tower
 from .text import TextCache, text_embeddings
 from .zeroshot import as_feeder, image_features, zeroshot_accuracy
 
@@ -82,7 +82,8 @@ def wise(clf: Classifier, pretrained_state: dict[str, Tensor], alphas: Sequence[
     lora = is_peft(clf.vision)
     text = text_embeddings(clip, tokenizer, zeroshot_set.class_names, templates, device=device,
                            cache=cache, cache_key=cache_key)
-    zs, task, ev = (as_feeder(s, device) for s in (zeroshot_set, task_set, eval_set))
+    norm = normalization(clip)  # the family's (or the checkpoint's) image constants
+    zs, task, ev = (as_feeder(s, device, norm) for s in (zeroshot_set, task_set, eval_set))
     ft = {k: p.detach().clone() for k, p in params.items()}
     pre = {k: pretrained_state[k].to(device=p.device, dtype=p.dtype) for k, p in params.items()}
     out = []

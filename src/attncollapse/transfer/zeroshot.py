@@ -22,13 +22,16 @@ from torch import Tensor, nn
 
 from .._device import autocast, effective_precision, eval_mode
 from ..data import Feeder, ImageSet, load_test_split
-from ..models import Classifier, image_projection, is_peft, load_tokenizer, vision_tower
+from ..models import Classifier, image_projection, is_peft, load_tokenizer, normalization, vision_tower
 from .text import TextCache, template_set, text_embeddings
 
 
-def as_feeder(src: ImageSet | Feeder, device) -> Feeder:
-    """`src` itself when it already is a Feeder, else a Feeder of it on `device`."""
-    return src if isinstance(src, Feeder) else Feeder(src, device)
+def as_feeder(src: ImageSet | Feeder, device, norm: tuple | None = None) -> Feeder:
+    """`src` itself when it already is a Feeder (its own normalisation), else a Feeder of
+    it on `device` normalised with `norm` = (mean, std) (`models.normalization`; None = CLIP's)."""
+    if isinstance(src, Feeder):
+        return src
+    return Feeder(src, device) if norm is None else Feeder(src, device, mean=norm[0], std=norm[1])
 
 
 @torch.no_grad()
@@ -52,7 +55,7 @@ def _project(pooled: Tensor, projection: nn.Module, *, batch_size: int, precisio
 def image_features(clf_or_fn: Classifier | Callable[[Tensor], Tensor],
                    feeder_or_imageset: ImageSet | Feeder, *, batch_size: int = 1024,
                    device: torch.device | str, precision: str = "fp32",
-                   projection: nn.Module | None = None) -> Tensor:
+                   projection: nn.Module | None = None, norm: tuple | None = None) -> Tensor:
     """Zero-shot image features of every image, in order.
 
     `Classifier.features` without the head, always L2-normalised (whatever the
@@ -65,11 +68,12 @@ def image_features(clf_or_fn: Classifier | Callable[[Tensor], Tensor],
         batch_size: images per no-grad forward.
         precision: autocast "fp16", "bf16" or "fp32" (off).
         projection: replaces `clf.projection` (the frozen-projection variant).
+        norm: (mean, std) of an ImageSet's normalisation (`models.normalization`); None = CLIP's.
 
     Returns:
         (N, D) float32 unit rows on `device`.
     """
-    feeder = as_feeder(feeder_or_imageset, device)
+    feeder = as_feeder(feeder_or_imageset, device, norm)
     if isinstance(clf_or_fn, Classifier):
         pooled = _pooled(clf_or_fn.vision, feeder, batch_size=batch_size, precision=precision)
         return _project(pooled, projection or clf_or_fn.projection, batch_size=batch_size, precision=precision)
@@ -126,7 +130,7 @@ def evaluate_dataset(clf: Classifier, clip: nn.Module, tokenizer, imageset: Imag
     name, _ = template_set(zcfg.templates)
     text = text_embeddings(clip, tokenizer, imageset.class_names, zcfg.templates, device=device,
                            cache=cache, cache_key=cache_key)
-    feeder = as_feeder(imageset, device)
+    feeder = as_feeder(imageset, device, normalization(clip))
     opts = dict(batch_size=batch_size, precision=precision)
     # One tower pass serves both projections: they only differ after pooling.
     pooled = _pooled(clf.vision, feeder, **opts)
@@ -181,7 +185,7 @@ def evaluate_pretrained(clip: nn.Module, spec: str, zcfg, *, data_cfg, device: t
     for name in zcfg.datasets:
         imageset = capped(load_test_split(name, zeroshot_data_cfg(data_cfg, name), image_size=size), zcfg)
         text = text_embeddings(clip, tokenizer, imageset.class_names, zcfg.templates, device=dev, cache=cache)
-        feeder = as_feeder(imageset, dev)
+        feeder = as_feeder(imageset, dev, normalization(clip))
         pooled = _pooled(vision_tower(clip), feeder, batch_size=batch_size, precision=precision)
         res = zeroshot_accuracy(_project(pooled, image_projection(clip), batch_size=batch_size, precision=precision),
                        feeder.labels, text)
