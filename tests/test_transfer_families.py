@@ -87,8 +87,9 @@ def test_linear_probe_with_one_class_is_one_line():
 
 def _manual_features(model, images) -> np.ndarray:
     """Each family's image feature by hand: ViT the final-LN [CLS] token, DINOv2 its pooler,
-    CLIP the projected pooler; L2-normalised."""
-    feeder = data.Feeder(images, "cpu")
+    CLIP the projected pooler; L2-normalised. Pixels normalised with the family's constants."""
+    mean, std = models.normalization(model)
+    feeder = data.Feeder(images, "cpu", mean=mean, std=std)
     x = feeder.get(torch.arange(len(images)))[0]
     fam = models.family_of(model).name
     with torch.no_grad():
@@ -108,9 +109,10 @@ def test_frozen_features_are_the_family_pooling(preset):
     before = torch.get_rng_state()
     clf = rep.pretrained_classifier(model)
     assert torch.equal(before, torch.get_rng_state())  # the unused head leaves the RNG alone
-    got = rep.frozen_features(clf, images, device="cpu", batch_size=5).numpy()
+    norm = models.normalization(model)
+    got = rep.frozen_features(clf, images, device="cpu", batch_size=5, norm=norm).numpy()
     if preset == "tiny-siglip":
-        x = data.Feeder(images, "cpu").get(torch.arange(12))[0]
+        x = data.Feeder(images, "cpu", mean=norm[0], std=norm[1]).get(torch.arange(12))[0]
         with torch.no_grad():
             want = torch.nn.functional.normalize(model.vision_model(pixel_values=x).pooler_output, dim=-1).numpy()
     else:
@@ -208,7 +210,8 @@ def test_siglip_zeroshot_equals_the_models_own_sigmoid_logits():
     prompts = [f"a photo of a {c}" for c in test_set.with_class_names("raw").class_names]
     ids = models.load_tokenizer("tiny-siglip")(prompts, padding="max_length", truncation=True, max_length=64,
                                                return_tensors="pt")["input_ids"]
-    x = data.Feeder(test_set, "cpu").get(torch.arange(50))[0]
+    mean, std = models.normalization(model)
+    x = data.Feeder(test_set, "cpu", mean=mean, std=std).get(torch.arange(50))[0]
     with torch.no_grad():
         logits = model(input_ids=ids, pixel_values=x).logits_per_image  # (50, C)
     assert logits.std(1).min() > 0  # prompts fit the 64 positions: classes get different texts
