@@ -11,16 +11,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib.patches import Patch
 
 from . import links
 from .figures_base import KIND_COLORS, OKABE_ITO, Ctx, as_ctx, figure, legend_kinds, save
+
+LABEL_MAX = 12
+"""Most points a scatter labels with their run ids."""
 
 
 def _title(e: dict) -> str:
     if e.get("skipped"):
         return "skipped"
-    return (f"r={e['pearson_r']:.2f} (Holm p={e['pearson_p_holm']:.2g}), ρ={e['spearman_rho']:.2f} "
-            f"(p={e['spearman_p']:.2g}), n={e['n']}")
+    return (f"r={e['pearson_r']:.2f} (Holm p={e['pearson_p_holm']:.2g}), n={e['n']}\n"
+            f"ρ={e['spearman_rho']:.2f} (p={e['spearman_p']:.2g}, Holm {e['spearman_p_holm']:.2g})")
 
 
 def _scatter(ax: Any, ctx: Ctx, e: dict, xlabel: str, ylabel: str) -> None:
@@ -32,7 +36,8 @@ def _scatter(ax: Any, ctx: Ctx, e: dict, xlabel: str, ylabel: str) -> None:
     else:
         for rid, x, y in zip(e["runs"], e["x_values"], e["y_values"]):
             ax.scatter(x, y, s=18, color=KIND_COLORS.get(ctx.kind(byid[rid]), "black"), edgecolor="black", lw=0.3)
-            ax.annotate(rid, (x, y), fontsize=5, xytext=(2, 2), textcoords="offset points")
+            if len(e["runs"]) <= LABEL_MAX:  # beyond that the ids overprint each other
+                ax.annotate(rid, (x, y), fontsize=5, xytext=(2, 2), textcoords="offset points")
     ax.set(xlabel=xlabel, ylabel=ylabel)
     ax.set_title(_title(e), fontsize=7)
 
@@ -44,12 +49,13 @@ def early_warning(src: Ctx | str | Path, out: Path) -> Path | str:
     if t.get("skipped"):
         return f"early warning not tested: {t.get('reason', '')}"
     entries = {e.get("predictor"): e for e in t.get("entries", [])}
-    fig, ax = figure(11.0, 3.0, 1, len(links.PREDICTORS))
-    for a, pr in zip(ax[0], links.PREDICTORS):
+    fig, ax = figure(9.0, 6.0, 2, 3)
+    for a, pr in zip(ax.flat, links.PREDICTORS):
         xl = "mean weight drift at epoch ≈ 1" if pr == "weight_drift" else f"{pr} Δ% at epoch ≈ 1"
         _scatter(a, ctx, entries.get(pr, {"skipped": True, "reason": "no entry"}), xl, "transfer change (pp)")
         a.axhline(0, color="black", lw=0.5)
-    legend_kinds(ax[0, 0], {ctx.kind(r) for r in ctx.m.done}, fontsize=6)
+    ax[1, 2].axis("off")
+    legend_kinds(ax[1, 2], {ctx.kind(r) for r in ctx.m.done}, fontsize=7, loc="center")
     fig.suptitle("Early warning: the first epoch's change vs the final transfer change", fontsize=9)
     return save(fig, out)
 
@@ -103,6 +109,8 @@ def families(src: Ctx | str | Path, out: Path) -> Path | str:
             a.annotate(r.get("group") or r.config_id, (x, c["pp"]), fontsize=5, xytext=(2, 2),
                        textcoords="offset points")
     a.axhline(0, color="black", lw=0.5)
+    a.legend(handles=[Patch(facecolor=c, edgecolor="black", linewidth=0.4, label=f) for f, c in colors.items()],
+             fontsize=6)
     a.set(xlabel="entropy Δ% (transfer checkpoint)", ylabel="transfer change (pp)",
           title="Collapse vs transfer, coloured by family")
     fig.suptitle("Model families compared", fontsize=9)

@@ -58,7 +58,8 @@ def pretrained_score(run: Run, baseline: dict[str, dict], col: str) -> tuple[flo
     name, block = _headline_block(run)
     for b in same:
         ref = ((b.get("zeroshot") or {}).get(name) or {})
-        if ref.get("acc") is not None and ref.get("images") == block.get("images"):
+        n_ref, n_run = ref.get("images"), block.get("images")
+        if ref.get("acc") is not None and (n_ref is None or n_run is None or n_ref == n_run):
             return float(ref["acc"]), "baseline"
     if run.get("zeroshot_acc_base_only") is not None:
         return float(run.get("zeroshot_acc_base_only")), "base_only"
