@@ -116,18 +116,18 @@ def early_warning(runs: list[Run], baseline: dict[str, dict]) -> dict:
     against the transfer change in pp; Holm over the five.
     """
     changes = {r.run_id: c for r in runs if (c := transfer_change(r, baseline)) is not None}
-    use = [r for r in runs if r.run_id in changes and early_point(r) is not None]
-    final_early = [r.run_id for r in use if early_point(r)[2]]
+    early = {r.run_id: got for r in runs if r.run_id in changes and (got := early_point(r)) is not None}
     entries = []
     for pr in PREDICTORS:
-        pts = [(r.run_id, v, changes[r.run_id]["pp"]) for r in use if (v := early_delta(r, pr)) is not None]
+        pts = [(r.run_id, v, changes[r.run_id]["pp"]) for r in runs
+               if r.run_id in early and (v := early_delta(r, pr)) is not None]
+        ids = [p[0] for p in pts]
         x = "mean weight drift at epoch ≈ 1" if pr == "weight_drift" else f"{pr} Δ% at epoch ≈ 1"
         entries.append(_correlation(f"early {pr} vs transfer change", pts, x, "transfer change (pp)",
-                                    predictor=pr, early_epochs=[float(early_point(r)[1]["epoch"]) for r in use
-                                                                if r.run_id in {p[0] for p in pts}],
-                                    reference_source={rid: changes[rid]["source"] for rid, *_ in pts},
-                                    transfer_column={rid: changes[rid]["column"] for rid, *_ in pts},
-                                    early_is_final=[i for i in final_early if i in {p[0] for p in pts}]))
+                                    predictor=pr, early_epochs=[float(early[i][1]["epoch"]) for i in ids],
+                                    reference_source={i: changes[i]["source"] for i in ids},
+                                    transfer_column={i: changes[i]["column"] for i in ids},
+                                    early_is_final=[i for i in ids if early[i][2]]))
     if not changes:
         return skip("no run has a transfer score and a pretrained reference (zero-shot or transfer_acc)")
     return family("predictor", entries, ("pearson_p", "spearman_p"), "no runs")
@@ -148,8 +148,7 @@ def weight_drift(runs: list[Run], baseline: dict[str, dict]) -> dict:
         if c is None:
             continue
         step = (r.final or {}).get("best_step")
-        drift = r.drift_at(step) if step is not None and step >= 0 else None
-        drift = drift or r.drift_at()
+        drift = r.drift_at(step) if step is not None and step >= 0 else None  # the transfer checkpoint's
         if drift:
             at_best.append((r.run_id, float(np.mean(drift)), c["pp"]))
         ent, _ = r.zeroshot_delta()
