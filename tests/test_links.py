@@ -56,9 +56,8 @@ def _files(d: Path, rid: str) -> tuple[dict, dict]:
 def _exact_spearman_p(x, y) -> float:
     """Share of all n! pairings whose |ρ| reaches the observed one (two-sided), by brute force."""
     rx, ry = sp.rankdata(x), sp.rankdata(y)
-    rho = lambda a: np.corrcoef(a, ry)[0, 1]  # noqa: E731
-    obs = abs(rho(rx))
-    perms = [abs(rho(np.array(p))) for p in permutations(rx)]
+    obs = abs(np.corrcoef(rx, ry)[0, 1])
+    perms = [abs(np.corrcoef(p, ry)[0, 1]) for p in permutations(rx)]
     return sum(v >= obs - 1e-12 for v in perms) / len(perms)
 
 
