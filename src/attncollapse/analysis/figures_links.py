@@ -92,13 +92,17 @@ def families(src: Ctx | str | Path, out: Path) -> Path | str:
     groups = list(dict.fromkeys(g for f in fams for g in f["by_group"]))
     fig, ax = figure(3.0 * (len(groups) + 1), 3.2, 1, len(groups) + 1)
     colors = {f["family"]: OKABE_ITO[i % 8] for i, f in enumerate(fams)}
+    depths = {len(v) for f in fams for s in f["by_group"].values() if (v := s.get("entropy_delta_pct_layers"))}
+    relative = len(depths) > 1  # families of different depth share an axis of relative depth l/L
     for a, g in zip(ax[0], groups):
         for f in fams:
             v = (f["by_group"].get(g) or {}).get("entropy_delta_pct_layers")
             if v:
-                a.plot(np.arange(1, len(v) + 1), v, marker="o", ms=3, color=colors[f["family"]], label=f["family"])
+                x = np.arange(1, len(v) + 1) / (len(v) if relative else 1)
+                a.plot(x, v, marker="o", ms=3, color=colors[f["family"]], label=f["family"])
         a.axhline(0, color="black", lw=0.5)
-        a.set(xlabel="layer", ylabel="entropy Δ%", title=f"{g}: per-layer entropy Δ%")
+        a.set(xlabel="relative depth (layer / L)" if relative else "layer", ylabel="entropy Δ%",
+              title=f"{g}: per-layer entropy Δ%")
     ax[0, 0].legend(fontsize=6)
     a = ax[0, -1]
     byfam = {r.run_id: links.family_name(r) for r in ctx.m.done}

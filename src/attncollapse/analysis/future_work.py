@@ -106,7 +106,10 @@ def families(T: dict, alpha: float) -> list[Block]:
 
 
 def blocks(st: dict[str, Any]) -> list[Block]:
-    """The three sections (level-2 headings), in order, from stats.json."""
+    """The sections (level-2 headings), in order, from stats.json; "Model families" only when the
+    matrix holds several (a one-family study has nothing to compare)."""
     T, alpha = st.get("tests") or {}, st.get("alpha", 0.05)
-    return ([("h", 2, "Early warning")] + early_warning(T, alpha) + [("h", 2, "Weight-drift control")]
-            + weight_drift(T, alpha) + [("h", 2, "Model families")] + families(T, alpha))
+    B = ([("h", 2, "Early warning")] + early_warning(T, alpha) + [("h", 2, "Weight-drift control")]
+         + weight_drift(T, alpha))
+    several = not (T.get("model_families") or {}).get("skipped", True)
+    return B + ([("h", 2, "Model families")] + families(T, alpha) if several else [])
