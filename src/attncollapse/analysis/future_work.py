@@ -111,5 +111,6 @@ def blocks(st: dict[str, Any]) -> list[Block]:
     T, alpha = st.get("tests") or {}, st.get("alpha", 0.05)
     B = ([("h", 2, "Early warning")] + early_warning(T, alpha) + [("h", 2, "Weight-drift control")]
          + weight_drift(T, alpha))
-    several = not (T.get("model_families") or {}).get("skipped", True)
+    fam = T.get("model_families") or {}
+    several = bool(fam) and not fam.get("skipped")
     return B + ([("h", 2, "Model families")] + families(T, alpha) if several else [])
