@@ -77,15 +77,22 @@ def weight_drift(T: dict, alpha: float) -> list[Block]:
     return B + [("fig", "extra_weight_drift")]
 
 
+def _absent(x: Any, fmt: str) -> str:
+    """A mean over no runs (null in stats.json, NaN once read back) is absent, not untestable."""
+    return "—" if x is None or x != x else num(x, fmt)
+
+
 def _family_rows(fams: list[dict]) -> list[list[str]]:
     rows = []
     for f in fams:
         cols = ", ".join(f["transfer_columns"]) or "—"
         rows.append([f["family"], ", ".join(f["models"]), str(f["n_runs"]), dpct(f["entropy_delta_pct"]),
-                     num(f["weight_drift_final"], ".4f"), num(f["transfer_change_pp"], "+.2f"), f"{f['n_transfer']} ({cols})"])
+                     _absent(f["weight_drift_final"], ".4f"), _absent(f["transfer_change_pp"], "+.2f"),
+                     f"{f['n_transfer']} ({cols})"])
         for g, s in f["by_group"].items():
-            rows.append([f"  {g}", "", str(s["n_runs"]), dpct(s["entropy_delta_pct"]), num(s["weight_drift_final"], ".4f"),
-                         num(s["transfer_change_pp"], "+.2f"), str(s["n_transfer"])])
+            rows.append([f"  {g}", "", str(s["n_runs"]), dpct(s["entropy_delta_pct"]),
+                         _absent(s["weight_drift_final"], ".4f"), _absent(s["transfer_change_pp"], "+.2f"),
+                         str(s["n_transfer"])])
     return rows
 
 
