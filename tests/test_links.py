@@ -20,6 +20,7 @@ import pytest
 from scipy import stats as sp
 
 from attncollapse.analysis import links, stats, table
+from attncollapse.cli import main
 from attncollapse.config import matrix_from_dict
 from attncollapse.study import run_matrix
 
@@ -160,6 +161,24 @@ def test_transfer_acc_is_preferred_and_old_runs_are_filled_from_their_files(stud
     e = stats.analyze(d, write=False)["tests"]["early_warning"]["entries"][0]
     assert sorted(e["runs"]) == sorted([*CLIP_RUNS, "E2-tiny-vit"])  # rows rebuilt in directory order
     assert e["transfer_column"]["E2-tiny-vit"] == "transfer_acc" and e["transfer_column"]["E4"] == "zeroshot_acc"
+
+
+def test_a_damaged_drift_is_named_with_its_fix(study, tmp_path, capsys):
+    d = tmp_path / "m"
+    shutil.copytree(study, d)
+    (d / "results.csv").unlink()
+    h = json.loads((d / "E4" / "history.json").read_text())
+    h["points"][-1]["weight_drift"] = ["x", None]
+    (d / "E4" / "history.json").write_text(json.dumps(h))
+    f = json.loads((d / "E4" / "final.json").read_text())
+    del f["weight_drift"]  # so the drift is read from history.json
+    (d / "E4" / "final.json").write_text(json.dumps(f))
+    assert main(["report", str(d)]) != 0
+    cap = capsys.readouterr()
+    lines = (cap.out + cap.err).strip().splitlines()
+    assert any("stats: failed" in ln and "E4/history.json: points[].weight_drift" in ln and "rerun" in ln
+               for ln in lines), lines
+    assert not any("Traceback" in ln for ln in lines)
 
 
 def test_figures_are_drawn_from_the_entries(study):

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .._io import read_json, read_json_checked, read_yaml, write_text
+from .._io import DamagedFile, read_json, read_json_checked, read_yaml, write_text
 
 METRICS = ("entropy", "erf", "gini", "head_diversity")
 
@@ -181,7 +181,14 @@ class Run:
         pts = [p for p in (self.history() or {}).get("points") or [] if p.get("weight_drift") is not None]
         if step is not None:
             pts = [p for p in pts if p.get("step") == step]
-        return [float(v) for v in pts[-1]["weight_drift"]] if pts else None
+        if not pts:
+            return None
+        d = pts[-1]["weight_drift"]
+        if not isinstance(d, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in d):
+            raise DamagedFile(self.dir / "history.json",
+                              f"points[].weight_drift at step {pts[-1].get('step')} must be a list of numbers, "
+                              f"found {d!r:.60}; delete {self.dir / 'final.json'} and rerun `attncollapse run`")
+        return [float(v) for v in d]
 
     def layer_delta(self, metric: str = "entropy") -> np.ndarray | None:
         """Per-layer Δ% (L,), from final.json `delta_pct_layers` (or its layer tables)."""
