@@ -196,13 +196,18 @@ def _write_run(d: Path, run_id: str, rid: str, seed: int, cfg: dict, ds: str, mo
     steps_per_epoch, epochs = 100, int(cfg["epochs"])
     total = steps_per_epoch * epochs
     pts = []
+    # Weight drift per block, growing like the metrics; larger for full FT at a higher lr, small
+    # for LoRA (merged adapters move the weights little). Own generator: the other numbers stay.
+    scale = (0.002 if cfg["method"] == "lora" else 0.02) * np.sqrt(cfg["lr"] / 1e-5)
+    drift_end = scale * (1 + 0.3 * _rng(rid, seed, "drift").random(L))
     for i, frac in enumerate(np.linspace(0, 1, points)):
         w = 1 - np.exp(-4 * frac)  # fast early change, then a plateau (a converged run)
         tab = {m: init[m] + w / (1 - np.exp(-4)) * (fin[m] - init[m]) for m in METRICS}
         pts.append({"step": int(frac * total), "epoch": float(frac * epochs), "lr": cfg["lr"] * (1 - frac),
                     "train_loss": None if i == 0 else float(2.3 * np.exp(-5 * frac) + 0.05),
                     "val_acc": None if i == 0 else float(best - 0.3 * np.exp(-6 * frac) * (1 - frac)),
-                    "layers": _table(tab), "mean": {m: float(v.mean()) for m, v in tab.items()}})
+                    "layers": _table(tab), "mean": {m: float(v.mean()) for m, v in tab.items()},
+                    "weight_drift": [float(x) for x in w / (1 - np.exp(-4)) * drift_end]})
     _dump(d / "history.json", {"run_id": run_id, "seed": seed, "num_layers": L, "eval_idx": list(range(200)),
                                "steps_per_epoch": steps_per_epoch, "total_steps": total, "points": pts})
     lora = cfg["method"] == "lora"

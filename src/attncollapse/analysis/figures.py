@@ -23,6 +23,7 @@ from . import roles, table
 from .._io import write_json
 from .figures_base import (DIVERGING, KIND_COLORS, METRIC_LABELS, OKABE_ITO, Ctx, as_ctx, bars, figure, layer_band,
                            legend_kinds, p_text, save, seed_counts, seed_mean, short)
+from .figures_links import CAPTIONS as LINK_CAPTIONS, FIGURES as LINK_FIGURES
 from .figures_zeroshot import fig7, fig15
 
 def baseline_structure(baseline: dict, out_path: str | Path) -> Path | str:
@@ -318,6 +319,7 @@ FIGURES: dict[str, Callable[[Any, Path], Any]] = {
     "extra_lora_qkvo": extra_lora_qkvo,
     "extra_wise_interpolation": base.wise,
     "extra_attention_overlays": base.overlays,
+    **LINK_FIGURES,  # early warning, weight drift, model families (figures_links.py)
 }
 
 CAPTIONS = {
@@ -345,6 +347,7 @@ CAPTIONS = {
     "extra_lora_qkvo": "LoRA QV vs QKVO, one panel per metric",
     "extra_wise_interpolation": "WiSE-FT weight interpolation: zero-shot vs task accuracy and entropy",
     "extra_attention_overlays": "[CLS] attention over eval images, pretrained vs fine-tuned",
+    **LINK_CAPTIONS,
 }
 
 
@@ -355,7 +358,8 @@ SEED_BANDS = {"fig3_triple_curve", "fig5_fullft_vs_lora", "fig5b_fullft_vs_lora_
 """Figures that draw a configuration with several seeds as mean ± SD (error bars or bands)."""
 SEED_MEANS = {"fig4_layer_entropy_heatmap", "fig10_per_layer_delta_heatmap"}
 """Figures that draw the seed mean only (heatmaps)."""
-PER_RUN = {"fig12_training_dynamics", "fig13_metric_correlations", "fig14_convergence", "extra_wise_interpolation"}
+PER_RUN = {"fig12_training_dynamics", "fig13_metric_correlations", "fig14_convergence", "extra_wise_interpolation",
+           "extra_early_warning", "extra_weight_drift"}
 """Figures that draw every seed's run on its own."""
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from . import document, roles, runtables, scorecard, stats, table
+from . import document, future_work, roles, runtables, scorecard, stats, table
 from .._io import read_json, read_yaml, write_text
 from .render import (Block, below, dpct, html_page, markdown, num, pct, pval, ran, skipped_note,
                      verdict)
@@ -274,6 +274,7 @@ def _results(m: table.Matrix, st: dict, sel: dict) -> list[Block]:
     B += [("h", 2, "Learning-rate sweep")] + _lr_sweep(sel, T, alpha) + _families(sel, T, alpha)
     B += [("h", 2, "Layer-wise patterns")] + _layer_groups(T)
     B += [("h", 2, "Statistics")] + _statistics(T, st)
+    B += future_work.blocks(st)  # early warning, weight drift, model families (the reports' future work)
     B += [("h", 2, "Training dynamics")] + [("fig", n) for n in (
         "fig3_triple_curve", "fig9_head_diversity", "fig17_gini_evolution", "extra_erf95_evolution",
         "fig12_training_dynamics", "fig14_convergence", "extra_attention_overlays", "fig16_dashboard")]

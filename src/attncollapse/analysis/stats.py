@@ -12,6 +12,11 @@ table, shared with figures and report), so every stage agrees on which run is "t
 full-FT reference" or "the LR sweep". Every comparison entry names its unit of analysis:
 "layers" (per-layer Δ% of one run per configuration, seeds averaged) or "runs" (each
 seed's run-level Δ% is one observation).
+
+The primitives on plain arrays (`correlate`, `compare`, `anova`, `holm`) live in
+`inference`, the convergence criterion in `convergence`, the reports' future-work
+analyses (early warning, weight drift, model families) in `links`; this module runs them
+all on a matrix and writes stats.json (`analyze`), and re-exports the primitives.
 """
 
 from __future__ import annotations
@@ -20,306 +25,25 @@ import math
 import warnings
 from itertools import combinations
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
-from scipy import stats as _sp
 
 from .._io import read_json, write_json
+from . import links
+from .convergence import CONVERGENCE_DEFAULT, CONVERGENCE_FIG14, converged, convergence
+from .inference import (ALPHA, EXACT_SPEARMAN_MAX_N, MWU_EXACT_MAX_N, UNITS, anova, cohens_d, compare, correlate,
+                        family, holm, mwu_method, single, skip, spearman_exact_p, unit_name)
 from .roles import by_config, close, describe, select
 from .seeds import write_aggregate_csv
 from .table import METRICS, Matrix, Run, load
 
-ALPHA = 0.05
-EXACT_SPEARMAN_MAX_N = 9
-"""Largest n whose Spearman p is exact (all n! = 362,880 pairings at 9: under a second)."""
-MWU_EXACT_MAX_N = 8
-"""scipy's `mannwhitneyu(method="auto")` rule: exact when a sample has ≤ 8 values and no ties."""
-UNITS = {"layer": "layers", "layers": "layers", "seed": "runs", "seeds": "runs", "run": "runs", "runs": "runs"}
-"""Accepted spellings of the unit of analysis → the name stats.json records (docs/FORMATS.md)."""
-
-CONVERGENCE_DEFAULT = {"rule": "std", "tail_frac": 0.25, "min_points": 3, "acc_tol_pp": 0.5,
-                       "ent_tol_pct": None, "per_epoch": True}
-"""The original study's "late-epoch stability criterion" (English report §4.6 names it; its
-`enhanced_analysis.py` `verify_convergence` defines it): the population SD of the last
-max(3, n//4) per-epoch validation accuracies is below 0.5 pp."""
-CONVERGENCE_FIG14 = {"rule": "change", "tail_frac": 0.2, "min_points": 2, "acc_tol_pp": 1.0,
-                     "ent_tol_pct": 0.5, "per_epoch": False}
-"""Fig. 14's criterion (`figures_base.fig14` defaults): over the last 20% of eval points,
-|Δ accuracy| ≤ 1 pp and |Δ entropy| ≤ 0.5% of the initial entropy."""
-
-
-# ----------------------------------------------------------------------------- tests
-
-def _unit_name(unit: str | None) -> str | None:
-    if unit is None:
-        return None
-    if unit not in UNITS:
-        raise ValueError(f"unit must be one of {sorted(UNITS)}, got {unit!r}")
-    return UNITS[unit]
-
-
-def spearman_exact_p(x: Sequence[float], y: Sequence[float]) -> float:
-    """Two-sided permutation p of Spearman's ρ over all n! pairings of x with y.
-
-    `scipy.stats.permutation_test` enumerates every permutation when n! ≤ `n_resamples`
-    (so the p is exact, with no +1 correction); only x is permuted, ties keep mid-ranks.
-    NaN when either sample is constant.
-    """
-    rx, ry = _sp.rankdata(x), _sp.rankdata(y)
-    if np.ptp(rx) == 0 or np.ptp(ry) == 0:
-        return float("nan")
-    b = ry - ry.mean()
-
-    def rho(a: np.ndarray, axis: int = -1) -> np.ndarray:  # Pearson r of ranks, ry held fixed
-        a = a - a.mean(axis, keepdims=True)
-        return (a * b).sum(axis) / np.sqrt((a * a).sum(axis) * (b * b).sum())
-
-    res = _sp.permutation_test((rx,), rho, permutation_type="pairings", vectorized=True,
-                               n_resamples=math.factorial(len(rx)), alternative="two-sided")
-    return float(res.pvalue)
-
-
-def correlate(x: Sequence[float], y: Sequence[float]) -> dict[str, Any]:
-    """Pearson and Spearman correlation of two equally long samples.
-
-    Args:
-        x, y: (n,) values, n ≥ 3.
-
-    Returns:
-        `pearson_r, pearson_p, spearman_rho, spearman_p, n` (two-sided p-values), plus
-        `spearman_p_method` ("exact": all n! pairings, n ≤ EXACT_SPEARMAN_MAX_N; else
-        "asymptotic": scipy's t approximation) and `spearman_p_asymptotic` (always the t
-        approximation, which at n = 5 and ρ = −1 is ~0, against the exact 2/120).
-    """
-    x, y = np.asarray(x, float), np.asarray(y, float)
-    if x.shape != y.shape or x.ndim != 1 or len(x) < 3:
-        raise ValueError(f"correlate needs two 1-d samples of equal length ≥ 3, got {x.shape} and {y.shape}")
-    with warnings.catch_warnings():  # constant input: NaN, which the report calls "not testable"
-        warnings.simplefilter("ignore", RuntimeWarning)
-        pr, sr = _sp.pearsonr(x, y), _sp.spearmanr(x, y)
-    exact = len(x) <= EXACT_SPEARMAN_MAX_N
-    return {"pearson_r": float(pr.statistic), "pearson_p": float(pr.pvalue),
-            "spearman_rho": float(sr.statistic),
-            "spearman_p": spearman_exact_p(x, y) if exact else float(sr.pvalue),
-            "spearman_p_method": "exact" if exact else "asymptotic",
-            "spearman_p_asymptotic": float(sr.pvalue), "n": len(x)}
-
-
-def cohens_d(a: Sequence[float], b: Sequence[float]) -> float:
-    """(mean a − mean b) / pooled SD (ddof 1 per group), the reports' effect size."""
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    na, nb = len(a), len(b)
-    pooled = ((na - 1) * a.var(ddof=1) + (nb - 1) * b.var(ddof=1)) / (na + nb - 2)
-    return float((a.mean() - b.mean()) / math.sqrt(pooled)) if pooled > 0 else float("nan")
-
-
-def mwu_method(a: Sequence[float], b: Sequence[float]) -> str:
-    """"exact" when a sample has ≤ 8 values and the pooled values have no ties, else "asymptotic".
-
-    This is scipy's own `method="auto"` rule (scipy ≥ 1.7 `_mwu_choose_method`; note it
-    asks for *one* small sample, not both); written out so the entry can record it.
-    """
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    small = min(len(a), len(b)) <= MWU_EXACT_MAX_N
-    ties = len(np.unique(np.concatenate([a, b]))) < len(a) + len(b)
-    return "exact" if small and not ties else "asymptotic"
-
-
-def compare(a: Sequence[float], b: Sequence[float], *, n_boot: int = 10000, seed: int = 0,
-            unit: str | None = None) -> dict[str, Any]:
-    """Two-sample comparison: Welch's t, Mann–Whitney U, Cohen's d, bootstrap CI.
-
-    Args:
-        a, b: samples (≥ 2 values each). Differences are a − b.
-        n_boot: bootstrap resamples (reports: 10,000).
-        seed: seed of the bootstrap (`numpy.random.default_rng`), so the CI is reproducible.
-        unit: what one value is ("layer"/"layers" or "seed"/"runs"), recorded as `unit`.
-
-    Returns:
-        `n_a, n_b, n, mean_a, mean_b, diff, welch_t, welch_df, welch_p, mwu_u, mwu_p,
-        mwu_method` ("exact" | "asymptotic", see `mwu_method`), `cohens_d`, `ci_low, ci_high`
-        (percentile 95% CI of mean a − mean b), `n_boot`, `seed`, and `unit` when given.
-    """
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    if len(a) < 2 or len(b) < 2:
-        raise ValueError(f"compare needs ≥ 2 values per sample, got {len(a)} and {len(b)}")
-    method = mwu_method(a, b)
-    with warnings.catch_warnings():  # zero variance: NaN statistics, reported as "not testable"
-        warnings.simplefilter("ignore", RuntimeWarning)
-        t = _sp.ttest_ind(a, b, equal_var=False)
-        u = _sp.mannwhitneyu(a, b, alternative="two-sided", method=method)
-    rng = np.random.default_rng(seed)
-    # Resample each group independently (the groups are independent samples).
-    boot = (a[rng.integers(0, len(a), (n_boot, len(a)))].mean(1)
-            - b[rng.integers(0, len(b), (n_boot, len(b)))].mean(1))
-    lo, hi = np.percentile(boot, [2.5, 97.5])
-    out = {"n_a": len(a), "n_b": len(b), "n": len(a) + len(b), "mean_a": float(a.mean()),
-           "mean_b": float(b.mean()), "diff": float(a.mean() - b.mean()), "welch_t": float(t.statistic),
-           "welch_df": float(getattr(t, "df", float("nan"))), "welch_p": float(t.pvalue),
-           "mwu_u": float(u.statistic), "mwu_p": float(u.pvalue), "mwu_method": method,
-           "cohens_d": cohens_d(a, b), "ci_low": float(lo), "ci_high": float(hi), "n_boot": n_boot, "seed": seed}
-    if unit is not None:
-        out["unit"] = _unit_name(unit)
-    return out
-
-
-def anova(groups: Sequence[Sequence[float]], *, unit: str | None = None) -> dict[str, Any]:
-    """One-way ANOVA (English report §2.5: layer-position groups).
-
-    Args:
-        groups: ≥ 2 groups of ≥ 2 values.
-        unit: what one value is, recorded as `unit` when given.
-
-    Returns:
-        `F, p, df_between, df_within, n, group_sizes, group_means` (+ `unit`).
-    """
-    gs = [np.asarray(g, float) for g in groups]
-    if len(gs) < 2 or any(len(g) < 2 for g in gs):
-        raise ValueError("anova needs ≥ 2 groups of ≥ 2 values")
-    with warnings.catch_warnings():  # constant groups: NaN F, reported as "not testable"
-        warnings.simplefilter("ignore", RuntimeWarning)
-        res = _sp.f_oneway(*gs)
-    n = sum(len(g) for g in gs)
-    out = {"F": float(res.statistic), "p": float(res.pvalue), "df_between": len(gs) - 1,
-           "df_within": n - len(gs), "n": n, "group_sizes": [len(g) for g in gs],
-           "group_means": [float(g.mean()) for g in gs]}
-    if unit is not None:
-        out["unit"] = _unit_name(unit)
-    return out
-
-
-def holm(pvalues: Sequence[float]) -> np.ndarray:
-    """Holm–Bonferroni adjusted p-values (step-down, monotone, capped at 1).
-
-    NaN entries (tests that could not run) are ignored and stay NaN.
-    """
-    p = np.asarray(pvalues, float)
-    out = np.full(p.shape, np.nan)
-    ok = np.flatnonzero(~np.isnan(p))
-    m, running = len(ok), 0.0
-    for rank, i in enumerate(ok[np.argsort(p[ok], kind="stable")]):
-        running = max(running, (m - rank) * p[i])
-        out[i] = min(1.0, running)
-    return out
-
-
-# ----------------------------------------------------------------------------- convergence
-
-def _series(history: Any, metric: str | None, per_epoch: bool) -> np.ndarray:
-    """val_acc (metric None) or the layer-mean `metric` at each eval point that has one.
-
-    history: a history.json dict (`points`), or a plain sequence of accuracies (fractions).
-    per_epoch: keep each epoch's last point only (epoch e covers (e−1, e]).
-    """
-    if not isinstance(history, dict):
-        if metric is not None:
-            raise ValueError(f"a plain accuracy sequence has no {metric!r}; pass a history.json dict")
-        return np.asarray([v for v in history if v is not None], float)
-    pts = [(p.get("epoch", 0.0), p.get("val_acc") if metric is None else (p.get("mean") or {}).get(metric))
-           for p in history.get("points") or []]
-    pts = [(e, v) for e, v in pts if v is not None]
-    if per_epoch:
-        last: dict[int, float] = {}
-        for e, v in pts:
-            last[math.ceil(float(e) - 1e-9)] = v  # later points overwrite: the epoch's last
-        return np.asarray([last[k] for k in sorted(last)], float)
-    return np.asarray([v for _, v in pts], float)
-
-
-def _tail_stats(v: np.ndarray, k: int, scale: float) -> dict[str, float]:
-    t = v[-k:] * scale
-    return {"change": float(t[-1] - t[0]), "std": float(t.std()), "range": float(t.max() - t.min())}
-
-
-def converged(history: Any, *, rule: str = "std", tail_frac: float = 0.25, acc_tol_pp: float = 0.5,
-              ent_tol_pct: float | None = None, min_points: int = 3, per_epoch: bool = True) -> dict[str, Any]:
-    """Whether a run's late training is stable, by a stated criterion (defaults: CONVERGENCE_DEFAULT).
-
-    The tail is the last max(min_points, ⌊tail_frac · n⌋) of the n eval points that have a
-    value (the original's `max(3, n // 4)` at tail_frac 0.25; fig. 14 cuts at 80% of the
-    epoch span instead, which selects the same points when eval points are evenly spaced and
-    may differ by one otherwise). Over the tail, accuracy in pp (val_acc × 100) and entropy
-    in % of the run's first entropy value are summarised by `rule`: "std" (population SD,
-    the original's `np.std`), "range" (max − min) or "change" (|last − first|, fig. 14).
-
-    Args:
-        history: a history.json dict, or a sequence of accuracies (fractions; no entropy).
-        rule: "std" | "range" | "change".
-        tail_frac: fraction of the eval points that forms the tail.
-        acc_tol_pp: accuracy tolerance (percentage points); the statistic must be ≤ it.
-        ent_tol_pct: entropy tolerance (% of initial entropy), or None to ignore entropy.
-        min_points: fewest tail points (and fewest points overall).
-        per_epoch: use each epoch's last eval point only (the original logged accuracy per epoch).
-
-    Returns:
-        `converged` (bool), `n_points`, `tail_points`, `acc_change_pp` (signed, last −
-        first), `acc_std_pp`, `acc_range_pp`, and the `entropy_*_pct` three when the history
-        has entropy; or `{"skipped": true, "reason": ...}` when there are too few points.
-    """
-    if rule not in ("std", "range", "change"):
-        raise ValueError(f"rule must be 'std', 'range' or 'change', got {rule!r}")
-    acc = _series(history, None, per_epoch)
-    need = max(min_points, 2)
-    if len(acc) < need:
-        return _skip(f"{len(acc)} accuracy points, needs ≥ {need}")
-    k = min(len(acc), max(min_points, math.floor(tail_frac * len(acc) + 1e-9)))
-    a = _tail_stats(acc, k, 100.0)
-    out: dict[str, Any] = {"n_points": len(acc), "tail_points": k,
-                           **{f"acc_{s}_pp": v for s, v in a.items()}}
-    ok = abs(a[rule]) <= acc_tol_pp
-    ent = _series(history, "entropy", per_epoch) if isinstance(history, dict) else np.empty(0)
-    if len(ent) >= need:
-        ke = min(len(ent), max(min_points, math.floor(tail_frac * len(ent) + 1e-9)))
-        e = _tail_stats(ent, ke, 100.0 / ent[0])
-        out.update({f"entropy_{s}_pct": v for s, v in e.items()})
-        if ent_tol_pct is not None:
-            ok = ok and abs(e[rule]) <= ent_tol_pct
-    elif ent_tol_pct is not None:
-        return _skip(f"{len(ent)} entropy points, needs ≥ {need} (ent_tol_pct is set)")
-    return {"converged": bool(ok), **out}
-
-
-def _criterion_text(c: dict) -> str:
-    what = {"std": "SD", "range": "range (max − min)", "change": "|last − first|"}[c["rule"]]
-    ent = f" and entropy's ≤ {c['ent_tol_pct']:g}% of initial" if c.get("ent_tol_pct") is not None else ""
-    pts = "per-epoch " if c["per_epoch"] else ""
-    return (f"over the last max({c['min_points']}, ⌊{c['tail_frac']:g}·n⌋) of n {pts}eval points, "
-            f"validation accuracy's {what} ≤ {c['acc_tol_pp']:g} pp{ent}")
-
-
-def convergence(runs: list[Run], criterion: dict | None = None) -> dict[str, Any]:
-    """Every run's `converged` verdict under one criterion, and the count.
-
-    Args:
-        runs: finished runs (their history.json is read).
-        criterion: `converged` keyword arguments overriding CONVERGENCE_DEFAULT.
-
-    Returns:
-        `criterion` (parameters + `text`), `runs` (one verdict per run, `run_id` first),
-        `n_converged`, `n_runs` (runs with enough points), `n_skipped`, `summary`
-        ("N of M runs converge").
-    """
-    crit = {**CONVERGENCE_DEFAULT, **(criterion or {})}
-    unknown = set(crit) - set(CONVERGENCE_DEFAULT)
-    if unknown:
-        raise ValueError(f"unknown convergence criterion keys {sorted(unknown)}; valid: {sorted(CONVERGENCE_DEFAULT)}")
-    verdicts = []
-    for r in runs:
-        h = r.history()
-        verdicts.append({"run_id": r.run_id, **(converged(h, **crit) if h else _skip("no history.json"))})
-    ok = [v for v in verdicts if not v.get("skipped")]
-    n = sum(v["converged"] for v in ok)
-    return {"criterion": {**{k: v for k, v in crit.items() if v is not None}, "text": _criterion_text(crit)},
-            "runs": verdicts, "n_converged": n, "n_runs": len(ok), "n_skipped": len(verdicts) - len(ok),
-            "summary": f"{n} of {len(ok)} runs converge"}
+__all__ = ["ALPHA", "CONVERGENCE_DEFAULT", "CONVERGENCE_FIG14", "EXACT_SPEARMAN_MAX_N", "MWU_EXACT_MAX_N", "UNITS",
+           "analyze", "anova", "cohens_d", "compare", "converged", "convergence", "correlate", "holm",
+           "layer_thirds", "mwu_method", "read", "spearman_exact_p"]
 
 
 # ----------------------------------------------------------------------------- analysis
-
-def _skip(reason: str) -> dict[str, Any]:
-    return {"skipped": True, "reason": reason}
-
 
 def _unit(*sets: list[Run]) -> str:
     """"runs" when every config involved has several seeds, else "layers"."""
@@ -354,30 +78,19 @@ def _compare_entry(label: str, a_runs: list[Run], b_runs: list[Run], *, n_boot: 
     base = {"label": label, "runs_a": [r.run_id for r in a_runs], "runs_b": [r.run_id for r in b_runs],
             "metric": "entropy_delta_pct"}
     if not a_runs or not b_runs:
-        return {**base, **_skip(f"missing runs: {'a' if not a_runs else 'b'} side has none")}
+        return {**base, **skip(f"missing runs: {'a' if not a_runs else 'b'} side has none")}
     seeds = {cid: len(rs) for cid, rs in by_config(a_runs + b_runs).items()}
-    u = _unit(a_runs, b_runs) if unit is None else _unit_name(unit)
+    u = _unit(a_runs, b_runs) if unit is None else unit_name(unit)
     base.update({"unit": u, "seeds_per_config": seeds})
     if u == "runs" and min(seeds.values()) < 2:
         few = sorted(c for c, k in seeds.items() if k < 2)
-        return {**base, **_skip(f"unit 'runs' (seeds) needs ≥ 2 seeds per configuration; one seed: {', '.join(few)}")}
+        return {**base, **skip(f"unit 'runs' (seeds) needs ≥ 2 seeds per configuration; one seed: {', '.join(few)}")}
     a, b = _sample(a_runs, u), _sample(b_runs, u)
     if len(a) < 2 or len(b) < 2:
-        return {**base, **_skip(f"fewer than 2 {u} per side ({len(a)} vs {len(b)})")}
+        return {**base, **skip(f"fewer than 2 {u} per side ({len(a)} vs {len(b)})")}
     return {**base, **compare(a, b, n_boot=n_boot, seed=seed, unit=u)}
 
 
-def _family(kind: str, entries: list[dict], p_keys: tuple[str, ...], empty: str) -> dict:
-    """Attach Holm-adjusted p-values (per key) across the entries that ran."""
-    if not entries:
-        return _skip(empty)
-    ran = [e for e in entries if not e.get("skipped")]
-    for key in p_keys:
-        for e, adj in zip(ran, holm([e[key] for e in ran])):
-            e[f"{key}_holm"] = float(adj)
-    for e in ran:
-        e["p"], e["p_holm"] = e[p_keys[0]], e[f"{p_keys[0]}_holm"]
-    return {"family": kind, "correction": "holm", "m": len(ran), "entries": entries}
 
 
 def _vs_reference(cands: list[Run], ref: list[Run], **kw) -> list[dict]:
@@ -387,12 +100,6 @@ def _vs_reference(cands: list[Run], ref: list[Run], **kw) -> list[dict]:
             for cid, rs in by_config(cands).items() if cid not in ref_ids]
 
 
-def _single(entry: dict, p_keys: tuple[str, ...] = ("pearson_p", "spearman_p")) -> dict:
-    """A lone test: its Holm-adjusted p is the raw p (a family of one)."""
-    if not entry.get("skipped"):
-        entry.update({f"{k}_holm": entry[k] for k in p_keys})
-        entry["p"] = entry["p_holm"] = entry[p_keys[0]]
-    return entry
 
 
 def _pooled_fullft_vs_lora(s: dict, **kw) -> dict:
@@ -421,7 +128,7 @@ def _pooled_fullft_vs_lora(s: dict, **kw) -> dict:
     """
     dss = [ds for ds in s["datasets"] if s["reference"][ds] and s["lora"][ds]]
     if len(dss) < 2:
-        return _skip(f"needs full-FT and LoRA runs on ≥ 2 datasets, found {len(dss)} ({', '.join(dss) or 'none'})")
+        return skip(f"needs full-FT and LoRA runs on ≥ 2 datasets, found {len(dss)} ({', '.join(dss) or 'none'})")
     ranks = [{r.get("lora_rank") for r in s["lora"][ds]} for ds in dss]
     common = set.intersection(*ranks) - {None}
     lora = [r for ds in dss for r in s["lora"][ds] if not common or r.get("lora_rank") in common]
@@ -430,7 +137,7 @@ def _pooled_fullft_vs_lora(s: dict, **kw) -> dict:
     e.update({"datasets": dss, "lora_ranks": sorted(common) if common else sorted(set().union(*ranks) - {None}),
               "pooling": ("rank-matched: the LoRA ranks every dataset has" if common
                           else "all LoRA ranks (no rank common to every dataset): unbalanced")})
-    return _single(e, ("welch_p", "mwu_p"))
+    return single(e, ("welch_p", "mwu_p"))
 
 
 def _entropy_vs_accuracy(runs: list[Run], datasets: list[str]) -> dict:
@@ -448,12 +155,12 @@ def _entropy_vs_accuracy(runs: list[Run], datasets: list[str]) -> dict:
             pts = [p for p in pts if math.isfinite(p[1]) and math.isfinite(float(p[2]))]
             label = f"entropy Δ% vs {what} ({scope})"
             if len(pts) < 3:
-                entries.append({"label": label, **_skip(f"needs ≥ 3 runs with {col}, found {len(pts)}")})
+                entries.append({"label": label, **skip(f"needs ≥ 3 runs with {col}, found {len(pts)}")})
                 continue
             ids, x, y = zip(*pts)
             entries.append({"label": label, "x": "entropy_delta_pct", "y": col, "scope": scope, "unit": "runs",
                             "runs": list(ids), **correlate(x, [float(v) for v in y])})
-    return _family("scope and accuracy", entries, ("pearson_p", "spearman_p"), "no finished runs")
+    return family("scope and accuracy", entries, ("pearson_p", "spearman_p"), "no finished runs")
 
 
 def _collapse_vs_zeroshot(runs: list[Run]) -> dict:
@@ -466,10 +173,10 @@ def _collapse_vs_zeroshot(runs: list[Run]) -> dict:
     pts = [(r.run_id, *r.zeroshot_delta(), r.get("zeroshot_acc")) for r in runs if r.get("zeroshot_acc") is not None]
     pts = [p for p in pts if p[1] is not None and math.isfinite(p[1])]
     if len(pts) < 3:
-        return _skip(f"needs ≥ 3 runs with zero-shot results, found {len(pts)}")
+        return skip(f"needs ≥ 3 runs with zero-shot results, found {len(pts)}")
     ids, x, where, y = zip(*pts)
     final_ids = [i for i, w in zip(ids, where) if w == "final"]
-    return _single({"label": "entropy Δ% vs zero-shot acc (same checkpoint)", "unit": "runs", "runs": list(ids),
+    return single({"label": "entropy Δ% vs zero-shot acc (same checkpoint)", "unit": "runs", "runs": list(ids),
                     "x": "entropy_delta_pct at the zero-shot checkpoint", "y": "zeroshot_acc",
                     "checkpoint": "best-accuracy step (best_step)" + (
                         f"; final step for {', '.join(final_ids)} (no history point at best_step)" if final_ids else ""),
@@ -504,7 +211,7 @@ def analyze(matrix_dir: str | Path, *, n_boot: int = 10000, seed: int = 0, write
     # is the reports' t = −2.50, p = 0.019, d = 0.71: see _pooled_fullft_vs_lora), and pooled.
     pairs = [(ds, s["reference"][ds], s["lora"][ds]) for ds in s["datasets"]
              if s["reference"][ds] or s["lora"][ds]]
-    T["fullft_vs_lora"] = _family("dataset", [
+    T["fullft_vs_lora"] = family("dataset", [
         _compare_entry(ds, full, lora, **kw) for ds, full, lora in pairs],
         ("welch_p", "mwu_p"), "no full-FT or LoRA runs")
     T["fullft_vs_lora_pooled"] = _pooled_fullft_vs_lora(s, **kw)
@@ -512,24 +219,24 @@ def analyze(matrix_dir: str | Path, *, n_boot: int = 10000, seed: int = 0, write
     # Experiment report §3.4 / §6.4: log10 lr vs entropy Δ over A1 + E2.
     sweep = [r for r in s["lr_sweep"] if r.delta() is not None]
     if len({r.get("lr") for r in sweep}) < 3:
-        T["lr_sweep"] = _skip(f"LR sweep needs ≥ 3 distinct learning rates, found {len({r.get('lr') for r in sweep})}")
+        T["lr_sweep"] = skip(f"LR sweep needs ≥ 3 distinct learning rates, found {len({r.get('lr') for r in sweep})}")
     else:
         x = np.log10([r.get("lr") for r in sweep])
         e = {"label": "log10 lr vs entropy Δ%", "unit": "runs", "runs": [r.run_id for r in sweep],
              "lr": [r.get("lr") for r in sweep], **correlate(x, [r.delta() for r in sweep])}
         e["other_metrics"] = {mt: correlate(x, [r.delta(mt) for r in sweep]) for mt in METRICS[1:]
                               if all(r.delta(mt) is not None for r in sweep)}
-        T["lr_sweep"] = _single(e)
+        T["lr_sweep"] = single(e)
     lr_ref = [r for r in s["lr_sweep"] if close(r.get("lr"), s["default_lr"])]
-    T["lr_vs_default"] = _family("learning rate", _vs_reference(s["lr_sweep"], lr_ref, **kw),
+    T["lr_vs_default"] = family("learning rate", _vs_reference(s["lr_sweep"], lr_ref, **kw),
                                  ("welch_p", "mwu_p"), "no LR sweep runs")
 
     # Experiment report §3.7 / English §7: each regularizer, weight decay, freezing vs none.
-    T["regularizers"] = _family("regularizer", _vs_reference(s["regularized"], ref, **kw),
+    T["regularizers"] = family("regularizer", _vs_reference(s["regularized"], ref, **kw),
                                 ("welch_p", "mwu_p"), "no regularized runs (R1, R2)")
-    T["weight_decay"] = _family("weight decay", _vs_reference(s["wd_sweep"], ref, **kw),
+    T["weight_decay"] = family("weight decay", _vs_reference(s["wd_sweep"], ref, **kw),
                                 ("welch_p", "mwu_p"), "no weight-decay runs (R3)")
-    T["freezing"] = _family("frozen layers", _vs_reference(s["freezing"], ref, **kw),
+    T["freezing"] = family("frozen layers", _vs_reference(s["freezing"], ref, **kw),
                             ("welch_p", "mwu_p"), "no layer-freezing runs (A3)")
     T["layer_groups"] = _layer_groups(m)
     T["layer_groups_pooled"] = _layer_groups_pooled(m)
@@ -537,8 +244,12 @@ def analyze(matrix_dir: str | Path, *, n_boot: int = 10000, seed: int = 0, write
     T["entropy_vs_accuracy"] = _entropy_vs_accuracy(m.done, s["datasets"])
 
     T["collapse_vs_zeroshot"] = _collapse_vs_zeroshot(m.done)
+    # The reports' future work (docs/FORMATS.md "stats.json": definitions in `links`).
+    T["early_warning"] = links.early_warning(m.done, m.baseline)
+    T["weight_drift"] = links.weight_drift(m.done, m.baseline)
+    T["model_families"] = links.families(m.done, m.baseline)
     # English report §4.6: "all 21 runs satisfy the late-epoch stability criterion".
-    T["convergence"] = convergence(m.done, convergence_criterion) if m.done else _skip("no finished runs")
+    T["convergence"] = convergence(m.done, convergence_criterion) if m.done else skip("no finished runs")
     out = {"schema": 1, "alpha": ALPHA, "metric": "entropy", "n_boot": n_boot, "seed": seed,
            "primary_dataset": s["primary"], "default_lr": s["default_lr"], "default_wd": s["default_wd"],
            "runs_done": len(m.done), "runs_total": len(m.runs), "notes": m.notes,
@@ -546,7 +257,7 @@ def analyze(matrix_dir: str | Path, *, n_boot: int = 10000, seed: int = 0, write
            "unit_rule": "per-layer Δ% (each config's seeds averaged per layer) with layers as samples "
                         "(unit 'layers') unless every config involved has ≥ 2 seeds, then run-level Δ% with "
                         "each seed's run as one sample (unit 'runs')",
-           "unit_requested": _unit_name(unit) or "auto",
+           "unit_requested": unit_name(unit) or "auto",
            "p_methods": {"spearman": f"exact permutation over all n! pairings when n ≤ {EXACT_SPEARMAN_MAX_N}, "
                                      "else asymptotic (t approximation); entries say which (spearman_p_method)",
                          "mann_whitney": f"exact when a sample has ≤ {MWU_EXACT_MAX_N} values and there are no "
@@ -595,16 +306,16 @@ def _layer_groups(m: Matrix) -> dict:
     for cid, rs in by_config(m.done).items():
         mean = _config_layers(rs)
         if mean is None:
-            entries.append({"label": cid, **_skip("no per-layer Δ in final.json")})
+            entries.append({"label": cid, **skip("no per-layer Δ in final.json")})
             continue
         groups = layer_thirds(len(mean))
         base = {"label": cid, "unit": "layers", "seeds_averaged": sum(r.layer_delta() is not None for r in rs),
                 **_grouping(len(mean))}
         if min(len(g) for g in groups) < 2:
-            entries.append({**base, **_skip(f"{len(mean)} layers: needs ≥ 6 for 2 per third")})
+            entries.append({**base, **skip(f"{len(mean)} layers: needs ≥ 6 for 2 per third")})
             continue
         entries.append({**base, **anova([mean[g] for g in groups])})
-    return _family("run", entries, ("p",), "no finished runs")
+    return family("run", entries, ("p",), "no finished runs")
 
 
 def _layer_groups_pooled(m: Matrix) -> dict:
@@ -616,7 +327,7 @@ def _layer_groups_pooled(m: Matrix) -> dict:
     """
     rows = {cid: v for cid, rs in by_config(m.done).items() if (v := _config_layers(rs)) is not None}
     if not rows:
-        return _skip("no per-layer Δ in final.json")
+        return skip("no per-layer Δ in final.json")
     L = max({len(v) for v in rows.values()}, key=lambda n: sum(len(v) == n for v in rows.values()))
     used = {cid: v for cid, v in rows.items() if len(v) == L}
     groups = layer_thirds(L)
@@ -627,8 +338,8 @@ def _layer_groups_pooled(m: Matrix) -> dict:
     vals = [arr[:, g].ravel() for g in groups]
     vals = [v[np.isfinite(v)] for v in vals]
     if min(len(v) for v in vals) < 2:
-        return {**base, **_skip("fewer than 2 finite values in a layer third")}
-    return _single({**base, **anova(vals, unit="layers")}, ("p",))
+        return {**base, **skip("fewer than 2 finite values in a layer third")}
+    return single({**base, **anova(vals, unit="layers")}, ("p",))
 
 
 def _metric_correlations(runs: list[Run]) -> dict:
@@ -638,8 +349,8 @@ def _metric_correlations(runs: list[Run]) -> dict:
         pts = [(r.delta(a), r.delta(b)) for r in runs if r.delta(a) is not None and r.delta(b) is not None]
         pts = [p for p in pts if all(map(math.isfinite, p))]
         if len(pts) < 3:
-            entries.append({"label": f"{a} vs {b}", **_skip(f"needs ≥ 3 runs, found {len(pts)}")})
+            entries.append({"label": f"{a} vs {b}", **skip(f"needs ≥ 3 runs, found {len(pts)}")})
             continue
         x, y = zip(*pts)
         entries.append({"label": f"{a} vs {b}", "a": a, "b": b, "unit": "runs", **correlate(x, y)})
-    return _family("metric pair", entries, ("pearson_p", "spearman_p"), "no finished runs")
+    return family("metric pair", entries, ("pearson_p", "spearman_p"), "no finished runs")

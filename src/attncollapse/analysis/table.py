@@ -17,26 +17,26 @@ from typing import Any
 
 import numpy as np
 
-from .._io import read_json, read_json_checked, read_yaml, write_text
+from .._io import DamagedFile, read_json, read_json_checked, read_yaml, write_text
 
 METRICS = ("entropy", "erf", "gini", "head_diversity")
 
 RESULTS_COLUMNS = [
-    "run_id", "group", "seed", "method", "dataset", "model", "lr", "weight_decay", "epochs",
+    "run_id", "group", "seed", "method", "dataset", "model", "model_family", "lr", "weight_decay", "epochs",
     "batch_size", "lora_rank", "lora_targets", "freeze_layers", "regularizer", "reg_lambda",
     "best_acc", "final_acc",
     *[f"{m}_{k}" for m in METRICS for k in ("initial", "final", "delta_pct")],
     "zeroshot_acc", "zeroshot_acc_base_only", "zeroshot_acc_frozen_projection",
-    "knn_acc", "linear_probe_acc", "transfer_acc",
+    "knn_acc", "linear_probe_acc", "transfer_acc", "weight_drift_final",
 ]
 """results.csv columns before the per-dataset `zeroshot_<dataset>` ones (docs/FORMATS.md)."""
 
-RESULTS_TAIL = ["transfer_protocol", "status", "wall_time_s", "images_per_s"]
-"""results.csv's last columns; `transfer_protocol` (text: zeroshot | knn) stays out of the
-value columns that `seeds.aggregate` averages."""
+RESULTS_TAIL = ["transfer_protocol", "weight_drift_layers", "status", "wall_time_s", "images_per_s"]
+"""results.csv's last columns: text (`transfer_protocol`: zeroshot | knn; `weight_drift_layers`:
+space-separated, one value per block), kept out of the value columns that `seeds.aggregate` averages."""
 
-_STR_COLS = {"run_id", "group", "method", "dataset", "model", "lora_targets", "regularizer", "status",
-             "transfer_protocol"}
+_STR_COLS = {"run_id", "group", "method", "dataset", "model", "model_family", "lora_targets", "regularizer",
+             "weight_drift_layers", "status", "transfer_protocol"}
 
 _INT_COLS = {"seed", "lora_rank", "freeze_layers", "batch_size"}
 
@@ -71,6 +71,10 @@ def _final_cells(final: dict, zeroshot_datasets: list[str] | None = None) -> dic
                                      "wall_time_s", "images_per_s")}
     row["zeroshot_acc_frozen_projection"] = final.get(
         "zeroshot_acc_frozen_projection", _headline_zeroshot(final, zeroshot_datasets or []).get("acc_frozen_projection"))
+    drift = final.get("weight_drift")  # per block at the last step (train/loop.py)
+    row["weight_drift_layers"] = " ".join(repr(float(v)) for v in drift) if drift else None
+    row["weight_drift_final"] = float(np.mean(drift)) if drift else None
+    row["model_family"] = final.get("model_family")
     for m in METRICS:
         row[f"{m}_initial"] = (final.get("initial_mean") or {}).get(m)
         row[f"{m}_final"] = (final.get("final_mean") or {}).get(m)
@@ -173,6 +177,20 @@ class Run:
                 return 100.0 * (float(v) - float(v0)) / float(v0), "best"
         return self.delta(metric), "final"
 
+    def drift_at(self, step: int | None = None) -> list[float] | None:
+        """Per-block weight drift ‖θ − θ₀‖/‖θ₀‖ (L,) at history point `step` (None: the last point)."""
+        pts = [p for p in (self.history() or {}).get("points") or [] if p.get("weight_drift") is not None]
+        if step is not None:
+            pts = [p for p in pts if p.get("step") == step]
+        if not pts:
+            return None
+        d = pts[-1]["weight_drift"]
+        if not isinstance(d, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in d):
+            raise DamagedFile(self.dir / "history.json",
+                              f"points[].weight_drift at step {pts[-1].get('step')} must be a list of numbers, "
+                              f"found {d!r:.60}; delete {self.dir / 'final.json'} and rerun `attncollapse run`")
+        return [float(v) for v in d]
+
     def layer_delta(self, metric: str = "entropy") -> np.ndarray | None:
         """Per-layer Δ% (L,), from final.json `delta_pct_layers` (or its layer tables)."""
         if not self.final:
@@ -240,6 +258,21 @@ def load(matrix_dir: str | Path) -> Matrix:
             run.final = read_json(run.dir / "final.json")
         runs.append(run)
     base = {p.stem: read_json(p) for p in sorted((d / "baseline").glob("*.json"))} if (d / "baseline").is_dir() else {}
+    for run in runs:
+        if run.final is not None:
+            _fill_from_files(run, base)
     env = read_json(d / "env.json") if (d / "env.json").exists() else {}
     spec = (read_yaml(d / "matrix.yaml") or {}) if (d / "matrix.yaml").exists() else {}
     return Matrix(d, runs, base, env, spec, notes)
+
+
+def _fill_from_files(run: Run, baseline: dict[str, dict]) -> None:
+    """Cells a run's final.json lacks (runs written before they existed), from its other files:
+    weight drift from history.json's last point, the model family from E1's baseline of the
+    same model (baseline/<dataset>.json `family`)."""
+    if run.row.get("weight_drift_final") is None and (drift := run.drift_at()):
+        run.row["weight_drift_final"] = float(np.mean(drift))
+        run.row["weight_drift_layers"] = " ".join(repr(v) for v in drift)
+    if run.row.get("model_family") is None:
+        run.row["model_family"] = next((b["family"] for b in baseline.values()
+                                        if b.get("model") == run.get("model") and b.get("family")), None)

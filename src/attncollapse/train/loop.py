@@ -26,7 +26,7 @@ from .._device import effective_precision, resolve_device
 from ..config import RunConfig
 from ..data import Feeder, Splits, load_splits
 from ..measure import classifier_accuracy, delta_pct, eval_rows, layer_mean, probing, summarize_rows
-from ..models import PRESETS, block_weights, count_parameters, image_size, normalization, weight_drift
+from ..models import PRESETS, block_weights, count_parameters, family_of, image_size, normalization, weight_drift
 from ..transfer import evaluate_for_run, vision_state
 from .build import build
 from .checkpoints import CheckpointWriter, load_newest, load_weights, trainable
@@ -340,6 +340,7 @@ def _finish(r: Run, state: TrainState, overlay_initial: torch.Tensor, timings: d
     result = {
         "run_id": cfg.id, "seed": cfg.seed, "status": "done", "method": cfg.method,
         "dataset": cfg.dataset, "model": cfg.model, "model_random_init": cfg.model in PRESETS,
+        "model_family": family_of(r.clip).name, "weight_drift": state.points[-1].get("weight_drift"),
         "split_protocol": splits.protocol, "data": splits.info,  # classes and split sizes, for the report
         "select_split": "test" if splits.protocol == "hub" else "val",
         "best_acc": state.best_acc, "best_step": state.best_step, "final_acc": state.last_acc,
