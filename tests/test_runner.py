@@ -273,10 +273,8 @@ def test_plain_progress_prints_a_line_every_few_seconds_not_per_step():
     import io
 
     out = io.StringIO()
-    bar = _io.PlainProgress(total=1000, initial=200, desc="E2", every=10.0, stream=out)
     now = [0.0]
-    bar._clock = lambda: now[0]
-    bar._t0 = bar._last = 0.0
+    bar = _io.PlainProgress(total=1000, initial=200, desc="E2", every=10.0, stream=out, clock=lambda: now[0])
     for _ in range(800):  # 800 steps of 0.125 s: 100 s → a line every 10 s, not 800 redraws
         now[0] += 0.125
         bar.update(1)

@@ -14,7 +14,7 @@ from .._device import effective_precision, resolve_device
 from ..config import DataConfig, EvalConfig
 from ..data import Feeder, load_splits
 from ..measure import attention_table, layer_mean
-from ..models import PRESETS, family_of, load_model, vision_config, vision_tower, zeroshot_problem
+from ..models import PRESETS, family_of, image_size, load_model, vision_tower, zeroshot_problem
 from ..transfer import evaluate_pretrained
 
 log = logging.getLogger(__name__)
@@ -34,8 +34,7 @@ def baseline(model: str, source: str, *, data_cfg=None, eval_cfg=None, out_dir: 
     dev = resolve_device(device)
     precision = effective_precision(precision, dev)
     clip = load_model(model).to(dev)
-    size = vision_config(clip.config).image_size
-    splits = load_splits(source, data_cfg, image_size=size)
+    splits = load_splits(source, data_cfg, image_size=image_size(clip))
     feeder = Feeder(splits.eval_set, dev)
     table = attention_table(vision_tower(clip), feeder, **eval_cfg.metric_options(), precision=precision)
     result = {

@@ -15,7 +15,7 @@ from torch import nn
 
 from .._device import effective_precision
 from ..data import Splits, load_splits, load_test_split
-from ..models import Classifier, load_clip, load_tokenizer, zeroshot_problem
+from ..models import Classifier, image_size, load_clip, load_tokenizer, zeroshot_problem
 from .text import TextCache
 from .wise import vision_state, wise
 from .zeroshot import capped, evaluate_dataset, zeroshot_data_cfg
@@ -73,7 +73,7 @@ def evaluate_for_run(cfg, clip: nn.Module, clf: Classifier, splits: Splits | Non
         if bad:
             raise ValueError(f"pretrained model differs from the LoRA run's base tower (e.g. {bad[0]})")
     cache = TextCache() if cache is None else cache
-    size = clip.config.vision_config.image_size
+    size = image_size(clip)
     sets = {name: capped(load_test_split(name, zeroshot_data_cfg(cfg.data, name, cfg.dataset), image_size=size), zcfg)
             for name in datasets}
     blocks = {name: evaluate_dataset(clf, clip, tokenizer, s, zcfg, method=cfg.method,
