@@ -1,7 +1,7 @@
 """Checks a schema cannot make: local paths (model and dataset directories, cache_dir),
 and warnings for settings that are legal but almost surely typos.
 
-`matrix.py` calls the path checks while validating (they are errors, reported with every
+`validate.py` calls the path checks while validating (they are errors, reported with every
 other problem); `prepare` is the one code path `attncollapse validate` and `run` share:
 the same file reading, the same errors, the same warnings.
 """
