@@ -9,7 +9,8 @@ from .probe import (PROBE, PROBE_SPEC_ATTR, ProbeRows, ProbeSpec, attention_modu
                     pooling_head_rows, probed_forward, probing, spec_of, stack_rows)
 
 __all__ = [
-    "METRICS", "PROBE", "PROBE_SPEC_ATTR", "ProbeRows", "ProbeSpec", "canonical", "pooling_head_rows", "spec_of", "attention_modules", "attention_table", "classifier_accuracy", "cls_rows",
-    "delta_pct", "entropy", "erf", "eval_rows", "format_table", "gini", "head_diversity", "layer_mean",
-    "patch_rows", "probed_forward", "probing", "stack_rows", "summarize", "summarize_rows",
+    "METRICS", "PROBE", "PROBE_SPEC_ATTR", "ProbeRows", "ProbeSpec", "attention_modules", "attention_table",
+    "canonical", "classifier_accuracy", "cls_rows", "delta_pct", "entropy", "erf", "eval_rows",
+    "format_table", "gini", "head_diversity", "layer_mean", "patch_rows", "pooling_head_rows",
+    "probed_forward", "probing", "spec_of", "stack_rows", "summarize", "summarize_rows",
 ]
