@@ -222,3 +222,16 @@ def test_set_without_equals_is_an_error_for_matrices_run_configs_and_executor_op
     matrix = _write(tmp_path, TINY + "runs:\n  E2: {}\n", "m.yaml")
     assert main(["run", str(matrix), "--out", str(tmp_path / "o"), "--executor-opt", "timeout_min"]) == 2
     assert "--executor-opt timeout_min: expected KEY=VALUE" in capsys.readouterr().err
+
+
+def test_config_change_names_the_keys_that_change_the_numbers():
+    from attncollapse.config import config_change, fingerprint_fields
+
+    a = RunConfig.model_validate({"model": "tiny", "dataset": "synthetic"})
+    b = RunConfig.model_validate({"model": "tiny", "dataset": "synthetic", "optim": {"lr": 0.5, "weight_decay": 0.3}})
+    c = RunConfig.model_validate({"model": "tiny", "dataset": "synthetic", "device": "cpu"})  # not fingerprinted
+    assert config_change(fingerprint_fields(a), a) is None
+    assert config_change(fingerprint_fields(a), c) is None
+    assert config_change(fingerprint_fields(a), b) == "differing keys: optim.lr, optim.weight_decay"
+    assert config_change(fingerprint_fields(a), b, limit=1) == "differing keys: optim.lr"
+

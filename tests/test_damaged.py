@@ -207,12 +207,10 @@ def test_one_changed_image_anywhere_in_the_cache_is_caught(tmp_path):
 
 def test_full_disk_while_writing_names_the_file(tmp_path, capsys, monkeypatch):
     """`run` itself hitting ENOSPC (writing matrix.yaml): one line naming the file."""
-    import attncollapse.study.runner as runner
-
     def no_space(path, obj):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
-    monkeypatch.setattr(runner._io, "write_yaml", no_space)
+    monkeypatch.setattr(_io, "write_yaml", no_space)  # the module every stage writes through
     m = tmp_path / "m.yaml"
     m.write_text("name: t\ndefaults: {model: tiny, dataset: synthetic, zeroshot: {enabled: false}}\nruns: {E2: {}}\n")
     assert main(["run", str(m), "--out", str(tmp_path / "o")]) == 2

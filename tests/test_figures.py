@@ -109,7 +109,7 @@ def test_demo_datasets_and_three_layers(tmp_path):
     d = build_matrix(tmp_path / "m", ["E2", "E3", "E5", "E7"], model="tiny", num_layers=3,
                      dataset_names={"eurosat": "synthetic", "pets": "digits"}, wise=())
     ctx = figures.Ctx.load(d)
-    assert set(ctx.s["datasets"]) == {"synthetic", "digits"}
+    assert set(ctx.roles["datasets"]) == {"synthetic", "digits"}
     for name in ("fig5b_fullft_vs_lora_pets", "fig10_per_layer_delta_heatmap", "extra_attention_overlays"):
         out = figures.FIGURES[name](ctx, d / "figures" / f"{name}.png")
         assert isinstance(out, Path), (name, out)

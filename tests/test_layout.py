@@ -5,6 +5,7 @@ analysis stage that loads no torch."""
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -138,3 +139,28 @@ def test_analysis_imports_no_torch_and_the_top_package_stays_light():
 def test_public_api_names_resolve():
     for name in attncollapse.__all__:
         assert getattr(attncollapse, name) is not None, name
+
+
+def test_readme_layout_lists_every_module_once():
+    # The README's "Layout" table is the map a newcomer reads: each module in its stage's
+    # row, named once, so a moved or added module shows up here until the table follows.
+    readme = (ROOT.parent.parent / "README.md").read_text()
+    rows = readme.split("## Layout", 1)[1].split("\n\n")[2].splitlines()
+    listed: dict[str, list[str]] = {}
+    for row in rows[2:]:
+        cells = row.split("|")
+        stage, body = cells[1].strip().strip("`").rstrip("/"), cells[2]
+        if stage.endswith(".py"):
+            continue  # cli.py, _io.py, _device.py: one-file stages, named in the first cell
+        while re.search(r"\([^()]*\)", body):
+            body = re.sub(r"\([^()]*\)", "", body)  # a module's job may name other things in `code`
+        names = [w for w in body.split("`")[1::2] if w.isidentifier()]
+        listed[stage] = [n for n in names if (ROOT / stage / f"{n}.py").exists()]
+    on_disk = {p.parent.name: [] for p in ROOT.glob("*/__init__.py")}
+    for p in ROOT.glob("*/*.py"):
+        if p.name != "__init__.py":
+            on_disk[p.parent.name].append(p.stem)
+    for stage, mods in on_disk.items():
+        got = listed.get(stage, [])
+        assert sorted(set(got)) == sorted(mods), f"{stage}/: README lists {sorted(set(got))}, disk has {sorted(mods)}"
+        assert len(got) == len(set(got)), f"{stage}/: a module listed twice in README's Layout"

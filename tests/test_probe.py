@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from attncollapse.models import Classifier, apply_lora, build_classifier, load_clip
-from attncollapse.measure.probe import PROBE, cls_rows, probing
+from attncollapse.measure.probe import PROBE, cls_rows, probed_forward, probing
 
 
 def _eager_row0(vision, x):
@@ -40,6 +40,22 @@ def test_probe_keeps_the_fused_output():
         assert len(rows) == 3 and rows[2].shape == (2, 4, 1, 17)
     assert len(rows) == 0  # dropped on exit
     torch.testing.assert_close(probed, plain, atol=1e-6, rtol=1e-5)
+
+
+def test_probed_forward_gives_each_batch_its_own_rows():
+    # The one probed forward loop (eval rows, APR reference rows, cls_rows): batch after
+    # batch in one probing block, each call must return that batch's eager row 0.
+    torch.manual_seed(1)
+    a, b = torch.randn(5, 3, 32, 32), torch.randn(2, 3, 32, 32)
+    eager = load_clip("tiny", attn_implementation="eager")
+    model = load_clip("tiny")
+    with probing(model.vision_model) as rows:
+        got_a = probed_forward(model.vision_model, rows, a, 3)
+        got_b = probed_forward(model.vision_model, rows, b, 3)
+        with pytest.raises(RuntimeError, match="3 rows for a 4-layer"):
+            probed_forward(model.vision_model, rows, b, 4)
+    torch.testing.assert_close(got_a, _eager_row0(eager.vision_model, a), atol=1e-5, rtol=0)
+    torch.testing.assert_close(got_b, _eager_row0(eager.vision_model, b), atol=1e-5, rtol=0)
 
 
 def test_gradients_flow_through_the_rows():

@@ -121,6 +121,20 @@ def test_only_selects_by_id_entry_glob_and_rejects_unknown(tmp_path):
         plan(m, tmp_path, "E2,Z9")
 
 
+def test_only_is_one_matcher_for_plan_and_selected(tmp_path):
+    # `attncollapse run --only` (plan) and MatrixConfig.selected must pick the same runs.
+    m = _matrix(baseline=["synthetic"])
+    for only in ("A1", "E*", "A1-lr0.001,E2", "*", "A1,E1"):
+        runs = [t.id for t in plan(m, tmp_path, only) if t.kind == "run"]
+        picked = [r.id for r in m.selected([p for p in only.split(",") if p != "E1"])]
+        assert runs == picked, only
+    assert [r.id for r in m.selected("A1-*")] == ["A1-lr1e-04", "A1-lr0.001"]
+    with pytest.raises(ConfigError, match=r"--only Z9: matches no run \(runs: E2, E4, A1-lr1e-04, A1-lr0.001\)"):
+        m.selected("E2,Z9")
+    with pytest.raises(ConfigError, match=r"--only Z9: matches no run \(runs: E1, E2,"):
+        plan(m, tmp_path, "Z9")
+
+
 def test_two_concurrent_runners_train_each_run_once(tmp_path, monkeypatch):
     monkeypatch.setenv("FAKE_TRAIN_SLEEP", "0.3")
     out = tmp_path / "m"
@@ -273,10 +287,8 @@ def test_plain_progress_prints_a_line_every_few_seconds_not_per_step():
     import io
 
     out = io.StringIO()
-    bar = _io.PlainProgress(total=1000, initial=200, desc="E2", every=10.0, stream=out)
     now = [0.0]
-    bar._clock = lambda: now[0]
-    bar._t0 = bar._last = 0.0
+    bar = _io.PlainProgress(total=1000, initial=200, desc="E2", every=10.0, stream=out, clock=lambda: now[0])
     for _ in range(800):  # 800 steps of 0.125 s: 100 s → a line every 10 s, not 800 redraws
         now[0] += 0.125
         bar.update(1)

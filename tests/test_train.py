@@ -195,7 +195,7 @@ def test_cached_apr_reference_equals_the_online_forward(method):
     x, _ = feed.get(idx, flip=flip)
     from attncollapse.measure.probe import probing
     with probing(clf.vision) as rows:
-        online = step._reference_rows(clf, ref_vision, x, rows, 3)
+        online = step.reference_rows(clf, ref_vision, x, rows, 3)
     torch.testing.assert_close(cache.lookup(idx, flip), online, atol=1e-6, rtol=1e-5)
     assert cache.table.shape == (2, len(feed), 3, 4, 17)
 

@@ -186,13 +186,15 @@ class PlainProgress:
     instead of tqdm's carriage-return redraws, which fill a log file with thousands of
     partial lines. Same calls as the tqdm bar it replaces: update, set_postfix, close."""
 
-    def __init__(self, total: int, initial: int = 0, desc: str = "", every: float = 10.0, stream=None):
+    def __init__(self, total: int, initial: int = 0, desc: str = "", every: float = 10.0, stream=None,
+                 clock=None):
+        """`clock`: seconds as a float (default `time.monotonic`; tests pass a fake one)."""
         import sys
         import time
 
         self.total, self.n, self.desc, self.every = total, initial, desc, every
         self.stream = stream or sys.stderr
-        self._clock = time.monotonic
+        self._clock = clock or time.monotonic
         self._t0 = self._last = self._clock()
         self._n0, self._postfix = initial, ""
         self._said: tuple | None = None  # (step, postfix) of the last line printed

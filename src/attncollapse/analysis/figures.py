@@ -51,11 +51,11 @@ def baseline_structure(baseline: dict, out_path: str | Path) -> Path | str:
 
 def fig2(src: Ctx | str | Path, out: Path) -> Path | str:
     ctx = as_ctx(src)
-    return baseline_structure(ctx.m.baseline, out) if ctx.m.baseline else "baseline/<dataset>.json missing"
+    return baseline_structure(ctx.matrix.baseline, out) if ctx.matrix.baseline else "baseline/<dataset>.json missing"
 
 
 def _pairs(ctx: Ctx) -> list[str]:
-    return [ds for ds in ctx.s["datasets"] if ctx.s["reference"][ds] and ctx.s["lora"][ds]]
+    return [ds for ds in ctx.roles["datasets"] if ctx.roles["reference"][ds] and ctx.roles["lora"][ds]]
 
 
 def metric_panels(axes: Any, groups: dict[str, list[table.Run]], *, labels: list[str] | None = None) -> None:
@@ -90,7 +90,7 @@ def _fullft_vs_lora(ctx: Ctx, out: Path, k: int) -> Path | str:
     if len(pairs) <= k:
         return f"needs full-FT and LoRA runs on {'a' if k == 0 else 'a second'} dataset; found {len(pairs)}"
     ds = pairs[k]
-    groups = roles.by_config(ctx.s["reference"][ds] + sorted(ctx.s["lora"][ds], key=lambda r: r.get("lora_rank")))
+    groups = roles.by_config(ctx.roles["reference"][ds] + sorted(ctx.roles["lora"][ds], key=lambda r: r.get("lora_rank")))
     fig, ax = figure(9.5, 5.6, 2, 3)
     metric_panels([ax[0, 0], ax[0, 1], ax[0, 2], ax[1, 0]], groups,
                   labels=[short(rs[0]).replace("\n", ": ") for rs in groups.values()])
@@ -108,9 +108,9 @@ def _fullft_vs_lora(ctx: Ctx, out: Path, k: int) -> Path | str:
 def fig6(src: Ctx | str | Path, out: Path) -> Path | str:
     """Fig. 6: the LR sweep (experiment report §3.4)."""
     ctx = as_ctx(src)
-    groups = roles.by_config(ctx.s["lr_sweep"])
+    groups = roles.by_config(ctx.roles["lr_sweep"])
     if len(groups) < 2:
-        return f"LR sweep needs ≥ 2 learning rates on {ctx.s['primary']}; found {len(groups)}"
+        return f"LR sweep needs ≥ 2 learning rates on {ctx.roles['primary']}; found {len(groups)}"
     lrs = [rs[0].get("lr") for rs in groups.values()]
     fig, ax = figure(8.0, 3.2, 1, 2)
     for i, mt in enumerate(("entropy", "erf", "gini")):
@@ -131,8 +131,8 @@ def fig6(src: Ctx | str | Path, out: Path) -> Path | str:
 def fig8(src: Ctx | str | Path, out: Path) -> Path | str:
     """Fig. 8: regularizers and weight decay vs the unregularized run (§3.7)."""
     ctx = as_ctx(src)
-    ref = ctx.s["reference"].get(ctx.s["primary"], [])
-    cands = ctx.s["regularized"] + [r for r in ctx.s["wd_sweep"] if r not in ref]
+    ref = ctx.roles["reference"].get(ctx.roles["primary"], [])
+    cands = ctx.roles["regularized"] + [r for r in ctx.roles["wd_sweep"] if r not in ref]
     if not ref or not cands:
         return "needs the unregularized reference run and regularized or weight-decay runs"
     groups = roles.by_config(ref + cands)
@@ -155,7 +155,7 @@ def fig8(src: Ctx | str | Path, out: Path) -> Path | str:
 def fig10(src: Ctx | str | Path, out: Path) -> Path | str:
     """Fig. 10: per-layer entropy Δ% of every config (seed mean), configs × layers."""
     ctx = as_ctx(src)
-    groups = {cid: rs for cid, rs in roles.by_config(ctx.m.done).items() if rs[0].layer_delta() is not None}
+    groups = {cid: rs for cid, rs in roles.by_config(ctx.matrix.done).items() if rs[0].layer_delta() is not None}
     if not groups:
         return "no finished run has per-layer Δ"
     mat = np.stack([np.nanmean([r.layer_delta() for r in rs], 0) for rs in groups.values()])
@@ -185,7 +185,7 @@ def fig11(src: Ctx | str | Path, out: Path) -> Path | str:
     if not rows:
         return "no comparison could be computed (stats.json has none that ran)"
     fig, ax = figure(8.0, 1.0 + 0.25 * len(rows))
-    a, alpha = ax[0, 0], ctx.st.get("alpha", 0.05)
+    a, alpha = ax[0, 0], ctx.stats.get("alpha", 0.05)
     for i, (t, e) in enumerate(rows):
         c = OKABE_ITO[_COMPARE_TESTS.index(t)]
         a.plot([e["ci_low"], e["ci_high"]], [i, i], color=c, lw=1.5)
@@ -203,7 +203,7 @@ def fig11(src: Ctx | str | Path, out: Path) -> Path | str:
 def fig13(src: Ctx | str | Path, out: Path) -> Path | str:
     """Fig. 13: scatter matrix of the four metrics' run-level Δ% with Pearson r (Holm p)."""
     ctx = as_ctx(src)
-    runs = [r for r in ctx.m.done if all(r.delta(m) is not None for m in table.METRICS)]
+    runs = [r for r in ctx.matrix.done if all(r.delta(m) is not None for m in table.METRICS)]
     if len(runs) < 3:
         return f"needs ≥ 3 finished runs, found {len(runs)}"
     ent = {(e.get("a"), e.get("b")): e for e in ctx.test("metric_correlations").get("entries", [])}
@@ -231,7 +231,7 @@ def fig13(src: Ctx | str | Path, out: Path) -> Path | str:
 def fig16(src: Ctx | str | Path, out: Path) -> Path | str:
     """Fig. 16: one-page dashboard of accuracy, entropy Δ, zero-shot and the LR sweep."""
     ctx = as_ctx(src)
-    groups = roles.by_config(ctx.m.done)
+    groups = roles.by_config(ctx.matrix.done)
     if not groups:
         return "no finished runs"
     colors = [KIND_COLORS.get(ctx.kind(rs[0]), "black") for rs in groups.values()]
@@ -242,7 +242,7 @@ def fig16(src: Ctx | str | Path, out: Path) -> Path | str:
          colors, ylabel="zero-shot top-1 (%)", ids_only=True)
     for a, t in zip(ax.flat, ("Task accuracy", "Entropy change", "Zero-shot (adapter-active)")):
         a.set_title(t)
-    sweep = roles.by_config(ctx.s["lr_sweep"])
+    sweep = roles.by_config(ctx.roles["lr_sweep"])
     if len(sweep) >= 2:
         v = [seed_mean(rs, lambda r: r.delta()) for rs in sweep.values()]
         ax[1, 1].errorbar([rs[0].get("lr") for rs in sweep.values()], [x[0] for x in v], [x[1] for x in v],
@@ -257,7 +257,7 @@ def fig16(src: Ctx | str | Path, out: Path) -> Path | str:
 def extra_frozen_layers(src: Ctx | str | Path, out: Path) -> Path | str:
     """Frozen-layer ablation (A3, experiment report §3.5)."""
     ctx = as_ctx(src)
-    groups = roles.by_config(ctx.s["freezing"])
+    groups = roles.by_config(ctx.roles["freezing"])
     if len(groups) < 2 or all(not rs[0].get("freeze_layers") for rs in groups.values()):
         return "needs layer-freezing runs (A3) and the unfrozen reference"
     ks = [rs[0].get("freeze_layers") or 0 for rs in groups.values()]
@@ -279,7 +279,7 @@ def extra_frozen_layers(src: Ctx | str | Path, out: Path) -> Path | str:
 def extra_lora_qkvo(src: Ctx | str | Path, out: Path) -> Path | str:
     """LoRA targets QV vs QKVO at the same rank (A2, experiment report §3.6)."""
     ctx = as_ctx(src)
-    lora = ctx.s["lora_all"]
+    lora = ctx.roles["lora_all"]
     qkvo = [r for r in lora if (r.get("lora_targets") or "qv") != "qv"]
     if not qkvo:
         return "no LoRA run with extended targets (A2)"
@@ -395,7 +395,7 @@ def render_all(matrix_dir: str | Path) -> dict[str, Path | str]:
             rendered[name] = f"failed: {type(exc).__name__}: {exc}"
         if not isinstance(rendered[name], Path) and (out_dir / f"{name}.png").exists():
             (out_dir / f"{name}.png").unlink()  # never leave a stale figure from an earlier render
-    n_seeds = seed_counts(ctx.m.done)
+    n_seeds = seed_counts(ctx.matrix.done)
     write_json(out_dir / "figures.json", {
         n: ({"file": f"figures/{p.name}", "caption": caption(n, n_seeds)} if isinstance(p, Path)
             else {"skipped": p, "caption": caption(n, n_seeds)}) for n, p in rendered.items()})

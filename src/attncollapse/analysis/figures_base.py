@@ -39,16 +39,18 @@ matplotlib.rcParams.update(RC)
 @dataclass
 class Ctx:
     """A matrix directory read once for all figures: runs, their roles, and the stats."""
-    m: table.Matrix
-    s: dict[str, Any]
-    st: dict[str, Any]
+    matrix: table.Matrix
+    roles: dict[str, Any]
+    """`roles.select(matrix)`: which runs play which part."""
+    stats: dict[str, Any]
+    """stats.json (computed in memory when the file is missing)."""
 
     @classmethod
     def load(cls, matrix_dir: str | Path) -> "Ctx":
-        m = table.load(matrix_dir)
-        p = Path(matrix_dir) / "stats.json"
-        st = stats.read(matrix_dir) if p.exists() else stats.analyze(matrix_dir, write=False)
-        return cls(m, roles.select(m), st)
+        matrix = table.load(matrix_dir)
+        path = Path(matrix_dir) / "stats.json"
+        tests = stats.read(matrix_dir) if path.exists() else stats.analyze(matrix_dir, write=False)
+        return cls(matrix, roles.select(matrix), tests)
 
     def kind(self, r: table.Run) -> str:
         """The run's family for colouring, from its config fields."""
@@ -58,19 +60,19 @@ class Ctx:
             return "Freezing"
         if (r.get("regularizer") or "none") != "none" and r.get("reg_lambda"):
             return "Regularized"
-        if not roles.close(r.get("weight_decay"), self.s["default_wd"]):
+        if not roles.close(r.get("weight_decay"), self.roles["default_wd"]):
             return "Weight decay"
-        if not roles.close(r.get("lr"), self.s["default_lr"]):
+        if not roles.close(r.get("lr"), self.roles["default_lr"]):
             return "LR sweep"
         return "Full FT" if r.get("method") == "full" else "Other"
 
     def main_runs(self, dataset: str) -> list[table.Run]:
         """Reference full FT, LoRA and LR-sweep runs of one dataset (the curves' runs)."""
-        out = self.s["reference"].get(dataset, []) + self.s["lora"].get(dataset, [])
-        return out + [r for r in self.s["lr_sweep"] if r.get("dataset") == dataset and r not in out]
+        out = self.roles["reference"].get(dataset, []) + self.roles["lora"].get(dataset, [])
+        return out + [r for r in self.roles["lr_sweep"] if r.get("dataset") == dataset and r not in out]
 
     def test(self, name: str) -> dict:
-        return (self.st.get("tests") or {}).get(name) or {"skipped": True, "reason": "not in stats.json"}
+        return (self.stats.get("tests") or {}).get(name) or {"skipped": True, "reason": "not in stats.json"}
 
 
 def as_ctx(src: "Ctx | str | Path") -> Ctx:
@@ -214,19 +216,19 @@ def p_text(e: dict) -> str:
 def fig3(src: "Ctx | str | Path", out: Path) -> Path | str:
     """Fig. 3: accuracy and mean entropy over training, full FT reference runs (§3.2)."""
     ctx = as_ctx(src)
-    dss = [ds for ds in ctx.s["datasets"] if any(r.history() for r in ctx.s["reference"][ds])]
+    dss = [ds for ds in ctx.roles["datasets"] if any(r.history() for r in ctx.roles["reference"][ds])]
     if not dss:
         return "no full-FT reference run with history.json"
     fig, ax = figure(4.0 * len(dss), 3.2, 1, len(dss))
     for a, ds in zip(ax[0], dss):
         t = a.twinx()
-        for i, rs in enumerate(roles.by_config(ctx.s["reference"][ds]).values()):
+        for i, rs in enumerate(roles.by_config(ctx.roles["reference"][ds]).values()):
             plot_seeds(a, rs, None, scale=100, color=OKABE_ITO[0], marker="o", ms=2, n_in_label=False,
                        label="val acc" if i == 0 else None)
             plot_seeds(t, rs, "entropy", color=OKABE_ITO[3], marker="s", ms=2, n_in_label=False,
                        label="mean entropy" if i == 0 else None)
-        n = seed_counts(ctx.s["reference"][ds])
-        a.set(xlabel="epoch", ylabel="accuracy (%)", title=roles.describe(ctx.s["reference"][ds][0])
+        n = seed_counts(ctx.roles["reference"][ds])
+        a.set(xlabel="epoch", ylabel="accuracy (%)", title=roles.describe(ctx.roles["reference"][ds][0])
               + (f"\nmean ± SD over n={n} seeds" if n else ""))
         t.set_ylabel("mean entropy (nats)", color=OKABE_ITO[3])
         a.legend(loc="lower left")
@@ -238,14 +240,14 @@ def fig4(src: "Ctx | str | Path", out: Path) -> Path | str:
     """Fig. 4: per-layer entropy Δ% vs step 0 along training, full FT and LoRA (§3.8)."""
     ctx = as_ctx(src)
     picks = []
-    for ds in ctx.s["datasets"][:2]:
-        picks += ctx.s["reference"][ds][:1]
-        lora = sorted(ctx.s["lora"][ds], key=lambda r: abs((r.get("lora_rank") or 8) - 8))  # reports show r=8
+    for ds in ctx.roles["datasets"][:2]:
+        picks += ctx.roles["reference"][ds][:1]
+        lora = sorted(ctx.roles["lora"][ds], key=lambda r: abs((r.get("lora_rank") or 8) - 8))  # reports show r=8
         picks += lora[:1]
     picks = [r for r in picks if r.history() and r.history()["points"]]
     if not picks:
         return "no full-FT or LoRA run with history.json"
-    mats, seeds = [], roles.by_config(ctx.m.done)
+    mats, seeds = [], roles.by_config(ctx.matrix.done)
     for r in picks:
         per_seed = []  # the config's seeds with the same eval points as this one: averaged
         for q in seeds.get(r.config_id, [r]):
@@ -269,7 +271,7 @@ def evolution(metric: str):
     """A figure function: the metric's mean over layers along training (figs 9, 17, ERF extra)."""
     def draw(src: "Ctx | str | Path", out: Path) -> Path | str:
         ctx = as_ctx(src)
-        dss = [ds for ds in ctx.s["datasets"] if any(r.history() for r in ctx.main_runs(ds))]
+        dss = [ds for ds in ctx.roles["datasets"] if any(r.history() for r in ctx.main_runs(ds))]
         if not dss:
             return "no full-FT, LoRA or LR-sweep run with history.json"
         fig, ax = figure(4.0 * len(dss), 3.2, 1, len(dss))
@@ -286,7 +288,7 @@ def evolution(metric: str):
 def fig12(src: "Ctx | str | Path", out: Path) -> Path | str:
     """Fig. 12: loss, accuracy, entropy Δ% and Gini Δ% along training, every run by family."""
     ctx = as_ctx(src)
-    runs = [r for r in ctx.m.done if r.history()]
+    runs = [r for r in ctx.matrix.done if r.history()]
     if not runs:
         return "no finished run with history.json"
     fig, ax = figure(8.0, 5.5, 2, 2)
@@ -313,7 +315,7 @@ def fig14(src: "Ctx | str | Path", out: Path, *, tail: float = 0.2, acc_tol_pp: 
     """
     ctx = as_ctx(src)
     rows = []
-    for r in ctx.m.done:
+    for r in ctx.matrix.done:
         xa, ya = curve(r, None)
         xe, ye = curve(r, "entropy")
         if len(ya) < 2 or len(ye) < 2:
@@ -342,7 +344,7 @@ def fig14(src: "Ctx | str | Path", out: Path, *, tail: float = 0.2, acc_tol_pp: 
 def wise(src: "Ctx | str | Path", out: Path) -> Path | str:
     """WiSE-FT interpolation θ = (1−α)·θ₀ + α·θ (final.json "wise"): zero-shot vs task acc, entropy."""
     ctx = as_ctx(src)
-    runs = [r for r in ctx.m.done if (r.final or {}).get("wise")]
+    runs = [r for r in ctx.matrix.done if (r.final or {}).get("wise")]
     if not runs:
         return "no run has a WiSE-FT curve (final.json \"wise\" empty)"
     fig, ax = figure(8.0, 3.2, 1, 2)
@@ -371,8 +373,8 @@ def _patch_map(rows: np.ndarray) -> np.ndarray | None:
 def overlays(src: "Ctx | str | Path", out: Path, *, max_rows: int = 4) -> Path | str:
     """[CLS] attention of the first, middle and last layer over eval images, pretrained vs fine-tuned."""
     ctx = as_ctx(src)
-    pref = [r for ds in ctx.s["datasets"] for r in ctx.s["reference"][ds][:1] + ctx.s["lora"][ds][:1]]
-    runs = [r for r in pref + ctx.m.done if (r.dir / "overlays.npz").exists()]
+    pref = [r for ds in ctx.roles["datasets"] for r in ctx.roles["reference"][ds][:1] + ctx.roles["lora"][ds][:1]]
+    runs = [r for r in pref + ctx.matrix.done if (r.dir / "overlays.npz").exists()]
     runs = list(dict.fromkeys(runs))[:2]
     if not runs:
         return "no run has overlays.npz"

@@ -22,12 +22,7 @@ PROTOCOLS = (("acc", "as trained (adapter-active / fine-tuned projection)"),
 
 def zeroshot_baseline(ctx: Ctx, name: str | None = None) -> float | None:
     """The pretrained model's zero-shot accuracy on `name` (default: the headline dataset)."""
-    name = name or next((n for r in ctx.m.done for n in (r.final or {}).get("zeroshot") or {}), None)
-    for b in ctx.m.baseline.values():
-        acc = ((b.get("zeroshot") or {}).get(name) or {}).get("acc")
-        if acc is not None:
-            return acc
-    return None
+    return roles.pretrained_zeroshot(ctx.matrix.baseline, name or roles.headline_zeroshot(ctx.matrix.done))
 
 
 def _pct(key: str):
@@ -37,7 +32,7 @@ def _pct(key: str):
 def fig7(src: Ctx | str | Path, out: Path) -> Path | str:
     """Fig. 7: entropy Δ% vs zero-shot accuracy of the same (best) checkpoint (§3.3, English §6.2)."""
     ctx = as_ctx(src)
-    runs = [r for r in ctx.m.done if r.get("zeroshot_acc") is not None and r.zeroshot_delta()[0] is not None]
+    runs = [r for r in ctx.matrix.done if r.get("zeroshot_acc") is not None and r.zeroshot_delta()[0] is not None]
     if not runs:
         return "no finished run has zero-shot results"
     fig, ax = figure(6.0, 4.0)
@@ -66,7 +61,7 @@ def fig7(src: Ctx | str | Path, out: Path) -> Path | str:
     sub += f"\npoints: mean ± SD over n={n} seeds" if n else ""
     at_final = [r.run_id for r in runs if r.zeroshot_delta()[1] == "final"]
     where = "at the best-accuracy checkpoint" + (f" (final step: {len(at_final)} runs)" if at_final else "")
-    zs_name = next((nm for r in runs for nm in (r.final or {}).get("zeroshot") or {}), "")
+    zs_name = roles.headline_zeroshot(runs) or ""
     a.set(xlabel=f"entropy Δ% vs step 0, {where}",
           ylabel=f"zero-shot top-1 on {zs_name} (%), same checkpoint", title="Collapse vs zero-shot" + sub)
     a.legend(fontsize=6)
@@ -76,7 +71,7 @@ def fig7(src: Ctx | str | Path, out: Path) -> Path | str:
 def fig15(src: Ctx | str | Path, out: Path) -> Path | str:
     """Fig. 15: zero-shot accuracy under every protocol a run has, per dataset (English §6.3)."""
     ctx = as_ctx(src)
-    runs = [r for r in ctx.m.done if (r.final or {}).get("zeroshot")]
+    runs = [r for r in ctx.matrix.done if (r.final or {}).get("zeroshot")]
     names = sorted({n for r in runs for n in r.final["zeroshot"]})
     if not names:
         return "no finished run has zero-shot results"

@@ -136,8 +136,7 @@ def _findings(m: table.Matrix, st: dict, sel: dict) -> list[str]:
         for r in sel["reference"][ds][:1] + sel["lora"][ds]:
             zs, zb = r.get("zeroshot_acc"), r.get("zeroshot_acc_base_only")
             name = next(iter((r.final or {}).get("zeroshot") or {}), None)
-            base = next((acc for b in m.baseline.values()
-                         if (acc := (((b.get("zeroshot") or {}).get(name) or {}).get("acc"))) is not None), None)
+            base = roles.pretrained_zeroshot(m.baseline, name)
             if zs is None or base is None:
                 continue
             txt = f"Zero-shot on {name} ({roles.describe(r)}): {pct(base)} pretrained → {pct(zs)}"

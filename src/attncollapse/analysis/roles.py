@@ -48,6 +48,25 @@ def describe(r: Run) -> str:
     return f"Full FT lr={r.get('lr', float('nan')):g} wd={r.get('weight_decay', float('nan')):g} ({ds})"
 
 
+def headline_zeroshot(runs: list[Run]) -> str | None:
+    """The first zero-shot dataset any run measured (the one `zeroshot_acc` reports)."""
+    return next((n for r in runs for n in (r.final or {}).get("zeroshot") or {}), None)
+
+
+def pretrained_zeroshot(baseline: dict[str, dict], name: str | None) -> float | None:
+    """E1's zero-shot accuracy on dataset `name`: the first baseline that measured it, or None.
+
+    Args:
+        baseline: {dataset: baseline JSON} (`Matrix.baseline`).
+        name: a zero-shot dataset as final.json names it (`headline_zeroshot`).
+    """
+    for b in baseline.values():
+        acc = ((b.get("zeroshot") or {}).get(name) or {}).get("acc")
+        if acc is not None:
+            return acc
+    return None
+
+
 def by_config(runs: list[Run]) -> dict[str, list[Run]]:
     """Group runs (seeds) by config id, keeping their order."""
     out: dict[str, list[Run]] = {}

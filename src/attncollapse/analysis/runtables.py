@@ -197,8 +197,7 @@ def zeroshot_table(runs: list[Run], baseline: dict[str, dict]) -> list[Block]:
                             "off** — LoRA runs with the adapters disabled, i.e. the pretrained tower plus the "
                             "trained projection (the reports' protocol, English report §6.2; — for full FT).")]
     for n in names:
-        base = next((((b.get("zeroshot") or {}).get(n) or {}).get("acc") for b in baseline.values()
-                     if ((b.get("zeroshot") or {}).get(n) or {}).get("acc") is not None), None)
+        base = roles.pretrained_zeroshot(baseline, n)
         rows = [["E1 (pretrained)", "baseline", pct(base), "—", "—"]]
         for r in runs:
             z = ((r.final or {}).get("zeroshot") or {}).get(n) or {}

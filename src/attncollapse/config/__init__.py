@@ -5,18 +5,21 @@ Imports `data` and `models` of attncollapse for names only (sources, presets).
 """
 
 from .checks import hub_dataset_id, hub_model_id, model_depth
-from .matrix import (ConfigError, MatrixConfig, PlannedRun, format_value, load_matrix, load_run_config,
-                     matrix_from_dict, packaged_configs, parse_assignments, parse_value, read_config_yaml,
-                     read_recorded_config,
-                     resolve_config_path)
+from .loading import (ConfigError, packaged_configs, parse_assignments, parse_value, read_config_yaml,
+                      resolve_config_path)
+from .matrix import (MatrixConfig, PlannedRun, format_value, load_matrix, match_only, matrix_from_dict,
+                     only_error, only_patterns)
 from .prepare import Prepared, prepare
 from .schema import (DEFAULTS, DataConfig, EvalConfig, LoraConfig, OptimConfig, RegularizerConfig, RunConfig,
-                     ZeroShotConfig, compile_key, diff_fields, fingerprint, fingerprint_fields)
+                     ZeroShotConfig, compile_key, config_change, diff_fields, fingerprint,
+                     fingerprint_fields)
+from .validate import load_run_config, read_recorded_config, run_config_from_dict
 
 __all__ = [
-    "DEFAULTS", "ConfigError", "DataConfig", "EvalConfig", "LoraConfig", "MatrixConfig", "OptimConfig",
-    "PlannedRun", "Prepared", "RegularizerConfig", "RunConfig", "ZeroShotConfig", "compile_key", "diff_fields",
-    "fingerprint", "fingerprint_fields", "format_value", "hub_dataset_id", "hub_model_id", "load_matrix",
-    "load_run_config", "matrix_from_dict", "model_depth", "packaged_configs", "parse_assignments", "parse_value",
-    "prepare", "read_config_yaml", "read_recorded_config", "resolve_config_path",
+    "ConfigError", "DEFAULTS", "DataConfig", "EvalConfig", "LoraConfig", "MatrixConfig", "OptimConfig",
+    "PlannedRun", "Prepared", "RegularizerConfig", "RunConfig", "ZeroShotConfig", "compile_key",
+    "config_change", "diff_fields", "fingerprint", "fingerprint_fields", "format_value", "hub_dataset_id",
+    "hub_model_id", "load_matrix", "load_run_config", "match_only", "matrix_from_dict", "model_depth",
+    "only_error", "only_patterns", "packaged_configs", "parse_assignments", "parse_value", "prepare",
+    "read_config_yaml", "read_recorded_config", "resolve_config_path", "run_config_from_dict",
 ]

@@ -1,14 +1,13 @@
 """Checks a schema cannot make: local paths (model and dataset directories, cache_dir),
 and warnings for settings that are legal but almost surely typos.
 
-`matrix.py` calls the path checks while validating (they are errors, reported with every
+`validate.py` calls the path checks while validating (they are errors, reported with every
 other problem); `prepare` is the one code path `attncollapse validate` and `run` share:
 the same file reading, the same errors, the same warnings.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from pathlib import Path
@@ -129,21 +128,13 @@ def model_depth(spec: str) -> int | None:
     like OpenAI's releases (`*clip-vit-base-patch32*` → 12); None when unknown.
     """
     p = Path(spec).expanduser()
-    if (p / "config.json").is_file():
+    if (p / "config.json").is_file() or ("/" not in spec and not p.exists() and spec in PRESETS):
         try:
-            cfg = json.loads((p / "config.json").read_text())
-        except (OSError, ValueError):
+            return num_layers(str(p) if p.exists() else spec)
+        except Exception:  # noqa: BLE001 - an unreadable config.json: the depth is unknown
             return None
-        vision = cfg.get("vision_config", cfg)
-        n = vision.get("num_hidden_layers")
-        return int(n) if isinstance(n, int) else (12 if "vision_config" in cfg else None)
     m = re.search(r"clip-vit-(base|large|huge)-patch\d+", spec.lower())
-    if m:
-        return _HUB_DEPTH[m.group(1)]
-    if "/" not in spec and not p.exists():
-        if spec in PRESETS:
-            return num_layers(spec)
-    return None
+    return _HUB_DEPTH[m.group(1)] if m else None
 
 
 def model_problem(spec: str) -> str | None:

@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from .checks import collect_warnings
-from .matrix import (ConfigError, MatrixConfig, matrix_from_dict, read_config_yaml, resolve_config_path,
-                     run_config_from_dict)
+from .loading import ConfigError, read_config_yaml, resolve_config_path
+from .matrix import MatrixConfig, matrix_from_dict
 from .schema import RunConfig
+from .validate import run_config_from_dict
 
 # Keys only a matrix has: a file with any of them is read as a matrix (a matrix without
 # `runs:` is then told so, not read as a run config with five unknown keys).

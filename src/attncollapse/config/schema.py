@@ -248,8 +248,12 @@ def fingerprint_fields(cfg: RunConfig) -> dict[str, Any]:
 
 
 def fingerprint(cfg: RunConfig) -> str:
-    blob = json.dumps(fingerprint_fields(cfg), sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    """A short hash of `fingerprint_fields(cfg)`: equal for configs that give the same numbers."""
+    return _hash(fingerprint_fields(cfg))
+
+
+def _hash(fields: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def compile_key(cfg: RunConfig) -> tuple:
@@ -264,3 +268,20 @@ def compile_key(cfg: RunConfig) -> tuple:
 def diff_fields(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     """Keys whose values differ between two flattened field dicts."""
     return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+
+
+def config_change(recorded: dict[str, Any], cfg: RunConfig, *, limit: int | None = None) -> str | None:
+    """What makes a recorded config give other numbers than `cfg`, or None when nothing does.
+
+    Args:
+        recorded: the `fingerprint_fields` a run recorded (checkpoint, config.yaml).
+        limit: name at most this many keys.
+
+    Returns:
+        None when the fingerprints agree; else "differing keys: a, b, ...".
+    """
+    now = fingerprint_fields(cfg)
+    if _hash(recorded) == _hash(now):
+        return None
+    return f"differing keys: {', '.join(diff_fields(recorded, now)[:limit])}"
+

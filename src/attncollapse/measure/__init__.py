@@ -6,10 +6,11 @@ Works on any vision tower it is handed; imports only `data` and `_device` of att
 from .evaluate import attention_table, classifier_accuracy, eval_rows, format_table, summarize_rows
 from .metrics import METRICS, delta_pct, entropy, erf, gini, head_diversity, layer_mean, patch_rows, summarize
 from .probe import (PROBE, PROBE_SPEC_ATTR, ProbeRows, ProbeSpec, attention_modules, canonical, cls_rows,
-                    pooling_head_rows, probing, spec_of, stack_rows)
+                    pooling_head_rows, probed_forward, probing, spec_of, stack_rows)
 
 __all__ = [
-    "METRICS", "PROBE", "PROBE_SPEC_ATTR", "ProbeRows", "ProbeSpec", "canonical", "pooling_head_rows", "spec_of", "attention_modules", "attention_table", "classifier_accuracy", "cls_rows",
-    "delta_pct", "entropy", "erf", "eval_rows", "format_table", "gini", "head_diversity", "layer_mean",
-    "patch_rows", "probing", "stack_rows", "summarize", "summarize_rows",
+    "METRICS", "PROBE", "PROBE_SPEC_ATTR", "ProbeRows", "ProbeSpec", "attention_modules", "attention_table",
+    "canonical", "classifier_accuracy", "cls_rows", "delta_pct", "entropy", "erf", "eval_rows",
+    "format_table", "gini", "head_diversity", "layer_mean", "patch_rows", "pooling_head_rows",
+    "probed_forward", "probing", "spec_of", "stack_rows", "summarize", "summarize_rows",
 ]

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from .._device import autocast, eval_mode
 from ..data import Feeder
 from . import metrics
-from .probe import attention_modules, probing, stack_rows
+from .probe import attention_modules, probed_forward, probing
 
 
 @torch.no_grad()
@@ -24,10 +24,9 @@ def eval_rows(vision: nn.Module, feeder: Feeder, *, batch_size: int, precision: 
     chunks = []
     with eval_mode(vision), probing(vision) as rows:
         for x, _ in feeder.batches(batch_size):
-            rows.clear()
             with autocast(feeder.device, precision):
-                vision(pixel_values=x)
-            chunks.append(stack_rows(rows, n_layers).float())
+                r = probed_forward(vision, rows, x, n_layers)
+            chunks.append(r.float())
     return torch.cat(chunks, dim=1)
 
 

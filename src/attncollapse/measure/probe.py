@@ -235,6 +235,26 @@ def stack_rows(rows, n_layers: int) -> Tensor:
     return torch.stack([r[:, :, 0] for r in rows])
 
 
+def probed_forward(tower: nn.Module, rows: ProbeRows, pixel_values: Tensor, n_layers: int) -> Tensor:
+    """The one probed forward: run `tower` on a batch inside an active `probing` block.
+
+    Forgets the previous forward's rows first, so what comes back is this batch's. Runs
+    under whatever grad and autocast state the caller set.
+
+    Args:
+        tower: the vision tower `rows` is probing (or a wrapper whose forward runs it).
+        rows: the `ProbeRows` of the active block.
+        pixel_values: (B, 3, S, S) normalised images.
+        n_layers: probed layers expected (a mismatch is an error, not a silent short stack).
+
+    Returns:
+        (L, B, H, 1 + P) rows, in the probe's dtype (fp32).
+    """
+    rows.clear()
+    tower(pixel_values=pixel_values)
+    return stack_rows(rows, n_layers)
+
+
 def cls_rows(vision_model: nn.Module, pixel_values: Tensor, spec: ProbeSpec | None = None) -> Tensor:
     """[CLS]→token attention rows of every layer and head, in the canonical layout.
 
@@ -253,8 +273,7 @@ def cls_rows(vision_model: nn.Module, pixel_values: Tensor, spec: ProbeSpec | No
     spec = spec or spec_of(vision_model)
     n_layers = len(attention_modules(vision_model, spec.attention))
     with probing(vision_model, spec) as rows:
-        vision_model(pixel_values=pixel_values)
-        return stack_rows(rows, n_layers)
+        return probed_forward(vision_model, rows, pixel_values, n_layers)
 
 
 def pooling_head_rows(head_attention: nn.MultiheadAttention, run) -> Tensor:

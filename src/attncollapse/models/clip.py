@@ -74,14 +74,21 @@ def load_model(spec: str, *, seed: int = 0, attn_implementation: str = "sdpa") -
 load_clip = load_model  # the name of the CLIP-only days; every family loads through it
 
 
-def image_size(spec: str) -> int:
-    """The input resolution of `load_model(spec)`, read from its config (no weights loaded)."""
-    return vision_config(model_config(spec)).image_size
+def _vision_config_of(model: str | PretrainedConfig | nn.Module) -> PretrainedConfig:
+    config = model_config(model) if isinstance(model, str) else getattr(model, "config", model)
+    return vision_config(config)
 
 
-def num_layers(spec: str) -> int:
-    """Encoder layers of the vision tower of `load_model(spec)` (no weights loaded)."""
-    return vision_config(model_config(spec)).num_hidden_layers
+def image_size(model: str | PretrainedConfig | nn.Module) -> int:
+    """The input resolution S of a model: a spec (read from its config, no weights loaded),
+    a config, or a loaded model."""
+    return _vision_config_of(model).image_size
+
+
+def num_layers(model: str | PretrainedConfig | nn.Module) -> int:
+    """Encoder layers of a model's vision tower: a spec (no weights loaded), a config, or a
+    loaded model."""
+    return _vision_config_of(model).num_hidden_layers
 
 
 def zeroshot_problem(model_or_spec) -> str | None:

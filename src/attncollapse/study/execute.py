@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .. import _io
-from ..config import RunConfig, diff_fields, fingerprint, fingerprint_fields
+from ..config import RunConfig, config_change, fingerprint_fields
 from ..train import baseline, run
 from .locks import acquire_lock, read_lock, release_lock
 from .tasks import Task, TrainFn
@@ -41,11 +41,10 @@ def _config_changed(task: Task) -> str | None:
         old = RunConfig.model_validate(_io.read_yaml_checked(recorded))
     except Exception:  # an older schema: cannot compare, trust final.json
         return None
-    if fingerprint(old) == fingerprint(task.config):
+    change = config_change(fingerprint_fields(old), task.config, limit=6)
+    if change is None:
         return None
-    keys = diff_fields(fingerprint_fields(old), fingerprint_fields(task.config))
-    return (f"finished with a different config ({', '.join(keys[:6])}); delete {task.path} "
-            "to rerun it or use another --out")
+    return f"finished with a different config ({change}); delete {task.path} to rerun it or use another --out"
 
 
 def execute_task(task: Task, train_fn: TrainFn | None = None,

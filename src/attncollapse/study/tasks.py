@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .. import _io
-from ..config import ConfigError, MatrixConfig, PlannedRun, RunConfig, matrix_from_dict
+from ..config import (ConfigError, MatrixConfig, PlannedRun, RunConfig, match_only, matrix_from_dict,
+                      only_error, only_patterns)
 from .locks import lock_is_stale, read_lock
 
 LOCK_NAME = "lock.json"
@@ -100,20 +101,18 @@ def plan(matrix: MatrixConfig, out_dir: str | Path, only: str | list[str] | None
             `baseline` selects the baselines.
     """
     out = Path(out_dir)
-    pats = [p.strip() for p in (only.split(",") if isinstance(only, str) else only or []) if p.strip()]
+    pats = only_patterns(only)
     base_pats = [p for p in pats if fnmatch.fnmatchcase(BASELINE_ID, p) or p == "baseline"]
     runs: list[PlannedRun] = matrix.expand()
-    names = {n for r in runs for n in (r.id, r.entry, r.group, r.config.id)}
-    run_pats = [p for p in pats if any(fnmatch.fnmatchcase(n, p) for n in names)]
-    unmatched = [p for p in pats if p not in run_pats and p not in base_pats]
+    keep, unmatched = match_only(runs, pats)
+    unmatched = [p for p in unmatched if p not in base_pats]
     if unmatched:
-        raise ConfigError([f"--only {p}: matches no run (runs: {BASELINE_ID}, "
-                           f"{', '.join(r.id for r in runs)})" for p in unmatched])
+        raise only_error(unmatched, [BASELINE_ID] + [r.id for r in runs])
     tasks = []
     if not pats or base_pats:
         tasks += baseline_tasks(matrix, out)
     if pats:
-        runs = matrix.selected(run_pats) if run_pats else []
+        runs = keep
     tasks.extend(Task("run", r.id, out / r.id, r.config, r.group) for r in runs)
     return tasks
 

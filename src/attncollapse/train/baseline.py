@@ -16,7 +16,7 @@ from .._device import effective_precision, resolve_device
 from ..config import DataConfig, EvalConfig
 from ..data import Feeder, load_splits
 from ..measure import attention_table, layer_mean
-from ..models import (PRESETS, family_of, load_model, normalization, vision_config, vision_tower,
+from ..models import (PRESETS, family_of, image_size, load_model, normalization, vision_tower,
                       zeroshot_problem)
 from ..transfer import (evaluate_features, evaluate_pretrained, pretrained_classifier, transfer_headline,
                         transfer_sets, wants_features, zeroshot_data_cfg)
@@ -39,7 +39,7 @@ def baseline(model: str, source: str, *, data_cfg=None, eval_cfg=None, out_dir: 
     dev = resolve_device(device)
     precision = effective_precision(precision, dev)
     clip = load_model(model).to(dev)
-    size = vision_config(clip.config).image_size
+    size = image_size(clip)
     splits = load_splits(source, data_cfg, image_size=size)
     mean, std = normalization(clip)  # the family's (or the checkpoint's) image constants
     feeder = Feeder(splits.eval_set, dev, mean=mean, std=std)

@@ -26,7 +26,7 @@ from torch import nn
 from torch.utils._pytree import tree_map
 
 from .. import _io
-from ..config import RunConfig, diff_fields, fingerprint, fingerprint_fields
+from ..config import RunConfig, config_change, fingerprint, fingerprint_fields
 
 
 class ConfigMismatch(RuntimeError):
@@ -180,9 +180,8 @@ def load_newest(ckpt_root: Path, cfg: RunConfig):
             warnings.warn(f"skipping checkpoint {path.name}: {problem}", stacklevel=2)
             continue
         if blob["fingerprint"] != fingerprint(cfg):
-            keys = diff_fields(blob["fields"], fingerprint_fields(cfg))
             raise ConfigMismatch(f"{ckpt_root.parent}: checkpoints were written with a different config; "
-                                 f"differing keys: {', '.join(keys)}")
+                                 f"{config_change(blob['fields'], cfg)}")
         return path, tensors, blob
     return None
 

@@ -76,11 +76,11 @@ class Schedule:
 
 def schedule_of(cfg: RunConfig, n_train: int) -> Schedule:
     """The run's step counts: eval points every `len(loader) // points_per_epoch` steps (reports)."""
-    spe = max(1, math.ceil(n_train / cfg.optim.batch_size))
-    return Schedule(steps_per_epoch=spe, total=max(1, math.ceil(spe * cfg.optim.epochs)),
-                    eval_every=max(1, spe // cfg.eval.points_per_epoch),
-                    val_every=max(1, spe // cfg.eval.val_per_epoch),
-                    ckpt_every=max(1, spe // cfg.checkpoints_per_epoch))
+    per_epoch = max(1, math.ceil(n_train / cfg.optim.batch_size))
+    return Schedule(steps_per_epoch=per_epoch, total=max(1, math.ceil(per_epoch * cfg.optim.epochs)),
+                    eval_every=max(1, per_epoch // cfg.eval.points_per_epoch),
+                    val_every=max(1, per_epoch // cfg.eval.val_per_epoch),
+                    ckpt_every=max(1, per_epoch // cfg.checkpoints_per_epoch))
 
 
 @dataclass

@@ -14,7 +14,7 @@ from torch import nn
 from .._device import autocast
 from ..config import RunConfig, compile_key
 from ..data import Feeder
-from ..measure import ProbeRows, attention_modules, probing, stack_rows
+from ..measure import ProbeRows, attention_modules, probed_forward, probing, stack_rows
 from .regularizers import apr, entropy_floor
 
 
@@ -46,7 +46,7 @@ def make_step(cfg: RunConfig, clf: nn.Module, opt, scaler, *, device: torch.devi
                 loss = nn.functional.cross_entropy(fwd(x), y)
             else:
                 if reg == "apr" and ref is None:
-                    ref = _reference_rows(clf, ref_vision, x, rows, n_layers)
+                    ref = reference_rows(clf, ref_vision, x, rows, n_layers)
                 rows.clear()
                 logits = fwd(x)
                 cur = stack_rows(rows, n_layers)
@@ -140,10 +140,9 @@ class ReferenceRows:
                 for s in range(0, n, batch_size):
                     idx = torch.arange(s, min(s + batch_size, n))
                     x, _ = feeder.get(idx, flip=torch.full((len(idx),), flip))
-                    rows.clear()
                     with autocast(feeder.device, precision):
-                        tower(pixel_values=x)
-                    r = stack_rows(rows, n_layers).to(dtype).permute(1, 0, 2, 3)  # (B, L, H, T)
+                        r = probed_forward(tower, rows, x, n_layers)
+                    r = r.to(dtype).permute(1, 0, 2, 3)  # (B, L, H, T)
                     if out is None:
                         out = torch.empty((len(flips), n, *r.shape[1:]), dtype=dtype, device=feeder.device)
                     out[f, s:s + len(idx)] = r
@@ -158,14 +157,24 @@ class ReferenceRows:
         return self.table[f, idx.to(dev)].permute(1, 0, 2, 3).float()
 
 
-def _reference_rows(clf, ref_vision, x, rows, n_layers):
-    """Rows of the pretrained model on batch `x` (no grad)."""
+def reference_rows(clf: nn.Module, ref_vision: nn.Module | None, x: torch.Tensor, rows: ProbeRows,
+                   n_layers: int) -> torch.Tensor:
+    """APR's reference: the pretrained model's rows on batch `x`, computed online (no grad).
+
+    Args:
+        clf: the classifier being trained (its vision tower is probed by `rows`).
+        ref_vision: a frozen copy of the pretrained tower (full fine-tuning), or None for
+            LoRA, whose base model is `clf.vision` with the adapters disabled.
+        x: (B, 3, S, S) normalised images.
+        rows: the `ProbeRows` of the active `probing(clf.vision)` block.
+        n_layers: probed layers.
+
+    Returns:
+        (L, B, H, 1 + P) float32 rows; `ReferenceRows.lookup` gives the same from its table.
+    """
     with torch.no_grad():
         if ref_vision is not None:
             with probing(ref_vision) as ref:
-                ref_vision(pixel_values=x)
-                return stack_rows(ref, n_layers).float()
-        rows.clear()
+                return probed_forward(ref_vision, ref, x, n_layers).float()
         with clf.vision.disable_adapter():  # LoRA: the base model, no second copy in memory
-            clf.vision(pixel_values=x)
-        return stack_rows(rows, n_layers).float()
+            return probed_forward(clf.vision, rows, x, n_layers).float()

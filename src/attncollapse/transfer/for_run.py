@@ -16,8 +16,7 @@ from torch import nn
 
 from .._device import effective_precision
 from ..data import Splits, load_splits, load_test_split
-from ..models import (Classifier, image_projection, load_clip, load_tokenizer, normalization, vision_config,
-                      zeroshot_problem)
+from ..models import (Classifier, image_projection, image_size, load_clip, load_tokenizer, normalization, zeroshot_problem)
 from .representation import evaluate_features, transfer_headline, transfer_sets, wants_features
 from .text import TextCache
 from .wise import vision_state, wise
@@ -68,7 +67,7 @@ def evaluate_for_run(cfg, clip: nn.Module, clf: Classifier, splits: Splits | Non
         out.update(_zeroshot(cfg, clip, clf, splits, datasets, pretrained=pretrained,
                              pretrained_state=pretrained_state, cache=cache, **opts))
     if wants_features(cfg.zeroshot, problem):
-        size = vision_config(clip.config).image_size
+        size = image_size(clip)
         for name in datasets:
             train, test = transfer_sets(name, zeroshot_data_cfg(cfg.data, name, cfg.dataset), cfg.zeroshot,
                                         image_size=size)
@@ -101,7 +100,7 @@ def _zeroshot(cfg, clip: nn.Module, clf: Classifier, splits: Splits | None, data
         if bad:
             raise ValueError(f"pretrained model differs from the LoRA run's base tower (e.g. {bad[0]})")
     cache = TextCache() if cache is None else cache
-    size = clip.config.vision_config.image_size
+    size = image_size(clip)
     sets = {name: capped(load_test_split(name, zeroshot_data_cfg(cfg.data, name, cfg.dataset), image_size=size), zcfg)
             for name in datasets}
     blocks = {name: evaluate_dataset(clf, clip, tokenizer, s, zcfg, method=cfg.method,

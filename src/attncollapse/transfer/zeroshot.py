@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from .._device import autocast, effective_precision, eval_mode
 from ..data import Feeder, ImageSet, load_test_split
-from ..models import Classifier, image_projection, is_peft, load_tokenizer, normalization, vision_tower
+from ..models import Classifier, image_projection, image_size, is_peft, load_tokenizer, normalization, vision_tower
 from .text import TextCache, template_set, text_embeddings
 
 
@@ -180,7 +180,7 @@ def evaluate_pretrained(clip: nn.Module, spec: str, zcfg, *, data_cfg, device: t
     tokenizer = load_tokenizer(spec)
     dev = torch.device(device)
     precision = effective_precision(precision, dev)
-    size = clip.config.vision_config.image_size
+    size = image_size(clip)
     out = {}
     for name in zcfg.datasets:
         imageset = capped(load_test_split(name, zeroshot_data_cfg(data_cfg, name), image_size=size), zcfg)
