@@ -37,6 +37,7 @@ MATRIX = {
              "R1": {"regularizer": {"kind": "apr", "lam": 0.1}}},
 }
 CLIP_RUNS = ["E2-tiny", "E4", "A1", "R1"]
+RUNS = ["E2-tiny", "E2-tiny-vit", "E4", "A1", "R1"]  # matrix order; every run has a transfer score
 OLD_KEYS = {"fullft_vs_lora", "fullft_vs_lora_pooled", "lr_sweep", "lr_vs_default", "regularizers", "weight_decay",
             "freezing", "layer_groups", "layer_groups_pooled", "metric_correlations", "entropy_vs_accuracy",
             "collapse_vs_zeroshot", "convergence"}
@@ -81,8 +82,12 @@ def _check(e: dict, x: list[float], y: list[float]) -> None:
     assert e["spearman_p_method"] == "exact"
 
 
-def _baseline_zs(d: Path) -> float:
-    return json.loads((d / "baseline" / "synthetic.json").read_text())["zeroshot"]["synthetic"]["acc"]
+def _pretrained_transfer(d: Path, final: dict) -> float:
+    """E1's transfer score of the run's own model (E1 runs per model in a multi-model matrix):
+    zero-shot accuracy for CLIP, k-NN accuracy for the vision-only ViT."""
+    base = json.loads((d / "baseline" / f"{final['model']}_synthetic.json").read_text())
+    assert base["model"] == final["model"] and base["transfer_protocol"] == final["transfer_protocol"]
+    return base["transfer_acc"]
 
 
 def test_final_json_and_results_csv_carry_the_last_points_drift_and_the_family(study):
@@ -94,7 +99,8 @@ def test_final_json_and_results_csv_carry_the_last_points_drift_and_the_family(s
         assert float(rows[rid]["weight_drift_final"]) == pytest.approx(np.mean(last), rel=1e-12)
         assert [float(v) for v in rows[rid]["weight_drift_layers"].split()] == pytest.approx(last, rel=1e-12)
         assert all(v > 0 for v in last) and h["points"][0]["weight_drift"] == [0.0] * len(last)
-    assert rows["E2-tiny-vit"]["zeroshot_acc"] == ""  # vision-only: no zero-shot, so no transfer score yet
+    assert rows["E2-tiny-vit"]["zeroshot_acc"] == ""  # vision-only: no zero-shot; its transfer score is k-NN
+    assert rows["E2-tiny-vit"]["transfer_protocol"] == "knn" and rows["E2-tiny"]["transfer_protocol"] == "zeroshot"
 
 
 def test_early_warning_is_scipy_on_the_epoch_one_point_against_the_pretrained_zero_shot(study):
@@ -102,10 +108,9 @@ def test_early_warning_is_scipy_on_the_epoch_one_point_against_the_pretrained_ze
     assert OLD_KEYS <= set(st["tests"])  # the split of stats.py kept every entry
     t = st["tests"]["early_warning"]
     assert t["family"] == "predictor" and t["m"] == 5
-    base = _baseline_zs(study)
     for e in t["entries"]:
         x, y = [], []
-        for rid in CLIP_RUNS:
+        for rid in RUNS:
             h, f = _files(study, rid)
             p1 = min(h["points"][1:], key=lambda p: abs(p["epoch"] - 1.0))
             assert p1["epoch"] == pytest.approx(1.0)  # 3 points per epoch: one falls on epoch 1
@@ -114,8 +119,8 @@ def test_early_warning_is_scipy_on_the_epoch_one_point_against_the_pretrained_ze
             else:
                 v0 = h["points"][0]["mean"][e["predictor"]]
                 x.append(100 * (p1["mean"][e["predictor"]] - v0) / v0)
-            y.append(100 * (f["zeroshot_acc"] - base))
-        assert e["runs"] == CLIP_RUNS and set(e["reference_source"].values()) == {"baseline"}
+            y.append(100 * (f["transfer_acc"] - _pretrained_transfer(study, f)))
+        assert e["runs"] == RUNS and set(e["reference_source"].values()) == {"baseline"}
         _check(e, x, y)
     assert [e["spearman_p_holm"] for e in t["entries"]] == pytest.approx(_holm([e["spearman_p"] for e in t["entries"]]))
 
@@ -127,13 +132,13 @@ def test_weight_drift_pairs_drift_and_entropy_with_transfer_at_the_zero_shot_che
     ids = [r for r in rows if rows[r]["weight_drift_final"]]
     _check(e["weight drift vs entropy Δ%"], [float(rows[r]["weight_drift_final"]) for r in ids],
            [float(rows[r]["entropy_delta_pct"]) for r in ids])
-    base, dx, hx, y = _baseline_zs(study), [], [], []
-    for rid in CLIP_RUNS:
+    dx, hx, y = [], [], []
+    for rid in RUNS:
         h, f = _files(study, rid)
         at = next(p for p in h["points"] if p["step"] == f["best_step"])  # zero-shot's checkpoint
         dx.append(float(np.mean(at["weight_drift"])))
         hx.append(100 * (at["mean"]["entropy"] - h["points"][0]["mean"]["entropy"]) / h["points"][0]["mean"]["entropy"])
-        y.append(100 * (f["zeroshot_acc"] - base))
+        y.append(100 * (f["transfer_acc"] - _pretrained_transfer(study, f)))
     _check(e["weight drift vs transfer change"], dx, y)
     _check(e["entropy Δ% vs transfer change"], hx, y)
     assert [x["pearson_p_holm"] for x in t["entries"]] == pytest.approx(_holm([x["pearson_p"] for x in t["entries"]]))
@@ -148,7 +153,7 @@ def test_transfer_acc_is_preferred_and_old_runs_are_filled_from_their_files(stud
         del f["weight_drift"], f["model_family"]
         f["transfer_acc"] = 0.5 if rid == "E2-tiny-vit" else None
         (d / rid / "final.json").write_text(json.dumps(f))
-    b = json.loads((d / "baseline" / "synthetic.json").read_text())
+    b = json.loads((d / "baseline" / "tiny_synthetic.json").read_text())
     (d / "baseline" / "tiny-vit.json").write_text(json.dumps({"model": "tiny-vit", "family": "vit",
                                                               "transfer_acc": 0.25, "dataset": "synthetic"}))
     m = table.load(d)

@@ -29,7 +29,7 @@ def _title(e: dict) -> str:
 
 def _scatter(ax: Any, ctx: Ctx, e: dict, xlabel: str, ylabel: str) -> None:
     """One stats.json correlation entry as a scatter of its runs, coloured by kind of run."""
-    byid = {r.run_id: r for r in ctx.m.done}
+    byid = {r.run_id: r for r in ctx.matrix.done}
     if e.get("skipped"):
         ax.text(0.5, 0.5, f"skipped: {e.get('reason', '')}", ha="center", va="center", fontsize=6,
                 transform=ax.transAxes, wrap=True)
@@ -55,7 +55,7 @@ def early_warning(src: Ctx | str | Path, out: Path) -> Path | str:
         _scatter(a, ctx, entries.get(pr, {"skipped": True, "reason": "no entry"}), xl, "transfer change (pp)")
         a.axhline(0, color="black", lw=0.5)
     ax[1, 2].axis("off")
-    legend_kinds(ax[1, 2], {ctx.kind(r) for r in ctx.m.done}, fontsize=7, loc="center")
+    legend_kinds(ax[1, 2], {ctx.kind(r) for r in ctx.matrix.done}, fontsize=7, loc="center")
     fig.suptitle("Early warning: the first epoch's change vs the final transfer change", fontsize=9)
     return save(fig, out)
 
@@ -72,12 +72,12 @@ def weight_drift(src: Ctx | str | Path, out: Path) -> Path | str:
              "entropy Δ%")
     _scatter(ax[0, 1], ctx, e.get("weight drift vs transfer change", {"skipped": True}),
              "mean weight drift (transfer checkpoint)", "transfer change (pp)")
-    for r in ctx.m.done:
+    for r in ctx.matrix.done:
         if (d := r.drift_at()) is not None:
             ax[0, 2].plot(np.arange(1, len(d) + 1), d, marker="o", ms=2, lw=0.8,
                           color=KIND_COLORS.get(ctx.kind(r), "black"))
     ax[0, 2].set(xlabel="layer", ylabel="weight drift (last step)", title="Per-layer drift, one line per run")
-    legend_kinds(ax[0, 0], {ctx.kind(r) for r in ctx.m.done}, fontsize=6)
+    legend_kinds(ax[0, 0], {ctx.kind(r) for r in ctx.matrix.done}, fontsize=6)
     fig.suptitle("Weight-space control: does drift explain what attention Δ explains?", fontsize=9)
     return save(fig, out)
 
@@ -105,9 +105,9 @@ def families(src: Ctx | str | Path, out: Path) -> Path | str:
               title=f"{g}: per-layer entropy Δ%")
     ax[0, 0].legend(fontsize=6)
     a = ax[0, -1]
-    byfam = {r.run_id: links.family_name(r) for r in ctx.m.done}
-    for r in ctx.m.done:
-        c, (x, _) = links.transfer_change(r, ctx.m.baseline), r.zeroshot_delta()
+    byfam = {r.run_id: links.family_name(r) for r in ctx.matrix.done}
+    for r in ctx.matrix.done:
+        c, (x, _) = links.transfer_change(r, ctx.matrix.baseline), r.zeroshot_delta()
         if c is not None and x is not None:  # Δ of the checkpoint transfer was measured on
             a.scatter(x, c["pp"], color=colors.get(byfam[r.run_id], "black"), s=18, edgecolor="black", lw=0.3)
             a.annotate(r.get("group") or r.config_id, (x, c["pp"]), fontsize=5, xytext=(2, 2),
