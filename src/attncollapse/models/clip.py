@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from transformers import AutoConfig, CLIPTokenizer, PretrainedConfig
 
 from .families import Family, attach_probe_spec, family_of, feature_dim, image_projection, vision_config, vision_tower
+from .naflex import accept_square_images, naflex_image_size
 from .presets import PRESETS
 
 # Special tokens of the tiny tokenizer; the tiny text config (presets.py) must agree with them.
@@ -51,7 +52,8 @@ def load_model(spec: str, *, seed: int = 0, attn_implementation: str = "sdpa") -
 
     Returns:
         The family's transformers model in eval mode (CLIPModel, SiglipModel,
-        Dinov2Model, Dinov2WithRegistersModel, ViTModel).
+        Siglip2Model, Dinov2Model, Dinov2WithRegistersModel, ViTModel); a SigLIP 2
+        tower also takes (B, 3, S, S) images (`naflex.accept_square_images`).
     """
     config = model_config(spec)
     fam = family_of(config)
@@ -68,6 +70,8 @@ def load_model(spec: str, *, seed: int = 0, attn_implementation: str = "sdpa") -
         path = Path(spec).expanduser()
         model = cls.from_pretrained(str(path) if path.exists() else spec,
                                     attn_implementation=attn_implementation, **kwargs)
+    if fam.pixels == "naflex":
+        accept_square_images(vision_tower(model))  # SigLIP 2: (B, 3, S, S) in, patches to the tower
     return attach_probe_spec(model).eval()
 
 
@@ -82,7 +86,10 @@ def _vision_config_of(model: str | PretrainedConfig | nn.Module) -> PretrainedCo
 def image_size(model: str | PretrainedConfig | nn.Module) -> int:
     """The input resolution S of a model: a spec (read from its config, no weights loaded),
     a config, or a loaded model."""
-    return _vision_config_of(model).image_size
+    vision = _vision_config_of(model)
+    if not hasattr(vision, "image_size") and hasattr(vision, "num_patches"):
+        return naflex_image_size(vision)  # SigLIP 2: no image_size, a √num_patches position grid
+    return vision.image_size
 
 
 def num_layers(model: str | PretrainedConfig | nn.Module) -> int:
@@ -94,12 +101,12 @@ def num_layers(model: str | PretrainedConfig | nn.Module) -> int:
 def zeroshot_problem(model_or_spec) -> str | None:
     """Why zero-shot classification cannot run on a model, or None when it can.
 
-    Zero-shot needs a text tower: CLIP (cosine scoring) and SigLIP (sigmoid of the scaled
+    Zero-shot needs a text tower: CLIP (cosine scoring) and SigLIP / SigLIP 2 (sigmoid of the scaled
     cosine plus a bias, whose argmax is the cosine argmax); vision-only families have none.
     """
     src = model_config(model_or_spec) if isinstance(model_or_spec, str) else model_or_spec
     fam = family_of(src)
-    if fam.name in ("clip", "siglip"):
+    if fam.name in ("clip", "siglip", "siglip2"):
         return None
     if not fam.text_tower:
         return f"{fam.name} is a vision-only model (no text tower): zero-shot is skipped"
@@ -128,9 +135,9 @@ def load_tokenizer(spec: str):
     if spec in PRESETS:
         # Presets have random weights: any tokenizer whose ids fit the vocab serves the
         # pipeline (and speed benchmarks); the byte-level one needs no download. The tiny
-        # SigLIP's text config uses the same 514 ids, pad = <|endoftext|> = 1.
+        # SigLIP's and SigLIP 2's text configs use the same 514 ids, pad = <|endoftext|> = 1.
         return tiny_tokenizer()
-    if family_of(model_config(spec)).name == "siglip":
+    if family_of(model_config(spec)).name in ("siglip", "siglip2"):
         from transformers import AutoTokenizer
 
         return AutoTokenizer.from_pretrained(spec)  # SigLIP's SentencePiece, SigLIP 2's Gemma

@@ -12,7 +12,7 @@ the probe reads back (the same attribute name lives in both modules; a test pins
 
 Query rows:
     - "first": the row of token 0 (the [CLS] query), as in the reports (CLIP, ViT, DINOv2).
-    - "mean": SigLIP has no [CLS] token (its image feature is an attention-pooling head on
+    - "mean": SigLIP (and SigLIP 2) has no [CLS] token (its image feature is an attention-pooling head on
       top of the encoder), so no single query row stands for the image. We read the mean
       row over all queries: the average distribution of where the layer's tokens attend.
       It is a proper distribution over tokens, exact and differentiable like [CLS]'s row,
@@ -56,6 +56,8 @@ class Family:
         projection_attr: attribute holding the image projection (CLIP); "" = none.
         pool: "pooler" (the tower's `pooler_output`) or "cls" (last_hidden_state[:, 0]).
         init_kwargs: extra keyword arguments of `model_class` (e.g. no unused pooler).
+        pixels: "image" (the tower takes (B, 3, S, S)) or "naflex" (SigLIP 2 takes patches;
+            `load_model` puts `naflex.accept_square_images` on its tower).
     """
 
     name: str
@@ -73,6 +75,7 @@ class Family:
     projection_attr: str
     pool: str = "pooler"
     init_kwargs: tuple[tuple[str, object], ...] = ()
+    pixels: str = "image"
 
 
 FAMILIES: dict[str, Family] = {
@@ -80,6 +83,10 @@ FAMILIES: dict[str, Family] = {
                    OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, 224, True, "vision_model", "visual_projection"),
     "siglip": Family("siglip", ("siglip",), "SiglipModel", ("SiglipAttention",), "mean", False, False,
                      HALF, HALF, 224, True, "vision_model", ""),
+    # SigLIP 2 (NaFlex): SigLIP's architecture and query rule; its tower takes patchified
+    # pixels, fed from square images by a pre-hook (naflex.py). Size: siglip2-*-224's.
+    "siglip2": Family("siglip2", ("siglip2",), "Siglip2Model", ("Siglip2Attention",), "mean", False, False,
+                      HALF, HALF, 224, True, "vision_model", "", pixels="naflex"),
     "dinov2": Family("dinov2", ("dinov2",), "Dinov2Model", ("Dinov2Attention",), "first", True, False,
                      IMAGENET_MEAN, IMAGENET_STD, 224, False, "", ""),
     "dinov2-reg": Family("dinov2-reg", ("dinov2_with_registers",), "Dinov2WithRegistersModel",

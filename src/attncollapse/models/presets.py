@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Callable
 
 from transformers import (CLIPConfig, CLIPTextConfig, CLIPVisionConfig, Dinov2Config, Dinov2WithRegistersConfig,
-                          PretrainedConfig, SiglipConfig, SiglipTextConfig, SiglipVisionConfig, ViTConfig)
+                          PretrainedConfig, Siglip2Config, Siglip2TextConfig, Siglip2VisionConfig, SiglipConfig, SiglipTextConfig, SiglipVisionConfig, ViTConfig)
 
 # The test-sized vision transformer of STYLE.md, shared by every family.
 _TINY = dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=3, num_attention_heads=4)
@@ -45,6 +45,18 @@ def _tiny_siglip() -> SiglipConfig:
     return SiglipConfig(text_config=text.to_dict(), vision_config=vision.to_dict())
 
 
+def _tiny_siglip2() -> Siglip2Config:
+    # NaFlex has no image_size: the position grid is √num_patches per side (4 × 4 patches of
+    # 8 px = the 32 px images of every tiny preset; models.image_size reads it back).
+    tiny = {k: v for k, v in _TINY.items() if k != "image_size"}
+    vision = Siglip2VisionConfig(**tiny, num_patches=(_TINY["image_size"] // _TINY["patch_size"]) ** 2,
+                                 intermediate_size=64)
+    text = Siglip2TextConfig(vocab_size=2 * 256 + 2, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                             num_attention_heads=4, max_position_embeddings=64,
+                             bos_token_id=0, eos_token_id=1, pad_token_id=1)
+    return Siglip2Config(text_config=text.to_dict(), vision_config=vision.to_dict())
+
+
 # DINOv2's and ViT's default init (std 0.02) leaves a 32-wide random tower's attention
 # exactly uniform (entropy ln 16 in every layer), which no metric or regularizer could move
 # away from visibly; std 0.2 gives rows as peaked as the tiny CLIP's or sharper.
@@ -66,6 +78,7 @@ def _tiny_vit() -> ViTConfig:
 PRESETS: dict[str, Callable[[], PretrainedConfig]] = {
     "tiny": _tiny,
     "tiny-siglip": _tiny_siglip,
+    "tiny-siglip2": _tiny_siglip2,
     "tiny-dinov2": _tiny_dinov2,
     "tiny-dinov2-reg": _tiny_dinov2_reg,
     "tiny-vit": _tiny_vit,

@@ -118,9 +118,9 @@ def _text_projection(clip: nn.Module) -> nn.Module:
 
 def _tokenize(clip: nn.Module, tokenizer, prompts: list[str]) -> dict:
     """Token ids (and CLIP's attention mask) the way each family was trained."""
-    if clip.config.model_type == "siglip":
-        # SigLIP pools the last position and was trained on prompts padded to the full
-        # length without an attention mask (transformers' SigLIP docs: padding="max_length").
+    if clip.config.model_type in ("siglip", "siglip2"):
+        # SigLIP and SigLIP 2 pool the last position and were trained on prompts padded to
+        # the full length without an attention mask (transformers' docs: padding="max_length").
         length = clip.config.text_config.max_position_embeddings
         enc = tokenizer(prompts, padding="max_length", truncation=True, max_length=length, return_tensors="pt")
         return {"input_ids": enc["input_ids"]}
