@@ -248,9 +248,10 @@ def test_families_demo_matrix_expands_to_every_family():
 
     planned = load_matrix("configs/families-demo.yaml").expand()
     by_id = {p.id: p.config for p in planned}
-    assert len(by_id) == 15
-    assert {models.family_of(models.model_config(p)).name for p in TINY} == set(models.FAMILIES)
-    for preset in TINY:
+    demo = [*TINY, "tiny-siglip2"]  # SigLIP 2 has its own tests (tests/test_siglip2.py)
+    assert len(by_id) == 3 * len(demo) == 18
+    assert {models.family_of(models.model_config(p)).name for p in demo} == set(models.FAMILIES)
+    for preset in demo:
         e2, e4, r1 = (by_id[f"{entry}-{preset}"] for entry in ("E2", "E4", "R1"))
         assert e2.model == e4.model == r1.model == preset
         assert (e2.method, e4.method, e4.lora.rank, r1.regularizer.kind) == ("full", "lora", 4, "apr")

@@ -138,7 +138,7 @@ def test_damaged_preprocessor_config_is_named(tmp_path):
 
 # ------------------------------------------------------------------ E1 per model
 
-TINY = ["tiny", "tiny-siglip", "tiny-dinov2", "tiny-dinov2-reg", "tiny-vit"]
+TINY = ["tiny", "tiny-siglip", "tiny-siglip2", "tiny-dinov2", "tiny-dinov2-reg", "tiny-vit"]
 
 
 def test_families_demo_measures_e1_on_every_model(tmp_path):

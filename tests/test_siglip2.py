@@ -38,7 +38,8 @@ def test_preset_is_tiny_and_family_is_siglip2():
     assert models.image_size(PRESET) == 32 and models.num_layers(PRESET) == 3
     spec = probe.spec_of(models.vision_tower(model))
     assert (spec.query, spec.prefix_tokens, spec.attention) == ("mean", 0, ("Siglip2Attention",))
-    assert models.normalization(PRESET) == ((0.5,) * 3, (0.5,) * 3)
+    proc = Siglip2ImageProcessorPil()  # the published checkpoints' processor defaults
+    assert models.normalization(PRESET) == (tuple(proc.image_mean), tuple(proc.image_std))
     assert models.zeroshot_problem(PRESET) is None
 
 
@@ -64,7 +65,8 @@ def test_square_images_give_the_processors_features():
     with torch.no_grad():
         ref = tower(pixel_values=enc["pixel_values"], pixel_attention_mask=enc["pixel_attention_mask"],
                     spatial_shapes=enc["spatial_shapes"])
-        x = (torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255 - 0.5) / 0.5
+        mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in models.normalization(PRESET))
+        x = (torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255 - mean) / std
         ours = tower(pixel_values=x)
     torch.testing.assert_close(ours.last_hidden_state, ref.last_hidden_state, atol=1e-5, rtol=0)
     torch.testing.assert_close(ours.pooler_output, ref.pooler_output, atol=1e-5, rtol=0)
