@@ -168,3 +168,9 @@ def test_training_run_one_epoch_with_zeroshot(tmp_path):
     assert len(history["points"]) >= 2 and history["num_layers"] == 3
     last = history["points"][-1]
     assert len(last["weight_drift"]) == 3 and all(d > 0 for d in last["weight_drift"])
+    # The saved run reloads as a SigLIP 2 classifier that still takes square images.
+    _, clf, _ = train.load_trained(tmp_path / "run", which="last", device="cpu")
+    assert type(clf.base_vision).__name__ == "Siglip2VisionModel"
+    assert clf(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    start = models.vision_tower(models.load_model(PRESET)).embeddings.patch_embedding.weight
+    assert not torch.equal(clf.base_vision.embeddings.patch_embedding.weight, start)  # trained
