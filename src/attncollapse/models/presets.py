@@ -10,7 +10,8 @@ from __future__ import annotations
 from typing import Callable
 
 from transformers import (CLIPConfig, CLIPTextConfig, CLIPVisionConfig, Dinov2Config, Dinov2WithRegistersConfig,
-                          PretrainedConfig, Siglip2Config, Siglip2TextConfig, Siglip2VisionConfig, SiglipConfig, SiglipTextConfig, SiglipVisionConfig, ViTConfig)
+                          PretrainedConfig, Siglip2Config, Siglip2TextConfig, Siglip2VisionConfig, SiglipConfig,
+                          SiglipTextConfig, SiglipVisionConfig, ViTConfig)
 
 # The test-sized vision transformer of STYLE.md, shared by every family.
 _TINY = dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=3, num_attention_heads=4)
