@@ -255,3 +255,22 @@ def test_families_demo_matrix_expands_to_every_family():
         e2, e4, r1 = (by_id[f"{entry}-{preset}"] for entry in ("E2", "E4", "R1"))
         assert e2.model == e4.model == r1.model == preset
         assert (e2.method, e4.method, e4.lora.rank, r1.regularizer.kind) == ("full", "lora", 4, "apr")
+
+
+def test_dinov2_checkpoints_are_fed_their_processors_crop_not_the_pretraining_size():
+    # DINOv2's config.json names 518 px (pretraining); its processor crops 224 and the model
+    # interpolates positions. Feeding 518 would give ~5x the tokens of every other family.
+    from transformers import Dinov2Config, Dinov2WithRegistersConfig
+    from attncollapse.models import image_size, load_model
+
+    assert image_size(Dinov2Config(image_size=518)) == 224
+    assert image_size(Dinov2WithRegistersConfig(image_size=518)) == 224
+    assert image_size("tiny-dinov2") == 32  # smaller than the crop: the config's own size
+    # and a model with a 518-px config runs on 224-px input (position grid interpolated)
+    import torch
+    cfg = Dinov2Config(image_size=56, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                       intermediate_size=64)
+    model = load_model("tiny-dinov2").__class__(cfg).eval()
+    with torch.no_grad():
+        out = model(pixel_values=torch.randn(1, 3, 32, 32))
+    assert out.last_hidden_state.shape[1] == 1 + (32 // 8) ** 2

@@ -190,7 +190,7 @@ def test_two_model_matrix_runs_each_models_e1(tmp_path):
 
 HUB = {"clip": "openai/clip-vit-base-patch32", "siglip": "google/siglip-base-patch16-224",
        "dinov2": "facebook/dinov2-base", "dinov2-reg": "facebook/dinov2-with-registers-base",
-       "vit": "google/vit-base-patch16-224"}
+       "vit": "google/vit-base-patch16-224", "siglip2": "google/siglip2-base-patch16-224"}
 
 
 def test_families_matrix_is_the_papers_e2_e4_r1_per_family():
@@ -206,7 +206,7 @@ def test_families_matrix_is_the_papers_e2_e4_r1_per_family():
     def same(cfg):  # everything but the run id and the model
         return cfg.model_dump(exclude={"id", "model"})
 
-    assert len(fam) == 5 * (1 + 1 + 3)
+    assert len(fam) == len(HUB) * (1 + 1 + 3)
     for name, hub in HUB.items():
         assert same(fam[f"E2-{name}"]) == same(paper["E2"]) and fam[f"E2-{name}"].model == hub
         assert same(fam[f"E4-{name}"]) == same(paper["E4"]) and fam[f"E4-{name}"].model == hub
@@ -221,6 +221,6 @@ def test_validate_says_e1_covers_every_model(capsys):
     from attncollapse.cli import main
 
     assert main(["validate", "configs/families.yaml"]) == 0
-    assert "25 runs + E1 baseline on eurosat for each of its 5 models" in capsys.readouterr().out
+    assert "30 runs + E1 baseline on eurosat for each of its 6 models" in capsys.readouterr().out
     assert main(["validate", "demo"]) == 0
     assert capsys.readouterr().out.splitlines()[0].endswith("21 runs + E1 baseline on synthetic, digits")

@@ -18,7 +18,7 @@ import transformers
 from torch import Tensor, nn
 from transformers import AutoConfig, CLIPTokenizer, PretrainedConfig
 
-from .families import Family, attach_probe_spec, family_of, feature_dim, image_projection, vision_config, vision_tower
+from .families import FAMILIES, Family, attach_probe_spec, family_of, feature_dim, image_projection, vision_config, vision_tower
 from .naflex import accept_square_images, naflex_image_size
 from .presets import PRESETS
 
@@ -89,6 +89,12 @@ def image_size(model: str | PretrainedConfig | nn.Module) -> int:
     vision = _vision_config_of(model)
     if not hasattr(vision, "image_size") and hasattr(vision, "num_patches"):
         return naflex_image_size(vision)  # SigLIP 2: no image_size, a √num_patches position grid
+    model_type = getattr(vision, "model_type", "")
+    if model_type in ("dinov2", "dinov2_with_registers") and vision.image_size > FAMILIES["dinov2"].size:
+        # DINOv2's config.json names its pretraining resolution (518) while its image
+        # processor crops 224 and the model interpolates its position grid: feed what the
+        # processor feeds (518 px would be ~5x the tokens of every other family).
+        return FAMILIES["dinov2"].size
     return vision.image_size
 
 
