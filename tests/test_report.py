@@ -224,7 +224,7 @@ def test_matrix_and_datasets_tables_show_each_runs_settings(written):
 def test_zero_shot_names_all_three_protocols(written):
     _, md, _ = written
     sec = _section(md, "Zero-shot transfer")
-    assert "| Run | Configuration | as trained | frozen pretrained projection | adapters off |" in sec
+    assert "| Run | Configuration | Seeds | as trained | frozen pretrained projection | adapters off |" in sec
     for name in ("**as trained**", "**frozen pretrained projection**", "**adapters off**"):
         assert name in sec
 

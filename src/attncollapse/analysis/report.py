@@ -63,7 +63,8 @@ def _setup(m: table.Matrix, sel: dict) -> list[Block]:
                                   else "— (no LoRA runs)")],
         ["Split protocol", f"{dc.get('split', '—')} (eval subset seed {dc.get('eval_subset_seed', '—')})"],
         ["Metric eval", f"{dc.get('eval_subset_size', '—')} images, batches of "
-                        f"{ev.get('batch_size', '—')}, head diversity {ev.get('diversity', '—')}, "
+                        f"{ev.get('batch_size', '—')}, aggregation {ev.get('aggregate', '—')}, head diversity "
+                        f"{ev.get('diversity', '—')}, ERF q {ev.get('erf_q', '—')}, "
                         f"{ev.get('points_per_epoch', '—')} points per epoch"],
         ["Zero-shot prompts", str((cfg.get("zeroshot") or {}).get("templates", "—"))],
         ["Seeds", ", ".join(map(str, seeds)) or "—"],
@@ -90,12 +91,23 @@ def _family_table(test: dict, alpha: float, a: str = "a", b: str = "reference") 
 
 
 def _runs_table(runs: list[table.Run], extra: list[tuple[str, Any]] = ()) -> Block:
-    """Runs with accuracy and each metric's Δ% (marked † where its initial value is near zero)."""
-    head = ["Run", "Configuration", "Best acc", "ΔEntropy", "ΔERF", "ΔGini", "ΔHead div"] + [h for h, _ in extra]
-    mark = lambda r, mt: runtables.UNSTABLE_MARK if runtables.unstable(mt, r.get(f"{mt}_initial")) else ""  # noqa: E731
-    return ("table", head, [[r.run_id, roles.describe(r), pct(r.get("best_acc"))]
-                            + [dpct(r.delta(mt)) + mark(r, mt) for mt in table.METRICS] + [fn(r) for _, fn in extra]
-                            for r in runs])
+    """One row per configuration: accuracy and each metric's Δ% (its run's value with one seed,
+    mean ± sd over its seeds with several; † where the initial value is near zero).
+
+    Args:
+        runs: the runs to show (every seed of each configuration).
+        extra: (header, function of the configuration's first run) for configuration-level columns.
+    """
+    head = ["Run", "Configuration", "Seeds", "Best acc", "ΔEntropy", "ΔERF", "ΔGini", "ΔHead div"] + [h for h, _ in extra]
+    rows = []
+    for cid, a in runtables.config_summary(runs).items():
+        r0 = a["runs"][0]
+        marks = [runtables.UNSTABLE_MARK if runtables.unstable(mt, (a.get(f"{mt}_initial") or {}).get("mean")) else ""
+                 for mt in table.METRICS]
+        rows.append([cid, roles.describe(r0), str(a["n_seeds"]), runtables.cell(a, "best_acc", pct)]
+                    + [runtables.cell(a, f"{mt}_delta_pct", dpct) + mk for mt, mk in zip(table.METRICS, marks)]
+                    + [fn(r0) for _, fn in extra])
+    return ("table", head, rows)
 
 
 def _family_sentence(test: dict, alpha: float, what: str) -> str:
