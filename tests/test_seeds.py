@@ -210,3 +210,24 @@ def test_report_tables_have_one_row_per_configuration(study):
     h = np.array([float(csv_rows[f"E4-s{s}"]["entropy_delta_pct"]) for s in (42, 43)])
     assert lora["E4"][4].rstrip("†") == f"{h.mean():+.2f}% ± {h.std(ddof=1):.2f}%"
     assert grand["E2"][2] == "2" and grand["E2"][3] == _mean_sd_pct(best["E2"])
+
+
+def test_scorecard_judges_by_the_seed_spread(study):
+    """Two seeds: the scorecard's number is the seed mean ± sd (numpy over results.csv) and its
+    rule is "within mean ± 2 sd"; a random preset on synthetic data stays "not comparable"."""
+    from attncollapse.analysis import scorecard, stats
+
+    ours = scorecard.ours(table.load(study), stats.read(study))
+    rows = {r["run_id"]: r for r in csv.DictReader((study / "results.csv").open())}
+    acc = 100 * np.array([float(rows[f"E2-s{s}"]["best_acc"]) for s in (42, 43)])
+    row = next(r for r in scorecard.compare(ours)["rows"] if (r["run"], r["quantity"]) == ("E2", "best_acc_pct"))
+    published = row["published"]
+    assert published == pytest.approx(99.3)  # English report table 6.1
+    assert row["ours"] == pytest.approx(acc.mean()) and row["sd"] == pytest.approx(acc.std(ddof=1))
+    assert (row["rule"], row["verdict"]) == ("mean ± 2 sd over 2 seeds", "not comparable")
+    # The rule itself, were these pretrained runs on the paper's dataset:
+    ours["random_init"] = False
+    ours["runs"]["E2"]["dataset"] = "eurosat"
+    row = next(r for r in scorecard.compare(ours)["rows"] if (r["run"], r["quantity"]) == ("E2", "best_acc_pct"))
+    want = "within" if abs(acc.mean() - published) <= 2 * acc.std(ddof=1) else "outside"
+    assert row["verdict"] == want and row["diff"] == pytest.approx(acc.mean() - published)
