@@ -7,8 +7,9 @@ missing is never drawn from nothing. Names are the reports' file names (experime
 writes `figures/figures.json` (name → file + caption, or the skip reason) for the report.
 Shared plumbing lives in `figures_base.py`, the training-curve figures in
 `figures_curves.py`, the ablation figures (6, 8, frozen layers, LoRA targets) in
-`figures_ablations.py`, the zero-shot figures (7, 15) in `figures_zeroshot.py`. A configuration with several seeds is drawn as its
-seed mean ± SD (error bars, bands) and the caption in figures.json says so, with n.
+`figures_ablations.py`, the zero-shot figures (7, 15) in `figures_zeroshot.py`. A
+configuration with several seeds is drawn as its seed mean ± SD (error bars, bands) and
+the caption in figures.json says so, with n.
 """
 
 from __future__ import annotations

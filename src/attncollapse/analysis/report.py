@@ -98,7 +98,8 @@ def _runs_table(runs: list[table.Run], extra: list[tuple[str, Any]] = ()) -> Blo
         runs: the runs to show (every seed of each configuration).
         extra: (header, function of the configuration's first run) for configuration-level columns.
     """
-    head = ["Run", "Configuration", "Seeds", "Best acc", "ΔEntropy", "ΔERF", "ΔGini", "ΔHead div"] + [h for h, _ in extra]
+    head = (["Run", "Configuration", "Seeds", "Best acc", "ΔEntropy", "ΔERF", "ΔGini", "ΔHead div"]
+            + [h for h, _ in extra])
     rows = []
     for cid, a in runtables.config_summary(runs).items():
         r0 = a["runs"][0]
@@ -126,6 +127,27 @@ def _family_sentence(test: dict, alpha: float, what: str) -> str:
             + "; ".join(parts) + ".")
 
 
+def _zeroshot_findings(m: table.Matrix, ref: list[table.Run], lora: list[table.Run]) -> list[str]:
+    """One sentence per configuration (the full-FT reference, then each LoRA config): its
+    zero-shot accuracy (seed mean ± sd with several seeds) against the pretrained model's."""
+    out = []
+    for cid, a in runtables.config_summary(ref + lora).items():
+        r0 = a["runs"][0]
+        zs, zb = (a.get("zeroshot_acc") or {}).get("mean"), (a.get("zeroshot_acc_base_only") or {}).get("mean")
+        name = next(iter((r0.final or {}).get("zeroshot") or {}), None)
+        base = roles.pretrained_zeroshot(m.baseline, name)
+        if zs is None or base is None:
+            continue
+        seeds_txt = f", {a['n_seeds']} seeds" if a["n_seeds"] > 1 else ""
+        txt = (f"Zero-shot on {name} ({cid}: {roles.describe(r0)}{seeds_txt}): {pct(base)} pretrained → "
+               f"{runtables.cell(a, 'zeroshot_acc', pct)} adapter-active ({100 * (zs - base) / base:+.1f}% relative)")
+        if zb is not None:
+            txt += (f", {runtables.cell(a, 'zeroshot_acc_base_only', pct)} with adapters off (the reports' protocol, "
+                    f"{100 * (zb - base) / base:+.1f}%)")
+        out.append(txt + ".")
+    return out
+
+
 def _findings(m: table.Matrix, st: dict, sel: dict) -> list[str]:
     T, alpha, out = st["tests"], st.get("alpha", 0.05), []
     for e in ran(T.get("fullft_vs_lora", {})):
@@ -145,17 +167,8 @@ def _findings(m: table.Matrix, st: dict, sel: dict) -> list[str]:
                    f"p = {pval(e['spearman_p'])}; n = {e['n']} runs) — {verdict(e, alpha, 'pearson_p')}.")
     # zeroshot_acc is the first zero-shot dataset's (FORMATS.md); compare with its baseline
     for ds in sel["datasets"]:
-        for r in sel["reference"][ds][:1] + sel["lora"][ds]:
-            zs, zb = r.get("zeroshot_acc"), r.get("zeroshot_acc_base_only")
-            name = next(iter((r.final or {}).get("zeroshot") or {}), None)
-            base = roles.pretrained_zeroshot(m.baseline, name)
-            if zs is None or base is None:
-                continue
-            txt = f"Zero-shot on {name} ({roles.describe(r)}): {pct(base)} pretrained → {pct(zs)}"
-            txt += f" adapter-active ({100 * (zs - base) / base:+.1f}% relative)"
-            if zb is not None:
-                txt += f", {pct(zb)} with adapters off (the reports' protocol, {100 * (zb - base) / base:+.1f}%)"
-            out.append(txt + ".")
+        ref = roles.by_config(sel["reference"][ds])
+        out += _zeroshot_findings(m, ref[next(iter(ref))] if ref else [], sel["lora"][ds])
     out.append(_family_sentence(T.get("regularizers", {}), alpha, "Regularizers vs no regularizer"))
     out.append(_family_sentence(T.get("weight_decay", {}), alpha, "Weight decay vs the default"))
     out.append(_family_sentence(T.get("freezing", {}), alpha, "Layer freezing vs no freezing"))

@@ -85,6 +85,16 @@ def config_summary(runs: list[Run]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def config_means(runs: list[Run], value: Callable[[Run], Any]) -> dict[str, float]:
+    """{config_id: mean of `value` over its seeds}, for configurations with at least one value."""
+    out = {}
+    for cid, rs in roles.by_config(runs).items():
+        mean = seeds.summarize([value(r) for r in rs])["mean"]
+        if mean is not None:
+            out[cid] = mean
+    return out
+
+
 def cell(agg: dict, col: str, fmt: Callable[[Any], str]) -> str:
     """One number of a configuration: the value (one seed) or "mean ± sd" (several)."""
     c = agg.get(col) or {}
