@@ -224,7 +224,7 @@ def test_matrix_and_datasets_tables_show_each_runs_settings(written):
 def test_zero_shot_names_all_three_protocols(written):
     _, md, _ = written
     sec = _section(md, "Zero-shot transfer")
-    assert "| Run | Configuration | as trained | frozen pretrained projection | adapters off |" in sec
+    assert "| Run | Configuration | Seeds | as trained | frozen pretrained projection | adapters off |" in sec
     for name in ("**as trained**", "**frozen pretrained projection**", "**adapters off**"):
         assert name in sec
 
@@ -237,7 +237,7 @@ defaults:
   dataset: synthetic
   optim: {lr: 1.0e-3, batch_size: 32, epochs: 1, precision: fp32}
   data: {synthetic_train: 64, synthetic_test: 48, eval_subset_size: 20}
-  eval: {points_per_epoch: 2, batch_size: 10}
+  eval: {points_per_epoch: 2, batch_size: 10, aggregate: per_image, erf_q: 0.9}
   zeroshot: {datasets: [synthetic], max_images: 24}
 runs:
   E2: {}
@@ -284,9 +284,17 @@ def test_real_runs_report(tmp_path, capsys):
     assert "Method and learning rate are confounded" in md
     zs = {r[0]: r for r in _table_rows(_section(md, "Zero-shot transfer"))}
     z = fin["E4"]["zeroshot"]["synthetic"]
-    assert [c.split(" (")[0] for c in zs["E4"][2:5]] == [render.pct(z["acc"]), render.pct(z["acc_frozen_projection"]),
+    assert [c.split(" (")[0] for c in zs["E4"][3:6]] == [render.pct(z["acc"]), render.pct(z["acc_frozen_projection"]),
                                                         render.pct(z["acc_base_only"])]
     assert "PIPELINE DEMONSTRATION" in md.split("## Abstract")[0]
+    # E1 records (and the report shows) every eval setting that moves its numbers: the
+    # matrix's non-default ones, not the defaults.
+    b = json.loads((out / "baseline" / "synthetic.json").read_text())
+    assert (b["aggregate"], b["group_size"], b["erf_q"], b["diversity"]) == ("per_image", 10, 0.9, "batch_mean")
+    assert ("**synthetic** (20 eval images, model `tiny`; aggregation per_image over batches of 10, head diversity "
+            "batch_mean, ERF q 0.9):") in _section(md, "Pretrained baseline")
+    setup = {r[0]: r[1] for r in _table_rows(_section(md, "Setup"))}
+    assert "aggregation per_image" in setup["Metric eval"] and "ERF q 0.9" in setup["Metric eval"]
 
 
 def test_several_seeds_give_one_row_per_configuration(tmp_path):

@@ -470,7 +470,7 @@ def test_convergence_matches_fig14_arithmetic_on_fixture(tmp_path):
     for r in table.load(d).done:
         h = r.history()
         v = stats.converged(h, **stats.CONVERGENCE_FIG14)
-        # figures_base.fig14: cut at 80% of the epoch span, change from the first point past it
+        # figures_curves.fig14: cut at 80% of the epoch span, change from the first point past it
         xa = np.array([p["epoch"] for p in h["points"] if p["val_acc"] is not None])
         ya = np.array([p["val_acc"] for p in h["points"] if p["val_acc"] is not None])
         xe = np.array([p["epoch"] for p in h["points"]])

@@ -14,7 +14,7 @@ from typing import Any
 from . import roles
 from .._io import read_yaml
 from .render import Block, below, dpct, num, pval, ran, verdict
-from .runtables import confounds, unstable
+from .runtables import config_means, confounds, unstable
 from .table import METRICS, Matrix, Run
 
 QUESTIONS = {
@@ -132,10 +132,12 @@ def _rq4(m: Matrix, sel: dict, T: dict, alpha: float) -> dict:
         return {"rq": "RQ4", "answer": f"Not answered: {(T.get('regularizers') or {}).get('reason', 'no regularized runs')}.",
                 "short": "not answered", "rows": [], "claims": []}
     ref = sel["reference"].get(sel["primary"], [])
-    ref_acc = max((r.get("best_acc") for r in ref if r.get("best_acc") is not None), default=None)
-    accs = [r.get("best_acc") for r in sel["regularized"] if r.get("best_acc") is not None]
-    acc_txt = (f"; their best accuracy is {100 * (min(accs) - ref_acc):+.2f} to {100 * (max(accs) - ref_acc):+.2f} pp "
-               "from the unregularized reference's (not tested)" if ref_acc is not None and accs else "")
+    ref_acc = max(config_means(ref, lambda r: r.get("best_acc")).values(), default=None)
+    accs = list(config_means(sel["regularized"], lambda r: r.get("best_acc")).values())
+    several = any(len(rs) > 1 for rs in roles.by_config(ref + sel["regularized"]).values())
+    acc_txt = (f"; their best accuracy{' (seed means)' if several else ''} is {100 * (min(accs) - ref_acc):+.2f} to "
+               f"{100 * (max(accs) - ref_acc):+.2f} pp from the unregularized reference's (not tested)"
+               if ref_acc is not None and accs else "")
     up = [e for e in sig if e["diff"] > 0]
     if up:
         ans = ("Supported for " + ", ".join(f"{e['label']} (entropy Δ {e['diff']:+.2f} pp vs the reference, "
@@ -162,10 +164,13 @@ def _rq5(sel: dict, T: dict, alpha: float) -> dict:
         knobs += [f"{what} ({e['label']}, Holm p = {pval(e['welch_p_holm'])})" for e in sig]
     lora = [r for r in sel["lora"].get(sel["primary"], []) if r.delta() is not None]
     if len({r.get("lora_rank") for r in lora}) >= 2:
-        ds = [r.delta() for r in lora]
-        rows.append(["RQ5", f"LoRA rank: entropy Δ% spans {min(ds):+.2f} to {max(ds):+.2f} over ranks "
-                     f"{', '.join(str(r.get('lora_rank')) for r in lora)}", "— (no test)", "runs", str(len(lora)),
-                     "—", "—", "—", "descriptive"])
+        means = config_means(lora, Run.delta)  # one value per configuration: its seeds' mean
+        cfgs = roles.by_config(lora)
+        several = any(len(rs) > 1 for rs in cfgs.values())
+        rows.append(["RQ5", f"LoRA rank: entropy Δ%{' (seed means)' if several else ''} spans "
+                     f"{min(means.values()):+.2f} to {max(means.values()):+.2f} over ranks "
+                     f"{', '.join(str(rs[0].get('lora_rank')) for rs in cfgs.values())}", "— (no test)", "runs",
+                     str(len(lora)), "—", "—", "—", "descriptive"])
     g = T.get("layer_groups_pooled") or {}
     if g and not g.get("skipped"):
         rows.append(_row("RQ5", "layer position (early/middle/late thirds, all configs pooled)", "one-way ANOVA", g,
@@ -247,11 +252,14 @@ def discussion(m: Matrix, st: dict, sel: dict) -> list[Block]:
     """What the numbers suggest beyond the RQ table, each point with its number or test."""
     T, alpha, out = st.get("tests") or {}, st.get("alpha", 0.05), []
     out += confounds(m.done)
-    done = [r for r in m.done if r.delta() is not None]
-    if done:
-        lo, hi = min(done, key=Run.delta), max(done, key=Run.delta)
-        out.append(f"Entropy Δ% ranges from {dpct(lo.delta())} ({lo.run_id}: {roles.describe(lo)}) to "
-                   f"{dpct(hi.delta())} ({hi.run_id}: {roles.describe(hi)}).")
+    means = config_means(m.done, Run.delta)
+    if means:
+        cfgs = roles.by_config(m.done)
+        lo, hi = min(means, key=means.get), max(means, key=means.get)
+        several = any(len(rs) > 1 for rs in cfgs.values())
+        out.append(f"Entropy Δ%{' (seed means per configuration)' if several else ''} ranges "
+                   f"from {dpct(means[lo])} ({lo}: {roles.describe(cfgs[lo][0])}) to "
+                   f"{dpct(means[hi])} ({hi}: {roles.describe(cfgs[hi][0])}).")
     coupled = [e for e in ran(T.get("metric_correlations") or {}) if _sig(e, alpha, "pearson_p_holm")]
     if coupled:
         out.append("Metrics that move together across runs (Pearson, Holm p < α), so they are not independent "

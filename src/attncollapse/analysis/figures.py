@@ -5,9 +5,11 @@ written path, or a string saying why the figure was skipped: a figure whose runs
 missing is never drawn from nothing. Names are the reports' file names (experiment report
 §7, English report §4). `render_all` draws them all into `<matrix_dir>/figures/` and
 writes `figures/figures.json` (name → file + caption, or the skip reason) for the report.
-Shared plumbing and the training-curve figures live in `figures_base.py`, the zero-shot
-figures (7, 15) in `figures_zeroshot.py`. A configuration with several seeds is drawn as its
-seed mean ± SD (error bars, bands) and the caption in figures.json says so, with n.
+Shared plumbing lives in `figures_base.py`, the training-curve figures in
+`figures_curves.py`, the ablation figures (6, 8, frozen layers, LoRA targets) in
+`figures_ablations.py`, the zero-shot figures (7, 15) in `figures_zeroshot.py`. A
+configuration with several seeds is drawn as its seed mean ± SD (error bars, bands) and
+the caption in figures.json says so, with n.
 """
 
 from __future__ import annotations
@@ -18,11 +20,12 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import figures_base as base
+from . import figures_curves as curves
 from . import roles, table
 from .._io import write_json
+from .figures_ablations import extra_frozen_layers, extra_lora_qkvo, fig6, fig8
 from .figures_base import (DIVERGING, KIND_COLORS, METRIC_LABELS, OKABE_ITO, Ctx, as_ctx, bars, figure, layer_band,
-                           legend_kinds, p_text, save, seed_counts, seed_mean, short)
+                           legend_kinds, metric_panels, p_text, save, seed_counts, seed_mean, short)
 from .figures_links import CAPTIONS as LINK_CAPTIONS, FIGURES as LINK_FIGURES
 from .figures_zeroshot import fig7, fig15
 
@@ -58,32 +61,6 @@ def _pairs(ctx: Ctx) -> list[str]:
     return [ds for ds in ctx.roles["datasets"] if ctx.roles["reference"][ds] and ctx.roles["lora"][ds]]
 
 
-def metric_panels(axes: Any, groups: dict[str, list[table.Run]], *, labels: list[str] | None = None) -> None:
-    """One panel per metric, each on its own y scale: a bar per config (seed mean ± SD of Δ%).
-
-    A shared Δ% axis lets a metric with a near-zero base (head diversity, +5,000% on the
-    demo) flatten the primary one (entropy, a few %); the panel title gives the configs'
-    initial value, so a large Δ% over a small base is read as such.
-
-    Args:
-        axes: 4 matplotlib axes, one per `table.METRICS`.
-        groups: config id → its runs (seeds), in bar order.
-        labels: a tick label per config (default: the config ids).
-    """
-    xs = np.arange(len(groups))
-    for a, mt in zip(axes, table.METRICS):
-        vals = [seed_mean(rs, lambda r: r.delta(mt)) for rs in groups.values()]
-        a.bar(xs, [v[0] for v in vals], yerr=[v[1] for v in vals], color=[OKABE_ITO[i % 8] for i in range(len(xs))],
-              edgecolor="black", linewidth=0.5, capsize=2)
-        a.axhline(0, color="black", lw=0.6)
-        a.set_xticks(xs, labels or list(groups), rotation=30, ha="right", fontsize=7)
-        ini = [seed_mean(rs, lambda r: r.get(f"{mt}_initial"))[0] for rs in groups.values()]
-        ini = [v for v in ini if np.isfinite(v)]
-        span = "" if not ini else f"initial {min(ini):.3g}" + (f"–{max(ini):.3g}" if max(ini) > min(ini) else "")
-        a.set(title=f"{METRIC_LABELS[mt].split(' (')[0]} ({span})" if span else METRIC_LABELS[mt].split(" (")[0],
-              ylabel="Δ% (final vs initial)")
-
-
 def _fullft_vs_lora(ctx: Ctx, out: Path, k: int) -> Path | str:
     """Fig. 5 / 5b: Δ% of each metric (own panel), and per-layer ΔH, full FT vs LoRA (§3.2)."""
     pairs = _pairs(ctx)
@@ -102,53 +79,6 @@ def _fullft_vs_lora(ctx: Ctx, out: Path, k: int) -> Path | str:
     ax[1, 1].legend(fontsize=7)
     ax[1, 2].axis("off")
     fig.suptitle(f"Full FT vs LoRA on {ds}: each metric on its own scale", fontsize=9)
-    return save(fig, out)
-
-
-def fig6(src: Ctx | str | Path, out: Path) -> Path | str:
-    """Fig. 6: the LR sweep (experiment report §3.4)."""
-    ctx = as_ctx(src)
-    groups = roles.by_config(ctx.roles["lr_sweep"])
-    if len(groups) < 2:
-        return f"LR sweep needs ≥ 2 learning rates on {ctx.roles['primary']}; found {len(groups)}"
-    lrs = [rs[0].get("lr") for rs in groups.values()]
-    fig, ax = figure(8.0, 3.2, 1, 2)
-    for i, mt in enumerate(("entropy", "erf", "gini")):
-        v = [seed_mean(rs, lambda r: r.delta(mt)) for rs in groups.values()]
-        ax[0, 0].errorbar(lrs, [x[0] for x in v], [x[1] for x in v], marker="o", ms=4, color=OKABE_ITO[i],
-                          label=METRIC_LABELS[mt].split(" (")[0], capsize=2)
-    e = ctx.test("lr_sweep")
-    sub = "" if e.get("skipped") else f" — r={e['pearson_r']:.3f}, p={e['pearson_p']:.3g}; ρ={e['spearman_rho']:.2f}"
-    ax[0, 0].set(xscale="log", xlabel="learning rate", ylabel="Δ% (final vs initial)", title="Structure" + sub)
-    ax[0, 0].axhline(0, color="black", lw=0.6)
-    ax[0, 0].legend()
-    v = [seed_mean(rs, lambda r: r.get("best_acc")) for rs in groups.values()]
-    ax[0, 1].errorbar(lrs, [100 * x[0] for x in v], [100 * x[1] for x in v], marker="s", color=OKABE_ITO[3], capsize=2)
-    ax[0, 1].set(xscale="log", xlabel="learning rate", ylabel="best accuracy (%)", title="Task accuracy")
-    return save(fig, out)
-
-
-def fig8(src: Ctx | str | Path, out: Path) -> Path | str:
-    """Fig. 8: regularizers and weight decay vs the unregularized run (§3.7)."""
-    ctx = as_ctx(src)
-    ref = ctx.roles["reference"].get(ctx.roles["primary"], [])
-    cands = ctx.roles["regularized"] + [r for r in ctx.roles["wd_sweep"] if r not in ref]
-    if not ref or not cands:
-        return "needs the unregularized reference run and regularized or weight-decay runs"
-    groups = roles.by_config(ref + cands)
-    colors = [KIND_COLORS.get(ctx.kind(rs[0]), "black") for rs in groups.values()]
-    fig, ax = figure(8.0, 3.6, 1, 2)
-    bars(ax[0, 0], groups, lambda r: r.delta(), colors, ylabel="entropy Δ%")
-    ps = {e["label"].split(":")[0]: e for t in ("regularizers", "weight_decay")
-          for e in ctx.test(t).get("entries", []) if not e.get("skipped")}
-    # left ticks: id + Holm p (the right panel's ticks carry the descriptions)
-    ax[0, 0].set_xticks(range(len(groups)), [c + (f"\nHolm p={ps[c]['p_holm']:.2g}" if c in ps else "\n(reference)")
-                                             for c in groups], rotation=45, ha="right")
-    ax[0, 0].set_title("Entropy change (Welch p vs no regularizer, Holm-adjusted)")
-    bars(ax[0, 1], groups, lambda r: 100 * r.get("best_acc", np.nan), colors, ylabel="best accuracy (%)")
-    lo = np.nanmin([100 * r.get("best_acc", np.nan) for r in ref + cands])
-    ax[0, 1].set_ylim(max(0, lo - 2), 100)
-    ax[0, 1].set_title("Task accuracy")
     return save(fig, out)
 
 
@@ -254,71 +184,30 @@ def fig16(src: Ctx | str | Path, out: Path) -> Path | str:
     return save(fig, out)
 
 
-def extra_frozen_layers(src: Ctx | str | Path, out: Path) -> Path | str:
-    """Frozen-layer ablation (A3, experiment report §3.5)."""
-    ctx = as_ctx(src)
-    groups = roles.by_config(ctx.roles["freezing"])
-    if len(groups) < 2 or all(not rs[0].get("freeze_layers") for rs in groups.values()):
-        return "needs layer-freezing runs (A3) and the unfrozen reference"
-    ks = [rs[0].get("freeze_layers") or 0 for rs in groups.values()]
-    fig, ax = figure(8.0, 3.2, 1, 2)
-    v = [seed_mean(rs, lambda r: r.delta()) for rs in groups.values()]
-    ax[0, 0].errorbar(ks, [x[0] for x in v], [x[1] for x in v], marker="o", color=OKABE_ITO[0], label="entropy Δ%")
-    t = ax[0, 0].twinx()
-    t.plot(ks, [100 * seed_mean(rs, lambda r: r.get("best_acc"))[0] for rs in groups.values()],
-           marker="s", color=OKABE_ITO[1], label="best acc (%)")
-    ax[0, 0].set(xlabel="frozen encoder layers", ylabel="entropy Δ%", title="Entropy change and accuracy")
-    t.set_ylabel("best accuracy (%)")
-    for i, (k, rs) in enumerate(zip(ks, groups.values())):
-        layer_band(ax[0, 1], rs, color=OKABE_ITO[i % 8], label=f"freeze {k}")
-    ax[0, 1].set(xlabel="layer", ylabel="entropy Δ%", title="Per-layer entropy Δ")
-    ax[0, 1].legend()
-    return save(fig, out)
-
-
-def extra_lora_qkvo(src: Ctx | str | Path, out: Path) -> Path | str:
-    """LoRA targets QV vs QKVO at the same rank (A2, experiment report §3.6)."""
-    ctx = as_ctx(src)
-    lora = ctx.roles["lora_all"]
-    qkvo = [r for r in lora if (r.get("lora_targets") or "qv") != "qv"]
-    if not qkvo:
-        return "no LoRA run with extended targets (A2)"
-    qv = [r for r in lora if (r.get("lora_targets") or "qv") == "qv" and r.get("lora_rank") == qkvo[0].get("lora_rank")]
-    if not qv:
-        return f"no LoRA QV run at rank {qkvo[0].get('lora_rank')} to compare with"
-    groups = roles.by_config(qv + qkvo)
-    fig, ax = figure(9.5, 3.0, 1, 4)
-    labels = [f"{short(rs[0]).replace(chr(10), ': ')}\nacc {100 * seed_mean(rs, lambda r: r.get('best_acc'))[0]:.2f}%"
-              for rs in groups.values()]
-    metric_panels(ax[0], groups, labels=labels)
-    fig.suptitle("LoRA target modules: each metric on its own scale", fontsize=9)
-    return save(fig, out)
-
-
 # name → function(ctx or matrix_dir, out_path) -> Path | skip reason. Names = the reports' file names.
 FIGURES: dict[str, Callable[[Any, Path], Any]] = {
     "fig2_baseline_structure": fig2,
-    "fig3_triple_curve": base.fig3,
-    "fig4_layer_entropy_heatmap": base.fig4,
+    "fig3_triple_curve": curves.fig3,
+    "fig4_layer_entropy_heatmap": curves.fig4,
     "fig5_fullft_vs_lora": lambda src, out: _fullft_vs_lora(as_ctx(src), out, 0),
     "fig5b_fullft_vs_lora_pets": lambda src, out: _fullft_vs_lora(as_ctx(src), out, 1),
     "fig6_lr_sweep": fig6,
     "fig7_collapse_vs_zeroshot": fig7,
     "fig8_regularization": fig8,
-    "fig9_head_diversity": base.evolution("head_diversity"),
+    "fig9_head_diversity": curves.evolution("head_diversity"),
     "fig10_per_layer_delta_heatmap": fig10,
     "fig11_statistical_summary": fig11,
-    "fig12_training_dynamics": base.fig12,
+    "fig12_training_dynamics": curves.fig12,
     "fig13_metric_correlations": fig13,
-    "fig14_convergence": base.fig14,
+    "fig14_convergence": curves.fig14,
     "fig15_zeroshot_extended": fig15,
     "fig16_dashboard": fig16,
-    "fig17_gini_evolution": base.evolution("gini"),
-    "extra_erf95_evolution": base.evolution("erf"),
+    "fig17_gini_evolution": curves.evolution("gini"),
+    "extra_erf95_evolution": curves.evolution("erf"),
     "extra_frozen_layers": extra_frozen_layers,
     "extra_lora_qkvo": extra_lora_qkvo,
-    "extra_wise_interpolation": base.wise,
-    "extra_attention_overlays": base.overlays,
+    "extra_wise_interpolation": curves.wise,
+    "extra_attention_overlays": curves.overlays,
     **LINK_FIGURES,  # early warning, weight drift, model families (figures_links.py)
 }
 

@@ -63,7 +63,8 @@ def _setup(m: table.Matrix, sel: dict) -> list[Block]:
                                   else "— (no LoRA runs)")],
         ["Split protocol", f"{dc.get('split', '—')} (eval subset seed {dc.get('eval_subset_seed', '—')})"],
         ["Metric eval", f"{dc.get('eval_subset_size', '—')} images, batches of "
-                        f"{ev.get('batch_size', '—')}, head diversity {ev.get('diversity', '—')}, "
+                        f"{ev.get('batch_size', '—')}, aggregation {ev.get('aggregate', '—')}, head diversity "
+                        f"{ev.get('diversity', '—')}, ERF q {ev.get('erf_q', '—')}, "
                         f"{ev.get('points_per_epoch', '—')} points per epoch"],
         ["Zero-shot prompts", str((cfg.get("zeroshot") or {}).get("templates", "—"))],
         ["Seeds", ", ".join(map(str, seeds)) or "—"],
@@ -90,12 +91,24 @@ def _family_table(test: dict, alpha: float, a: str = "a", b: str = "reference") 
 
 
 def _runs_table(runs: list[table.Run], extra: list[tuple[str, Any]] = ()) -> Block:
-    """Runs with accuracy and each metric's Δ% (marked † where its initial value is near zero)."""
-    head = ["Run", "Configuration", "Best acc", "ΔEntropy", "ΔERF", "ΔGini", "ΔHead div"] + [h for h, _ in extra]
-    mark = lambda r, mt: runtables.UNSTABLE_MARK if runtables.unstable(mt, r.get(f"{mt}_initial")) else ""  # noqa: E731
-    return ("table", head, [[r.run_id, roles.describe(r), pct(r.get("best_acc"))]
-                            + [dpct(r.delta(mt)) + mark(r, mt) for mt in table.METRICS] + [fn(r) for _, fn in extra]
-                            for r in runs])
+    """One row per configuration: accuracy and each metric's Δ% (its run's value with one seed,
+    mean ± sd over its seeds with several; † where the initial value is near zero).
+
+    Args:
+        runs: the runs to show (every seed of each configuration).
+        extra: (header, function of the configuration's first run) for configuration-level columns.
+    """
+    head = (["Run", "Configuration", "Seeds", "Best acc", "ΔEntropy", "ΔERF", "ΔGini", "ΔHead div"]
+            + [h for h, _ in extra])
+    rows = []
+    for cid, a in runtables.config_summary(runs).items():
+        r0 = a["runs"][0]
+        marks = [runtables.UNSTABLE_MARK if runtables.unstable(mt, (a.get(f"{mt}_initial") or {}).get("mean")) else ""
+                 for mt in table.METRICS]
+        rows.append([cid, roles.describe(r0), str(a["n_seeds"]), runtables.cell(a, "best_acc", pct)]
+                    + [runtables.cell(a, f"{mt}_delta_pct", dpct) + mk for mt, mk in zip(table.METRICS, marks)]
+                    + [fn(r0) for _, fn in extra])
+    return ("table", head, rows)
 
 
 def _family_sentence(test: dict, alpha: float, what: str) -> str:
@@ -112,6 +125,27 @@ def _family_sentence(test: dict, alpha: float, what: str) -> str:
              f"p = {pval(e['p'])}, Holm p = {pval(e['p_holm'])}, d = {num(e['cohens_d'], '.2f')})" for e in sig]
     return (f"{what}: {len(sig)} of {len(done)} configuration(s) differ significantly after Holm correction: "
             + "; ".join(parts) + ".")
+
+
+def _zeroshot_findings(m: table.Matrix, ref: list[table.Run], lora: list[table.Run]) -> list[str]:
+    """One sentence per configuration (the full-FT reference, then each LoRA config): its
+    zero-shot accuracy (seed mean ± sd with several seeds) against the pretrained model's."""
+    out = []
+    for cid, a in runtables.config_summary(ref + lora).items():
+        r0 = a["runs"][0]
+        zs, zb = (a.get("zeroshot_acc") or {}).get("mean"), (a.get("zeroshot_acc_base_only") or {}).get("mean")
+        name = next(iter((r0.final or {}).get("zeroshot") or {}), None)
+        base = roles.pretrained_zeroshot(m.baseline, name)
+        if zs is None or base is None:
+            continue
+        seeds_txt = f", {a['n_seeds']} seeds" if a["n_seeds"] > 1 else ""
+        txt = (f"Zero-shot on {name} ({cid}: {roles.describe(r0)}{seeds_txt}): {pct(base)} pretrained → "
+               f"{runtables.cell(a, 'zeroshot_acc', pct)} adapter-active ({100 * (zs - base) / base:+.1f}% relative)")
+        if zb is not None:
+            txt += (f", {runtables.cell(a, 'zeroshot_acc_base_only', pct)} with adapters off (the reports' protocol, "
+                    f"{100 * (zb - base) / base:+.1f}%)")
+        out.append(txt + ".")
+    return out
 
 
 def _findings(m: table.Matrix, st: dict, sel: dict) -> list[str]:
@@ -133,17 +167,8 @@ def _findings(m: table.Matrix, st: dict, sel: dict) -> list[str]:
                    f"p = {pval(e['spearman_p'])}; n = {e['n']} runs) — {verdict(e, alpha, 'pearson_p')}.")
     # zeroshot_acc is the first zero-shot dataset's (FORMATS.md); compare with its baseline
     for ds in sel["datasets"]:
-        for r in sel["reference"][ds][:1] + sel["lora"][ds]:
-            zs, zb = r.get("zeroshot_acc"), r.get("zeroshot_acc_base_only")
-            name = next(iter((r.final or {}).get("zeroshot") or {}), None)
-            base = roles.pretrained_zeroshot(m.baseline, name)
-            if zs is None or base is None:
-                continue
-            txt = f"Zero-shot on {name} ({roles.describe(r)}): {pct(base)} pretrained → {pct(zs)}"
-            txt += f" adapter-active ({100 * (zs - base) / base:+.1f}% relative)"
-            if zb is not None:
-                txt += f", {pct(zb)} with adapters off (the reports' protocol, {100 * (zb - base) / base:+.1f}%)"
-            out.append(txt + ".")
+        ref = roles.by_config(sel["reference"][ds])
+        out += _zeroshot_findings(m, ref[next(iter(ref))] if ref else [], sel["lora"][ds])
     out.append(_family_sentence(T.get("regularizers", {}), alpha, "Regularizers vs no regularizer"))
     out.append(_family_sentence(T.get("weight_decay", {}), alpha, "Weight decay vs the default"))
     out.append(_family_sentence(T.get("freezing", {}), alpha, "Layer freezing vs no freezing"))

@@ -85,6 +85,16 @@ def config_summary(runs: list[Run]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def config_means(runs: list[Run], value: Callable[[Run], Any]) -> dict[str, float]:
+    """{config_id: mean of `value` over its seeds}, for configurations with at least one value."""
+    out = {}
+    for cid, rs in roles.by_config(runs).items():
+        mean = seeds.summarize([value(r) for r in rs])["mean"]
+        if mean is not None:
+            out[cid] = mean
+    return out
+
+
 def cell(agg: dict, col: str, fmt: Callable[[Any], str]) -> str:
     """One number of a configuration: the value (one seed) or "mean ± sd" (several)."""
     c = agg.get(col) or {}
@@ -198,14 +208,25 @@ def zeroshot_table(runs: list[Run], baseline: dict[str, dict]) -> list[Block]:
                             "trained projection (the reports' protocol, English report §6.2; — for full FT).")]
     for n in names:
         base = roles.pretrained_zeroshot(baseline, n)
-        rows = [["E1 (pretrained)", "baseline", pct(base), "—", "—"]]
-        for r in runs:
-            z = ((r.final or {}).get("zeroshot") or {}).get(n) or {}
-            rows.append([r.run_id, roles.describe(r)] + [
-                pct(z.get(k)) + (f" ({100 * (z[k] - base) / base:+.1f}%)" if base and z.get(k) is not None else "")
-                for k, _ in ZS_PROTOCOLS])
-        B += [("h", 3, f"{n}"), ("table", ["Run", "Configuration"] + [p for _, p in ZS_PROTOCOLS], rows)]
-    return B + [("p", "In parentheses: change relative to the pretrained model's accuracy.")]
+        rows = [["E1 (pretrained)", "baseline", "—", pct(base), "—", "—"]]
+        for cid, rs in roles.by_config(runs).items():
+            blocks = [((r.final or {}).get("zeroshot") or {}).get(n) or {} for r in rs]
+            cells = []
+            for k, _ in ZS_PROTOCOLS:
+                agg = seeds.summarize([z.get(k) for z in blocks])
+                rel = f" ({100 * (agg['mean'] - base) / base:+.1f}%)" if base and agg["mean"] is not None else ""
+                cells.append(cell({k: agg}, k, pct) + rel)
+            rows.append([cid, roles.describe(rs[0]), str(len(rs))] + cells)
+        B += [("h", 3, f"{n}"), ("table", ["Run", "Configuration", "Seeds"] + [p for _, p in ZS_PROTOCOLS], rows)]
+    return B + [("p", "One row per configuration: its run's accuracy (one seed) or mean ± sd over its seeds. "
+                      "In parentheses: change of the (mean) accuracy relative to the pretrained model's.")]
+
+
+def metric_settings(b: dict) -> str:
+    """How an E1 table's numbers were aggregated (baseline.json's EvalConfig fields), in words;
+    a file that predates a field shows —."""
+    return (f"aggregation {b.get('aggregate', '—')} over batches of {b.get('group_size', '—')}, "
+            f"head diversity {b.get('diversity', '—')}, ERF q {b.get('erf_q', '—')}")
 
 
 def baseline_blocks(baseline: dict[str, dict]) -> list[Block]:
@@ -215,7 +236,8 @@ def baseline_blocks(baseline: dict[str, dict]) -> list[Block]:
     out: list[Block] = []
     for ds, b in baseline.items():
         lay = b.get("layers") or {}
-        out.append(("p", f"**{ds}** ({b.get('images', '?')} eval images, model `{b.get('model', '?')}`): "
+        out.append(("p", f"**{ds}** ({b.get('images', '?')} eval images, model `{b.get('model', '?')}`; "
+                         f"{metric_settings(b)}): "
                          + "; ".join(f"{mt} mean {num((b.get('mean') or {}).get(mt))}, range "
                                      f"{num(min(lay[mt]))}–{num(max(lay[mt]))}" for mt in METRICS if lay.get(mt))))
         L = len(lay.get("entropy", []))

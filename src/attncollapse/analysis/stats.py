@@ -183,6 +183,79 @@ def _collapse_vs_zeroshot(runs: list[Run]) -> dict:
                     "runs_at_final_step": final_ids, **correlate(x, [float(v) for v in y])})
 
 
+def _method_tests(s: dict, kw: dict) -> dict[str, Any]:
+    """English report §4.2: Full FT vs LoRA per-layer entropy Δ, per dataset (the EuroSAT entry
+    is the reports' t = −2.50, p = 0.019, d = 0.71: see _pooled_fullft_vs_lora), and pooled."""
+    pairs = [(ds, s["reference"][ds], s["lora"][ds]) for ds in s["datasets"]
+             if s["reference"][ds] or s["lora"][ds]]
+    return {"fullft_vs_lora": family("dataset", [_compare_entry(ds, full, lora, **kw) for ds, full, lora in pairs],
+                                     ("welch_p", "mwu_p"), "no full-FT or LoRA runs"),
+            "fullft_vs_lora_pooled": _pooled_fullft_vs_lora(s, **kw)}
+
+
+def _lr_tests(s: dict, kw: dict) -> dict[str, Any]:
+    """Experiment report §3.4 / §6.4: log10 lr vs entropy Δ over A1 + E2, and each lr vs the default."""
+    sweep = [r for r in s["lr_sweep"] if r.delta() is not None]
+    if len({r.get("lr") for r in sweep}) < 3:
+        corr = skip(f"LR sweep needs ≥ 3 distinct learning rates, found {len({r.get('lr') for r in sweep})}")
+    else:
+        x = np.log10([r.get("lr") for r in sweep])
+        e = {"label": "log10 lr vs entropy Δ%", "unit": "runs", "runs": [r.run_id for r in sweep],
+             "lr": [r.get("lr") for r in sweep], **correlate(x, [r.delta() for r in sweep])}
+        e["other_metrics"] = {mt: correlate(x, [r.delta(mt) for r in sweep]) for mt in METRICS[1:]
+                              if all(r.delta(mt) is not None for r in sweep)}
+        corr = single(e)
+    lr_ref = [r for r in s["lr_sweep"] if close(r.get("lr"), s["default_lr"])]
+    return {"lr_sweep": corr,
+            "lr_vs_default": family("learning rate", _vs_reference(s["lr_sweep"], lr_ref, **kw),
+                                    ("welch_p", "mwu_p"), "no LR sweep runs")}
+
+
+def _control_tests(s: dict, kw: dict) -> dict[str, Any]:
+    """Experiment report §3.7 / English §7: each regularizer, weight decay, freezing vs none."""
+    ref = s["reference"].get(s["primary"], [])
+    return {"regularizers": family("regularizer", _vs_reference(s["regularized"], ref, **kw),
+                                   ("welch_p", "mwu_p"), "no regularized runs (R1, R2)"),
+            "weight_decay": family("weight decay", _vs_reference(s["wd_sweep"], ref, **kw),
+                                   ("welch_p", "mwu_p"), "no weight-decay runs (R3)"),
+            "freezing": family("frozen layers", _vs_reference(s["freezing"], ref, **kw),
+                               ("welch_p", "mwu_p"), "no layer-freezing runs (A3)")}
+
+
+def _matrix_tests(m: Matrix, s: dict, convergence_criterion: dict | None) -> dict[str, Any]:
+    """Tests over every finished run: layer groups, correlations, zero-shot, future work, convergence."""
+    return {
+        "layer_groups": _layer_groups(m),
+        "layer_groups_pooled": _layer_groups_pooled(m),
+        "metric_correlations": _metric_correlations(m.done),
+        "entropy_vs_accuracy": _entropy_vs_accuracy(m.done, s["datasets"]),
+        "collapse_vs_zeroshot": _collapse_vs_zeroshot(m.done),
+        # The reports' future work (docs/FORMATS.md "stats.json": definitions in `links`).
+        "early_warning": links.early_warning(m.done, m.baseline),
+        "weight_drift": links.weight_drift(m.done, m.baseline),
+        "model_families": links.families(m.done, m.baseline),
+        # English report §4.6: "all 21 runs satisfy the late-epoch stability criterion".
+        "convergence": convergence(m.done, convergence_criterion) if m.done else skip("no finished runs"),
+    }
+
+
+def _header(m: Matrix, s: dict, *, n_boot: int, seed: int, unit: str | None) -> dict[str, Any]:
+    """stats.json's fields before `tests`: settings, run counts, the unit rule and the p methods."""
+    return {"schema": 1, "alpha": ALPHA, "metric": "entropy", "n_boot": n_boot, "seed": seed,
+            "primary_dataset": s["primary"], "default_lr": s["default_lr"], "default_wd": s["default_wd"],
+            "runs_done": len(m.done), "runs_total": len(m.runs), "notes": m.notes,
+            "seeds_per_config": {cid: len(rs) for cid, rs in by_config(m.done).items()},
+            "unit_rule": "per-layer Δ% (each config's seeds averaged per layer) with layers as samples "
+                         "(unit 'layers') unless every config involved has ≥ 2 seeds, then run-level Δ% with "
+                         "each seed's run as one sample (unit 'runs')",
+            "unit_requested": unit_name(unit) or "auto",
+            "p_methods": {"spearman": f"exact permutation over all n! pairings when n ≤ {EXACT_SPEARMAN_MAX_N}, "
+                                      "else asymptotic (t approximation); entries say which (spearman_p_method)",
+                          "mann_whitney": f"exact when a sample has ≤ {MWU_EXACT_MAX_N} values and there are no "
+                                          "ties (scipy's 'auto' rule), else asymptotic with continuity "
+                                          "correction; entries say which (mwu_method)"}}
+
+
 def analyze(matrix_dir: str | Path, *, n_boot: int = 10000, seed: int = 0, write: bool = True,
             unit: str | None = None, convergence_criterion: dict | None = None) -> dict:
     """Run the reports' tests on a finished matrix and write `stats.json`.
@@ -204,66 +277,9 @@ def analyze(matrix_dir: str | Path, *, n_boot: int = 10000, seed: int = 0, write
     m = load(matrix_dir)
     s = select(m)
     kw = {"n_boot": n_boot, "seed": seed, "unit": unit}
-    ref = s["reference"].get(s["primary"], [])
-    T: dict[str, Any] = {}
-
-    # English report §4.2: Full FT vs LoRA per-layer entropy Δ, per dataset (the EuroSAT entry
-    # is the reports' t = −2.50, p = 0.019, d = 0.71: see _pooled_fullft_vs_lora), and pooled.
-    pairs = [(ds, s["reference"][ds], s["lora"][ds]) for ds in s["datasets"]
-             if s["reference"][ds] or s["lora"][ds]]
-    T["fullft_vs_lora"] = family("dataset", [
-        _compare_entry(ds, full, lora, **kw) for ds, full, lora in pairs],
-        ("welch_p", "mwu_p"), "no full-FT or LoRA runs")
-    T["fullft_vs_lora_pooled"] = _pooled_fullft_vs_lora(s, **kw)
-
-    # Experiment report §3.4 / §6.4: log10 lr vs entropy Δ over A1 + E2.
-    sweep = [r for r in s["lr_sweep"] if r.delta() is not None]
-    if len({r.get("lr") for r in sweep}) < 3:
-        T["lr_sweep"] = skip(f"LR sweep needs ≥ 3 distinct learning rates, found {len({r.get('lr') for r in sweep})}")
-    else:
-        x = np.log10([r.get("lr") for r in sweep])
-        e = {"label": "log10 lr vs entropy Δ%", "unit": "runs", "runs": [r.run_id for r in sweep],
-             "lr": [r.get("lr") for r in sweep], **correlate(x, [r.delta() for r in sweep])}
-        e["other_metrics"] = {mt: correlate(x, [r.delta(mt) for r in sweep]) for mt in METRICS[1:]
-                              if all(r.delta(mt) is not None for r in sweep)}
-        T["lr_sweep"] = single(e)
-    lr_ref = [r for r in s["lr_sweep"] if close(r.get("lr"), s["default_lr"])]
-    T["lr_vs_default"] = family("learning rate", _vs_reference(s["lr_sweep"], lr_ref, **kw),
-                                 ("welch_p", "mwu_p"), "no LR sweep runs")
-
-    # Experiment report §3.7 / English §7: each regularizer, weight decay, freezing vs none.
-    T["regularizers"] = family("regularizer", _vs_reference(s["regularized"], ref, **kw),
-                                ("welch_p", "mwu_p"), "no regularized runs (R1, R2)")
-    T["weight_decay"] = family("weight decay", _vs_reference(s["wd_sweep"], ref, **kw),
-                                ("welch_p", "mwu_p"), "no weight-decay runs (R3)")
-    T["freezing"] = family("frozen layers", _vs_reference(s["freezing"], ref, **kw),
-                            ("welch_p", "mwu_p"), "no layer-freezing runs (A3)")
-    T["layer_groups"] = _layer_groups(m)
-    T["layer_groups_pooled"] = _layer_groups_pooled(m)
-    T["metric_correlations"] = _metric_correlations(m.done)
-    T["entropy_vs_accuracy"] = _entropy_vs_accuracy(m.done, s["datasets"])
-
-    T["collapse_vs_zeroshot"] = _collapse_vs_zeroshot(m.done)
-    # The reports' future work (docs/FORMATS.md "stats.json": definitions in `links`).
-    T["early_warning"] = links.early_warning(m.done, m.baseline)
-    T["weight_drift"] = links.weight_drift(m.done, m.baseline)
-    T["model_families"] = links.families(m.done, m.baseline)
-    # English report §4.6: "all 21 runs satisfy the late-epoch stability criterion".
-    T["convergence"] = convergence(m.done, convergence_criterion) if m.done else skip("no finished runs")
-    out = {"schema": 1, "alpha": ALPHA, "metric": "entropy", "n_boot": n_boot, "seed": seed,
-           "primary_dataset": s["primary"], "default_lr": s["default_lr"], "default_wd": s["default_wd"],
-           "runs_done": len(m.done), "runs_total": len(m.runs), "notes": m.notes,
-           "seeds_per_config": {cid: len(rs) for cid, rs in by_config(m.done).items()},
-           "unit_rule": "per-layer Δ% (each config's seeds averaged per layer) with layers as samples "
-                        "(unit 'layers') unless every config involved has ≥ 2 seeds, then run-level Δ% with "
-                        "each seed's run as one sample (unit 'runs')",
-           "unit_requested": unit_name(unit) or "auto",
-           "p_methods": {"spearman": f"exact permutation over all n! pairings when n ≤ {EXACT_SPEARMAN_MAX_N}, "
-                                     "else asymptotic (t approximation); entries say which (spearman_p_method)",
-                         "mann_whitney": f"exact when a sample has ≤ {MWU_EXACT_MAX_N} values and there are no "
-                                         "ties (scipy's 'auto' rule), else asymptotic with continuity "
-                                         "correction; entries say which (mwu_method)"},
-           "tests": T}
+    tests = {**_method_tests(s, kw), **_lr_tests(s, kw), **_control_tests(s, kw),
+             **_matrix_tests(m, s, convergence_criterion)}
+    out = {**_header(m, s, n_boot=n_boot, seed=seed, unit=unit), "tests": tests}
     if write:
         write_json(Path(matrix_dir) / "stats.json", out)
         write_aggregate_csv(matrix_dir, m)

@@ -121,6 +121,40 @@ def _hf(arg: str, cfg: Any, image_size: int, *, image_column: str | None = None,
     full = arg
     arg, image_column, label_column = _column_options(arg, image_column, label_column)
     opts = full[len(arg):]  # "#label=..." is part of the name: another column is another cache entry
+    ds, name = _hf_open(arg, opts)
+    parts = {"all": ds} if isinstance(ds, hfd.Dataset) else dict(ds)
+    train = parts.get("train", parts.get("all"))
+    if train is None:
+        raise DataError(f"{name} has no 'train' split; splits: {', '.join(parts)}")
+    test = next((parts[k] for k in _TEST_SPLIT_NAMES if k in parts), None)
+    # The source's own columns (a shortcut's pinned ones, or `#label=` in the source
+    # string) win over data.*_column, which a zero-shot set must not inherit from training.
+    img_col, lab_col = _hf_columns(train.features, name, arg, image_column or cfg.image_column,
+                                   label_column or cfg.label_column)
+    feat = train.features[lab_col]
+    if isinstance(feat, hfd.ClassLabel):
+        class_names = list(feat.names)  # raw: `ImageSet` humanizes them (splits.py)
+    else:
+        class_names = [f"class {i}" for i in range(int(_hf_labels(train, lab_col, name).max()) + 1)]
+
+    def make(d: Any, split: str) -> RawSplit:
+        lab = _hf_labels(d, lab_col, name)
+        return RawSplit(lab, _sha(name, img_col, lab_col, len(d), str(d.features), lab),
+                        HFReader(d, img_col, f"{name}:{split}"))
+
+    if test is None:
+        tr, te = stratified_split(_hf_labels(train, lab_col, name), SOURCE_TEST_FRAC, SOURCE_SPLIT_SEED)
+        splits = {"train": make(train.select(tr), "train"), "test": make(train.select(te), "test")}
+    else:
+        splits = {"train": make(train, "train"), "test": make(test, "test")}
+    return Source(name, class_names, splits)
+
+
+def _hf_open(arg: str, opts: str) -> tuple[Any, str]:
+    """Load a hub id or a local directory (saved with `save_to_disk` or loadable by
+    `load_dataset`); returns (Dataset or DatasetDict, the source's cache name)."""
+    import datasets as hfd
+
     path = Path(arg).expanduser()
     local = arg.startswith((".", "/", "~")) or path.exists()
     try:
@@ -129,27 +163,22 @@ def _hf(arg: str, cfg: Any, image_size: int, *, image_column: str | None = None,
                 raise DataError(f"hf: dataset directory {path} does not exist")
             saved = (path / "dataset_dict.json").exists() or (path / "state.json").exists()
             ds = hfd.load_from_disk(str(path)) if saved else hfd.load_dataset(str(path))
-            name = f"hf:{path.resolve()}{opts}"
-        else:
-            ds = hfd.load_dataset(arg)  # downloads on first use (HF cache afterwards)
-            name = f"hf:{arg}{opts}"
+            return ds, f"hf:{path.resolve()}{opts}"
+        ds = hfd.load_dataset(arg)  # downloads on first use (HF cache afterwards)
+        return ds, f"hf:{arg}{opts}"
     except DataError:
         raise
     except Exception as e:
         raise DataError(f"could not load hf dataset {arg!r}: {type(e).__name__}: {e}") from None
 
-    parts = {"all": ds} if isinstance(ds, hfd.Dataset) else dict(ds)
-    train = parts.get("train", parts.get("all"))
-    if train is None:
-        raise DataError(f"{name} has no 'train' split; splits: {', '.join(parts)}")
-    test = next((parts[k] for k in _TEST_SPLIT_NAMES if k in parts), None)
 
-    feats = train.features
+def _hf_columns(feats: Any, name: str, arg: str, img_col: str | None,
+                lab_col: str | None) -> tuple[str, str]:
+    """The image and label columns: the named ones (checked), else a known layout, else the
+    only `Image` / `ClassLabel` column (a `label`/`labels` ClassLabel wins a tie)."""
+    import datasets as hfd
+
     cols = ", ".join(feats)
-    # The source's own columns (a shortcut's pinned ones, or `#label=` in the source
-    # string) win over data.*_column, which a zero-shot set must not inherit from training.
-    img_col = image_column or cfg.image_column
-    lab_col = label_column or cfg.label_column
     if lab_col is None and img_col is None:
         img_col, lab_col = _known_layout(feats)
     if img_col is None:
@@ -171,31 +200,16 @@ def _hf(arg: str, cfg: Any, image_size: int, *, image_column: str | None = None,
                             f"or set data.label_column (training set only); columns: {cols}")
     elif lab_col not in feats:
         raise DataError(f"{name}: label column {lab_col!r} does not exist; available columns: {cols}")
+    return img_col, lab_col
 
-    def labels_of(d: Any) -> np.ndarray:
-        table = d.select_columns([lab_col]).with_format("arrow")[:]  # fast: no per-row Python
-        lab = np.asarray(table[lab_col].to_numpy(), dtype=np.int64)
-        if (lab < 0).any():
-            raise DataError(f"{name}: label column {lab_col!r} has unlabeled rows (-1)")
-        return lab
 
-    feat = feats[lab_col]
-    if isinstance(feat, hfd.ClassLabel):
-        class_names = list(feat.names)  # raw: `ImageSet` humanizes them (splits.py)
-    else:
-        class_names = [f"class {i}" for i in range(int(labels_of(train).max()) + 1)]
-
-    def make(d: Any, split: str) -> RawSplit:
-        lab = labels_of(d)
-        return RawSplit(lab, _sha(name, img_col, lab_col, len(d), str(d.features), lab),
-                        HFReader(d, img_col, f"{name}:{split}"))
-
-    if test is None:
-        tr, te = stratified_split(labels_of(train), SOURCE_TEST_FRAC, SOURCE_SPLIT_SEED)
-        splits = {"train": make(train.select(tr), "train"), "test": make(train.select(te), "test")}
-    else:
-        splits = {"train": make(train, "train"), "test": make(test, "test")}
-    return Source(name, class_names, splits)
+def _hf_labels(d: Any, lab_col: str, name: str) -> np.ndarray:
+    """A split's labels, shape (N,) int64; unlabeled rows (-1) are an error."""
+    table = d.select_columns([lab_col]).with_format("arrow")[:]  # fast: no per-row Python
+    lab = np.asarray(table[lab_col].to_numpy(), dtype=np.int64)
+    if (lab < 0).any():
+        raise DataError(f"{name}: label column {lab_col!r} has unlabeled rows (-1)")
+    return lab
 
 
 def _column_options(arg: str, image: str | None, label: str | None) -> tuple[str, str | None, str | None]:

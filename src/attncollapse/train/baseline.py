@@ -47,13 +47,21 @@ def baseline(model: str, source: str, *, data_cfg=None, eval_cfg=None, out_dir: 
     result = {
         "model": model, "family": family_of(clip).name, "model_random_init": model in PRESETS, "dataset": source,
         "images": len(splits.eval_idx),
-        "eval_idx": splits.eval_idx.tolist(), "diversity": eval_cfg.diversity,
+        "eval_idx": splits.eval_idx.tolist(), **metric_settings(eval_cfg),
         "layers": table, "mean": layer_mean(table), "env": _io.environment(),
     }
     if zeroshot_cfg is not None and zeroshot_cfg.enabled and zeroshot_cfg.datasets:
         result.update(_transfer(clip, model, zeroshot_cfg, data_cfg, size, dev, precision))
     _io.write_json(Path(out_dir) / (out_name or "baseline.json"), result)
     return result
+
+
+def metric_settings(eval_cfg) -> dict:
+    """The EvalConfig fields that move the table's numbers, as baseline.json records them:
+    "diversity", "aggregate", "group_size" (`eval.batch_size`: images per metric batch, also
+    head diversity's grouping) and "erf_q" (`forward_batch_size` only sets speed: left out)."""
+    return {"diversity": eval_cfg.diversity, "aggregate": eval_cfg.aggregate, "group_size": eval_cfg.batch_size,
+            "erf_q": eval_cfg.erf_q}
 
 
 def _transfer(clip, model: str, zcfg, data_cfg, size: int, dev, precision: str) -> dict:

@@ -1,0 +1,104 @@
+"""The ablation figures: learning-rate sweep (fig. 6), regularization and weight decay
+(fig. 8), frozen layers (A3) and LoRA target modules (A2).
+
+Registered in `figures.FIGURES` (the one registry); a configuration with several seeds is
+drawn as its seed mean ± SD. Plumbing in `figures_base`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from . import roles
+from .figures_base import (KIND_COLORS, METRIC_LABELS, OKABE_ITO, Ctx, as_ctx, bars, figure, layer_band,
+                           metric_panels, save, seed_mean, short)
+
+
+def fig6(src: Ctx | str | Path, out: Path) -> Path | str:
+    """Fig. 6: the LR sweep (experiment report §3.4)."""
+    ctx = as_ctx(src)
+    groups = roles.by_config(ctx.roles["lr_sweep"])
+    if len(groups) < 2:
+        return f"LR sweep needs ≥ 2 learning rates on {ctx.roles['primary']}; found {len(groups)}"
+    lrs = [rs[0].get("lr") for rs in groups.values()]
+    fig, ax = figure(8.0, 3.2, 1, 2)
+    for i, mt in enumerate(("entropy", "erf", "gini")):
+        v = [seed_mean(rs, lambda r: r.delta(mt)) for rs in groups.values()]
+        ax[0, 0].errorbar(lrs, [x[0] for x in v], [x[1] for x in v], marker="o", ms=4, color=OKABE_ITO[i],
+                          label=METRIC_LABELS[mt].split(" (")[0], capsize=2)
+    e = ctx.test("lr_sweep")
+    sub = "" if e.get("skipped") else f" — r={e['pearson_r']:.3f}, p={e['pearson_p']:.3g}; ρ={e['spearman_rho']:.2f}"
+    ax[0, 0].set(xscale="log", xlabel="learning rate", ylabel="Δ% (final vs initial)", title="Structure" + sub)
+    ax[0, 0].axhline(0, color="black", lw=0.6)
+    ax[0, 0].legend()
+    v = [seed_mean(rs, lambda r: r.get("best_acc")) for rs in groups.values()]
+    ax[0, 1].errorbar(lrs, [100 * x[0] for x in v], [100 * x[1] for x in v], marker="s", color=OKABE_ITO[3], capsize=2)
+    ax[0, 1].set(xscale="log", xlabel="learning rate", ylabel="best accuracy (%)", title="Task accuracy")
+    return save(fig, out)
+
+
+def fig8(src: Ctx | str | Path, out: Path) -> Path | str:
+    """Fig. 8: regularizers and weight decay vs the unregularized run (§3.7)."""
+    ctx = as_ctx(src)
+    ref = ctx.roles["reference"].get(ctx.roles["primary"], [])
+    cands = ctx.roles["regularized"] + [r for r in ctx.roles["wd_sweep"] if r not in ref]
+    if not ref or not cands:
+        return "needs the unregularized reference run and regularized or weight-decay runs"
+    groups = roles.by_config(ref + cands)
+    colors = [KIND_COLORS.get(ctx.kind(rs[0]), "black") for rs in groups.values()]
+    fig, ax = figure(8.0, 3.6, 1, 2)
+    bars(ax[0, 0], groups, lambda r: r.delta(), colors, ylabel="entropy Δ%")
+    ps = {e["label"].split(":")[0]: e for t in ("regularizers", "weight_decay")
+          for e in ctx.test(t).get("entries", []) if not e.get("skipped")}
+    # left ticks: id + Holm p (the right panel's ticks carry the descriptions)
+    ax[0, 0].set_xticks(range(len(groups)), [c + (f"\nHolm p={ps[c]['p_holm']:.2g}" if c in ps else "\n(reference)")
+                                             for c in groups], rotation=45, ha="right")
+    ax[0, 0].set_title("Entropy change (Welch p vs no regularizer, Holm-adjusted)")
+    bars(ax[0, 1], groups, lambda r: 100 * r.get("best_acc", np.nan), colors, ylabel="best accuracy (%)")
+    lo = np.nanmin([100 * r.get("best_acc", np.nan) for r in ref + cands])
+    ax[0, 1].set_ylim(max(0, lo - 2), 100)
+    ax[0, 1].set_title("Task accuracy")
+    return save(fig, out)
+
+
+def extra_frozen_layers(src: Ctx | str | Path, out: Path) -> Path | str:
+    """Frozen-layer ablation (A3, experiment report §3.5)."""
+    ctx = as_ctx(src)
+    groups = roles.by_config(ctx.roles["freezing"])
+    if len(groups) < 2 or all(not rs[0].get("freeze_layers") for rs in groups.values()):
+        return "needs layer-freezing runs (A3) and the unfrozen reference"
+    ks = [rs[0].get("freeze_layers") or 0 for rs in groups.values()]
+    fig, ax = figure(8.0, 3.2, 1, 2)
+    v = [seed_mean(rs, lambda r: r.delta()) for rs in groups.values()]
+    ax[0, 0].errorbar(ks, [x[0] for x in v], [x[1] for x in v], marker="o", color=OKABE_ITO[0], label="entropy Δ%")
+    t = ax[0, 0].twinx()
+    t.plot(ks, [100 * seed_mean(rs, lambda r: r.get("best_acc"))[0] for rs in groups.values()],
+           marker="s", color=OKABE_ITO[1], label="best acc (%)")
+    ax[0, 0].set(xlabel="frozen encoder layers", ylabel="entropy Δ%", title="Entropy change and accuracy")
+    t.set_ylabel("best accuracy (%)")
+    for i, (k, rs) in enumerate(zip(ks, groups.values())):
+        layer_band(ax[0, 1], rs, color=OKABE_ITO[i % 8], label=f"freeze {k}")
+    ax[0, 1].set(xlabel="layer", ylabel="entropy Δ%", title="Per-layer entropy Δ")
+    ax[0, 1].legend()
+    return save(fig, out)
+
+
+def extra_lora_qkvo(src: Ctx | str | Path, out: Path) -> Path | str:
+    """LoRA targets QV vs QKVO at the same rank (A2, experiment report §3.6)."""
+    ctx = as_ctx(src)
+    lora = ctx.roles["lora_all"]
+    qkvo = [r for r in lora if (r.get("lora_targets") or "qv") != "qv"]
+    if not qkvo:
+        return "no LoRA run with extended targets (A2)"
+    qv = [r for r in lora if (r.get("lora_targets") or "qv") == "qv" and r.get("lora_rank") == qkvo[0].get("lora_rank")]
+    if not qv:
+        return f"no LoRA QV run at rank {qkvo[0].get('lora_rank')} to compare with"
+    groups = roles.by_config(qv + qkvo)
+    fig, ax = figure(9.5, 3.0, 1, 4)
+    labels = [f"{short(rs[0]).replace(chr(10), ': ')}\nacc {100 * seed_mean(rs, lambda r: r.get('best_acc'))[0]:.2f}%"
+              for rs in groups.values()]
+    metric_panels(ax[0], groups, labels=labels)
+    fig.suptitle("LoRA target modules: each metric on its own scale", fontsize=9)
+    return save(fig, out)

@@ -1,0 +1,212 @@
+"""The training-curve figures: drawn from history.json, final.json "wise" and overlays.npz.
+
+Figs 3, 4, 9, 12, 14, 17, the ERF evolution, WiSE-FT interpolation and the attention
+overlays; registered in `figures.FIGURES` (the one registry). Plumbing in `figures_base`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from . import roles
+from .figures_base import (DIVERGING, KIND_COLORS, METRIC_LABELS, OKABE_ITO, Ctx, as_ctx, curve, figure,
+                           plot_seeds, save, seed_counts, short, style_for)
+
+
+def fig3(src: "Ctx | str | Path", out: Path) -> Path | str:
+    """Fig. 3: accuracy and mean entropy over training, full FT reference runs (§3.2)."""
+    ctx = as_ctx(src)
+    dss = [ds for ds in ctx.roles["datasets"] if any(r.history() for r in ctx.roles["reference"][ds])]
+    if not dss:
+        return "no full-FT reference run with history.json"
+    fig, ax = figure(4.0 * len(dss), 3.2, 1, len(dss))
+    for a, ds in zip(ax[0], dss):
+        t = a.twinx()
+        for i, rs in enumerate(roles.by_config(ctx.roles["reference"][ds]).values()):
+            plot_seeds(a, rs, None, scale=100, color=OKABE_ITO[0], marker="o", ms=2, n_in_label=False,
+                       label="val acc" if i == 0 else None)
+            plot_seeds(t, rs, "entropy", color=OKABE_ITO[3], marker="s", ms=2, n_in_label=False,
+                       label="mean entropy" if i == 0 else None)
+        n = seed_counts(ctx.roles["reference"][ds])
+        a.set(xlabel="epoch", ylabel="accuracy (%)", title=roles.describe(ctx.roles["reference"][ds][0])
+              + (f"\nmean ± SD over n={n} seeds" if n else ""))
+        t.set_ylabel("mean entropy (nats)", color=OKABE_ITO[3])
+        a.legend(loc="lower left")
+        t.legend(loc="lower right")
+    return save(fig, out)
+
+
+def fig4(src: "Ctx | str | Path", out: Path) -> Path | str:
+    """Fig. 4: per-layer entropy Δ% vs step 0 along training, full FT and LoRA (§3.8)."""
+    ctx = as_ctx(src)
+    picks = []
+    for ds in ctx.roles["datasets"][:2]:
+        picks += ctx.roles["reference"][ds][:1]
+        lora = sorted(ctx.roles["lora"][ds], key=lambda r: abs((r.get("lora_rank") or 8) - 8))  # reports show r=8
+        picks += lora[:1]
+    picks = [r for r in picks if r.history() and r.history()["points"]]
+    if not picks:
+        return "no full-FT or LoRA run with history.json"
+    mats, seeds = [], roles.by_config(ctx.matrix.done)
+    for r in picks:
+        per_seed = []  # the config's seeds with the same eval points as this one: averaged
+        for q in seeds.get(r.config_id, [r]):
+            pts = (q.history() or {}).get("points") or []
+            h = np.asarray([p["layers"]["entropy"] for p in pts], float)  # (points, L)
+            if not per_seed or h.shape == per_seed[0][1].shape:
+                per_seed.append((np.asarray([p.get("epoch", 0.0) for p in pts]), 100 * (h - h[0]) / h[0]))
+        mats.append((per_seed[0][0], np.mean([m for _, m in per_seed], 0)))
+    lim = max(float(np.nanmax(np.abs(m))) for _, m in mats) or 1.0
+    fig, ax = figure(3.2 * len(picks), 3.0, 1, len(picks))
+    for a, r, (ep, m) in zip(ax[0], picks, mats):
+        im = a.imshow(m.T, cmap=DIVERGING, vmin=-lim, vmax=lim, aspect="auto", origin="lower",
+                      extent=[ep[0], ep[-1], 0.5, m.shape[1] + 0.5])
+        a.set(xlabel="epoch", ylabel="layer", title=roles.describe(r))
+        a.grid(False)
+    fig.colorbar(im, ax=ax[0].tolist(), label="entropy Δ% vs step 0")
+    return save(fig, out)
+
+
+def evolution(metric: str):
+    """A figure function: the metric's mean over layers along training (figs 9, 17, ERF extra)."""
+    def draw(src: "Ctx | str | Path", out: Path) -> Path | str:
+        ctx = as_ctx(src)
+        dss = [ds for ds in ctx.roles["datasets"] if any(r.history() for r in ctx.main_runs(ds))]
+        if not dss:
+            return "no full-FT, LoRA or LR-sweep run with history.json"
+        fig, ax = figure(4.0 * len(dss), 3.2, 1, len(dss))
+        for a, ds in zip(ax[0], dss):
+            for i, rs in enumerate(roles.by_config(ctx.main_runs(ds)).values()):
+                plot_seeds(a, rs, metric, lw=1.2, label=short(rs[0]).replace("\n", ": "), **style_for(i))
+            a.set(xlabel="epoch", ylabel=METRIC_LABELS[metric], title=f"{METRIC_LABELS[metric]} on {ds}")
+            a.legend(fontsize=6)
+        return save(fig, out)
+    draw.__doc__ = f"{METRIC_LABELS[metric]} mean over layers along training, main runs per dataset."
+    return draw
+
+
+def fig12(src: "Ctx | str | Path", out: Path) -> Path | str:
+    """Fig. 12: loss, accuracy, entropy Δ% and Gini Δ% along training, every run by family."""
+    ctx = as_ctx(src)
+    runs = [r for r in ctx.matrix.done if r.history()]
+    if not runs:
+        return "no finished run with history.json"
+    fig, ax = figure(8.0, 5.5, 2, 2)
+    spec = (("train_loss", False, "train loss"), (None, False, "val accuracy"),
+            ("entropy", True, "entropy Δ% vs step 0"), ("gini", True, "Gini Δ% vs step 0"))
+    for a, (metric, rel, lab) in zip(ax.flat, spec):
+        for r in runs:
+            x, y = curve(r, metric, relative=rel)
+            a.plot(x, y, color=KIND_COLORS.get(ctx.kind(r), "black"), lw=0.8, alpha=0.8)
+        a.set(xlabel="epoch", ylabel=lab)
+    for k in sorted({ctx.kind(r) for r in runs}):
+        ax[0, 0].plot([], [], color=KIND_COLORS.get(k, "black"), label=k)
+    ax[0, 0].legend(fontsize=6)
+    fig.suptitle("Training dynamics of every run", fontsize=9)
+    return save(fig, out)
+
+
+def fig14(src: "Ctx | str | Path", out: Path, *, tail: float = 0.2, acc_tol_pp: float = 1.0,
+          ent_tol_pct: float = 0.5) -> Path | str:
+    """Fig. 14: change over the last `tail` of training; stable = |Δacc| ≤ 1 pp and |ΔH| ≤ 0.5%.
+
+    The English report §4.6 names a "late-epoch stability criterion" without defining it;
+    these thresholds are ours and are printed on the figure.
+    """
+    ctx = as_ctx(src)
+    rows = []
+    for r in ctx.matrix.done:
+        xa, ya = curve(r, None)
+        xe, ye = curve(r, "entropy")
+        if len(ya) < 2 or len(ye) < 2:
+            continue
+        cut_a, cut_e = xa[-1] - tail * (xa[-1] - xa[0]), xe[-1] - tail * (xe[-1] - xe[0])
+        da = 100 * (ya[-1] - ya[xa >= cut_a][0])
+        de = 100 * (ye[-1] - ye[xe >= cut_e][0]) / ye[0]
+        rows.append((r, da, de))
+    if not rows:
+        return "no finished run with ≥ 2 accuracy and entropy points in history.json"
+    stable = sum(abs(da) <= acc_tol_pp and abs(de) <= ent_tol_pct for _, da, de in rows)
+    fig, ax = figure(8.0, 1.2 + 0.18 * len(rows), 1, 2, sharey=True)
+    ys = np.arange(len(rows))
+    for a, k, tol, lab in ((ax[0, 0], 1, acc_tol_pp, "Δ val acc (pp)"), (ax[0, 1], 2, ent_tol_pct, "Δ entropy (% of initial)")):
+        a.barh(ys, [row[k] for row in rows], color=[KIND_COLORS.get(ctx.kind(row[0]), "black") for row in rows])
+        for s in (-tol, tol):
+            a.axvline(s, color="black", ls="--", lw=0.6)
+        a.set_xlabel(lab)
+    ax[0, 0].set_yticks(ys, [row[0].run_id for row in rows], fontsize=6)
+    ax[0, 0].invert_yaxis()
+    fig.suptitle(f"Change over the last {tail:.0%} of training: {stable}/{len(rows)} runs within "
+                 f"±{acc_tol_pp:g} pp accuracy and ±{ent_tol_pct:g}% entropy", fontsize=8)
+    return save(fig, out)
+
+
+def wise(src: "Ctx | str | Path", out: Path) -> Path | str:
+    """WiSE-FT interpolation θ = (1−α)·θ₀ + α·θ (final.json "wise"): zero-shot vs task acc, entropy."""
+    ctx = as_ctx(src)
+    runs = [r for r in ctx.matrix.done if (r.final or {}).get("wise")]
+    if not runs:
+        return "no run has a WiSE-FT curve (final.json \"wise\" empty)"
+    fig, ax = figure(8.0, 3.2, 1, 2)
+    for i, r in enumerate(runs[:8]):
+        w = sorted(r.final["wise"], key=lambda p: p["alpha"])
+        al = [p["alpha"] for p in w]
+        zs = [np.nan if p.get("zeroshot_acc") is None else 100 * p["zeroshot_acc"] for p in w]
+        ta = [np.nan if p.get("task_acc") is None else 100 * p["task_acc"] for p in w]
+        ax[0, 0].plot(ta, zs, marker="o", ms=3, label=r.run_id, **style_for(i))
+        for a_, x, y in zip(al, ta, zs):
+            ax[0, 0].annotate(f"{a_:g}", (x, y), fontsize=5, xytext=(2, 2), textcoords="offset points")
+        ax[0, 1].plot(al, [(p.get("mean") or {}).get("entropy", np.nan) for p in w], marker="o", ms=3, **style_for(i))
+    ax[0, 0].set(xlabel="task accuracy (%)", ylabel="zero-shot top-1 (%)", title="Interpolation path (labels: α)")
+    ax[0, 0].legend(fontsize=6)
+    ax[0, 1].set(xlabel="α (0 = pretrained, 1 = fine-tuned)", ylabel="mean entropy (nats)", title="Entropy along the path")
+    return save(fig, out)
+
+
+def _patch_map(rows: np.ndarray) -> np.ndarray | None:
+    """(H, T) [CLS] rows → (g, g) head-mean attention over patches, or None if not square."""
+    p = rows[:, 1:] / rows[:, 1:].sum(-1, keepdims=True)
+    g = int(round(np.sqrt(p.shape[-1])))
+    return p.mean(0).reshape(g, g) if g * g == p.shape[-1] else None
+
+
+def overlays(src: "Ctx | str | Path", out: Path, *, max_rows: int = 4) -> Path | str:
+    """[CLS] attention of the first, middle and last layer over eval images, pretrained vs fine-tuned."""
+    ctx = as_ctx(src)
+    pref = [r for ds in ctx.roles["datasets"] for r in ctx.roles["reference"][ds][:1] + ctx.roles["lora"][ds][:1]]
+    runs = [r for r in pref + ctx.matrix.done if (r.dir / "overlays.npz").exists()]
+    runs = list(dict.fromkeys(runs))[:2]
+    if not runs:
+        return "no run has overlays.npz"
+    data = []
+    for r in runs:
+        with np.load(r.dir / "overlays.npz") as z:
+            data.append((r, z["images"], z["initial"], z["final"]))
+    per_run = max(1, max_rows // len(data))  # e.g. full FT and LoRA, two images each
+    rows = [(r, k) for r, im, _, _ in data for k in range(min(per_run, len(im)))]
+    L = data[0][2].shape[0]
+    layers = sorted({0, L // 2, L - 1})
+    fig, ax = figure(1.3 * (1 + 2 * len(layers)), 1.4 * len(rows) + 0.4, len(rows), 1 + 2 * len(layers))
+    for i, (r, k) in enumerate(rows):
+        _, im, a0, a1 = next(d for d in data if d[0] is r)
+        img = np.transpose(im[k], (1, 2, 0)) if im[k].shape[0] in (1, 3) else im[k]  # FORMATS: (3, S, S)
+        img = img[..., 0] if img.shape[-1] == 1 else img
+        S = img.shape[0]
+        ax[i, 0].imshow(img)
+        ax[i, 0].set_ylabel(f"{r.run_id}\nimage {k}", fontsize=6)
+        for j, (li, which) in enumerate((li, w) for li in layers for w in (0, 1)):
+            a = ax[i, 1 + j]
+            att = _patch_map((a0 if which == 0 else a1)[li, k])
+            a.imshow(img)
+            if att is not None:
+                a.imshow(att, cmap="inferno", alpha=0.6, extent=[-0.5, S - 0.5, S - 0.5, -0.5], interpolation="bilinear")
+            if i == 0:
+                a.set_title(f"L{li + 1} {'pretrained' if which == 0 else 'fine-tuned'}", fontsize=6)
+    for a in ax.flat:
+        a.set_xticks([])
+        a.set_yticks([])
+        a.grid(False)
+        a.spines[:].set_visible(False)
+    return save(fig, out)
