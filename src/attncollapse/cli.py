@@ -44,7 +44,18 @@ def _run(args: argparse.Namespace, matrix_path: str) -> int:
     summary = run_matrix(matrix, out, only=args.only, executor=args.executor, gpus=args.gpus,
                          runs_per_gpu=args.runs_per_gpu, executor_options=_kv(args.executor_opt),
                          analyze=not args.no_analysis)
+    if summary.get("analysis", {}).get("report") == "ok":
+        print(f"report: {Path(out) / 'report.md'} and report.html")
     return 0 if summary["ok"] else 1
+
+
+def _matrix_dir(path: str) -> Path:
+    """A matrix directory given on the command line, or a one-line error saying what to give."""
+    out = Path(path)
+    if not out.is_dir():
+        raise FileNotFoundError(f"{out}: no such matrix directory; give the --out of an `attncollapse run` "
+                                "(default runs/<matrix name>, e.g. runs/demo)")
+    return out
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -76,23 +87,48 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from .study import format_status, status
 
-    print(format_status(status(args.dir)))
+    print(format_status(status(_matrix_dir(args.dir))))
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from .study import matrix_of, run_analysis
 
-    matrix = matrix_of(Path(args.dir))  # a missing or damaged matrix.yaml: one line from main
-    state = run_analysis(args.dir, matrix=matrix)
+    out = _matrix_dir(args.dir)
+    matrix = matrix_of(out)  # a missing or damaged matrix.yaml: one line from main
+    state = run_analysis(out, matrix=matrix)
     for stage, s in state.items():
         print(f"{stage:>8}: {s}")
+    if state.get("report") == "ok":
+        print(f"wrote {out / 'report.md'}, {out / 'report.html'}, {out / 'stats.json'} and {out / 'figures'}/")
     return 1 if any(s.startswith("failed") for s in state.values()) else 0
+
+
+def _zeroshot_hub_check(run_dir: Path, datasets: list[str] | None) -> None:
+    """Fail fast, naming the offline routes, when the hub model or a zero-shot set is
+    neither cached nor reachable (else each load retries the hub for ~30 s)."""
+    from .config import hub_dataset_id, hub_model_id, read_recorded_config
+    from .study import check_hub
+
+    cfg = read_recorded_config(run_dir / "config.yaml")
+    need: dict[tuple[str, str], list[str]] = {}
+    # The pretrained model (LoRA's adapters-off and frozen-projection protocols) and every set.
+    for kind, repo in [("model", hub_model_id(cfg.model)),
+                       *[("dataset", hub_dataset_id(d)) for d in (datasets or cfg.zeroshot.datasets)]]:
+        if repo is not None:
+            need.setdefault((kind, repo), []).append(run_dir.name)
+    check_hub(need)
 
 
 def cmd_zeroshot(args: argparse.Namespace) -> int:
     from .train import evaluate_run
 
+    run_dir = Path(args.run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"{run_dir}: no such run directory; give one run's directory inside a matrix "
+                                "directory (runs/<matrix>/<run id>; `attncollapse status runs/<matrix>` lists them)")
+    if (run_dir / "final.json").is_file() and (run_dir / "config.yaml").is_file():
+        _zeroshot_hub_check(run_dir, args.datasets)
     final = evaluate_run(args.run_dir, datasets=args.datasets or None, device=args.device)
     for name, block in (final.get("zeroshot") or {}).items():
         keys = ("acc", "top5", "acc_base_only", "acc_frozen_projection", "knn_acc", "linear_probe_acc")
@@ -170,7 +206,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="show the Python traceback of an error (for bug reports)")
     parser = argparse.ArgumentParser(
         prog="attncollapse", parents=[common],
-        description="Measure, control and report how fine-tuning reshapes CLIP's attention.")
+        description="Measure, control and report how fine-tuning reshapes the attention of a vision "
+                    "transformer (CLIP, SigLIP, DINOv2, ViT).",
+        epilog="Start with `attncollapse demo` (offline, CPU, about a minute); "
+               "`attncollapse COMMAND --help` describes each command.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, help: str, description: str, **kw) -> argparse.ArgumentParser:
@@ -180,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
             "Validate a matrix exactly as `validate` does, check the hub models and datasets it "
             "needs are cached or reachable, then train every run not finished yet (resuming "
             "interrupted ones), and write results.csv, stats, figures and the report.")
-    p.add_argument("matrix", help="matrix YAML, or a packaged config: paper, demo, paper-shapes")
+    p.add_argument("matrix", help="matrix YAML, or a packaged config: paper, paper-shapes, demo, families, families-demo")
     _add_run_options(p)
     p.set_defaults(func=cmd_run)
 
@@ -194,7 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
             "Check a matrix or a single run's config the way `run` does (same code path): "
             "types, sources, local model and data directories, cache_dir; print every problem "
             "with its location, and warnings for legal settings that are likely typos.")
-    p.add_argument("file", help="matrix or run config YAML, or a packaged config name (paper, demo)")
+    p.add_argument("file", help="matrix or run config YAML, or a packaged config name "
+                                   "(paper, paper-shapes, demo, families, families-demo)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field, as for run")
     p.set_defaults(func=cmd_validate)
 
