@@ -236,3 +236,78 @@ def test_every_subcommand_has_a_description_and_positionals_have_help():
         for a in p._actions:
             if not a.option_strings:
                 assert a.help, (name, a.dest)
+
+
+# --- a lab's everyday mistakes on the command line: one "error: ..." line naming the file or
+# field and the fix, exit 2, no traceback. name → (argv built from tmp_path, words the line must hold)
+def _mistakes(tmp: Path) -> dict[str, tuple[list[str], list[str]]]:
+    return {
+        "typo'd key": (["validate", str(tmp / "typo.yaml")], ["defaults.optim.lrr: unknown key", "valid keys: lr"]),
+        "missing config file": (["run", str(tmp / "nope.yaml")], ["nope.yaml: no such file", "packaged config"]),
+        "status of no directory": (["status", str(tmp / "nodir")], ["nodir: no such matrix directory", "--out"]),
+        "report of no directory": (["report", str(tmp / "nodir")], ["nodir: no such matrix directory", "--out"]),
+        "status of a non-matrix": (["status", str(tmp)], ["no matrix.yaml"]),
+        "zeroshot of no directory": (["zeroshot", str(tmp / "nodir")], ["nodir: no such run directory", "status"]),
+        "zeroshot of an unfinished run": (["zeroshot", str(tmp)], ["final.json missing"]),
+        "--only matching nothing": (["run", str(tmp / "ok.yaml"), "--out", str(tmp / "o"), "--only", "Q7"],
+                                    ["--only Q7: matches no run", "E2"]),
+        "convert garbage": (["convert", str(tmp / "garbage.pt"), str(tmp / "conv")],
+                            ["garbage.pt: not a readable checkpoint", "open_clip"]),
+        "convert empty safetensors": (["convert", str(tmp / "empty.safetensors"), str(tmp / "conv")],
+                                      ["empty.safetensors: not a readable checkpoint"]),
+        "convert missing file": (["convert", str(tmp / "ViT-B-32.pt"), str(tmp / "conv")],
+                                 ["ViT-B-32.pt: no such checkpoint file"]),
+        "baseline unknown data": (["baseline", "--model", "tiny", "--data", "nope", "--out", str(tmp / "b")],
+                                  ["unknown data source 'nope'", "synthetic"]),
+    }
+
+
+@pytest.mark.parametrize("name", list(_mistakes(Path("/x"))))
+def test_command_line_mistakes_give_one_line_and_exit_2(tmp_path, capsys, name):
+    (tmp_path / "typo.yaml").write_text(BASE.replace("epochs: 1,", "epochs: 1, lrr: 1,"))
+    (tmp_path / "ok.yaml").write_text(BASE)
+    (tmp_path / "garbage.pt").write_bytes(bytes(range(256)) * 3)
+    (tmp_path / "empty.safetensors").write_bytes(b"")
+    argv, words = _mistakes(tmp_path)[name]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) <= 2, err  # the error, plus the list of problems at most
+    for w in words:
+        assert w in err, (w, err)
+    assert not (tmp_path / "conv").exists() and not (tmp_path / "o").exists() and not (tmp_path / "b").exists()
+
+
+def test_zeroshot_checks_the_hub_before_loading(tmp_path, capsys, monkeypatch):
+    """A finished run asked for a hub set with the hub unreachable: the preflight's message
+    naming the set and the offline routes, not ~30 s of retries."""
+    from attncollapse.study import preflight
+
+    out = tmp_path / "small"
+    text = SMALL.replace("  R1:\n    regularizer: {kind: apr}\n    sweep: {regularizer.lam: {label: apr, values: [0.1]}}\n", "")
+    assert main(["run", str(_file(tmp_path, text)), "--out", str(out), "--only", "E2", "--no-analysis"]) == 0
+    capsys.readouterr()
+    monkeypatch.setattr(preflight, "hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(preflight, "is_cached", lambda kind, repo: False)
+    assert main(["zeroshot", str(out / "E2"), "--datasets", "synthetic", "hf:someone/cifar10"]) == 2
+    err = capsys.readouterr().err
+    assert "dataset someone/cifar10  (needed by E2)" in err and "HF_HUB_OFFLINE=1" in err
+    assert "synthetic" not in err.split("Work offline")[0]  # offline sources are never "missing"
+
+
+@pytest.mark.parametrize("name", ["paper", "paper-shapes", "demo", "families-demo", "families"])
+def test_every_packaged_config_validates(capsys, name):
+    assert main(["validate", name]) == 0
+    out = capsys.readouterr()
+    assert f"matrix '{name}'" in out.out and out.err == ""
+
+
+def test_help_of_every_subcommand_shows_its_description(capsys):
+    from attncollapse.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    for name, p in sub.choices.items():
+        with pytest.raises(SystemExit) as info:
+            main([name, "--help"])
+        assert info.value.code == 0
+        assert " ".join(p.description.split()[:4]) in " ".join(capsys.readouterr().out.split()), name
