@@ -90,6 +90,11 @@ def test_small_matrix_end_to_end_with_real_training(tmp_path, capsys):
     assert main(["status", str(out)]) == 0
     status_out = capsys.readouterr().out
     assert "R1-apr0.1" in status_out and "4 done" in status_out
+    import json
+    e1 = json.loads((out / "baseline" / "synthetic.json").read_text())
+    assert (f"baseline/synthetic.json: mean entropy {e1['mean']['entropy']:.3f} over {e1['images']} images"
+            in status_out), status_out
+    assert "report: " in printed and "report.md" in printed  # run says where its report is
 
 
 def test_baseline_command_prints_the_layer_table(tmp_path, capsys):
