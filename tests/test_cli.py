@@ -231,7 +231,7 @@ def test_bug_gives_one_line_unless_debug(tmp_path, capsys, monkeypatch):
         main(["status", str(tmp_path), "--debug"])
 
 
-def test_every_subcommand_has_a_description_and_positionals_have_help():
+def test_every_subcommand_has_a_description_and_every_argument_has_help():
     from attncollapse.cli import build_parser
 
     parser = build_parser()
@@ -239,8 +239,7 @@ def test_every_subcommand_has_a_description_and_positionals_have_help():
     for name, p in sub.choices.items():
         assert p.description, name
         for a in p._actions:
-            if not a.option_strings:
-                assert a.help, (name, a.dest)
+            assert a.help, (name, a.dest)  # options too: `--help` explains every flag
 
 
 # --- a lab's everyday mistakes on the command line: one "error: ..." line naming the file or

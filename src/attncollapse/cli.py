@@ -189,7 +189,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="matrix directory (default runs/<matrix name>)")
     p.add_argument("--only", help="run ids, entries, groups or globs, comma-separated (E2,A1,R*); E1 = baselines")
-    p.add_argument("--executor", choices=["local", "ray", "slurm"], default="local")
+    p.add_argument("--executor", choices=["local", "ray", "slurm"], default="local",
+                   help="where runs execute: this machine (default), a Ray cluster or Slurm "
+                        "(pip install -e '.[ray]' / '.[slurm]')")
     p.add_argument("--gpus", help="GPUs: a count (one local worker each) or ids like 0,2")
     p.add_argument("--runs-per-gpu", type=int, default=1, help="runs sharing one GPU (default 1)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
@@ -225,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("demo", "the whole study in miniature on CPU (runs/demo)",
             "The packaged demo matrix: a tiny random-init CLIP on synthetic and digits images, "
-            "every experiment family, a few CPU minutes, written to runs/demo.")
+            "every experiment family, about a minute on CPU, offline, written to runs/demo.")
     _add_run_options(p)
     p.set_defaults(func=cmd_demo)
 
@@ -251,22 +253,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_report)
 
     p = add("zeroshot", "zero-shot evaluation of a finished run",
-            "Zero-shot accuracy of a finished run's selected checkpoint on the given sources, "
-            "merged into its final.json.")
+            "Zero-shot accuracy of a finished run's selected checkpoint on the given sources "
+            "(k-NN and linear probe for vision-only models), merged into its final.json.")
     p.add_argument("run_dir", help="a finished run's directory (runs/<matrix>/<run id>)")
     p.add_argument("--datasets", nargs="+", help="zero-shot sources (default: the run's config)")
-    p.add_argument("--device", default=None)
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: the run's config)")
     p.set_defaults(func=cmd_zeroshot)
 
     p = add("baseline", "E1: attention structure of a pretrained model",
             "Experiment E1: the pretrained model's per-layer attention metrics on a dataset's "
             "fixed eval subset (and zero-shot accuracy), with the baseline figure.")
-    p.add_argument("--model", required=True, help="hub id, local directory or preset (tiny)")
+    p.add_argument("--model", required=True,
+                   help="hub id, local directory, or a tiny random preset (tiny, tiny-siglip, tiny-dinov2, "
+                        "tiny-dinov2-reg, tiny-vit)")
     p.add_argument("--data", required=True, help="dataset source (eurosat, pets, synthetic, hf:<id>, ...)")
     p.add_argument("--out", required=True, help="directory for baseline.json and fig2_baseline_structure.png")
     p.add_argument("--eval-images", type=int, default=200, help="fixed eval subset size (reports: 200)")
     p.add_argument("--zeroshot", nargs="*", help="also measure zero-shot accuracy on these sources")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default auto: CUDA when available)")
     p.set_defaults(func=cmd_baseline)
 
     desc = ("Convert an OpenAI TorchScript ViT-*.pt archive or an OpenCLIP ViT state dict into a "
