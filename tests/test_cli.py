@@ -263,7 +263,33 @@ def _mistakes(tmp: Path) -> dict[str, tuple[list[str], list[str]]]:
                                  ["ViT-B-32.pt: no such checkpoint file"]),
         "baseline unknown data": (["baseline", "--model", "tiny", "--data", "nope", "--out", str(tmp / "b")],
                                   ["unknown data source 'nope'", "synthetic"]),
+        "config is a directory": (["validate", str(tmp)], ["is a directory", "packaged config"]),
+        "--set unclosed list": (["validate", str(tmp / "ok.yaml"), "--set", "seeds=[1,2"],
+                                ["--set seeds=[1,2: not a valid YAML value", "seeds=[1,2]"]),
     }
+
+
+# argparse's own refusals (usage line + one error, exit 2): values that would otherwise run
+# silently wrong (`--gpus abc` ran every task on the CPU) or fail deep inside with a traceback.
+ARG_MISTAKES = {
+    "--gpus not a count": (["run", "demo", "--gpus", "abc"], "argument --gpus: 'abc': expected a count"),
+    "--runs-per-gpu 0": (["run", "demo", "--runs-per-gpu", "0"], "argument --runs-per-gpu: '0'"),
+    "--eval-images 0": (["baseline", "--model", "tiny", "--data", "synthetic", "--out", "x", "--eval-images", "0"],
+                        "argument --eval-images: '0': expected a whole number"),
+    "no file": (["validate"], "the following arguments are required: file"),
+}
+
+
+@pytest.mark.parametrize("name", list(ARG_MISTAKES))
+def test_argument_mistakes_are_refused_before_any_work(tmp_path, capsys, monkeypatch, name):
+    monkeypatch.chdir(tmp_path)
+    argv, expected = ARG_MISTAKES[name]
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert expected in err and "Traceback" not in err, err
+    assert list(tmp_path.iterdir()) == []  # nothing written
 
 
 @pytest.mark.parametrize("name", list(_mistakes(Path("/x"))))

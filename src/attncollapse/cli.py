@@ -15,6 +15,7 @@ Imports happen inside the commands, so `attncollapse --help` does not load torch
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -26,6 +27,20 @@ def _kv(items: list[str] | None) -> dict:
     if errors:
         raise ConfigError(errors)
     return dict(pairs)
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: an integer ≥ 1 (argparse prints the usage and exits 2 otherwise)."""
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number ≥ 1")
+    return int(text)
+
+
+def _gpu_list(text: str) -> str:
+    """argparse type: a GPU count (2) or ids (0,2); anything else would silently run on the CPU."""
+    if not re.fullmatch(r"\d+(,\d+)*", text.replace(" ", "")):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a count (2) or GPU ids (0,2)")
+    return text.replace(" ", "")
 
 
 def _warn(lines: list[str]) -> None:
@@ -192,8 +207,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--executor", choices=["local", "ray", "slurm"], default="local",
                    help="where runs execute: this machine (default), a Ray cluster or Slurm "
                         "(pip install -e '.[ray]' / '.[slurm]')")
-    p.add_argument("--gpus", help="GPUs: a count (one local worker each) or ids like 0,2")
-    p.add_argument("--runs-per-gpu", type=int, default=1, help="runs sharing one GPU (default 1)")
+    p.add_argument("--gpus", type=_gpu_list, help="GPUs: a count (one local worker each) or ids like 0,2")
+    p.add_argument("--runs-per-gpu", type=_positive_int, default=1, help="runs sharing one GPU (default 1)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a field of defaults (optim.lr=1e-4), a run (runs.E3.optim.epochs=1) "
                         "or the matrix (seeds=[1,2]); repeatable")
@@ -268,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "tiny-dinov2-reg, tiny-vit)")
     p.add_argument("--data", required=True, help="dataset source (eurosat, pets, synthetic, hf:<id>, ...)")
     p.add_argument("--out", required=True, help="directory for baseline.json and fig2_baseline_structure.png")
-    p.add_argument("--eval-images", type=int, default=200, help="fixed eval subset size (reports: 200)")
+    p.add_argument("--eval-images", type=_positive_int, default=200, help="fixed eval subset size (reports: 200)")
     p.add_argument("--zeroshot", nargs="*", help="also measure zero-shot accuracy on these sources")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default auto: CUDA when available)")
     p.set_defaults(func=cmd_baseline)
