@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	# OpenCLIP, only for the converter's equivalence tests: without its dependencies, since
 	# its torchvision requirement pulls a CUDA build that breaks beside CPU torch (the tests
 	# import it without torchvision). Optional: the tests skip when it is absent. ftfy goes
-	# first: a pip install after open_clip would print a resolver ERROR about its skipped deps.
+	# first: a pip install after open_clip would make pip complain about its skipped deps.
 	$(PY) -m pip install -q "ftfy>=6" && $(PY) -m pip install -q --no-deps "open_clip_torch==3.3.0" \
 		|| echo "warning: open_clip_torch not installed; the OpenCLIP comparison tests will skip"
 	touch $(STAMP)
