@@ -19,8 +19,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[test]"
 	# OpenCLIP, only for the converter's equivalence tests: without its dependencies, since
 	# its torchvision requirement pulls a CUDA build that breaks beside CPU torch (the tests
-	# import it without torchvision). Optional: the tests skip when it is absent.
-	$(PY) -m pip install -q --no-deps "open_clip_torch==3.3.0" && $(PY) -m pip install -q "ftfy>=6" \
+	# import it without torchvision). Optional: the tests skip when it is absent. ftfy goes
+	# first: a pip install after open_clip would make pip complain about its skipped deps.
+	$(PY) -m pip install -q "ftfy>=6" && $(PY) -m pip install -q --no-deps "open_clip_torch==3.3.0" \
 		|| echo "warning: open_clip_torch not installed; the OpenCLIP comparison tests will skip"
 	touch $(STAMP)
 

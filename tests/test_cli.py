@@ -90,6 +90,11 @@ def test_small_matrix_end_to_end_with_real_training(tmp_path, capsys):
     assert main(["status", str(out)]) == 0
     status_out = capsys.readouterr().out
     assert "R1-apr0.1" in status_out and "4 done" in status_out
+    import json
+    e1 = json.loads((out / "baseline" / "synthetic.json").read_text())
+    assert (f"baseline/synthetic.json: mean entropy {e1['mean']['entropy']:.3f} over {e1['images']} images"
+            in status_out), status_out
+    assert "report: " in printed and "report.md" in printed  # run says where its report is
 
 
 def test_baseline_command_prints_the_layer_table(tmp_path, capsys):
@@ -226,7 +231,7 @@ def test_bug_gives_one_line_unless_debug(tmp_path, capsys, monkeypatch):
         main(["status", str(tmp_path), "--debug"])
 
 
-def test_every_subcommand_has_a_description_and_positionals_have_help():
+def test_every_subcommand_has_a_description_and_every_argument_has_help():
     from attncollapse.cli import build_parser
 
     parser = build_parser()
@@ -234,5 +239,105 @@ def test_every_subcommand_has_a_description_and_positionals_have_help():
     for name, p in sub.choices.items():
         assert p.description, name
         for a in p._actions:
-            if not a.option_strings:
-                assert a.help, (name, a.dest)
+            assert a.help, (name, a.dest)  # options too: `--help` explains every flag
+
+
+# --- a lab's everyday mistakes on the command line: one "error: ..." line naming the file or
+# field and the fix, exit 2, no traceback. name → (argv built from tmp_path, words the line must hold)
+def _mistakes(tmp: Path) -> dict[str, tuple[list[str], list[str]]]:
+    return {
+        "typo'd key": (["validate", str(tmp / "typo.yaml")], ["defaults.optim.lrr: unknown key", "valid keys: lr"]),
+        "missing config file": (["run", str(tmp / "nope.yaml")], ["nope.yaml: no such file", "packaged config"]),
+        "status of no directory": (["status", str(tmp / "nodir")], ["nodir: no such matrix directory", "--out"]),
+        "report of no directory": (["report", str(tmp / "nodir")], ["nodir: no such matrix directory", "--out"]),
+        "status of a non-matrix": (["status", str(tmp)], ["no matrix.yaml"]),
+        "zeroshot of no directory": (["zeroshot", str(tmp / "nodir")], ["nodir: no such run directory", "status"]),
+        "zeroshot of an unfinished run": (["zeroshot", str(tmp)], ["final.json missing"]),
+        "--only matching nothing": (["run", str(tmp / "ok.yaml"), "--out", str(tmp / "o"), "--only", "Q7"],
+                                    ["--only Q7: matches no run", "E2"]),
+        "convert garbage": (["convert", str(tmp / "garbage.pt"), str(tmp / "conv")],
+                            ["garbage.pt: not a readable checkpoint", "open_clip"]),
+        "convert empty safetensors": (["convert", str(tmp / "empty.safetensors"), str(tmp / "conv")],
+                                      ["empty.safetensors: not a readable checkpoint"]),
+        "convert missing file": (["convert", str(tmp / "ViT-B-32.pt"), str(tmp / "conv")],
+                                 ["ViT-B-32.pt: no such checkpoint file"]),
+        "baseline unknown data": (["baseline", "--model", "tiny", "--data", "nope", "--out", str(tmp / "b")],
+                                  ["unknown data source 'nope'", "synthetic"]),
+        "config is a directory": (["validate", str(tmp)], ["is a directory", "packaged config"]),
+        "--set unclosed list": (["validate", str(tmp / "ok.yaml"), "--set", "seeds=[1,2"],
+                                ["--set seeds=[1,2: not a valid YAML value", "seeds=[1,2]"]),
+    }
+
+
+# argparse's own refusals (usage line + one error, exit 2): values that would otherwise run
+# silently wrong (`--gpus abc` ran every task on the CPU) or fail deep inside with a traceback.
+ARG_MISTAKES = {
+    "--gpus not a count": (["run", "demo", "--gpus", "abc"], "argument --gpus: 'abc': expected a count"),
+    "--runs-per-gpu 0": (["run", "demo", "--runs-per-gpu", "0"], "argument --runs-per-gpu: '0'"),
+    "--eval-images 0": (["baseline", "--model", "tiny", "--data", "synthetic", "--out", "x", "--eval-images", "0"],
+                        "argument --eval-images: '0': expected a whole number"),
+    "no file": (["validate"], "the following arguments are required: file"),
+}
+
+
+@pytest.mark.parametrize("name", list(ARG_MISTAKES))
+def test_argument_mistakes_are_refused_before_any_work(tmp_path, capsys, monkeypatch, name):
+    monkeypatch.chdir(tmp_path)
+    argv, expected = ARG_MISTAKES[name]
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert expected in err and "Traceback" not in err, err
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+@pytest.mark.parametrize("name", list(_mistakes(Path("/x"))))
+def test_command_line_mistakes_give_one_line_and_exit_2(tmp_path, capsys, name):
+    (tmp_path / "typo.yaml").write_text(BASE.replace("epochs: 1,", "epochs: 1, lrr: 1,"))
+    (tmp_path / "ok.yaml").write_text(BASE)
+    (tmp_path / "garbage.pt").write_bytes(bytes(range(256)) * 3)
+    (tmp_path / "empty.safetensors").write_bytes(b"")
+    argv, words = _mistakes(tmp_path)[name]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) <= 2, err  # the error, plus the list of problems at most
+    for w in words:
+        assert w in err, (w, err)
+    assert not (tmp_path / "conv").exists() and not (tmp_path / "o").exists() and not (tmp_path / "b").exists()
+
+
+def test_zeroshot_checks_the_hub_before_loading(tmp_path, capsys, monkeypatch):
+    """A finished run asked for a hub set with the hub unreachable: the preflight's message
+    naming the set and the offline routes, not ~30 s of retries."""
+    from attncollapse.study import preflight
+
+    out = tmp_path / "small"
+    text = SMALL.replace("  R1:\n    regularizer: {kind: apr}\n    sweep: {regularizer.lam: {label: apr, values: [0.1]}}\n", "")
+    assert main(["run", str(_file(tmp_path, text)), "--out", str(out), "--only", "E2", "--no-analysis"]) == 0
+    capsys.readouterr()
+    monkeypatch.setattr(preflight, "hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(preflight, "is_cached", lambda kind, repo: False)
+    assert main(["zeroshot", str(out / "E2"), "--datasets", "synthetic", "hf:someone/cifar10"]) == 2
+    err = capsys.readouterr().err
+    assert "dataset someone/cifar10  (needed by E2)" in err and "HF_HUB_OFFLINE=1" in err
+    assert "synthetic" not in err.split("Work offline")[0]  # offline sources are never "missing"
+
+
+@pytest.mark.parametrize("name", ["paper", "paper-shapes", "demo", "families-demo", "families"])
+def test_every_packaged_config_validates(capsys, name):
+    assert main(["validate", name]) == 0
+    out = capsys.readouterr()
+    assert f"matrix '{name}'" in out.out and out.err == ""
+
+
+def test_help_of_every_subcommand_shows_its_description(capsys):
+    from attncollapse.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    for name, p in sub.choices.items():
+        with pytest.raises(SystemExit) as info:
+            main([name, "--help"])
+        assert info.value.code == 0
+        assert " ".join(p.description.split()[:4]) in " ".join(capsys.readouterr().out.split()), name

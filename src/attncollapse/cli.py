@@ -15,6 +15,7 @@ Imports happen inside the commands, so `attncollapse --help` does not load torch
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -26,6 +27,20 @@ def _kv(items: list[str] | None) -> dict:
     if errors:
         raise ConfigError(errors)
     return dict(pairs)
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: an integer ≥ 1 (argparse prints the usage and exits 2 otherwise)."""
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number ≥ 1")
+    return int(text)
+
+
+def _gpu_list(text: str) -> str:
+    """argparse type: a GPU count (2) or ids (0,2); anything else would silently run on the CPU."""
+    if not re.fullmatch(r"\d+(,\d+)*", text.replace(" ", "")):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a count (2) or GPU ids (0,2)")
+    return text.replace(" ", "")
 
 
 def _warn(lines: list[str]) -> None:
@@ -44,7 +59,18 @@ def _run(args: argparse.Namespace, matrix_path: str) -> int:
     summary = run_matrix(matrix, out, only=args.only, executor=args.executor, gpus=args.gpus,
                          runs_per_gpu=args.runs_per_gpu, executor_options=_kv(args.executor_opt),
                          analyze=not args.no_analysis)
+    if summary.get("analysis", {}).get("report") == "ok":
+        print(f"report: {Path(out) / 'report.md'} and report.html")
     return 0 if summary["ok"] else 1
+
+
+def _matrix_dir(path: str) -> Path:
+    """A matrix directory given on the command line, or a one-line error saying what to give."""
+    out = Path(path)
+    if not out.is_dir():
+        raise FileNotFoundError(f"{out}: no such matrix directory; give the --out of an `attncollapse run` "
+                                "(default runs/<matrix name>, e.g. runs/demo)")
+    return out
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -76,23 +102,48 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from .study import format_status, status
 
-    print(format_status(status(args.dir)))
+    print(format_status(status(_matrix_dir(args.dir))))
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from .study import matrix_of, run_analysis
 
-    matrix = matrix_of(Path(args.dir))  # a missing or damaged matrix.yaml: one line from main
-    state = run_analysis(args.dir, matrix=matrix)
+    out = _matrix_dir(args.dir)
+    matrix = matrix_of(out)  # a missing or damaged matrix.yaml: one line from main
+    state = run_analysis(out, matrix=matrix)
     for stage, s in state.items():
         print(f"{stage:>8}: {s}")
+    if state.get("report") == "ok":
+        print(f"wrote {out / 'report.md'}, {out / 'report.html'}, {out / 'stats.json'} and {out / 'figures'}/")
     return 1 if any(s.startswith("failed") for s in state.values()) else 0
+
+
+def _zeroshot_hub_check(run_dir: Path, datasets: list[str] | None) -> None:
+    """Fail fast, naming the offline routes, when the hub model or a zero-shot set is
+    neither cached nor reachable (else each load retries the hub for ~30 s)."""
+    from .config import hub_dataset_id, hub_model_id, read_recorded_config
+    from .study import check_hub
+
+    cfg = read_recorded_config(run_dir / "config.yaml")
+    need: dict[tuple[str, str], list[str]] = {}
+    # The pretrained model (LoRA's adapters-off and frozen-projection protocols) and every set.
+    for kind, repo in [("model", hub_model_id(cfg.model)),
+                       *[("dataset", hub_dataset_id(d)) for d in (datasets or cfg.zeroshot.datasets)]]:
+        if repo is not None:
+            need.setdefault((kind, repo), []).append(run_dir.name)
+    check_hub(need)
 
 
 def cmd_zeroshot(args: argparse.Namespace) -> int:
     from .train import evaluate_run
 
+    run_dir = Path(args.run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"{run_dir}: no such run directory; give one run's directory inside a matrix "
+                                "directory (runs/<matrix>/<run id>; `attncollapse status runs/<matrix>` lists them)")
+    if (run_dir / "final.json").is_file() and (run_dir / "config.yaml").is_file():
+        _zeroshot_hub_check(run_dir, args.datasets)
     final = evaluate_run(args.run_dir, datasets=args.datasets or None, device=args.device)
     for name, block in (final.get("zeroshot") or {}).items():
         keys = ("acc", "top5", "acc_base_only", "acc_frozen_projection", "knn_acc", "linear_probe_acc")
@@ -153,9 +204,11 @@ def cmd_convert(args: argparse.Namespace) -> int:
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="matrix directory (default runs/<matrix name>)")
     p.add_argument("--only", help="run ids, entries, groups or globs, comma-separated (E2,A1,R*); E1 = baselines")
-    p.add_argument("--executor", choices=["local", "ray", "slurm"], default="local")
-    p.add_argument("--gpus", help="GPUs: a count (one local worker each) or ids like 0,2")
-    p.add_argument("--runs-per-gpu", type=int, default=1, help="runs sharing one GPU (default 1)")
+    p.add_argument("--executor", choices=["local", "ray", "slurm"], default="local",
+                   help="where runs execute: this machine (default), a Ray cluster or Slurm "
+                        "(pip install -e '.[ray]' / '.[slurm]')")
+    p.add_argument("--gpus", type=_gpu_list, help="GPUs: a count (one local worker each) or ids like 0,2")
+    p.add_argument("--runs-per-gpu", type=_positive_int, default=1, help="runs sharing one GPU (default 1)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a field of defaults (optim.lr=1e-4), a run (runs.E3.optim.epochs=1) "
                         "or the matrix (seeds=[1,2]); repeatable")
@@ -170,7 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="show the Python traceback of an error (for bug reports)")
     parser = argparse.ArgumentParser(
         prog="attncollapse", parents=[common],
-        description="Measure, control and report how fine-tuning reshapes CLIP's attention.")
+        description="Measure, control and report how fine-tuning reshapes the attention of a vision "
+                    "transformer (CLIP, SigLIP, DINOv2, ViT).",
+        epilog="Start with `attncollapse demo` (offline, CPU, about a minute); "
+               "`attncollapse COMMAND --help` describes each command.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, help: str, description: str, **kw) -> argparse.ArgumentParser:
@@ -180,13 +236,13 @@ def build_parser() -> argparse.ArgumentParser:
             "Validate a matrix exactly as `validate` does, check the hub models and datasets it "
             "needs are cached or reachable, then train every run not finished yet (resuming "
             "interrupted ones), and write results.csv, stats, figures and the report.")
-    p.add_argument("matrix", help="matrix YAML, or a packaged config: paper, demo, paper-shapes")
+    p.add_argument("matrix", help="matrix YAML, or a packaged config: paper, paper-shapes, demo, families, families-demo")
     _add_run_options(p)
     p.set_defaults(func=cmd_run)
 
     p = add("demo", "the whole study in miniature on CPU (runs/demo)",
             "The packaged demo matrix: a tiny random-init CLIP on synthetic and digits images, "
-            "every experiment family, a few CPU minutes, written to runs/demo.")
+            "every experiment family, about a minute on CPU, offline, written to runs/demo.")
     _add_run_options(p)
     p.set_defaults(func=cmd_demo)
 
@@ -194,7 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
             "Check a matrix or a single run's config the way `run` does (same code path): "
             "types, sources, local model and data directories, cache_dir; print every problem "
             "with its location, and warnings for legal settings that are likely typos.")
-    p.add_argument("file", help="matrix or run config YAML, or a packaged config name (paper, demo)")
+    p.add_argument("file", help="matrix or run config YAML, or a packaged config name "
+                                   "(paper, paper-shapes, demo, families, families-demo)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field, as for run")
     p.set_defaults(func=cmd_validate)
 
@@ -211,22 +268,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_report)
 
     p = add("zeroshot", "zero-shot evaluation of a finished run",
-            "Zero-shot accuracy of a finished run's selected checkpoint on the given sources, "
-            "merged into its final.json.")
+            "Zero-shot accuracy of a finished run's selected checkpoint on the given sources "
+            "(k-NN and linear probe for vision-only models), merged into its final.json.")
     p.add_argument("run_dir", help="a finished run's directory (runs/<matrix>/<run id>)")
     p.add_argument("--datasets", nargs="+", help="zero-shot sources (default: the run's config)")
-    p.add_argument("--device", default=None)
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: the run's config)")
     p.set_defaults(func=cmd_zeroshot)
 
     p = add("baseline", "E1: attention structure of a pretrained model",
             "Experiment E1: the pretrained model's per-layer attention metrics on a dataset's "
             "fixed eval subset (and zero-shot accuracy), with the baseline figure.")
-    p.add_argument("--model", required=True, help="hub id, local directory or preset (tiny)")
+    p.add_argument("--model", required=True,
+                   help="hub id, local directory, or a tiny random preset (tiny, tiny-siglip, tiny-dinov2, "
+                        "tiny-dinov2-reg, tiny-vit)")
     p.add_argument("--data", required=True, help="dataset source (eurosat, pets, synthetic, hf:<id>, ...)")
     p.add_argument("--out", required=True, help="directory for baseline.json and fig2_baseline_structure.png")
-    p.add_argument("--eval-images", type=int, default=200, help="fixed eval subset size (reports: 200)")
+    p.add_argument("--eval-images", type=_positive_int, default=200, help="fixed eval subset size (reports: 200)")
     p.add_argument("--zeroshot", nargs="*", help="also measure zero-shot accuracy on these sources")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default auto: CUDA when available)")
     p.set_defaults(func=cmd_baseline)
 
     desc = ("Convert an OpenAI TorchScript ViT-*.pt archive or an OpenCLIP ViT state dict into a "
@@ -275,6 +334,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except BrokenPipeError:  # `attncollapse status runs/x | head`: the reader left, nothing is wrong
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 0
     except KeyboardInterrupt:
         print("interrupted (finished runs are kept; `attncollapse run` resumes the rest)", file=sys.stderr)
         return 130

@@ -58,7 +58,11 @@ def parse_assignments(items: list[str] | tuple, flag: str = "--set") -> tuple[li
         if not sep or not key.strip():
             errors.append(f"{flag} {item}: expected KEY=VALUE")
             continue
-        pairs.append((key.strip(), parse_value(text)))
+        try:
+            pairs.append((key.strip(), parse_value(text)))
+        except yaml.YAMLError as exc:  # `--set seeds=[1,2`: name the item, not the parser's state
+            errors.append(f"{flag} {item}: not a valid YAML value ({getattr(exc, 'problem', None) or exc}); "
+                          "e.g. optim.lr=1e-4, seeds=[1,2], lora.targets=qkvo")
     return pairs, errors
 
 
@@ -117,6 +121,9 @@ def resolve_config_path(name: str | Path) -> Path:
     if p.is_file():
         return p
     shipped = packaged_configs()
+    if p.is_dir():  # e.g. a matrix directory given to `validate` / `run` instead of its YAML
+        raise FileNotFoundError(f"{name}: is a directory; give a matrix or run config YAML file, or a packaged "
+                                f"config ({', '.join(shipped)}); `attncollapse status` reads matrix directories")
     stem = p.name[:-5] if p.name.endswith(".yaml") else p.name
     if p.parent == Path(".") and stem in shipped:
         return shipped[stem]

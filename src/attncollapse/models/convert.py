@@ -92,14 +92,20 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], str | None]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such checkpoint file")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
 
-        return load_file(str(path)), None
-    if _is_torchscript(path):
-        module = torch.jit.load(str(path), map_location="cpu")
-        return dict(module.state_dict()), _scripted_act(module)
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+            return load_file(str(path)), None
+        if _is_torchscript(path):
+            module = torch.jit.load(str(path), map_location="cpu")
+            return dict(module.state_dict()), _scripted_act(module)
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # garbage, truncated or pickled objects: one line, not torch's essay
+        first = (str(exc).strip().splitlines() or [""])[0].split(". ")[0][:120]
+        raise ValueError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {first}); pass an "
+                         "OpenAI ViT-*.pt archive, an open_clip state dict (open_clip_pytorch_model.bin) "
+                         "or a .safetensors file, re-downloaded if it may be truncated") from exc
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]  # open_clip training checkpoints: {"epoch", "state_dict", ...}
     if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):

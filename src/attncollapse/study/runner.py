@@ -164,9 +164,13 @@ def status(out_dir: str | Path) -> dict:
     for task in plan(matrix, out):
         state = run_state(task)
         counts[state] = counts.get(state, 0) + 1
-        final = task.read_done() if state == "done" and task.kind == "run" else {}
+        final = task.read_done() if state == "done" else {}
         note = ""
-        if state == "damaged":
+        if state == "done" and task.kind == "baseline":  # E1 has no accuracy: its file and entropy
+            note = (f"{task.done_file.parent.name}/{task.done_file.name}: mean entropy "
+                    f"{(final.get('mean') or {}).get('entropy', float('nan')):.3f} over {final.get('images')} images")
+            final = {}
+        elif state == "damaged":
             note = f"{task.done_file.name}: {task.done_problem()}"[:160]
         elif state in ("running", "stale-lock"):
             owner = read_lock(task.lock_file) or {}
@@ -186,7 +190,8 @@ def format_status(st: dict) -> str:
     def num(v, f):
         return "" if v is None else format(v, f)
     rows = [(t["id"], t["state"], num(t["best_acc"], ".4f"), num(t["entropy_delta_pct"], "+.2f"),
-             num(t["wall_time_s"], ".0f"), t["note"]) for t in st["tasks"]]
+             num(t["wall_time_s"], ".1f" if (t["wall_time_s"] or 0) < 100 else ".0f"), t["note"])
+            for t in st["tasks"]]
     counts = ", ".join(f"{n} {s}" for s, n in sorted(st["counts"].items()))
     return (f"{st['name']} ({st['out_dir']})\n"
             + _table(["task", "state", "best_acc", "Δentropy %", "wall s", "note"], rows) + f"\n{counts}")

@@ -132,7 +132,8 @@ class ReferenceRows:
         flips = (False, True) if hflip else (False,)
         n = len(feeder)
         out = None
-        bar = tqdm(total=n * len(flips), desc="APR reference rows", unit="img", leave=False)
+        bar = tqdm(total=n * len(flips), desc="APR reference rows", unit="img", leave=False,
+                   disable=None)  # no bar in a log (stderr not a terminal), as README says
         tower = ref_vision if ref_vision is not None else clf.vision
         adapter_off = ref_vision is None and hasattr(clf.vision, "disable_adapter")
         with probing(tower) as rows, (clf.vision.disable_adapter() if adapter_off else contextlib.nullcontext()):
