@@ -103,3 +103,20 @@ def test_one_family_gets_no_family_section_numbers(study, tmp_path):
     assert future_work.families({"model_families": e}, 0.05) == [("p", f"*Not a cross-family matrix: {e['reason']}.*")]
     heads = [b[2] for b in future_work.blocks({"tests": {"model_families": e}}) if b[0] == "h"]
     assert heads == ["Early warning", "Weight-drift control"]  # no family section for one family
+
+
+def test_zero_shot_is_judged_against_each_models_own_e1(study):
+    # With one E1 per model, a run's zero-shot change is relative to its own pretrained model,
+    # never to whichever baseline file comes first.
+    from attncollapse.analysis.render import pct
+
+    md = (study / "report.md").read_text()
+    sec = md.split("Zero-shot transfer (three protocols)\n", 1)[1].split("\n## ", 1)[0]
+    for model in ("tiny", "tiny-siglip"):
+        acc = json.loads((study / "baseline" / f"{model}_synthetic.json").read_text())["zeroshot"]["synthetic"]["acc"]
+        assert f"| E1 (pretrained {model}) | baseline | — | {pct(acc)} |" in sec
+        for r in _rows(study):
+            if r["model"] == model and r["zeroshot_acc"]:
+                row = next(ln for ln in sec.splitlines() if ln.startswith(f"| {r['run_id']} |"))
+                rel = 100 * (float(r["zeroshot_acc"]) - acc) / acc
+                assert f"({rel:+.1f}%)" in row, (row, rel)

@@ -21,8 +21,13 @@ PROTOCOLS = (("acc", "as trained (adapter-active / fine-tuned projection)"),
 
 
 def zeroshot_baseline(ctx: Ctx, name: str | None = None) -> float | None:
-    """The pretrained model's zero-shot accuracy on `name` (default: the headline dataset)."""
-    return roles.pretrained_zeroshot(ctx.matrix.baseline, name or roles.headline_zeroshot(ctx.matrix.done))
+    """The pretrained model's zero-shot accuracy on `name` (default: the headline dataset);
+    None when the runs fine-tune several models (no single pretrained line to draw)."""
+    models = {r.get("model") for r in ctx.matrix.done}
+    if len(models) != 1:
+        return None
+    return roles.pretrained_zeroshot(ctx.matrix.baseline, name or roles.headline_zeroshot(ctx.matrix.done),
+                                     models.pop())
 
 
 def _pct(key: str):

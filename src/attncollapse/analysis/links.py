@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from .inference import correlate, family, single, skip
+from .roles import headline_zeroshot
 from .table import METRICS, Run
 
 TRANSFER_COLUMNS = ("transfer_acc", "zeroshot_acc")
@@ -45,7 +46,7 @@ def transfer(run: Run) -> tuple[float | None, str | None]:
 
 def _headline_block(run: Run) -> tuple[str | None, dict]:
     blocks = (run.final or {}).get("zeroshot") or {}
-    name = next(iter(blocks), None)  # zeroshot_acc is the first zero-shot dataset's (FORMATS.md)
+    name = headline_zeroshot([run])  # zeroshot_acc is the first zero-shot dataset's (FORMATS.md)
     return name, (blocks.get(name) or {}) if name else {}
 
 

@@ -134,8 +134,8 @@ def _zeroshot_findings(m: table.Matrix, ref: list[table.Run], lora: list[table.R
     for cid, a in runtables.config_summary(ref + lora).items():
         r0 = a["runs"][0]
         zs, zb = (a.get("zeroshot_acc") or {}).get("mean"), (a.get("zeroshot_acc_base_only") or {}).get("mean")
-        name = next(iter((r0.final or {}).get("zeroshot") or {}), None)
-        base = roles.pretrained_zeroshot(m.baseline, name)
+        name = roles.headline_zeroshot([r0])
+        base = roles.pretrained_zeroshot(m.baseline, name, r0.get("model"))
         if zs is None or base is None:
             continue
         seeds_txt = f", {a['n_seeds']} seeds" if a["n_seeds"] > 1 else ""

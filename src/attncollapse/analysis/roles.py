@@ -53,14 +53,18 @@ def headline_zeroshot(runs: list[Run]) -> str | None:
     return next((n for r in runs for n in (r.final or {}).get("zeroshot") or {}), None)
 
 
-def pretrained_zeroshot(baseline: dict[str, dict], name: str | None) -> float | None:
+def pretrained_zeroshot(baseline: dict[str, dict], name: str | None, model: str | None = None) -> float | None:
     """E1's zero-shot accuracy on dataset `name`: the first baseline that measured it, or None.
 
     Args:
-        baseline: {dataset: baseline JSON} (`Matrix.baseline`).
+        baseline: {file stem: baseline JSON} (`Matrix.baseline`).
         name: a zero-shot dataset as final.json names it (`headline_zeroshot`).
+        model: only E1 of this model counts (a matrix of several models has one E1 per model;
+            another model's pretrained accuracy is no reference). None = any baseline.
     """
     for b in baseline.values():
+        if model is not None and b.get("model") != model:
+            continue
         acc = ((b.get("zeroshot") or {}).get(name) or {}).get("acc")
         if acc is not None:
             return acc

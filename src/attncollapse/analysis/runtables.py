@@ -207,9 +207,11 @@ def zeroshot_table(runs: list[Run], baseline: dict[str, dict]) -> list[Block]:
                             "off** — LoRA runs with the adapters disabled, i.e. the pretrained tower plus the "
                             "trained projection (the reports' protocol, English report §6.2; — for full FT).")]
     for n in names:
-        base = roles.pretrained_zeroshot(baseline, n)
-        rows = [["E1 (pretrained)", "baseline", "—", pct(base), "—", "—"]]
+        models = list(dict.fromkeys(r.get("model") for r in runs))
+        rows = [[f"E1 (pretrained{'' if len(models) == 1 else ' ' + str(mdl)})", "baseline", "—",
+                 pct(roles.pretrained_zeroshot(baseline, n, mdl)), "—", "—"] for mdl in models]
         for cid, rs in roles.by_config(runs).items():
+            base = roles.pretrained_zeroshot(baseline, n, rs[0].get("model"))
             blocks = [((r.final or {}).get("zeroshot") or {}).get(n) or {} for r in rs]
             cells = []
             for k, _ in ZS_PROTOCOLS:
