@@ -120,3 +120,25 @@ def test_zero_shot_is_judged_against_each_models_own_e1(study):
                 row = next(ln for ln in sec.splitlines() if ln.startswith(f"| {r['run_id']} |"))
                 rel = 100 * (float(r["zeroshot_acc"]) - acc) / acc
                 assert f"({rel:+.1f}%)" in row, (row, rel)
+
+
+def test_zero_shot_reference_is_never_another_models_e1(study):
+    # The real pretrained accuracies tie at chance here, so give CLIP's E1 another value and
+    # put its file first: SigLIP's rows must still be relative to SigLIP's own E1.
+    from attncollapse.analysis import runtables
+    from attncollapse.analysis.render import pct
+
+    m = table.load(study)
+    clip = json.loads(json.dumps(m.baseline["tiny_synthetic"]))
+    clip["zeroshot"]["synthetic"]["acc"] = 0.5
+    base = {"tiny_synthetic": clip, **{k: v for k, v in m.baseline.items() if k != "tiny_synthetic"}}
+    siglip_acc = base["tiny-siglip_synthetic"]["zeroshot"]["synthetic"]["acc"]
+    assert siglip_acc != 0.5
+    rows = next(b[2] for b in runtables.zeroshot_table(m.done, base) if b[0] == "table")
+    assert ["E1 (pretrained tiny)", "baseline", "—", pct(0.5), "—", "—"] in rows
+    siglip_runs = [r for r in m.done if r.get("model") == "tiny-siglip"]
+    assert siglip_runs
+    for r in siglip_runs:
+        row = next(x for x in rows if x[0] == r.config_id)
+        rel = 100 * (r.get("zeroshot_acc") - siglip_acc) / siglip_acc
+        assert row[3].endswith(f"({rel:+.1f}%)"), (row, rel)
