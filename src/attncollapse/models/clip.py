@@ -299,51 +299,64 @@ def freeze_layers(clf: Classifier, n_layers: int) -> list[str]:
     return frozen
 
 
-def block_weights(clf: Classifier) -> list[dict[str, Tensor]]:
-    """Effective weights of each transformer block of the tower, detached copies on the CPU.
+def _effective_block_weights(blk: nn.Module) -> dict[str, Tensor]:
+    """A block's weights as it computes with them, live (no copy): a LoRA-wrapped linear
+    counts as its merged weight W + scale·B·A (PEFT's `get_delta_weight`)."""
+    state = {}
+    for name, mod in blk.named_modules():
+        if hasattr(mod, "base_layer") and hasattr(mod, "get_delta_weight"):
+            w = mod.base_layer.weight
+            for a in mod.active_adapters:
+                if a in mod.lora_A:
+                    w = w + mod.get_delta_weight(a)
+            state[f"{name}.weight"] = w
+            if mod.base_layer.bias is not None:
+                state[f"{name}.bias"] = mod.base_layer.bias
+    for name, p in blk.named_parameters():
+        if "lora_" not in name and ".base_layer." not in name:
+            state[name] = p
+    return state
 
-    A LoRA-wrapped linear counts as its merged weight W + scale·B·A (PEFT's
-    `get_delta_weight`), so full fine-tuning and LoRA drift are measured alike.
+
+def block_weights(clf: Classifier, device: torch.device | str = "cpu") -> list[dict[str, Tensor]]:
+    """Effective weights of each transformer block of the tower, detached fp32 copies.
+
+    A LoRA-wrapped linear counts as its merged weight, so full fine-tuning and LoRA drift
+    are measured alike.
+
+    Args:
+        device: where the copies live; training keeps θ₀ on the model's device so that
+            `weight_drift` at every eval point copies nothing to the host.
 
     Returns:
         One {name: fp32 tensor} per block, in layer order.
     """
     _, blocks = _blocks(_root(clf.base_vision))
-    out = []
     with torch.no_grad():
-        for blk in blocks:
-            state = {}
-            for name, mod in blk.named_modules():
-                if hasattr(mod, "base_layer") and hasattr(mod, "get_delta_weight"):
-                    w = mod.base_layer.weight
-                    for a in mod.active_adapters:
-                        if a in mod.lora_A:
-                            w = w + mod.get_delta_weight(a)
-                    state[f"{name}.weight"] = w
-                    if mod.base_layer.bias is not None:
-                        state[f"{name}.bias"] = mod.base_layer.bias
-            for name, p in blk.named_parameters():
-                if "lora_" not in name and ".base_layer." not in name:
-                    state[name] = p
-            out.append({k: v.detach().float().cpu().clone() for k, v in state.items()})
-    return out
+        return [{k: v.detach().float().to(device, copy=True) for k, v in _effective_block_weights(blk).items()}
+                for blk in blocks]
 
 
 def weight_drift(clf: Classifier, initial: list[dict[str, Tensor]]) -> list[float]:
     """Relative weight change per block, ‖θ − θ₀‖ / ‖θ₀‖ over each block's weights.
 
+    Computed in float64 where the weights live (no host copy of the tower per eval point).
+
     Args:
         clf: the classifier being trained.
-        initial: `block_weights(clf)` before training.
+        initial: `block_weights(clf)` before training (any device).
 
     Returns:
         One float per block, in layer order (0 before the first step).
     """
+    _, blocks = _blocks(_root(clf.base_vision))
     drift = []
-    for now, start in zip(block_weights(clf), initial):
-        num = sum(float((now[k].double() - start[k].double()).pow(2).sum()) for k in start)
-        den = sum(float(start[k].double().pow(2).sum()) for k in start)
-        drift.append((num / den) ** 0.5 if den > 0 else float("nan"))
+    with torch.no_grad():
+        for blk, start in zip(blocks, initial):
+            now = _effective_block_weights(blk)
+            num = sum((now[k].double() - start[k].to(now[k].device).double()).pow(2).sum() for k in start)
+            den = sum(start[k].double().pow(2).sum() for k in start)
+            drift.append(float((num / den) ** 0.5) if float(den) > 0 else float("nan"))
     return drift
 
 

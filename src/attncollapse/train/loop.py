@@ -156,7 +156,9 @@ def _setup(cfg: RunConfig, run_dir: Path) -> Run:
         # now (before a checkpoint is loaded) instead of loading the model again then.
         pretrained_state = {k: v.cpu() for k, v in vision_state(clf).items()}
     ref_vision, ref_cache = _apr_reference(cfg, clf, train_feed, device, precision)
-    initial_blocks = block_weights(clf)  # θ₀ per block, before `_resume` loads a checkpoint
+    # θ₀ per block, before `_resume` loads a checkpoint; on the device, so each eval point's
+    # drift is computed there instead of copying the tower to the host
+    initial_blocks = block_weights(clf, device)
     opt = torch.optim.AdamW(list(trainable(clf).values()), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
                             fused=bool(cfg.optim.fused and device.type == "cuda"))
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
