@@ -85,13 +85,13 @@ def feeders_built(monkeypatch):
 
 @pytest.mark.parametrize("preset", ["tiny-dinov2", "tiny-siglip"])
 def test_a_run_feeds_its_family_constants(tmp_path, feeders_built, preset, monkeypatch):
-    threads = []
+    threads, before = [], torch.get_num_threads()
     monkeypatch.setattr(torch, "set_num_threads", threads.append)  # the run's cpu_threads
     cfg = tiny_run_config(model=preset, cpu_threads=1, **{"optim.epochs": 1, "eval.points_per_epoch": 1})
     train.run(cfg, tmp_path / "r")
     # train, val, eval and the overlays' feeder: all with the family's constants
     assert len(feeders_built) >= 4 and set(feeders_built) == {_as_tuples(EXPECTED[preset])}
-    assert threads == [1]
+    assert threads == [1, before]  # set for the run, then the process's own setting restored
 
 
 def test_baseline_feeds_its_family_constants(tmp_path, feeders_built):

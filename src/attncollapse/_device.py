@@ -41,6 +41,22 @@ def autocast(device: torch.device | str, precision: str):
 
 
 @contextmanager
+def cpu_threads(n: int | None) -> Iterator[None]:
+    """torch's intra-op CPU threads set to `n` inside the block and restored after (None: unchanged).
+
+    The setting is process-wide: a worker that runs several runs must not carry one run's
+    choice into the next.
+    """
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@contextmanager
 def eval_mode(*modules: nn.Module) -> Iterator[None]:
     """Eval mode inside the block (dropout, LoRA dropout off), each module's mode restored after."""
     was = [m.training for m in modules]

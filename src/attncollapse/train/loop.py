@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from .. import _io
-from .._device import effective_precision, resolve_device
+from .._device import cpu_threads, effective_precision, resolve_device
 from ..config import RunConfig
 from ..data import Feeder, Splits, load_splits
 from ..measure import classifier_accuracy, delta_pct, eval_rows, layer_mean, probing, summarize_rows
@@ -115,10 +115,15 @@ def run(cfg: RunConfig, run_dir: str | Path, *, before_step: Callable[[int], Non
         before_step: called with the step index before each optimisation step (a test
             kills a run there to check that resuming gives the same numbers).
     """
+    with cpu_threads(cfg.cpu_threads):
+        return _run(cfg, Path(run_dir), before_step)
+
+
+def _run(cfg: RunConfig, run_dir: Path, before_step: Callable[[int], None] | None) -> dict:
     t_setup = time.perf_counter()
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()  # a worker runs many runs: the peak is this run's
-    r = _setup(cfg, Path(run_dir))
+    r = _setup(cfg, run_dir)
     state, overlay_initial = _resume(r)
     _io.write_yaml(r.dir / "config.yaml", cfg.model_dump(mode="json"))
     _io.write_json(r.dir / "env.json", {**_io.environment(), "device_used": str(r.device),
@@ -143,8 +148,6 @@ def _setup(cfg: RunConfig, run_dir: Path) -> Run:
     """Data, model, optimizer, and APR's reference, as the config asks."""
     run_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
-    if cfg.cpu_threads:
-        torch.set_num_threads(cfg.cpu_threads)
     precision = effective_precision(cfg.optim.precision, device)
     splits = load_splits(cfg.dataset, cfg.data, image_size=image_size(cfg.model))
     mean, std = normalization(cfg.model)  # the family's (or the checkpoint's) image constants
