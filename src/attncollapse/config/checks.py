@@ -9,6 +9,7 @@ the same file reading, the same errors, the same warnings.
 from __future__ import annotations
 
 import math
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 from ..data import HF_SHORTCUTS
 from ..data import known_sources as listed_sources
 from ..data.base import IMAGE_EXTENSIONS
-from ..models import PRESETS, num_layers
+from ..models import PRESETS, image_size, num_layers
 
 # Weight files a local Hugging Face model directory may hold (transformers' names).
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
@@ -116,9 +117,80 @@ def dir_setting_problem(value: Any) -> str | None:
         return None
     p = Path(value).expanduser()
     for q in (p, *p.parents):
+        if q.is_symlink() and not q.exists():  # exists() is False for a loop and a dangling link
+            try:
+                q.resolve(strict=True)
+            except RuntimeError:
+                return f"{q} is a symlink loop; point it at a real directory or remove it"
+            except OSError:
+                return f"{q} is a symlink to nothing ({os.readlink(q)}); point it at a real directory or remove it"
         if q.exists():
             return None if q.is_dir() else f"{q} is a file, so {p} cannot be a directory"
     return None
+
+
+def device_problem(device: str) -> str | None:
+    """Why this machine cannot run on `device` ("cuda" without a GPU, "cuda:3" with two), or None."""
+    import torch  # only here: the device checks are the one part of validation that needs it
+
+    if device.startswith("cuda"):
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            return (f"{device}: this machine has no CUDA GPU (torch {torch.__version__}); use auto (CUDA when "
+                    "present, else CPU) or cpu, or validate on the machine that will run it")
+        index = int(device.split(":")[1]) if ":" in device else 0
+        if index >= n:
+            return f"{device}: this machine has {n} CUDA GPU{'s' * (n != 1)} (cuda:0..cuda:{n - 1})"
+    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        return "mps: this machine has no Apple GPU; use auto or cpu"
+    return None
+
+
+def model_image_size(spec: str) -> int | None:
+    """Input resolution of a preset or a local model directory, without loading weights; None when
+    unknown without the hub."""
+    p = Path(spec).expanduser()
+    if (p / "config.json").is_file() or ("/" not in spec and not p.exists() and spec in PRESETS):
+        try:
+            return image_size(str(p) if p.exists() else spec)
+        except Exception:  # noqa: BLE001 - an unreadable config.json: the size is unknown
+            return None
+    return 224 if re.search(r"clip-vit-(base|large|huge)-patch\d+", spec.lower()) else None
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this machine can still give (Linux MemAvailable; else physical), or None."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def synthetic_problems(model: str | None, classes: int | None, train: int | None,
+                       test: int | None) -> list[tuple[str, str]]:
+    """(field, message) for a `synthetic` source this machine cannot make or learn from."""
+    errs = []
+    for key, n in (("data.synthetic_train", train), ("data.synthetic_test", test)):
+        if classes and n and n < classes:
+            errs.append((key, f"{n} images for {classes} classes (data.synthetic_classes): every class needs "
+                              f"at least one; raise {key} to ≥ {classes} or lower data.synthetic_classes"))
+    size = model_image_size(model) if model else None
+    free = available_memory()
+    if size and train and test and free:
+        need = (train + test) * 3 * size * size  # uint8 (N, 3, S, S), made in memory before it is cached
+        if need > free:
+            errs.append(("data.synthetic_train",
+                         f"{train:,} + {test:,} synthetic images at {size} px need {need / 2**30:.3g} GiB of memory; "
+                         f"this machine has {free / 2**30:.3g} GiB available: lower data.synthetic_train / "
+                         "data.synthetic_test"))
+    return errs
 
 
 def model_depth(spec: str) -> int | None:
@@ -185,6 +257,10 @@ def run_warnings(cfg: Any) -> list[str]:
         out.append("a single training image (data.max_train_images: 1?)")
     if n is not None and bs > n:
         out.append(f"optim.batch_size {bs} > the {n} training images (every step sees them all)")
+    cores = os.cpu_count() or 1
+    if cfg.cpu_threads is not None and cfg.cpu_threads > cores:
+        out.append(f"cpu_threads {cfg.cpu_threads} > this machine's {cores} cores: the threads wait on each "
+                   "other (measured up to 20× slower); set cpu_threads ≤ the cores or leave it unset")
     if n is not None and ppe > math.ceil(n / bs):
         out.append(f"eval.points_per_epoch {ppe} > the {math.ceil(n / bs)} steps per epoch "
                    "(one eval point per step at most)")

@@ -42,7 +42,14 @@ _Loader.add_implicit_resolver(
 
 
 def parse_value(text: str) -> Any:
-    """A `--set` value as YAML (`1e-4` → float, `[1, 2]` → list, `qv` → str)."""
+    """A `--set` value as YAML (`1e-4` → float, `[1, 2]` → list, `qv` → str).
+
+    Raises:
+        yaml.YAMLError: not YAML, or aliases expanding past MAX_CONFIG_NODES values.
+    """
+    node = yaml.compose(text, Loader=_Loader)
+    if node is not None and _expanded_size(node) > MAX_CONFIG_NODES:
+        raise yaml.YAMLError(f"aliases expand to more than {MAX_CONFIG_NODES:,} values")
     return yaml.load(text, Loader=_Loader)
 
 
@@ -64,6 +71,37 @@ def parse_assignments(items: list[str] | tuple, flag: str = "--set") -> tuple[li
             errors.append(f"{flag} {item}: not a valid YAML value ({getattr(exc, 'problem', None) or exc}); "
                           "e.g. optim.lr=1e-4, seeds=[1,2], lora.targets=qkvo")
     return pairs, errors
+
+
+MAX_CONFIG_BYTES = 1 << 20
+"""Largest config file read: a study's YAML is a few KB."""
+
+MAX_CONFIG_NODES = 100_000
+"""Most YAML values a config may expand to, aliases counted at every use: a few hundred
+bytes of nested `&a [*b, *b, ...]` anchors expand to billions (a "billion laughs" file
+hangs any reader that walks the values)."""
+
+
+def _expanded_size(root: yaml.Node) -> int:
+    """Values `root` stands for with every alias expanded, counted on the composed graph
+    (an alias is the same node object, so each node is sized once)."""
+    memo: dict[int, int] = {}
+    order, stack = [], [root]
+    while stack:  # post-order without recursion (a deep file must not hit the recursion limit)
+        node = stack.pop()
+        if id(node) in memo:
+            continue
+        memo[id(node)] = -1
+        order.append(node)
+        if isinstance(node, yaml.SequenceNode):
+            stack.extend(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            stack.extend(x for kv in node.value for x in kv)
+    for node in reversed(order):
+        kids = (node.value if isinstance(node, yaml.SequenceNode)
+                else [x for kv in node.value for x in kv] if isinstance(node, yaml.MappingNode) else [])
+        memo[id(node)] = min(1 + sum(max(memo[id(k)], 1) for k in kids), MAX_CONFIG_NODES + 1)
+    return memo[id(root)]
 
 
 def _duplicate_keys(node: yaml.Node, path: str = "") -> list[str]:
@@ -93,6 +131,13 @@ def read_config_yaml(path: str | Path) -> tuple[Any, list[str]]:
         ConfigError: not UTF-8 text, binary, unreadable, not YAML, or empty.
     """
     try:
+        size = Path(path).stat().st_size
+    except OSError:
+        size = 0  # read_text_checked names what is wrong with it
+    if size > MAX_CONFIG_BYTES:
+        raise ConfigError([f"{size / 2**20:.1f} MiB: too large for a config (limit {MAX_CONFIG_BYTES >> 20} MiB; "
+                           "a study's YAML is a few KB) — is this the right file?"], str(path))
+    try:
         text = _io.read_text_checked(path)
     except _io.DamagedFile as exc:
         raise ConfigError([exc.why], str(path)) from None
@@ -101,6 +146,9 @@ def read_config_yaml(path: str | Path) -> tuple[Any, list[str]]:
                           str(path))
     try:
         node = yaml.compose(text, Loader=_Loader)
+        if node is not None and _expanded_size(node) > MAX_CONFIG_NODES:
+            raise ConfigError([f"its YAML aliases expand to more than {MAX_CONFIG_NODES:,} values (an alias bomb?); "
+                               "write the values out or use fewer nested aliases"], str(path))
         data = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)

@@ -15,13 +15,13 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import Field, PrivateAttr, ValidationError
+from pydantic import Field, PrivateAttr, ValidationError, field_validator
 
 from .checks import source_problem
 from .loading import ConfigError, parse_assignments, read_config_yaml, resolve_config_path
-from .schema import RunConfig, Strict
+from .schema import SEED_MAX, RunConfig, Strict, name_problem
 from .validate import (deep_merge, get_path, has_path, key_problem, pydantic_problems, semantic_problems,
                        set_path)
 
@@ -104,10 +104,11 @@ class MatrixConfig(Strict):
     """A study: shared defaults, runs keyed by the reports' ids, seeds and the E1 baseline."""
 
     name: str
-    """Matrix name; the default output directory is runs/<name>."""
+    """Matrix name, a plain name (letters, digits, . _ + = @ -); the default output
+    directory is runs/<name>, so a path here would write outside runs/."""
     description: str = ""
     """Free text (what this matrix reproduces, for whom)."""
-    seeds: list[int] = Field(default_factory=lambda: [42], min_length=1)
+    seeds: list[Annotated[int, Field(ge=0, le=SEED_MAX)]] = Field(default_factory=lambda: [42], min_length=1)
     """Each run is repeated per seed; run dirs get `-s<seed>` only with several (reports: [42])."""
     baseline: list[str] = Field(default_factory=list)
     """E1: datasets to measure the pretrained model on (reports: eurosat, pets)."""
@@ -116,6 +117,13 @@ class MatrixConfig(Strict):
     runs: dict[str, dict[str, Any] | None] | list[dict[str, Any]]
     """Run id → fields that differ from defaults (+ optional `sweep:`); or a list with `id:`."""
     _planned: list[PlannedRun] | None = PrivateAttr(default=None)
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, v: str) -> str:
+        if (p := name_problem(v, "matrix name")) is not None:
+            raise ValueError(p)
+        return v
 
     def entries(self) -> list[tuple[str, str, dict[str, Any]]]:
         """(location, entry id, delta) of every run entry, in file order."""
@@ -326,7 +334,7 @@ def matrix_from_dict(data: Any, *, overrides: list[str] | tuple = (), source: st
     except ValidationError as exc:
         for e in exc.errors():
             loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith(("dict[", "list[")))
-            msg = e["msg"]
+            msg = e["msg"].removeprefix("Value error, ")
             if e["type"] == "extra_forbidden":
                 msg = f"unknown key; valid keys: {', '.join(_MATRIX_KEYS)}"
             errors.append(f"{loc}: {msg}")

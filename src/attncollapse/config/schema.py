@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -17,7 +18,39 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 class Strict(BaseModel):
     # strict: YAML's `true` is not a batch size and `1e12` is not an int (pydantic's lax
     # mode would turn them into 1 and 1000000000000); an int still serves as a float.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True)
+    # allow_inf_nan=False: `lr: .inf` or `.nan` would pass `gt=0` checks and train nothing.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True, allow_inf_nan=False)
+
+
+SEED_MAX = 2**32 - 1
+"""Largest seed: `numpy.random.RandomState` (the eval subset, splits) takes seeds below 2**32."""
+
+NAME_MAX = 100
+"""Longest run id or matrix name: a run directory's name, plus suffixes such as `-s<seed>`,
+must stay under the 255 bytes most file systems allow."""
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=@-]*$")
+
+RESERVED_IDS = frozenset({
+    "E1", "baseline", "figures", "tb", "results.csv", "results_by_config.csv", "stats.json", "matrix.yaml",
+    "report.md", "report.html", "figures.json", "env.json", "runs",
+})
+"""Names a matrix directory already uses for itself (E1 is the pretrained baseline):
+a run with one of them as its id would overwrite, or be overwritten by, that file."""
+
+
+def name_problem(v: str, what: str) -> str | None:
+    """Why `v` cannot name a directory under runs/ (a run id or a matrix name), or None."""
+    if not v:
+        return f"{what} must not be empty"
+    if any(ord(c) < 32 or ord(c) == 127 for c in v):
+        return f"{what} {v!r} contains control characters; use letters, digits and . _ + = @ -"
+    if len(v) > NAME_MAX:
+        return f"{what} is {len(v)} characters long; at most {NAME_MAX}"
+    if not _NAME.match(v):
+        return (f"{what} {v!r} must be a plain name: letters, digits and . _ + = @ -, starting with a letter or "
+                "digit (no spaces, slashes or leading dots)")
+    return None
 
 
 class DataConfig(Strict):
@@ -173,8 +206,8 @@ class ZeroShotConfig(Strict):
 class RunConfig(Strict):
     id: str = "run"
     """Stable run id (reports' ids: E2, A1-lr5e-05, R1-apr0.1, ...)."""
-    seed: int = 42
-    """Seed of initialisation, shuffling and dropout (reports: 42)."""
+    seed: int = Field(42, ge=0, le=SEED_MAX)
+    """Seed of initialisation, shuffling and dropout (reports: 42); 0 ≤ seed < 2**32."""
     model: str = "openai/clip-vit-base-patch32"
     """Hub id, local directory or preset (`tiny`, `vit-b-32-random`)."""
     dataset: str = "eurosat"
@@ -199,7 +232,8 @@ class RunConfig(Strict):
     keep_checkpoints: int = Field(2, ge=1)
     """Newest checkpoints kept on disk."""
     device: str = "auto"
-    """"auto" (CUDA when available), "cpu", "cuda", "cuda:1"."""
+    """"auto" (CUDA when available), "cpu", "cuda", "cuda:1", "mps"; a GPU the machine
+    does not have is an error of `validate` and `run` alike."""
     cpu_threads: int | None = Field(None, ge=1)
     """torch's intra-op CPU threads for the run (`torch.set_num_threads`); None = torch's
     default (one per core). The tiny demo models run fastest on 1: their ops are too small
@@ -208,8 +242,18 @@ class RunConfig(Strict):
     @field_validator("id")
     @classmethod
     def _id_is_path_safe(cls, v: str) -> str:
-        if not v or any(c in v for c in "/\\ \t\n") or v.startswith("."):
-            raise ValueError("run id must be non-empty, without spaces or slashes, not starting with '.'")
+        if (p := name_problem(v, "run id")) is not None:
+            raise ValueError(p)
+        if v in RESERVED_IDS:
+            raise ValueError(f"run id {v!r} is reserved: the matrix directory uses it for its own "
+                             f"{'E1 baseline' if v == 'E1' else 'file'}; pick another id")
+        return v
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, v: str) -> str:
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:[0-9]+)?", v):
+            raise ValueError(f"unknown device {v!r}; expected auto, cpu, cuda, cuda:<index> or mps")
         return v
 
     @model_validator(mode="after")

@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from .. import _io
-from .checks import dir_setting_problem, model_depth, model_problem, source_problem
+from .checks import device_problem, dir_setting_problem, model_depth, model_problem, source_problem, synthetic_problems
 from .loading import ConfigError, parse_assignments, read_config_yaml
 from .schema import DEFAULTS, RunConfig
 
@@ -124,6 +124,12 @@ def semantic_problems(raw: dict, depths: dict[str, int | None], *,
     n_eval, n_test = get("data.eval_subset_size", int), get("data.synthetic_test", int)
     if ds == "synthetic" and n_eval and n_test and n_eval > n_test:
         errs.append(("data.eval_subset_size", f"{n_eval} eval images > data.synthetic_test {n_test}"))
+    if ds == "synthetic":
+        errs.extend(synthetic_problems(model if model is not None and model_problem(model) is None else None,
+                                       get("data.synthetic_classes", int), get("data.synthetic_train", int),
+                                       n_test))
+    if (dev := get("device", str)) is not None and dev != "auto" and (p := device_problem(dev)) is not None:
+        errs.append(("device", p))
     for key in ("data.cache_dir", "data.data_root"):
         if (p := dir_setting_problem(get_path(raw, key))) is not None:
             errs.append((key, p))
