@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from attncollapse.analysis import future_work, links, table
+from attncollapse.analysis import table
+from attncollapse.analysis.report import future_work
+from attncollapse.analysis.statistics import links
 from attncollapse.cli import main
 from attncollapse.config import matrix_from_dict
 from attncollapse.study import run_matrix
@@ -108,7 +110,7 @@ def test_one_family_gets_no_family_section_numbers(study, tmp_path):
 def test_zero_shot_is_judged_against_each_models_own_e1(study):
     # With one E1 per model, a run's zero-shot change is relative to its own pretrained model,
     # never to whichever baseline file comes first.
-    from attncollapse.analysis.render import pct
+    from attncollapse.analysis.report.render import pct
 
     md = (study / "report.md").read_text()
     sec = md.split("Zero-shot transfer (three protocols)\n", 1)[1].split("\n## ", 1)[0]
@@ -125,8 +127,8 @@ def test_zero_shot_is_judged_against_each_models_own_e1(study):
 def test_zero_shot_reference_is_never_another_models_e1(study):
     # The real pretrained accuracies tie at chance here, so give CLIP's E1 another value and
     # put its file first: SigLIP's rows must still be relative to SigLIP's own E1.
-    from attncollapse.analysis import runtables
-    from attncollapse.analysis.render import pct
+    from attncollapse.analysis.report import runtables
+    from attncollapse.analysis.report.render import pct
 
     m = table.load(study)
     clip = json.loads(json.dumps(m.baseline["tiny_synthetic"]))

@@ -116,6 +116,32 @@ def test_stages_import_only_downward():
     assert not bad, "imports against the stage order: " + ", ".join(sorted(bad))
 
 
+# analysis/'s rooms → the rooms each may import (besides itself and the inputs at the top:
+# table, roles, published). Figures and report both read statistics, never each other.
+ANALYSIS_ROOMS = {"statistics": set(), "figures": {"statistics"}, "report": {"statistics"}}
+
+
+def test_analysis_rooms_import_only_downward():
+    top = f"{PKG}.analysis"
+    bad = []
+    for module, deps in _graph().items():
+        parts = module.split(".")
+        if not module.startswith(top + "."):
+            continue
+        room = parts[2] if len(parts) > 3 or (ROOT / "analysis" / parts[2]).is_dir() else None
+        for dep in deps:
+            d = dep.split(".")
+            if not dep.startswith(top + ".") or len(d) < 3:
+                continue
+            target = d[2] if (ROOT / "analysis" / d[2]).is_dir() else None
+            if target is None or target == room:
+                continue  # the inputs at the top are readable from every room
+            if room is None or target not in ANALYSIS_ROOMS[room]:
+                bad.append(f"{module} → {dep}")
+    assert not bad, "analysis rooms importing sideways or upward: " + ", ".join(sorted(bad))
+    assert {p.name for p in (ROOT / "analysis").iterdir() if (p / "__init__.py").exists()} == set(ANALYSIS_ROOMS)
+
+
 def test_no_private_name_crosses_modules():
     modules = _modules()
     bad = [f"{name}: from {target} import {n}" for name, path in modules.items()
@@ -156,10 +182,11 @@ def test_readme_layout_lists_every_module_once():
             body = re.sub(r"\([^()]*\)", "", body)  # a module's job may name other things in `code`
         names = [w for w in body.split("`")[1::2] if w.isidentifier()]
         listed[stage] = [n for n in names if (ROOT / stage / f"{n}.py").exists()]
-    on_disk = {p.parent.name: [] for p in ROOT.glob("*/__init__.py")}
-    for p in ROOT.glob("*/*.py"):
+    # every package, sub-packages too (analysis/statistics/ has its own row)
+    on_disk = {p.parent.relative_to(ROOT).as_posix(): [] for p in ROOT.glob("*/**/__init__.py")}
+    for p in ROOT.glob("*/**/*.py"):
         if p.name != "__init__.py":
-            on_disk[p.parent.name].append(p.stem)
+            on_disk[p.parent.relative_to(ROOT).as_posix()].append(p.stem)
     for stage, mods in on_disk.items():
         got = listed.get(stage, [])
         assert sorted(set(got)) == sorted(mods), f"{stage}/: README lists {sorted(set(got))}, disk has {sorted(mods)}"

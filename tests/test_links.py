@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 from scipy import stats as sp
 
-from attncollapse.analysis import links, stats, table
+from attncollapse.analysis import stats, table
+from attncollapse.analysis.statistics import links
 from attncollapse.cli import main
 from attncollapse.config import matrix_from_dict
 from attncollapse.study import run_matrix

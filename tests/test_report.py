@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from analysis_fixture import build_matrix, rendered_matrix
-from attncollapse.analysis import render, report
+from attncollapse.analysis import report
+from attncollapse.analysis.report import render
 
 SMALL = {"overlays": (), "wise": ()}
 SECTIONS = ("Research questions", "Setup", "Metric definitions", "Experiment matrix", "Datasets",
@@ -248,7 +249,7 @@ runs:
 def test_real_runs_report(tmp_path, capsys):
     """The real runner on the tiny preset: every section, numbers equal to the run files,
     † exactly where the initial value is near zero, the scorecard labelled not comparable."""
-    from attncollapse.analysis.runtables import unstable
+    from attncollapse.analysis.report.runtables import unstable
     from attncollapse.cli import main
 
     (tmp_path / "m.yaml").write_text(SMALL_MATRIX)

@@ -9,7 +9,7 @@ import copy
 
 import pytest
 
-from attncollapse.analysis import scorecard
+from attncollapse.analysis.report import scorecard
 from attncollapse.analysis.published import load_published
 
 

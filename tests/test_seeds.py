@@ -215,7 +215,8 @@ def test_report_tables_have_one_row_per_configuration(study):
 def test_scorecard_judges_by_the_seed_spread(study):
     """Two seeds: the scorecard's number is the seed mean ± sd (numpy over results.csv) and its
     rule is "within mean ± 2 sd"; a random preset on synthetic data stays "not comparable"."""
-    from attncollapse.analysis import scorecard, stats
+    from attncollapse.analysis import stats
+    from attncollapse.analysis.report import scorecard
 
     ours = scorecard.ours(table.load(study), stats.read(study))
     rows = {r["run_id"]: r for r in csv.DictReader((study / "results.csv").open())}

@@ -18,7 +18,8 @@ import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
-from . import roles, stats, table  # noqa: E402
+from .. import roles, table  # noqa: E402
+from ..statistics import stats  # noqa: E402
 
 # Okabe & Ito (2008), "Color Universal Design": distinguishable under the common colour-vision
 # deficiencies. Diverging maps use ColorBrewer PuOr (also colour-blind safe), sequential viridis.

@@ -19,10 +19,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .published import load_published
+from ..published import load_published
 from .render import Block, num
 from .runtables import config_summary
-from .table import METRICS, Matrix
+from ..table import METRICS, Matrix
 
 TOLERANCE = {
     "acc": ("±2 pp", lambda pub, d: abs(d) <= 2.0),

@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 
 from .inference import correlate, family, single, skip
-from .roles import headline_zeroshot
-from .table import METRICS, Run
+from ..roles import headline_zeroshot
+from ..table import METRICS, Run
 
 TRANSFER_COLUMNS = ("transfer_acc", "zeroshot_acc")
 """The transfer score a run is judged by, in order of preference."""

@@ -13,10 +13,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import roles, seeds
-from .._io import read_yaml
+from .. import roles
+from ..statistics import seeds
+from ..._io import read_yaml
 from .render import Block, dpct, num, pct
-from .table import METRICS, Run
+from ..table import METRICS, Run
 
 UNSTABLE_FRAC = 0.05
 """Δ% is marked unstable when |initial| < UNSTABLE_FRAC × the metric's range (METRIC_RANGE)."""

@@ -29,14 +29,14 @@ from typing import Any
 
 import numpy as np
 
-from .._io import read_json, write_json
+from ..._io import read_json, write_json
 from . import links
 from .convergence import CONVERGENCE_DEFAULT, CONVERGENCE_FIG14, converged, convergence
 from .inference import (ALPHA, EXACT_SPEARMAN_MAX_N, MWU_EXACT_MAX_N, UNITS, anova, cohens_d, compare, correlate,
                         family, holm, mwu_method, single, skip, spearman_exact_p, unit_name)
-from .roles import by_config, close, describe, select
+from ..roles import by_config, close, describe, select
 from .seeds import write_aggregate_csv
-from .table import METRICS, Matrix, Run, load
+from ..table import METRICS, Matrix, Run, load
 
 __all__ = ["ALPHA", "CONVERGENCE_DEFAULT", "CONVERGENCE_FIG14", "EXACT_SPEARMAN_MAX_N", "MWU_EXACT_MAX_N", "UNITS",
            "analyze", "anova", "cohens_d", "compare", "converged", "convergence", "correlate", "holm",

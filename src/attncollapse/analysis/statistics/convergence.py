@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from .inference import skip
-from .table import Run
+from ..table import Run
 
 CONVERGENCE_DEFAULT = {"rule": "std", "tail_frac": 0.25, "min_points": 3, "acc_tol_pp": 0.5,
                        "ent_tol_pct": None, "per_epoch": True}
@@ -23,7 +23,7 @@ CONVERGENCE_DEFAULT = {"rule": "std", "tail_frac": 0.25, "min_points": 3, "acc_t
 max(3, n//4) per-epoch validation accuracies is below 0.5 pp."""
 CONVERGENCE_FIG14 = {"rule": "change", "tail_frac": 0.2, "min_points": 2, "acc_tol_pp": 1.0,
                      "ent_tol_pct": 0.5, "per_epoch": False}
-"""Fig. 14's criterion (`figures_curves.fig14` defaults): over the last 20% of eval points,
+"""Fig. 14's criterion (`figures.curves.fig14` defaults): over the last 20% of eval points,
 |Δ accuracy| ≤ 1 pp and |Δ entropy| ≤ 0.5% of the initial entropy."""
 
 

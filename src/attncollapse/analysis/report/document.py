@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import roles
-from .._io import read_yaml
+from .. import roles
+from ..._io import read_yaml
 from .render import Block, below, dpct, num, pval, ran, verdict
 from .runtables import config_means, confounds, unstable
-from .table import METRICS, Matrix, Run
+from ..table import METRICS, Matrix, Run
 
 QUESTIONS = {
     "RQ1": "Does fine-tuning reduce attention entropy systematically?",

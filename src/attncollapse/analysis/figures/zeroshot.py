@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import roles
-from .figures_base import KIND_COLORS, OKABE_ITO, Ctx, as_ctx, figure, save, seed_counts, seed_mean, short
+from .. import roles
+from .base import KIND_COLORS, OKABE_ITO, Ctx, as_ctx, figure, save, seed_counts, seed_mean, short
 
 PROTOCOLS = (("acc", "as trained (adapter-active / fine-tuned projection)"),
              ("acc_frozen_projection", "fine-tuned tower + frozen pretrained projection"),

@@ -1,7 +1,7 @@
 """The training-curve figures: drawn from history.json, final.json "wise" and overlays.npz.
 
 Figs 3, 4, 9, 12, 14, 17, the ERF evolution, WiSE-FT interpolation and the attention
-overlays; registered in `figures.FIGURES` (the one registry). Plumbing in `figures_base`.
+overlays; registered in `index.FIGURES` (the one registry). Plumbing in `base`.
 """
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import roles
-from .figures_base import (DIVERGING, KIND_COLORS, METRIC_LABELS, OKABE_ITO, Ctx, as_ctx, curve, figure,
-                           plot_seeds, save, seed_counts, short, style_for)
+from .. import roles
+from .base import (DIVERGING, KIND_COLORS, METRIC_LABELS, OKABE_ITO, Ctx, as_ctx, curve, figure,
+                   plot_seeds, save, seed_counts, short, style_for)
 
 
 def fig3(src: "Ctx | str | Path", out: Path) -> Path | str:

@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 from scipy import stats as _sp
 
-from .._io import write_text
-from .roles import by_config, describe
-from .table import RESULTS_COLUMNS, Matrix, Run, load
+from ..._io import write_text
+from ..roles import by_config, describe
+from ..table import RESULTS_COLUMNS, Matrix, Run, load
 
 CONFIDENCE = 0.95
 """Coverage of the t-interval of each seed mean."""

@@ -16,8 +16,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from . import document, future_work, roles, runtables, scorecard, stats, table
-from .._io import read_json, read_yaml, write_text
+from . import document, future_work, runtables, scorecard
+from .. import roles, table
+from ..statistics import stats
+from ..._io import read_json, read_yaml, write_text
 from .render import (Block, below, dpct, html_page, markdown, num, pct, pval, ran, skipped_note,
                      verdict)
 

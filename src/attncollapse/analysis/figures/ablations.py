@@ -2,7 +2,7 @@
 (fig. 8), frozen layers (A3) and LoRA target modules (A2).
 
 Registered in `figures.FIGURES` (the one registry); a configuration with several seeds is
-drawn as its seed mean ± SD. Plumbing in `figures_base`.
+drawn as its seed mean ± SD. Plumbing in `base`.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import roles
-from .figures_base import (KIND_COLORS, METRIC_LABELS, OKABE_ITO, Ctx, as_ctx, bars, figure, layer_band,
-                           metric_panels, save, seed_mean, short)
+from .. import roles
+from .base import (KIND_COLORS, METRIC_LABELS, OKABE_ITO, Ctx, as_ctx, bars, figure, layer_band,
+                   metric_panels, save, seed_mean, short)
 
 
 def fig6(src: Ctx | str | Path, out: Path) -> Path | str:

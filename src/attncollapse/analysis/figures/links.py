@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 from matplotlib.patches import Patch
 
-from . import links
-from .figures_base import KIND_COLORS, OKABE_ITO, Ctx, as_ctx, figure, legend_kinds, save
+from ..statistics import links
+from .base import KIND_COLORS, OKABE_ITO, Ctx, as_ctx, figure, legend_kinds, save
 
 LABEL_MAX = 12
 """Most points a scatter labels with their run ids."""

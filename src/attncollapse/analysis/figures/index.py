@@ -5,9 +5,9 @@ written path, or a string saying why the figure was skipped: a figure whose runs
 missing is never drawn from nothing. Names are the reports' file names (experiment report
 §7, English report §4). `render_all` draws them all into `<matrix_dir>/figures/` and
 writes `figures/figures.json` (name → file + caption, or the skip reason) for the report.
-Shared plumbing lives in `figures_base.py`, the training-curve figures in
-`figures_curves.py`, the ablation figures (6, 8, frozen layers, LoRA targets) in
-`figures_ablations.py`, the zero-shot figures (7, 15) in `figures_zeroshot.py`. A
+Shared plumbing lives in `base.py`, the training-curve figures in `curves.py`, the
+ablation figures (6, 8, frozen layers, LoRA targets) in `ablations.py`, the zero-shot
+figures (7, 15) in `zeroshot.py`, the future-work figures in `links.py`. A
 configuration with several seeds is drawn as its seed mean ± SD (error bars, bands) and
 the caption in figures.json says so, with n.
 """
@@ -20,14 +20,14 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import figures_curves as curves
-from . import roles, table
-from .._io import write_json
-from .figures_ablations import extra_frozen_layers, extra_lora_qkvo, fig6, fig8
-from .figures_base import (DIVERGING, KIND_COLORS, METRIC_LABELS, OKABE_ITO, Ctx, as_ctx, bars, figure, layer_band,
-                           legend_kinds, metric_panels, p_text, save, seed_counts, seed_mean, short)
-from .figures_links import CAPTIONS as LINK_CAPTIONS, FIGURES as LINK_FIGURES
-from .figures_zeroshot import fig7, fig15
+from ..._io import write_json
+from .. import roles, table
+from . import curves
+from .ablations import extra_frozen_layers, extra_lora_qkvo, fig6, fig8
+from .base import (DIVERGING, KIND_COLORS, METRIC_LABELS, OKABE_ITO, Ctx, as_ctx, bars, figure, layer_band,
+                   legend_kinds, metric_panels, p_text, save, seed_counts, seed_mean, short)
+from .links import CAPTIONS as LINK_CAPTIONS, FIGURES as LINK_FIGURES
+from .zeroshot import fig7, fig15
 
 def baseline_structure(baseline: dict, out_path: str | Path) -> Path | str:
     """Fig. 2: the pretrained model's 4 metrics × layers (experiment report §3.1).
@@ -208,7 +208,7 @@ FIGURES: dict[str, Callable[[Any, Path], Any]] = {
     "extra_lora_qkvo": extra_lora_qkvo,
     "extra_wise_interpolation": curves.wise,
     "extra_attention_overlays": curves.overlays,
-    **LINK_FIGURES,  # early warning, weight drift, model families (figures_links.py)
+    **LINK_FIGURES,  # early warning, weight drift, model families (links.py)
 }
 
 CAPTIONS = {
