@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import socket
 import multiprocessing
 import sys
@@ -218,3 +219,81 @@ def test_three_concurrent_runner_processes_train_each_run_exactly_once(tmp_path)
     # A fourth runner afterwards trains nothing and exits 0.
     (_, code, text), = _runners(matrix, out, 1)
     assert code == 0 and "4 skipped" in text, text
+
+
+# --- a runner killed (SIGKILL) at the stages the training tests do not reach -----------------
+
+def _killed_child(target, *args) -> int:
+    """Run `target(*args)` in a forked process that SIGKILLs itself where the test says; its exit code."""
+    ctx = multiprocessing.get_context("fork")
+    p = ctx.Process(target=target, args=args)
+    p.start()
+    p.join(timeout=300)
+    return p.exitcode
+
+
+def _run_killed_in_zeroshot(matrix: Path, out: Path) -> None:
+    import attncollapse.train.loop as loop
+
+    def die(*a, **k):  # the end-of-run zero-shot: every checkpoint is on disk, final.json is not
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    loop.evaluate_for_run = die
+    sys.stdout = sys.stderr = open(os.devnull, "w")
+    main(["run", str(matrix), "--out", str(out), "--only", "E2", "--no-analysis"])
+    os._exit(0)
+
+
+def test_a_runner_killed_during_zero_shot_leaves_a_stale_lock_and_the_rerun_finishes_identically(tmp_path, capsys):
+    matrix = tmp_path / "zs.yaml"
+    matrix.write_text(textwrap.dedent(SMALL).replace(
+        "zeroshot: {enabled: false}", "zeroshot: {datasets: [digits], templates: single, max_images: 24}"))
+    ref, out = tmp_path / "ref", tmp_path / "out"
+    assert main(["run", str(matrix), "--out", str(ref), "--only", "E2", "--no-analysis"]) == 0
+    assert _killed_child(_run_killed_in_zeroshot, matrix, out) == -signal.SIGKILL
+    assert not (out / "E2" / "final.json").exists() and (out / "E2" / "lock.json").exists()
+    capsys.readouterr()
+    assert main(["status", str(out)]) == 0
+    assert "stale-lock (its process" in capsys.readouterr().out
+
+    assert main(["run", str(matrix), "--out", str(out), "--only", "E2", "--no-analysis"]) == 0
+    starts = _io.read_json(out / "E2" / "attempts.json")
+    total = _io.read_json(ref / "E2" / "final.json")["steps"]
+    assert len(starts) == 2 and starts[1]["resumed_from"] == f"step-{total:09d}"  # no step trained again
+    assert "is gone" in starts[1]["took_over"]
+    skip = {"wall_time_s", "images_per_s", "images_per_s_steady", "timings"}
+    got, want = (_io.read_json(d / "E2" / "final.json") for d in (out, ref))
+    assert {k: v for k, v in got.items() if k not in skip} == {k: v for k, v in want.items() if k not in skip}
+    assert got["zeroshot"]["digits"]["acc"] is not None
+    assert _io.read_json(out / "E2" / "history.json") == _io.read_json(ref / "E2" / "history.json")
+
+
+def _run_killed_in_report(matrix: Path, out: Path) -> None:
+    import attncollapse.analysis.report as report
+
+    def die_half_way(path, text):  # report.md is written; report.html is half-written, then a kill
+        if Path(path).name == "report.html":
+            with _io.atomic_path(path) as tmp:
+                tmp.write_text(text[: len(text) // 2])
+                os.kill(os.getpid(), signal.SIGKILL)
+        _io.write_text(path, text)
+
+    report.write_text = die_half_way
+    sys.stdout = sys.stderr = open(os.devnull, "w")
+    main(["run", str(matrix), "--out", str(out), "--only", "E2,E4"])
+    os._exit(0)
+
+
+def test_a_runner_killed_while_writing_the_report_leaves_no_half_report_and_report_redoes_it(tmp_path, capsys):
+    matrix, out = _matrix(tmp_path), tmp_path / "out"
+    assert _killed_child(_run_killed_in_report, matrix, out) == -signal.SIGKILL
+    assert (out / "report.md").is_file() and not (out / "report.html").exists()  # never half a file
+    assert all((out / r / "final.json").is_file() for r in ("E2", "E4"))  # the runs are kept
+    capsys.readouterr()
+    assert main(["run", str(matrix), "--out", str(out), "--only", "E2,E4", "--no-analysis"]) == 0
+    assert "2 skipped" in capsys.readouterr().out  # nothing trained again
+    assert main(["report", str(out)]) == 0
+    html = (out / "report.html").read_text()
+    assert html.rstrip().endswith("</html>")
+    assert main(["report", str(out)]) == 0
+    assert (out / "report.html").read_text() == html  # the redone report is the whole one
