@@ -76,7 +76,7 @@ def train_or_be_killed(cfg, run_dir):
             def hook(step):
                 if step > 0 and _io.checkpoints(run_dir / "checkpoints"):
                     (ctl / "paused").write_text(str(step))
-                    time.sleep(600)  # its node is removed meanwhile
+                    time.sleep(120)  # its node is removed meanwhile
     return train.run(cfg, run_dir, before_step=hook)
 
 
