@@ -38,6 +38,8 @@ def tiny_run_config(**overrides):
 
 
 def pytest_configure(config):
+    # `make test` runs every test, slow ones included; `-m "not slow"` skips them locally.
+    config.addinivalue_line("markers", "slow: over ~30 s on two CPU cores (still run by `make test`)")
     # Tiny models on a small shared CPU: one intra-op thread avoids oversubscription
     # (measured: a tiny forward went from 5 ms to 0.4 s with two busy threads).
     import torch

@@ -12,7 +12,6 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -135,21 +134,7 @@ def test_only_is_one_matcher_for_plan_and_selected(tmp_path):
         plan(m, tmp_path, "Z9")
 
 
-def test_two_concurrent_runners_train_each_run_once(tmp_path, monkeypatch):
-    monkeypatch.setenv("FAKE_TRAIN_SLEEP", "0.3")
-    out = tmp_path / "m"
-    results = []
-    threads = [threading.Thread(target=lambda: results.append(
-        run_matrix(_matrix(), out, train_fn=fake_train, analyze=False, log=_quiet))) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert sorted(_calls(out)) == ["A1-lr0.001", "A1-lr1e-04", "E2", "E4"]
-    for s in results:
-        assert s["ok"]
-        assert set(s["counts"]) <= {"done", "busy", "skipped"}
-    assert all((out / r / "final.json").exists() for r in ("E2", "E4", "A1-lr1e-04", "A1-lr0.001"))
+# Concurrent runners (three processes, real training): tests/test_locks.py.
 
 
 def _dead_pid() -> int:

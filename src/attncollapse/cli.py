@@ -49,19 +49,27 @@ def _warn(lines: list[str]) -> None:
 
 
 def _run(args: argparse.Namespace, matrix_path: str) -> int:
+    """Exit 0 when every task is done; 1 when one failed; 3 when none failed but another
+    runner still holds some (their ids and owners in one line on stderr)."""
     from .config import prepare
-    from .study import run_matrix
+    from .study import held_line, run_matrix
 
     prep = prepare(matrix_path, args.set or [], need_matrix=True)  # validate's code path; ConfigError → main
     _warn(prep.warnings)
     matrix = prep.matrix
     out = args.out or str(Path("runs") / matrix.name)
+    options = _kv(args.executor_opt)
+    if getattr(args, "ray_address", None):
+        options["address"] = args.ray_address
     summary = run_matrix(matrix, out, only=args.only, executor=args.executor, gpus=args.gpus,
-                         runs_per_gpu=args.runs_per_gpu, executor_options=_kv(args.executor_opt),
+                         runs_per_gpu=args.runs_per_gpu, executor_options=options,
                          analyze=not args.no_analysis)
     if summary.get("analysis", {}).get("report") == "ok":
         print(f"report: {Path(out) / 'report.md'} and report.html")
-    return 0 if summary["ok"] else 1
+    held = held_line(summary)
+    if held:
+        print(f"error: {held}", file=sys.stderr)
+    return 0 if summary["ok"] else 1 if summary.get("failed", True) else 3
 
 
 def _matrix_dir(path: str) -> Path:
@@ -207,6 +215,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--executor", choices=["local", "ray", "slurm"], default="local",
                    help="where runs execute: this machine (default), a Ray cluster or Slurm "
                         "(pip install -e '.[ray]' / '.[slurm]')")
+    p.add_argument("--ray-address", metavar="HOST:PORT",
+                   help="with --executor ray: the Ray cluster to join (`ray start --head` prints it; "
+                        "default $RAY_ADDRESS, else a Ray started on this machine)")
     p.add_argument("--gpus", type=_gpu_list, help="GPUs: a count (one local worker each) or ids like 0,2")
     p.add_argument("--runs-per-gpu", type=_positive_int, default=1, help="runs sharing one GPU (default 1)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
@@ -257,7 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("status", "where a matrix directory stands",
             "One line per task: done, damaged (final.json unreadable: `run` trains it again), "
-            "failed, running, stale-lock, partial or pending, with accuracy and Δentropy.")
+            "failed, running (host:pid of the runner holding it, seconds since its heartbeat), "
+            "stale-lock (why; `run` takes it over), partial or pending, with accuracy and Δentropy.")
     p.add_argument("dir", help="a matrix directory written by `attncollapse run` (runs/<name>)")
     p.set_defaults(func=cmd_status)
 

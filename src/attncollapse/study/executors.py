@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import queue as queue_mod
+import uuid
 from pathlib import Path
 from typing import Any, Callable
 
@@ -158,15 +159,19 @@ def _gpu_workers(tasks, train_fn, baseline_fn, gpu_ids: list[str], per_gpu: int,
 
 # --- Ray ------------------------------------------------------------------------------------
 
-def _ray_execute(task: Task, train_fn, baseline_fn) -> dict:
-    return execute_task(task, train_fn, baseline_fn)
+def _ray_execute(task: Task, train_fn, baseline_fn, attempt: str, takeover: str | None) -> dict:
+    return execute_task(task, train_fn, baseline_fn, attempt=attempt, takeover=takeover)
 
 
 def _ray(tasks, train_fn, baseline_fn, gpus, per_gpu: int, options: dict, log: Log) -> dict[str, dict]:
     """Ray core tasks, `num_gpus` per run (1/runs_per_gpu, fractional allowed).
 
-    Connects to RAY_ADDRESS (or `options["address"]`) when set, else starts a local Ray
-    (`options["init"]` are extra `ray.init` kwargs, e.g. num_cpus) and stops it afterwards.
+    Connects to `options["address"]` (`--ray-address`) or RAY_ADDRESS when set, else starts
+    a local Ray (`options["init"]` are extra `ray.init` kwargs, e.g. num_cpus) and stops it
+    afterwards. A task whose worker or node dies is submitted again (`options["retries"]`,
+    default 3) naming the dead attempt, so the new attempt takes over its lock at once
+    (instead of waiting for the heartbeat timeout) and resumes from its last checkpoint;
+    the other runs are not touched.
     """
     try:
         import ray
@@ -186,23 +191,45 @@ def _ray(tasks, train_fn, baseline_fn, gpus, per_gpu: int, options: dict, log: L
     try:
         cluster_gpus = ray.cluster_resources().get("GPU", 0)
         num_gpus = options.get("num_gpus", (1.0 / per_gpu) if cluster_gpus else 0)
+        retries = int(options.get("retries", 3))
+        # Retries are ours, not Ray's (max_retries=0): a retry must name the attempt that died.
         remote = ray.remote(num_gpus=num_gpus, num_cpus=options.get("num_cpus", 1), max_retries=0)(_ray_execute)
         log(f"ray: {len(tasks)} tasks, {num_gpus} GPU each, cluster {ray.cluster_resources()}")
-        refs = {remote.remote(t, train_fn, baseline_fn): t for t in tasks}
+
+        def submit(t: Task, takeover: str | None = None):
+            attempt = uuid.uuid4().hex[:12]
+            return remote.remote(t, train_fn, baseline_fn, attempt, takeover), attempt
+
+        refs = {}
+        for t in tasks:
+            ref, attempt = submit(t)
+            refs[ref] = (t, attempt, 0)
         out: dict[str, dict] = {}
         while refs:
             ready, _ = ray.wait(list(refs), num_returns=1)
-            t = refs.pop(ready[0])
+            t, attempt, tries = refs.pop(ready[0])
             try:
                 out[t.id] = ray.get(ready[0])
-            except Exception as exc:  # the worker itself died; execute_task never raises
-                out[t.id] = {"id": t.id, "kind": t.kind, "status": "failed", "wall_s": 0.0,
-                             "note": f"ray: {type(exc).__name__}: {exc}".splitlines()[0][:200]}
+            except ray.exceptions.RayTaskError as exc:  # raised inside execute_task: a bug, not a lost node
+                out[t.id] = _ray_failed(t, exc)
+            except ray.exceptions.RayError as exc:  # the worker or its node died mid-task
+                if tries < retries:
+                    log(f"[ray] {t.id}: attempt {attempt} lost ({type(exc).__name__}); "
+                        f"submitting it again ({tries + 2}/{retries + 1}), resuming from its checkpoint")
+                    ref, new = submit(t, takeover=attempt)
+                    refs[ref] = (t, new, tries + 1)
+                    continue
+                out[t.id] = _ray_failed(t, exc)
             _report(out[t.id], log, "[ray] ")
         return out
     finally:
         if started:
             ray.shutdown()
+
+
+def _ray_failed(t: Task, exc: Exception) -> dict:
+    return {"id": t.id, "kind": t.kind, "status": "failed", "wall_s": 0.0,
+            "note": f"ray: {type(exc).__name__}: {exc}".splitlines()[0][:200]}
 
 
 # --- Slurm (submitit) ----------------------------------------------------------------------

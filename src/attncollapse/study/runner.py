@@ -18,7 +18,8 @@ from ..analysis import figures, report, stats
 from ..config import MatrixConfig, load_matrix
 from .collect import write_results
 from .executors import dispatch
-from .locks import read_lock
+from .execute import busy_outcome
+from .locks import inspect_lock
 from .preflight import check_hub as check_hub_access
 from .preflight import hub_needs
 from .tasks import Task, TrainFn, matrix_of, plan, run_state
@@ -71,18 +72,57 @@ def run_matrix(matrix: MatrixConfig | str | Path, out_dir: str | Path | None = N
     _io.write_json(out / "env.json", _io.environment())
     n_base = sum(t.kind == "baseline" for t in tasks)
     log(f"{matrix.name}: {len(tasks) - n_base} runs + {n_base} baselines -> {out} (executor {executor})")
-    outcomes = dispatch(executor, tasks, train_fn=train_fn, baseline_fn=baseline_fn, gpus=gpus,
-                        runs_per_gpu=runs_per_gpu, options=executor_options or {}, log=log)
+    kw = dict(train_fn=train_fn, baseline_fn=baseline_fn, gpus=gpus, runs_per_gpu=runs_per_gpu,
+              options=executor_options or {}, log=log)
+    outcomes = _settle_busy(tasks, dispatch(executor, tasks, **kw), executor, kw, log)
     analysis = run_analysis(out, matrix=matrix, log=log) if analyze else {}
     counts: dict[str, int] = {}
     for o in outcomes:
         counts[o["status"]] = counts.get(o["status"], 0) + 1
+    held = [{"id": o["id"], "owner": o.get("owner", "?"), "heartbeat_age_s": o.get("heartbeat_age_s")}
+            for o in outcomes if o["status"] == "busy"]
+    failed = (any(o["status"] in ("failed", "changed") for o in outcomes)
+              or any(str(v).startswith("failed") for v in analysis.values()))
     summary = {"out_dir": str(out), "name": matrix.name, "outcomes": outcomes, "counts": counts,
-               "wall_s": round(time.time() - t0, 1), "analysis": analysis,
-               "ok": not any(o["status"] in ("failed", "changed") for o in outcomes)
-               and not any(str(v).startswith("failed") for v in analysis.values())}
+               "wall_s": round(time.time() - t0, 1), "analysis": analysis, "held": held,
+               "failed": failed, "ok": not failed and not held}
     log(format_summary(summary))
     return summary
+
+
+def _settle_busy(tasks: list[Task], outcomes: list[dict], executor: str, kw: dict, log) -> list[dict]:
+    """Look again at the tasks another runner held when we reached them: one it has finished
+    since is "skipped", one whose owner died since is run now (same executor); the rest stay
+    "busy" and make the command fail (`held` in the summary, exit 3 in the CLI)."""
+    by_id = {t.id: t for t in tasks}
+    again = []
+    for i, o in enumerate(outcomes):
+        if o["status"] != "busy":
+            continue
+        task = by_id[o["id"]]
+        if task.done_problem() is None:
+            outcomes[i] = {**o, "status": "skipped", "note": "trained by another runner meanwhile"}
+        elif (lock := inspect_lock(task.lock_file)) is None or lock.stale is not None:
+            again.append(i)
+        else:
+            outcomes[i] = busy_outcome(task, lambda status, note="", o=o: {**o, "status": status, "note": note})
+    if again:
+        log(f"{len(again)} task(s) released by another runner meanwhile: running them now")
+        redo = dispatch(executor, [by_id[outcomes[i]["id"]] for i in again], **kw)
+        for i, o in zip(again, redo):
+            outcomes[i] = o
+    return outcomes
+
+
+def held_line(summary: dict) -> str | None:
+    """One line naming the runs another runner still held when `run_matrix` ended, or None."""
+    held = summary.get("held") or []
+    if not held:
+        return None
+    items = ", ".join(f"{h['id']} ({h['owner']}" + (f", heartbeat {h['heartbeat_age_s']:.0f} s ago)"
+                                                  if h.get("heartbeat_age_s") is not None else ")") for h in held)
+    return (f"{len(held)} run(s) held by another runner, not trained here: {items}; "
+            f"run again once they finish (`attncollapse status {summary['out_dir']}`)")
 
 
 def format_summary(summary: dict) -> str:
@@ -94,6 +134,8 @@ def format_summary(summary: dict) -> str:
     for stage, state in summary.get("analysis", {}).items():
         if state != "ok":
             lines.append(f"analysis {stage}: {state}")
+    if held_line(summary):
+        lines.append(held_line(summary))
     return "\n".join(lines)
 
 
@@ -154,8 +196,11 @@ def _stage_failure(stage: str, exc: Exception, out: Path, log: Callable[[str], N
 def status(out_dir: str | Path) -> dict:
     """Where a matrix directory stands: per task state, accuracy, Δentropy, wall time.
 
+    A running task's `detail` is "host:pid, heartbeat N s ago"; a stale lock's says why it
+    is stale (the next `run` takes it over).
+
     Returns:
-        {"out_dir", "name", "tasks": [{"id", "kind", "state", "best_acc",
+        {"out_dir", "name", "tasks": [{"id", "kind", "state", "detail", "best_acc",
          "entropy_delta_pct", "wall_time_s", "note"}], "counts": {state: n}}.
     """
     out = Path(out_dir)
@@ -163,9 +208,8 @@ def status(out_dir: str | Path) -> dict:
     tasks, counts = [], {}
     for task in plan(matrix, out):
         state = run_state(task)
-        counts[state] = counts.get(state, 0) + 1
         final = task.read_done() if state == "done" else {}
-        note = ""
+        note = detail = ""
         if state == "done" and task.kind == "baseline":  # E1 has no accuracy: its file and entropy
             note = (f"{task.done_file.parent.name}/{task.done_file.name}: mean entropy "
                     f"{(final.get('mean') or {}).get('entropy', float('nan')):.3f} over {final.get('images')} images")
@@ -173,15 +217,22 @@ def status(out_dir: str | Path) -> dict:
         elif state == "damaged":
             note = f"{task.done_file.name}: {task.done_problem()}"[:160]
         elif state in ("running", "stale-lock"):
-            owner = read_lock(task.lock_file) or {}
-            note = f"pid {owner.get('pid')} on {owner.get('host')} since {owner.get('time')}"
+            lock = inspect_lock(task.lock_file)
+            if lock is None:  # released since run_state looked
+                state = run_state(task)
+            else:
+                age = lock.heartbeat_age_s
+                detail = lock.stale or (f"{lock.who}, heartbeat {age:.0f} s ago" if age is not None else lock.who)
+                state = "running" if lock.stale is None else "stale-lock"
+                note = f"since {lock.owner.get('time')}" if lock.owner else ""
         elif state == "failed":
             lines = task.error_file.read_text().strip().splitlines()
             note = lines[-1][:120] if lines else ""
-        tasks.append({"id": task.id, "kind": task.kind, "state": state,
+        tasks.append({"id": task.id, "kind": task.kind, "state": state, "detail": detail,
                       "best_acc": final.get("best_acc"),
                       "entropy_delta_pct": (final.get("delta_pct") or {}).get("entropy"),
                       "wall_time_s": final.get("wall_time_s"), "note": note})
+        counts[state] = counts.get(state, 0) + 1
     return {"out_dir": str(out), "name": matrix.name, "tasks": tasks, "counts": counts}
 
 
@@ -189,7 +240,8 @@ def format_status(st: dict) -> str:
     """`status()` as an aligned table."""
     def num(v, f):
         return "" if v is None else format(v, f)
-    rows = [(t["id"], t["state"], num(t["best_acc"], ".4f"), num(t["entropy_delta_pct"], "+.2f"),
+    rows = [(t["id"], f"{t['state']} ({t['detail']})" if t.get("detail") else t["state"],
+             num(t["best_acc"], ".4f"), num(t["entropy_delta_pct"], "+.2f"),
              num(t["wall_time_s"], ".1f" if (t["wall_time_s"] or 0) < 100 else ".0f"), t["note"])
             for t in st["tasks"]]
     counts = ", ".join(f"{n} {s}" for s, n in sorted(st["counts"].items()))

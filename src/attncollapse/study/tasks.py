@@ -10,7 +10,7 @@ from typing import Any, Callable
 from .. import _io
 from ..config import (ConfigError, MatrixConfig, PlannedRun, RunConfig, match_only, matrix_from_dict,
                       only_error, only_patterns)
-from .locks import lock_is_stale, read_lock
+from .locks import inspect_lock
 
 LOCK_NAME = "lock.json"
 
@@ -135,14 +135,17 @@ def matrix_of(out: Path, matrix: MatrixConfig | None = None) -> MatrixConfig:
 def run_state(task: Task) -> str:
     """done / damaged / failed / running / stale-lock / partial / pending, from the files alone.
 
+    "running": a live owner holds the lock (locks.inspect_lock); "stale-lock": the lock is
+    left by a dead owner, or is not a lock record, and the next `run` takes it over.
+
     "damaged": the result file exists but cannot be read as one (truncated, `{}`); the
     next `run` trains the task again.
     """
     if task.done_file.exists():
         return "done" if task.done_problem() is None else "damaged"
-    owner = read_lock(task.lock_file)
-    if owner is not None:
-        return "stale-lock" if lock_is_stale(owner, task.lock_file) else "running"
+    lock = inspect_lock(task.lock_file)
+    if lock is not None:
+        return "stale-lock" if lock.stale is not None else "running"
     if task.error_file.exists():
         return "failed"
     if task.kind == "run" and (task.path / "checkpoints").is_dir() and any((task.path / "checkpoints").iterdir()):
