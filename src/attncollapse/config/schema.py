@@ -183,7 +183,11 @@ class RunConfig(Strict):
     """Full fine-tuning or LoRA on the vision tower, or "linear_probe": tower and projection
     frozen, only the head trains (the "no collapse" reference: every Δ is exactly 0)."""
     freeze_layers: int = Field(0, ge=0)
-    """Freeze the patch embedding and the first k encoder layers (A3: 3, 6, 9)."""
+    """Freeze the first k encoder layers (A3: 3, 6, 9); the patch embedding and
+    pre-LayerNorm keep training, as in the original code (see `freeze_embeddings`)."""
+    freeze_embeddings: bool = False
+    """Also freeze the embeddings (patch, position, [CLS]) and CLIP's pre-LayerNorm
+    (original code: false, they train even when layers are frozen)."""
     freeze_projection: bool = False
     """Keep the visual projection frozen (original: trainable)."""
     head_init: Literal["random", "text"] = "random"
@@ -260,8 +264,8 @@ def compile_key(cfg: RunConfig) -> tuple:
     """What decides a run's compiled training graph (`optim.compile`): runs with the same
     key reuse one process's compiled step; the executors run them back to back."""
     lora = (cfg.lora.rank, cfg.lora.targets, cfg.lora.dropout > 0) if cfg.method == "lora" else None
-    return (cfg.model, cfg.method, lora, cfg.freeze_layers, cfg.freeze_projection, cfg.head_init,
-            cfg.dataset, cfg.data.synthetic_classes, cfg.regularizer.kind != "none", cfg.optim.precision,
+    return (cfg.model, cfg.method, lora, cfg.freeze_layers, cfg.freeze_embeddings, cfg.freeze_projection,
+            cfg.head_init, cfg.dataset, cfg.data.synthetic_classes, cfg.regularizer.kind != "none", cfg.optim.precision,
             cfg.optim.batch_size, cfg.optim.compile, cfg.optim.compile_scope)
 
 
