@@ -135,6 +135,15 @@ class EvalConfig(Strict):
     means over batches of `batch_size` eval images in draw order, a short last batch
     weighing as much as a full one (the original code, which made the reports' numbers);
     "per_image" = the mean over images (the reports' text)."""
+    timing: Literal["multiples", "original"] = "multiples"
+    """When the eval points fall, k = steps_per_epoch // points_per_epoch: "multiples" = after
+    k, 2k, 3k, ... updates (a point's `step` is the updates done); "original" = after 1,
+    k+1, 2k+1, ... updates, as the original code, which tested `step % k == 0` after the
+    update but before counting it (and labelled them 0, k, 2k). Both add the initial point
+    and every accuracy evaluation."""
+    train_loss: Literal["mean", "last"] = "mean"
+    """A point's `train_loss`: the mean over the steps since the previous point, or "last" =
+    the loss of the step just taken (the value the original code logged)."""
     val_per_epoch: int = Field(1, ge=1)
     """Accuracy evaluations per epoch on the selection split."""
     erf_q: float = Field(0.95, gt=0, le=1)
