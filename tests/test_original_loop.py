@@ -120,3 +120,21 @@ def test_training_trajectory_equals_the_original_loop(tmp_path, case):
         torch.testing.assert_close(v, theirs, atol=ATOL, rtol=0, msg=k)
     # the run trained: the trajectory is not a flat line that any two loops would share
     assert max(abs(a - b) for a, b in zip(points[0]["layers"]["entropy"], points[-1]["layers"]["entropy"])) > 1e-3
+
+
+def test_default_eval_points_fall_on_multiples_and_average_the_loss(tmp_path):
+    # The defaults (not the original's): points after k, 2k, ... updates, each holding the
+    # mean loss of the steps since the previous point; the same training underneath.
+    cfg = _config(tmp_path, "full").model_copy(update={"eval": EvalConfig(batch_size=8)})
+    order = _order()
+    train.run(cfg, tmp_path / "run", batch_order=lambda s: order[s])
+    ref = _original(cfg, order)
+    points = json.loads((tmp_path / "run" / "history.json").read_text())["points"]
+    steps = [p["step"] for p in points]
+    per_epoch, k = len(order) // EPOCHS, (len(order) // EPOCHS) // 5
+    assert steps == sorted(set(range(0, len(order) + 1, k)) | {per_epoch * (e + 1) for e in range(EPOCHS)})
+    for prev, p in zip(steps, points[1:]):
+        want = float(np.mean(ref["step_loss"][prev:p["step"]]))
+        assert p["train_loss"] == pytest.approx(want, rel=ATOL, abs=ATOL), p["step"]
+    for m in METRICS:  # the end point is the original's final metrics either way
+        np.testing.assert_allclose(points[-1]["layers"][m], ref["final"][m], atol=ATOL, rtol=0, err_msg=m)
