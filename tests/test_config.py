@@ -61,7 +61,8 @@ def test_paper_matrix_matches_the_reports():
         assert (cfg.optim.batch_size, cfg.optim.warmup_frac, cfg.optim.grad_clip) == (64, 0.05, 1.0)
         assert cfg.optim.precision == "fp16" and cfg.seed == 42
         assert (cfg.eval.points_per_epoch, cfg.data.eval_subset_size) == (5, 200)
-        assert cfg.zeroshot.datasets == ["cifar100"] and cfg.zeroshot.enabled
+        assert cfg.zeroshot.datasets == ["cifar100", "flowers102"] and cfg.zeroshot.enabled  # fig15
+        assert (cfg.eval.timing, cfg.eval.train_loss, cfg.freeze_embeddings) == ("original", "last", False)
         assert cfg.optim.epochs == (30 if cfg.dataset == "pets" else 20)
     e2, e3, e5 = runs["E2"], runs["E3"], runs["E5"]
     assert (e2.method, e2.dataset, e2.optim.lr, e2.optim.weight_decay) == ("full", "eurosat", 1e-5, 0.01)

@@ -129,16 +129,22 @@ def test_classifier_lora_and_freezing_on_every_family(preset):
     model = models.load_model(preset)
     clf = models.build_classifier(model, 5)
     assert clf(torch.randn(2, 3, 32, 32)).shape == (2, 5)
-    frozen = set(models.freeze_layers(clf, 1))
-    assert any(n.startswith("embeddings.") for n in frozen) and any(".0.attention" in n or ".0.self_attn" in n
-                                                                    for n in frozen)
+    frozen = set(models.freeze_layers(clf, 1))  # the original's A3: the first block only
+    assert not any(n.startswith("embeddings.") for n in frozen) and any(".0.attention" in n or ".0.self_attn" in n
+                                                                        for n in frozen)
+    assert all(".0." in n for n in frozen)
     snap = {n: p.detach().clone() for n, p in clf.vision.named_parameters()}
     opt = torch.optim.SGD([p for p in clf.parameters() if p.requires_grad], lr=0.1)
     torch.nn.functional.cross_entropy(clf(torch.randn(4, 3, 32, 32)), torch.arange(4)).backward()
     opt.step()
     for n, p in clf.vision.named_parameters():
         stem = n.removeprefix("vision_model.")  # SigLIP's tower names from its transformer root
-        assert torch.equal(p, snap[n]) == (stem in frozen), n
+        unused = p.grad is None and stem not in frozen  # DINOv2's mask_token: not in a plain forward
+        assert torch.equal(p, snap[n]) == (stem in frozen or unused), n
+    assert any(n.removeprefix("vision_model.").startswith("embeddings.") and not torch.equal(p, snap[n])
+               for n, p in clf.vision.named_parameters())  # the embeddings trained
+    with_emb = set(models.freeze_layers(models.build_classifier(models.load_model(preset), 5), 1, embeddings=True))
+    assert frozen < with_emb and all(n.startswith(("embeddings.", "pre_layrnorm.")) for n in with_emb - frozen)
     clf = models.apply_lora(clf, rank=2, targets="qkvo")
     names = [n for n, _ in clf.vision.named_parameters() if "lora_A" in n]
     assert any("q_proj" in n for n in names) and any(("o_proj" in n) or ("out_proj" in n) for n in names)

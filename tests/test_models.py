@@ -66,19 +66,36 @@ def test_disabled_adapter_equals_base_model_exactly():
     assert not torch.allclose(on, ref)
 
 
-def test_frozen_layers_stay_bit_identical():
+def test_frozen_layers_stay_bit_identical_and_embeddings_train_by_default():
+    # The original's A3: `encoder.layers[i].requires_grad = False` for i < k, nothing else.
     clip = models.load_clip("tiny")
     clf = models.build_classifier(clip, 5)
     frozen = models.freeze_layers(clf, 2)
-    assert any(n.startswith("encoder.layers.1.") for n in frozen)
-    assert not any(n.startswith("encoder.layers.2.") for n in frozen)
+    layer_params = [n for n, _ in clf.vision.named_parameters() if n.startswith(("encoder.layers.0.",
+                                                                                   "encoder.layers.1."))]
+    assert sorted(frozen) == sorted(layer_params)  # exactly the first two blocks
     snap = {n: p.detach().clone() for n, p in clf.vision.named_parameters()}
     _train_steps(clf)
     for n, p in clf.vision.named_parameters():
-        if n.startswith(("embeddings.", "pre_layrnorm.", "encoder.layers.0.", "encoder.layers.1.")):
+        if n.startswith(("encoder.layers.0.", "encoder.layers.1.")):
             assert torch.equal(p, snap[n]), n
-    assert not torch.equal(clf.vision.encoder.layers[2].self_attn.q_proj.weight,
-                           snap["encoder.layers.2.self_attn.q_proj.weight"])
+        else:  # embeddings, pre-LayerNorm, layer 2, post-LayerNorm: all trained
+            assert not torch.equal(p, snap[n]), n
+
+
+def test_freeze_embeddings_also_freezes_patch_embedding_and_pre_layernorm():
+    clf = models.build_classifier(models.load_clip("tiny"), 5)
+    frozen = set(models.freeze_layers(clf, 1, embeddings=True))
+    assert {"embeddings.patch_embedding.weight", "embeddings.class_embedding",
+            "embeddings.position_embedding.weight", "pre_layrnorm.weight", "pre_layrnorm.bias"} <= frozen
+    snap = {n: p.detach().clone() for n, p in clf.vision.named_parameters()}
+    _train_steps(clf)
+    for n, p in clf.vision.named_parameters():
+        assert torch.equal(p, snap[n]) == (n in frozen), n
+    # embeddings alone (k = 0) is allowed too
+    clf = models.build_classifier(models.load_clip("tiny"), 5)
+    assert all(n.startswith(("embeddings.", "pre_layrnorm.")) for n in models.freeze_layers(clf, 0, embeddings=True))
+    assert models.freeze_layers(models.build_classifier(models.load_clip("tiny"), 5), 0) == []
 
 
 def test_freezing_more_layers_than_exist_is_an_error():

@@ -19,7 +19,7 @@ from attncollapse.config import DataConfig, load_matrix, matrix_from_dict
 from attncollapse.study import HubUnavailable, check_hub, hub_needs, plan, run_matrix
 
 MODEL = "openai/clip-vit-base-patch32"
-PAPER_DATASETS = {"tanganke/eurosat", "timm/oxford-iiit-pet", "uoft-cs/cifar100"}
+PAPER_DATASETS = {"tanganke/eurosat", "timm/oxford-iiit-pet", "uoft-cs/cifar100", "nelorth/oxford-flowers"}
 
 
 @pytest.fixture
@@ -42,7 +42,7 @@ def _needs(matrix):
                      [(t.id, t.config) for t in tasks if t.kind == "baseline"])
 
 
-def test_paper_needs_one_model_and_three_datasets():
+def test_paper_needs_one_model_and_four_datasets():
     need = _needs(load_matrix("paper"))
     assert {repo for kind, repo in need if kind == "model"} == {MODEL}
     assert {repo for kind, repo in need if kind == "dataset"} == PAPER_DATASETS

@@ -320,3 +320,62 @@ def test_cifar100_like_prompts_use_raw_names_by_default(tmp_path):
                        "pine_tree", "sweet_pepper", "willow_tree"]
     assert raw.images is test.images  # a view: no pixels copied
     assert capped(raw, ZeroShotConfig(max_images=4)).class_names == CIFAR100
+
+
+# ---------------------------------------------------------------- Flowers-102
+
+def _flowers_like(tmp_path, n_test=12):
+    """nelorth/oxford-flowers' schema: `image` (Image), `label` (ClassLabel named by the image
+    folders' numbers, in string order: '1', '10', '100', '101', '102', '11', ...), train/test."""
+    import datasets as hfd
+
+    names = sorted(str(k) for k in range(1, 103))
+    rng = np.random.default_rng(11)
+    feats = hfd.Features({"image": hfd.Image(), "label": hfd.ClassLabel(names=names)})
+
+    def part(labels):
+        return hfd.Dataset.from_dict({"image": [Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8))
+                                                for _ in labels], "label": labels}, features=feats)
+
+    labels = [0, 1, 4, 14, 101, 50, 2, 3, 14, 0, 7, 9][:n_test]
+    hfd.DatasetDict(train=part([5, 6, 7, 8]), test=part(labels)).save_to_disk(str(tmp_path / "flowers"))
+    return tmp_path / "flowers", names, labels
+
+
+def test_flowers102_like_local_copy_prompts_as_the_original(tmp_path):
+    from attncollapse.data import FLOWERS102_NAMES
+
+    path, names, labels = _flowers_like(tmp_path)
+    test = load_test_split(f"hf:{path}", _cfg(tmp_path), image_size=S)
+    assert test.labels.tolist() == labels and len(test) == 12  # the test split, in row order
+    raw = capped(test, ZeroShotConfig())  # the original's `load_flowers102` names: folder numbers
+    assert raw.class_names == names and raw.class_names[:5] == ["1", "10", "100", "101", "102"]
+    human = capped(test, ZeroShotConfig(class_names="humanized")).class_names
+    # label i is folder names[i], flower number int(names[i]) of the official list (101 is "99")
+    assert (human[0], human[1], human[4], human[14], human[101]) == (
+        "pink primrose", "globe thistle", "blackberry lily", "hard-leaved pocket orchid", "bromelia")
+    assert sorted(human) == sorted(FLOWERS102_NAMES) and len(set(human)) == 102
+    assert capped(raw, ZeroShotConfig(class_names="humanized")).class_names == human  # raw → readable again
+
+
+def test_flowers102_shortcut_loads_the_hub_id(tmp_path, monkeypatch):
+    import datasets as hfd
+
+    from attncollapse.config import RunConfig, hub_dataset_id
+    from attncollapse.study import hub_needs
+
+    path, names, labels = _flowers_like(tmp_path)
+    asked = []
+
+    def fake_load_dataset(repo, *a, **k):  # the hub's answer, offline: the look-alike
+        asked.append(repo)
+        return hfd.load_from_disk(str(path))
+
+    monkeypatch.setattr(hfd, "load_dataset", fake_load_dataset)
+    test = load_test_split("flowers102", _cfg(tmp_path), image_size=S)
+    assert asked == ["nelorth/oxford-flowers"]
+    assert test.labels.tolist() == labels and test.raw_class_names == names
+    assert test.class_names[0] == "pink primrose"
+    assert hub_dataset_id("flowers102") == "nelorth/oxford-flowers"
+    need = hub_needs([("E2", RunConfig(zeroshot=ZeroShotConfig(datasets=["cifar100", "flowers102"])))])
+    assert need[("dataset", "nelorth/oxford-flowers")] == ["E2"]  # the preflight knows it

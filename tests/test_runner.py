@@ -110,6 +110,24 @@ def test_changed_config_of_a_finished_run_is_reported(tmp_path):
     assert not s["ok"]
 
 
+def test_a3_run_recorded_before_freeze_embeddings_counts_as_changed(tmp_path):
+    # Before `freeze_embeddings` existed, freeze_layers: k froze the embeddings too: such a
+    # finished run is not what the config now means, so it is reported, not kept silently.
+    m = matrix_from_dict({"name": "m", "defaults": {"model": "tiny", "dataset": "synthetic",
+                                                    "zeroshot": {"datasets": ["digits"]}},
+                          "runs": {"A3": {"freeze_layers": 2}, "E2": {}}})
+    out = tmp_path / "m"
+    run_matrix(m, out, train_fn=fake_train, analyze=False, log=_quiet)
+    for rid in ("A3", "E2"):
+        cfg = _io.read_yaml(out / rid / "config.yaml")
+        del cfg["freeze_embeddings"]  # as written by the older version
+        _io.write_yaml(out / rid / "config.yaml", cfg)
+    s = run_matrix(m, out, train_fn=fake_train, analyze=False, log=_quiet)
+    got = {o["id"]: o for o in s["outcomes"]}
+    assert got["A3"]["status"] == "changed" and "freeze_embeddings" in got["A3"]["note"]
+    assert got["E2"]["status"] == "skipped"  # no layer frozen: the same run either way
+
+
 def test_only_selects_by_id_entry_glob_and_rejects_unknown(tmp_path):
     m = _matrix(baseline=["synthetic"])
     ids = lambda only: [t.id for t in plan(m, tmp_path, only)]  # noqa: E731

@@ -129,7 +129,9 @@ def test_classifier_lora_and_freezing():
     x = torch.randn(2, 3, 32, 32)
     assert clf(x).shape == (2, 5)
     frozen = models.freeze_layers(clf, 1)
-    assert any(n.startswith("embeddings.patch_embedding") for n in frozen)
+    assert frozen and all(n.startswith("encoder.layers.0.") for n in frozen)  # the original's A3
+    assert any(n.startswith("embeddings.patch_embedding")
+               for n in models.freeze_layers(clf, 1, embeddings=True))
     clf = models.apply_lora(clf, rank=2, targets="qkvo")
     names = [n for n, _ in clf.vision.named_parameters() if "lora_A" in n]
     # 3 layers' q_proj; out_proj of the 3 layers plus the pooling head's (as on SigLIP).

@@ -165,13 +165,15 @@ def test_frozen_layers_unchanged_after_a_run(tmp_path):
     cfg = tiny_run_config(freeze_layers=2)
     train.run(cfg, tmp_path / "r")
     saved = load_file(tmp_path / "r" / "checkpoints" / "best.safetensors")
-    assert not any(k.startswith(("vision.encoder.layers.0.", "vision.encoder.layers.1.", "vision.embeddings."))
-                   for k in saved)
+    assert not any(k.startswith(("vision.encoder.layers.0.", "vision.encoder.layers.1.")) for k in saved)
+    # the original's A3: the embeddings and the pre-LayerNorm keep training
     assert any(k.startswith("vision.encoder.layers.2.") for k in saved)
+    assert {"vision.embeddings.patch_embedding.weight", "vision.pre_layrnorm.weight"} <= set(saved)
     _, clf, _ = train.load_trained(tmp_path / "r", device="cpu")
     base = load_clip("tiny").vision_model
     assert torch.equal(clf.vision.encoder.layers[1].mlp.fc1.weight, base.encoder.layers[1].mlp.fc1.weight)
     assert not torch.equal(clf.vision.encoder.layers[2].mlp.fc1.weight, base.encoder.layers[2].mlp.fc1.weight)
+    assert not torch.equal(clf.vision.embeddings.patch_embedding.weight, base.embeddings.patch_embedding.weight)
 
 
 @pytest.mark.parametrize("method", ["full", "lora"])

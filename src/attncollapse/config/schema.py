@@ -168,6 +168,15 @@ class EvalConfig(Strict):
     means over batches of `batch_size` eval images in draw order, a short last batch
     weighing as much as a full one (the original code, which made the reports' numbers);
     "per_image" = the mean over images (the reports' text)."""
+    timing: Literal["multiples", "original"] = "multiples"
+    """When the eval points fall, k = steps_per_epoch // points_per_epoch: "multiples" = after
+    k, 2k, 3k, ... updates (a point's `step` is the updates done); "original" = after 1,
+    k+1, 2k+1, ... updates, as the original code, which tested `step % k == 0` after the
+    update but before counting it (and labelled them 0, k, 2k). Both add the initial point
+    and every accuracy evaluation."""
+    train_loss: Literal["mean", "last"] = "mean"
+    """A point's `train_loss`: the mean over the steps since the previous point, or "last" =
+    the loss of the step just taken (the value the original code logged)."""
     val_per_epoch: int = Field(1, ge=1)
     """Accuracy evaluations per epoch on the selection split."""
     erf_q: float = Field(0.95, gt=0, le=1)
@@ -216,7 +225,11 @@ class RunConfig(Strict):
     """Full fine-tuning or LoRA on the vision tower, or "linear_probe": tower and projection
     frozen, only the head trains (the "no collapse" reference: every Δ is exactly 0)."""
     freeze_layers: int = Field(0, ge=0)
-    """Freeze the patch embedding and the first k encoder layers (A3: 3, 6, 9)."""
+    """Freeze the first k encoder layers (A3: 3, 6, 9); the patch embedding and
+    pre-LayerNorm keep training, as in the original code (see `freeze_embeddings`)."""
+    freeze_embeddings: bool = False
+    """Also freeze the embeddings (patch, position, [CLS]) and CLIP's pre-LayerNorm
+    (original code: false, they train even when layers are frozen)."""
     freeze_projection: bool = False
     """Keep the visual projection frozen (original: trainable)."""
     head_init: Literal["random", "text"] = "random"
@@ -304,8 +317,8 @@ def compile_key(cfg: RunConfig) -> tuple:
     """What decides a run's compiled training graph (`optim.compile`): runs with the same
     key reuse one process's compiled step; the executors run them back to back."""
     lora = (cfg.lora.rank, cfg.lora.targets, cfg.lora.dropout > 0) if cfg.method == "lora" else None
-    return (cfg.model, cfg.method, lora, cfg.freeze_layers, cfg.freeze_projection, cfg.head_init,
-            cfg.dataset, cfg.data.synthetic_classes, cfg.regularizer.kind != "none", cfg.optim.precision,
+    return (cfg.model, cfg.method, lora, cfg.freeze_layers, cfg.freeze_embeddings, cfg.freeze_projection,
+            cfg.head_init, cfg.dataset, cfg.data.synthetic_classes, cfg.regularizer.kind != "none", cfg.optim.precision,
             cfg.optim.batch_size, cfg.optim.compile, cfg.optim.compile_scope)
 
 

@@ -149,10 +149,18 @@ def read_recorded_config(path: str | Path) -> RunConfig:
            "resumes from its last checkpoint and rewrites it")
     data = _io.read_yaml_checked(path, fix=fix)
     try:
-        return RunConfig.model_validate(data)
+        return RunConfig.model_validate(_as_recorded(data))
     except ValidationError as exc:
         first = pydantic_problems(exc, "", {})[0][1]
         raise _io.DamagedFile(path, f"not a valid run config ({first}); {fix}") from None
+
+
+def _as_recorded(data: Any) -> Any:
+    """A config.yaml written before a field existed, read as what that run did: before
+    `freeze_embeddings`, `freeze_layers: k > 0` froze the embeddings and pre-LayerNorm too."""
+    if isinstance(data, dict) and "freeze_embeddings" not in data and data.get("freeze_layers"):
+        return {**data, "freeze_embeddings": True}
+    return data
 
 
 def load_run_config(path: str | Path, overrides: list[str] | tuple = ()) -> RunConfig:

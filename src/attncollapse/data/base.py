@@ -98,8 +98,9 @@ class ImageSet:
                         list(self.class_names), name or self.name, _copy(self.raw_class_names))
 
     def with_class_names(self, style: str) -> "ImageSet":
-        """This set with `class_names` in `style`: "humanized" (`aquarium fish`) or "raw"
-        (`aquarium_fish`, as the original study's CIFAR-100 prompts used them).
+        """This set with `class_names` in `style`: "humanized" (`aquarium fish`; Flowers-102's
+        flower names, `readable_names`) or "raw" (`aquarium_fish`, Flowers-102's '10', as the
+        original study's prompts used them).
 
         Pixels and labels are shared, not copied.
         """
@@ -108,7 +109,7 @@ class ImageSet:
         raw = self.raw_class_names
         if raw is None:
             return self
-        names = list(raw) if style == "raw" else [humanize(n) for n in raw]
+        names = list(raw) if style == "raw" else readable_names(raw)
         return ImageSet(self.images, self.labels, names, self.name, list(raw))
 
 
@@ -144,6 +145,45 @@ class Splits:
 def humanize(name: str) -> str:
     """A class name fit for "a photo of a {name}": underscores become spaces."""
     return " ".join(str(name).replace("_", " ").split())
+
+
+# The 102 Oxford Flowers names in the dataset's official label order 1..102 (VGG's
+# imagelabels.mat; the list CLIP's prompt-engineering notebook uses). nelorth/oxford-flowers
+# names class k by the folder "k", so its readable names are FLOWERS102_NAMES[k - 1].
+FLOWERS102_NAMES = (
+    "pink primrose", "hard-leaved pocket orchid", "canterbury bells", "sweet pea", "english marigold",
+    "tiger lily", "moon orchid", "bird of paradise", "monkshood", "globe thistle", "snapdragon",
+    "colt's foot", "king protea", "spear thistle", "yellow iris", "globe-flower", "purple coneflower",
+    "peruvian lily", "balloon flower", "giant white arum lily", "fire lily", "pincushion flower",
+    "fritillary", "red ginger", "grape hyacinth", "corn poppy", "prince of wales feathers",
+    "stemless gentian", "artichoke", "sweet william", "carnation", "garden phlox", "love in the mist",
+    "mexican aster", "alpine sea holly", "ruby-lipped cattleya", "cape flower", "great masterwort",
+    "siam tulip", "lenten rose", "barbeton daisy", "daffodil", "sword lily", "poinsettia",
+    "bolero deep blue", "wallflower", "marigold", "buttercup", "oxeye daisy", "common dandelion",
+    "petunia", "wild pansy", "primula", "sunflower", "pelargonium", "bishop of llandaff", "gaura",
+    "geranium", "orange dahlia", "pink-yellow dahlia", "cautleya spicata", "japanese anemone",
+    "black-eyed susan", "silverbush", "californian poppy", "osteospermum", "spring crocus",
+    "bearded iris", "windflower", "tree poppy", "gazania", "azalea", "water lily", "rose",
+    "thorn apple", "morning glory", "passion flower", "lotus", "toad lily", "anthurium", "frangipani",
+    "clematis", "hibiscus", "columbine", "desert-rose", "tree mallow", "magnolia", "cyclamen",
+    "watercress", "canna lily", "hippeastrum", "bee balm", "ball moss", "foxglove", "bougainvillea",
+    "camellia", "mallow", "mexican petunia", "bromelia", "blanket flower", "trumpet creeper",
+    "blackberry lily",
+)
+
+
+def readable_names(names: list[str]) -> list[str]:
+    """Class names fit for prompts: `humanize`d, or, for Flowers-102's folder-number labels,
+    the flower names.
+
+    nelorth/oxford-flowers (the original study's Flowers-102) is recognised by its exact
+    ClassLabel names ('1', '10', '100', ... in string order), so a copy saved with
+    `save_to_disk` (`hf:<dir>`) reads as the hub id does.
+    """
+    numbers = sorted(str(k) for k in range(1, len(FLOWERS102_NAMES) + 1))
+    if [str(n) for n in names] == numbers:
+        return [FLOWERS102_NAMES[int(n) - 1] for n in names]
+    return [humanize(n) for n in names]
 
 
 def open_image(src: str | os.PathLike | io.BytesIO, name: str) -> Image.Image:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import DataError, ImageSet, Source, Splits, cache_root, humanize, stratified_split
+from .base import DataError, ImageSet, Source, Splits, cache_root, readable_names, stratified_split
 from .cache import PREPROCESS_VERSION, cached_images, variant
 from .sources import resolve
 
@@ -56,7 +56,7 @@ def _load(source: str, cfg, image_size: int, splits: tuple[str, ...]) -> tuple[S
     """Resolve `source` and bring the named raw splits to `ImageSet`s through the cache."""
     src = resolve(source, cfg, image_size=image_size)
     how = variant(cfg.preprocess, cfg.alpha)
-    names = [humanize(n) for n in src.class_names]
+    names = readable_names(src.class_names)
     out = {}
     for split in splits:
         raw = src.splits[split]

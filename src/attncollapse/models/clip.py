@@ -277,22 +277,35 @@ def _blocks(root: nn.Module) -> tuple[str, nn.ModuleList]:
     raise TypeError(f"{type(root).__name__}: no transformer block list (encoder.layers, encoder.layer, layers)")
 
 
-def freeze_layers(clf: Classifier, n_layers: int) -> list[str]:
-    """Freeze the patch embedding (+ pre-LN) and the first `n_layers` encoder layers.
+def freeze_layers(clf: Classifier, n_layers: int, *, embeddings: bool = False) -> list[str]:
+    """Freeze the first `n_layers` encoder layers (and, optionally, what comes before them).
 
-    Returns the names of the parameters frozen (reports A3: 3, 6 or 9 layers).
+    The original study's A3 (`run_all_experiments.py`, `run_full_ft_experiment`) sets
+    `requires_grad=False` on `vision_model.encoder.layers[i]` for i < k only: the patch
+    embedding and CLIP's pre-LayerNorm keep training. Every family means the same: its
+    first k transformer blocks.
+
+    Args:
+        n_layers: blocks to freeze, from the input side (reports A3: 3, 6 or 9).
+        embeddings: also freeze the embeddings (patch, position, [CLS], registers) and
+            CLIP's pre-LayerNorm (`freeze_embeddings`, not the original's A3).
+
+    Returns:
+        The names of the parameters frozen, relative to the tower's transformer root.
     """
-    if n_layers <= 0:
+    if n_layers <= 0 and not embeddings:
         return []
     root = _root(clf.base_vision)
     attr, layers = _blocks(root)
     if n_layers > len(layers):
         raise ValueError(f"cannot freeze {n_layers} layers of a {len(layers)}-layer tower")
-    before = [("embeddings", root.embeddings)]
-    if hasattr(root, "pre_layrnorm"):  # CLIP's LayerNorm before the first block
-        before.append(("pre_layrnorm", root.pre_layrnorm))
+    before = []
+    if embeddings:
+        before.append(("embeddings", root.embeddings))
+        if hasattr(root, "pre_layrnorm"):  # CLIP's LayerNorm before the first block
+            before.append(("pre_layrnorm", root.pre_layrnorm))
     frozen = []
-    for prefix, mod in before + [(f"{attr}.{i}", layers[i]) for i in range(n_layers)]:
+    for prefix, mod in before + [(f"{attr}.{i}", layers[i]) for i in range(max(n_layers, 0))]:
         for name, p in mod.named_parameters():
             p.requires_grad_(False)
             frozen.append(f"{prefix}.{name}")

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .. import _io
-from ..config import RunConfig, config_change, fingerprint_fields
+from ..config import RunConfig, config_change, fingerprint_fields, read_recorded_config
 from ..train import baseline, run
 from .locks import acquire_lock, heartbeat, inspect_lock, machine, release_lock
 from .tasks import Task, TrainFn
@@ -38,7 +38,7 @@ def _config_changed(task: Task) -> str | None:
     if task.kind != "run" or not recorded.is_file():
         return None
     try:
-        old = RunConfig.model_validate(_io.read_yaml_checked(recorded))
+        old = read_recorded_config(recorded)  # an A3 run recorded before freeze_embeddings: true
     except Exception:  # an older schema: cannot compare, trust final.json
         return None
     change = config_change(fingerprint_fields(old), task.config, limit=6)

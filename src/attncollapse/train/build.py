@@ -37,7 +37,7 @@ def build(cfg: RunConfig, num_classes: int, device: torch.device, class_names: l
     if cfg.method == "lora":
         apply_lora(clf, rank=cfg.lora.rank, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout,
                    targets=cfg.lora.targets)
-    freeze_layers(clf, cfg.freeze_layers)
+    freeze_layers(clf, cfg.freeze_layers, embeddings=cfg.freeze_embeddings)
     if cfg.freeze_projection:
         freeze_projection(clf)
     if cfg.method == "linear_probe":

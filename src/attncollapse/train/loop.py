@@ -51,6 +51,7 @@ class TrainState:
     last_acc: float | None = None
     loss_sum: float = 0.0
     loss_count: int = 0
+    last_loss: float | None = None  # the latest step's loss, for `eval.train_loss: last`
     wall_time_s: float = 0.0
     warmup_s: float = 0.0  # part of wall_time_s: each process's first WARMUP_STEPS (compile, graph capture)
     warmup_images: int = 0
@@ -106,7 +107,8 @@ class Run:
     initial_blocks: list | None = None  # models.block_weights before the first step (weight drift)
 
 
-def run(cfg: RunConfig, run_dir: str | Path, *, before_step: Callable[[int], None] | None = None) -> dict:
+def run(cfg: RunConfig, run_dir: str | Path, *, before_step: Callable[[int], None] | None = None,
+        batch_order: Callable[[int], torch.Tensor] | None = None) -> dict:
     """Train one configuration into `run_dir` and return the content of final.json.
 
     Args:
@@ -114,12 +116,17 @@ def run(cfg: RunConfig, run_dir: str | Path, *, before_step: Callable[[int], Non
         run_dir: its directory; checkpoints there are resumed from.
         before_step: called with the step index before each optimisation step (a test
             kills a run there to check that resuming gives the same numbers).
+        batch_order: step index → that step's training-set indices, in place of the
+            seeded per-epoch permutation (`schedule.batch_indices`); the equivalence test
+            with the original loop feeds both loops one explicit order. It must be a pure
+            function of the step for resuming to be exact.
     """
     with cpu_threads(cfg.cpu_threads):
-        return _run(cfg, Path(run_dir), before_step)
+        return _run(cfg, Path(run_dir), before_step, batch_order)
 
 
-def _run(cfg: RunConfig, run_dir: Path, before_step: Callable[[int], None] | None) -> dict:
+def _run(cfg: RunConfig, run_dir: Path, before_step: Callable[[int], None] | None,
+         batch_order: Callable[[int], torch.Tensor] | None = None) -> dict:
     t_setup = time.perf_counter()
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()  # a worker runs many runs: the peak is this run's
@@ -136,7 +143,7 @@ def _run(cfg: RunConfig, run_dir: Path, before_step: Callable[[int], None] | Non
             rows0 = _eval_point(r, state, writer, board, 0, with_val=False)
             overlay_initial = rows0[:, :N_OVERLAY].contiguous()
         timings = {"setup_s": time.perf_counter() - t_setup}
-        timings["loop_s"] = _train(r, state, writer, board, overlay_initial, before_step)
+        timings["loop_s"] = _train(r, state, writer, board, overlay_initial, before_step, batch_order)
         board.close()
         writer.wait()  # every checkpoint and best.safetensors on disk before the end-of-run eval
         return _finish(r, state, overlay_initial, timings)
@@ -209,7 +216,7 @@ def _resume(r: Run) -> tuple[TrainState, torch.Tensor | None]:
 
 
 def _train(r: Run, state: TrainState, writer: CheckpointWriter, board, overlay_initial,
-           before_step: Callable[[int], None] | None) -> float:
+           before_step: Callable[[int], None] | None, batch_order: Callable[[int], torch.Tensor] | None) -> float:
     """Steps from `state.step` to the end, with eval points and checkpoints; returns the loop's seconds."""
     cfg, sched, device = r.cfg, r.schedule, r.device
     floor = None
@@ -221,6 +228,7 @@ def _train(r: Run, state: TrainState, writer: CheckpointWriter, board, overlay_i
     t0 = t_loop = time.perf_counter()
     first_step, first_images = state.step, state.images_seen
     bar = _io.progress(sched.total, state.step, cfg.id)  # plain lines every few seconds in a log
+    shift = 1 if cfg.eval.timing == "original" else 0
     with probing(r.clf.vision) if cfg.regularizer.kind != "none" else contextlib.nullcontext() as rows:
         step_fn = make_step(cfg, r.clf, r.opt, r.scaler, device=device, precision=r.precision, rows=rows,
                             ref_vision=r.ref_vision, floor=floor)
@@ -230,7 +238,8 @@ def _train(r: Run, state: TrainState, writer: CheckpointWriter, board, overlay_i
                 before_step(s)
             for group in r.opt.param_groups:
                 group["lr"] = lr_at(s, sched.total, cfg.optim.lr, cfg.optim.warmup_frac)
-            idx = batch_indices(s, sched.steps_per_epoch, len(r.splits.train), cfg.optim.batch_size, cfg.seed)
+            idx = (batch_order(s) if batch_order is not None else
+                   batch_indices(s, sched.steps_per_epoch, len(r.splits.train), cfg.optim.batch_size, cfg.seed))
             flip = flip_mask(s, len(idx), cfg.seed) if cfg.data.hflip else None
             x, y = r.train_feed.get(idx, flip=flip)
             loss = step_fn(x, y, r.ref_cache.lookup(idx, flip) if r.ref_cache is not None else None)
@@ -245,13 +254,14 @@ def _train(r: Run, state: TrainState, writer: CheckpointWriter, board, overlay_i
                 state.warmup_s += time.perf_counter() - t_loop
                 state.warmup_images += state.images_seen - first_images
             done = state.step == sched.total
-            want_eval = state.step % sched.eval_every == 0
+            want_eval = (state.step - shift) % sched.eval_every == 0
             want_val = state.step % sched.val_every == 0 or done
             want_ckpt = state.step % sched.ckpt_every == 0 or done
             if not (want_eval or want_val or want_ckpt):
                 continue
             state.loss_sum += loss_acc.item()
             state.loss_count += n_acc
+            state.last_loss = loss.item()
             loss_acc.zero_()
             n_acc = 0
             now = time.perf_counter()
@@ -282,6 +292,8 @@ def _eval_point(r: Run, state: TrainState, writer: CheckpointWriter, board, step
         msg = f"[{cfg.id}] training diverged: loss {loss} at step {step}"
         _io.write_text(r.dir / "error.txt", msg + "\n")
         raise TrainingDiverged(msg)
+    if loss is not None and cfg.eval.train_loss == "last":
+        loss = state.last_loss
     acc = (classifier_accuracy(r.clf, r.val_feed, batch_size=max(cfg.optim.batch_size, 256), precision=r.precision)
            if with_val else None)
     lr = lr_at(max(step - 1, 0), sched.total, cfg.optim.lr, cfg.optim.warmup_frac) if step else 0.0
