@@ -15,7 +15,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, PrivateAttr, ValidationError
 
@@ -31,7 +31,7 @@ from .validate import (deep_merge, get_path, has_path, key_problem, pydantic_pro
 # may carry `sweep:` to expand into several runs with stable, readable ids. Validation
 # collects every problem of every run before anything runs (torchtune's ConfigError).
 
-_MATRIX_KEYS = ("name", "description", "seeds", "baseline", "defaults", "runs")
+_MATRIX_KEYS = ("name", "description", "design", "seeds", "baseline", "defaults", "runs")
 
 # Short labels of swept fields in expanded ids (A1-lr1e-06, A3-freeze3, R3-wd0.0); a sweep
 # entry may name its own label (`{label: apr, values: [...]}` gives R1-apr0.1).
@@ -107,6 +107,11 @@ class MatrixConfig(Strict):
     """Matrix name; the default output directory is runs/<name>."""
     description: str = ""
     """Free text (what this matrix reproduces, for whom)."""
+    design: Literal["study", "controlled"] = "study"
+    """How the analysis reads the runs: `study` (the reports' 21 configurations, by role) or
+    `controlled` (a factorial dataset × method × lr with seeds as replicates: two-way ANOVA,
+    matched-LR tables, retention model; docs/CONTROLLED.md). A controlled matrix may hold
+    one run per (dataset, method, lr) cell and seed."""
     seeds: list[int] = Field(default_factory=lambda: [42], min_length=1)
     """Each run is repeated per seed; run dirs get `-s<seed>` only with several (reports: [42])."""
     baseline: list[str] = Field(default_factory=list)
@@ -290,9 +295,28 @@ def _expand(matrix: MatrixConfig) -> list[PlannedRun]:
     for i, ds in enumerate(matrix.baseline):
         if (p := source_problem(ds)) is not None:
             errors.append(f"baseline[{i}]: {p}")
+    if matrix.design == "controlled":
+        errors.extend(_factorial_problems(planned, where_ids))
     if errors:
         raise ConfigError(errors)
     return planned
+
+
+def _factorial_problems(planned: list[PlannedRun], where: dict[str, str]) -> list[str]:
+    """A controlled design reads each run's factors from its config: two runs in one (dataset,
+    method, lr, seed) cell would be replicates of nothing, so they are an error."""
+    seen: dict[tuple, str] = {}
+    out = []
+    for run in planned:
+        c = run.config
+        cell = (c.dataset, c.method, float(c.optim.lr), c.seed)
+        if cell in seen:
+            out.append(f"{where[run.id]}: run {run.id} repeats the cell dataset={c.dataset}, method={c.method}, "
+                       f"lr={c.optim.lr:g}, seed={c.seed} of {seen[cell]} (design: controlled allows one run "
+                       "per cell and seed; vary only dataset, method and optim.lr)")
+        else:
+            seen[cell] = run.id
+    return out
 
 
 def _apply_override(data: dict, key: str, value: Any) -> None:
