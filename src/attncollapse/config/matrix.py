@@ -31,7 +31,7 @@ from .validate import (deep_merge, get_path, has_path, key_problem, pydantic_pro
 # may carry `sweep:` to expand into several runs with stable, readable ids. Validation
 # collects every problem of every run before anything runs (torchtune's ConfigError).
 
-_MATRIX_KEYS = ("name", "description", "design", "seeds", "baseline", "defaults", "runs")
+_MATRIX_KEYS = ("name", "description", "seeds", "baseline", "defaults", "runs", "design")
 
 # Short labels of swept fields in expanded ids (A1-lr1e-06, A3-freeze3, R3-wd0.0); a sweep
 # entry may name its own label (`{label: apr, values: [...]}` gives R1-apr0.1).

@@ -77,6 +77,8 @@ def two_way_anova(df: Any, response: str) -> dict[str, Any]:
         warnings.simplefilter("ignore")
         table = anova_lm(smf.ols(formula, data=d).fit(), typ=2)
     res_ss = float(table.loc["Residual", "sum_sq"])
+    if res_ss <= 1e-12 * float(((d[response] - d[response].mean()) ** 2).sum()):
+        return skip(f"{response}: no variance within any cell (seeds agree exactly), F undefined")
     names = {"C(method)": "method", "C(lr)": "lr", "C(method):C(lr)": "method:lr"}
     terms = {}
     for raw, name in names.items():
@@ -100,6 +102,10 @@ def simple_effects(f: Factorial, dataset: str, key: str, *, seed: int = 0) -> di
         label = f"lr {lr_label(lr)}: {a_name} vs {b_name}"
         if len(a) < 2 or len(b) < 2:
             entries.append({"lr": lr, "label": label, **skip(f"needs ≥ 2 seeds per method, has {len(a)} and {len(b)}")})
+            continue
+        if np.ptp(a) == 0 and np.ptp(b) == 0:  # Welch's t is ±inf with p = 0: a degenerate "significance"
+            entries.append({"lr": lr, "label": label, "diff": float(np.mean(a) - np.mean(b)),
+                            **skip("no variance within either method's seeds: not testable")})
             continue
         c = compare(a, b, n_boot=N_BOOT, seed=seed, unit="runs")
         entries.append({"lr": lr, "label": label, **{k: _num(v) if isinstance(v, float) else v for k, v in c.items()}})
@@ -236,7 +242,7 @@ def _dataset_block(f: Factorial, ds: str, responses: tuple[str, ...], seed: int)
     runs = f.runs(ds)
     return {
         "runs": len(runs), "empty_cells": [{"method": me, "lr": lr} for me, lr in f.empty_cells(ds)],
-        "cells": cells_table(f, ds, TABLE_MEASURES),
+        "cells": cells_table(f, ds, tuple(k for k in TABLE_MEASURES if any(value(r, k, f) is not None for r in runs))),
         "anova": {k: two_way_anova(df, k) for k in responses},
         "simple_effects": {k: simple_effects(f, ds, k, seed=seed) for k in responses},
         "correlations": {"entropy_vs_zeroshot": correlation(f, runs, "entropy_delta_pct", "zeroshot_acc"),
