@@ -165,6 +165,13 @@ def test_statistics_use_the_structure_columns_when_present(tmp_path):
         assert coefs[n]["ci_low"] == pytest.approx(beta[i] - t * se[i], rel=1e-6, abs=1e-9)
         assert coefs[n]["ci_high"] == pytest.approx(beta[i] + t * se[i], rel=1e-6, abs=1e-9)
     assert rm["r2"] == pytest.approx(r2) and rm["n"] == len(rows)
+    # the figures draw what is measured: CKA scatter + per-layer bars, CKA in the interaction panels
+    from attncollapse.analysis.figures import controlled as cfig
+
+    ctx = cfig.CCtx(m, factorial(m), st)
+    for name in ("controlled_cka", "controlled_interaction", "controlled_retention"):
+        path = cfig.FIGURES[name](ctx, tmp_path / f"{name}.png")
+        assert isinstance(path, Path) and path.stat().st_size > 0, path
 
 
 def test_statistics_say_what_is_absent_and_skip_what_cannot_run(tmp_path):
@@ -175,6 +182,11 @@ def test_statistics_say_what_is_absent_and_skip_what_cannot_run(tmp_path):
     assert "CKA not measured in this study (results.csv has no cka_final values): the model omits it" \
         in st["retention_model"]["notes"]
     assert "z_cka_final" not in {c["term"] for c in st["retention_model"]["coefficients"]}
+    from attncollapse.analysis.figures import controlled as cfig
+
+    ctx = cfig.CCtx(m, factorial(m), st)
+    assert cfig.cka(ctx, tmp_path / "cka.png") == st["cka_vs_entropy"]["reason"]
+    assert not (tmp_path / "cka.png").exists()
     pets = st["datasets"]["pets"]
     assert pets["empty_cells"] == [{"method": "lora", "lr": 5e-5}]
     assert pets["anova"]["entropy_delta_pct"]["skipped"] and "not a full factorial" in pets["anova"]["entropy_delta_pct"]["reason"]
