@@ -80,6 +80,11 @@ def test_controlled_design_rejects_two_runs_in_one_cell():
         matrix_from_dict(spec)
     msg = "\n".join(info.value.errors)
     assert "runs.b: run b-s1 repeats the cell dataset=synthetic, method=full, lr=0.2, seed=1 of a-lr0.2-s1" in msg
+    confounded = {**spec, "runs": {"a": {"sweep": {"optim.lr": [0.1, 0.2]}},
+                                   "b": {"method": "lora", "optim": {"lr": 0.1, "weight_decay": 0.5}}}}
+    with pytest.raises(ConfigError) as info:
+        matrix_from_dict(confounded)
+    assert "runs.b: run b-s1 differs from a-lr0.1-s1 in optim.weight_decay" in "\n".join(info.value.errors)
     with pytest.raises(ConfigError, match="design"):
         matrix_from_dict({**spec, "design": "latin-square", "runs": {"a": {}}})
 

@@ -21,7 +21,7 @@ from pydantic import Field, PrivateAttr, ValidationError
 
 from .checks import source_problem
 from .loading import ConfigError, parse_assignments, read_config_yaml, resolve_config_path
-from .schema import RunConfig, Strict
+from .schema import RunConfig, Strict, diff_fields, fingerprint_fields
 from .validate import (deep_merge, get_path, has_path, key_problem, pydantic_problems, semantic_problems,
                        set_path)
 
@@ -110,8 +110,8 @@ class MatrixConfig(Strict):
     design: Literal["study", "controlled"] = "study"
     """How the analysis reads the runs: `study` (the reports' 21 configurations, by role) or
     `controlled` (a factorial dataset × method × lr with seeds as replicates: two-way ANOVA,
-    matched-LR tables, retention model; docs/CONTROLLED.md). A controlled matrix may hold
-    one run per (dataset, method, lr) cell and seed."""
+    matched-LR tables, retention model; docs/CONTROLLED.md). A controlled matrix holds one
+    run per (dataset, method, lr) cell and seed, its runs of a dataset differing only there."""
     seeds: list[int] = Field(default_factory=lambda: [42], min_length=1)
     """Each run is repeated per seed; run dirs get `-s<seed>` only with several (reports: [42])."""
     baseline: list[str] = Field(default_factory=list)
@@ -302,10 +302,17 @@ def _expand(matrix: MatrixConfig) -> list[PlannedRun]:
     return planned
 
 
+_FACTORS = ("id", "seed", "method", "optim.lr")
+"""What may differ between the runs of one dataset in a controlled design (besides `lora.*`,
+which only LoRA runs use, and which must agree among them)."""
+
+
 def _factorial_problems(planned: list[PlannedRun], where: dict[str, str]) -> list[str]:
-    """A controlled design reads each run's factors from its config: two runs in one (dataset,
-    method, lr, seed) cell would be replicates of nothing, so they are an error."""
+    """A controlled design reads each run's factors from its config, so within a dataset runs
+    may differ only in method, lr and seed (a second difference would hide in a factor), and
+    two runs in one (dataset, method, lr, seed) cell would be replicates of nothing."""
     seen: dict[tuple, str] = {}
+    first: dict[tuple, tuple[str, dict]] = {}
     out = []
     for run in planned:
         c = run.config
@@ -314,8 +321,18 @@ def _factorial_problems(planned: list[PlannedRun], where: dict[str, str]) -> lis
             out.append(f"{where[run.id]}: run {run.id} repeats the cell dataset={c.dataset}, method={c.method}, "
                        f"lr={c.optim.lr:g}, seed={c.seed} of {seen[cell]} (design: controlled allows one run "
                        "per cell and seed; vary only dataset, method and optim.lr)")
-        else:
-            seen[cell] = run.id
+            continue
+        seen[cell] = run.id
+        flat = {k: v for k, v in fingerprint_fields(c).items() if k not in _FACTORS}
+        shared = {k: v for k, v in flat.items() if not k.startswith("lora.")}
+        lora = {k: v for k, v in flat.items() if k.startswith("lora.")} if c.method == "lora" else {}
+        for key, fields in (((c.dataset,), shared), ((c.dataset, "lora"), lora)):
+            if not fields:
+                continue
+            ref_id, ref = first.setdefault(key, (run.id, fields))
+            if diff := diff_fields(ref, fields):
+                out.append(f"{where[run.id]}: run {run.id} differs from {ref_id} in {', '.join(diff[:5])} "
+                           "(design: controlled: within a dataset, runs vary only in method, optim.lr and seed)")
     return out
 
 
