@@ -325,7 +325,8 @@ def test_zeroshot_checks_the_hub_before_loading(tmp_path, capsys, monkeypatch):
     assert "synthetic" not in err.split("Work offline")[0]  # offline sources are never "missing"
 
 
-@pytest.mark.parametrize("name", ["paper", "paper-shapes", "demo", "families-demo", "families"])
+@pytest.mark.parametrize("name", ["paper", "paper-shapes", "demo", "families-demo", "families", "controlled",
+                                  "controlled-demo"])
 def test_every_packaged_config_validates(capsys, name):
     assert main(["validate", name]) == 0
     out = capsys.readouterr()

@@ -2,7 +2,7 @@
 
 It reads only files the earlier stages wrote and imports no torch and nothing of
 attncollapse but `_io` (numpy, scipy, matplotlib). Its rooms, imports running downward:
-`table`, `roles`, `published` (the inputs) ← `statistics/` ← `figures/`, `report/`.
+`table`, `roles`, `design`, `published` (the inputs) ← `statistics/` ← `figures/`, `report/`.
 """
 
 from . import figures, report

@@ -15,13 +15,13 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, PrivateAttr, ValidationError, field_validator
 
 from .checks import source_problem
 from .loading import ConfigError, parse_assignments, read_config_yaml, resolve_config_path
-from .schema import SEED_MAX, RunConfig, Strict, name_problem
+from .schema import SEED_MAX, RunConfig, Strict, diff_fields, fingerprint_fields, name_problem
 from .validate import (deep_merge, get_path, has_path, key_problem, pydantic_problems, semantic_problems,
                        set_path)
 
@@ -31,7 +31,7 @@ from .validate import (deep_merge, get_path, has_path, key_problem, pydantic_pro
 # may carry `sweep:` to expand into several runs with stable, readable ids. Validation
 # collects every problem of every run before anything runs (torchtune's ConfigError).
 
-_MATRIX_KEYS = ("name", "description", "seeds", "baseline", "defaults", "runs")
+_MATRIX_KEYS = ("name", "description", "seeds", "baseline", "defaults", "runs", "design")
 
 # Short labels of swept fields in expanded ids (A1-lr1e-06, A3-freeze3, R3-wd0.0); a sweep
 # entry may name its own label (`{label: apr, values: [...]}` gives R1-apr0.1).
@@ -108,6 +108,11 @@ class MatrixConfig(Strict):
     directory is runs/<name>, so a path here would write outside runs/."""
     description: str = ""
     """Free text (what this matrix reproduces, for whom)."""
+    design: Literal["study", "controlled"] = "study"
+    """How the analysis reads the runs: `study` (the reports' 21 configurations, by role) or
+    `controlled` (a factorial dataset × method × lr with seeds as replicates: two-way ANOVA,
+    matched-LR tables, retention model; docs/CONTROLLED.md). A controlled matrix holds one
+    run per (dataset, method, lr) cell and seed, its runs of a dataset differing only there."""
     seeds: list[Annotated[int, Field(ge=0, le=SEED_MAX)]] = Field(default_factory=lambda: [42], min_length=1)
     """Each run is repeated per seed; run dirs get `-s<seed>` only with several (reports: [42])."""
     baseline: list[str] = Field(default_factory=list)
@@ -298,9 +303,45 @@ def _expand(matrix: MatrixConfig) -> list[PlannedRun]:
     for i, ds in enumerate(matrix.baseline):
         if (p := source_problem(ds)) is not None:
             errors.append(f"baseline[{i}]: {p}")
+    if matrix.design == "controlled":
+        errors.extend(_factorial_problems(planned, where_ids))
     if errors:
         raise ConfigError(errors)
     return planned
+
+
+_FACTORS = ("id", "seed", "method", "optim.lr")
+"""What may differ between the runs of one dataset in a controlled design (besides `lora.*`,
+which only LoRA runs use, and which must agree among them)."""
+
+
+def _factorial_problems(planned: list[PlannedRun], where: dict[str, str]) -> list[str]:
+    """A controlled design reads each run's factors from its config, so within a dataset runs
+    may differ only in method, lr and seed (a second difference would hide in a factor), and
+    two runs in one (dataset, method, lr, seed) cell would be replicates of nothing."""
+    seen: dict[tuple, str] = {}
+    first: dict[tuple, tuple[str, dict]] = {}
+    out = []
+    for run in planned:
+        c = run.config
+        cell = (c.dataset, c.method, float(c.optim.lr), c.seed)
+        if cell in seen:
+            out.append(f"{where[run.id]}: run {run.id} repeats the cell dataset={c.dataset}, method={c.method}, "
+                       f"lr={c.optim.lr:g}, seed={c.seed} of {seen[cell]} (design: controlled allows one run "
+                       "per cell and seed; vary only dataset, method and optim.lr)")
+            continue
+        seen[cell] = run.id
+        flat = {k: v for k, v in fingerprint_fields(c).items() if k not in _FACTORS}
+        shared = {k: v for k, v in flat.items() if not k.startswith("lora.")}
+        lora = {k: v for k, v in flat.items() if k.startswith("lora.")} if c.method == "lora" else {}
+        for key, fields in (((c.dataset,), shared), ((c.dataset, "lora"), lora)):
+            if not fields:
+                continue
+            ref_id, ref = first.setdefault(key, (run.id, fields))
+            if diff := diff_fields(ref, fields):
+                out.append(f"{where[run.id]}: run {run.id} differs from {ref_id} in {', '.join(diff[:5])} "
+                           "(design: controlled: within a dataset, runs vary only in method, optim.lr and seed)")
+    return out
 
 
 def _apply_override(data: dict, key: str, value: Any) -> None:

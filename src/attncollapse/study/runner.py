@@ -15,6 +15,9 @@ from typing import Any, Callable
 
 from .. import _io
 from ..analysis import figures, report, stats
+from ..analysis.figures import controlled as controlled_figures
+from ..analysis.report import controlled as controlled_report
+from ..analysis.statistics import controlled as controlled_stats
 from ..config import MatrixConfig, load_matrix
 from .collect import write_results
 from .executors import dispatch
@@ -149,10 +152,18 @@ ANALYSIS_STAGES: dict[str, Callable[[Path], Any]] = {
     "stats": stats.analyze, "figures": figures.render_all, "report": report.write}
 """The analysis after results.csv, in order: each reads only the files the earlier ones wrote."""
 
+DESIGN_STAGES: dict[str, dict[str, Callable[[Path], Any]]] = {
+    "study": ANALYSIS_STAGES,
+    "controlled": {"stats": controlled_stats.analyze, "figures": controlled_figures.render_all,
+                   "report": controlled_report.write},
+}
+"""The analysis stages of each design a matrix names (`design:` in matrix.yaml)."""
+
 
 def run_analysis(out_dir: str | Path, *, matrix: MatrixConfig | None = None,
                  log: Callable[[str], None] = print) -> dict[str, str]:
-    """results.csv, then `stats.analyze`, `figures.render_all`, `report.write` on `out_dir`.
+    """results.csv, then `stats.analyze`, `figures.render_all`, `report.write` on `out_dir`
+    (a `design: controlled` matrix: the controlled study's stats, figures and report).
 
     A stage that raises is reported (message and traceback through `log`; a damaged file
     in one line naming it) and the next stage still runs. With no finished run there is
@@ -169,11 +180,13 @@ def run_analysis(out_dir: str | Path, *, matrix: MatrixConfig | None = None,
     except Exception as exc:
         state["results"] = _stage_failure("results", exc, out, log)
         return state
-    done = [t for t in plan(matrix_of(out, matrix), out) if t.kind == "run" and run_state(t) == "done"]
+    matrix = matrix_of(out, matrix)
+    stages = DESIGN_STAGES[matrix.design]
+    done = [t for t in plan(matrix, out) if t.kind == "run" and run_state(t) == "done"]
     if not done:
         why = f"failed: no finished run in {out} (run `attncollapse run` first; `attncollapse status {out}`)"
-        return {**state, **{stage: why for stage in ANALYSIS_STAGES}}
-    for stage, fn in ANALYSIS_STAGES.items():
+        return {**state, **{stage: why for stage in stages}}
+    for stage, fn in stages.items():
         try:
             fn(out)
             state[stage] = "ok"
