@@ -33,7 +33,8 @@ from .._io import read_json, write_json
 from . import links
 from .convergence import CONVERGENCE_DEFAULT, CONVERGENCE_FIG14, converged, convergence
 from .inference import (ALPHA, EXACT_SPEARMAN_MAX_N, MWU_EXACT_MAX_N, UNITS, anova, cohens_d, compare, correlate,
-                        family, holm, mwu_method, single, skip, spearman_exact_p, unit_name)
+                        family, holm, layer_thirds, mwu_method, single, skip, spearman_exact_p, unit_name)
+from .reports_tests import reports_tests
 from .roles import by_config, close, describe, select
 from .seeds import write_aggregate_csv
 from .table import METRICS, Matrix, Run, load
@@ -278,7 +279,7 @@ def analyze(matrix_dir: str | Path, *, n_boot: int = 10000, seed: int = 0, write
     s = select(m)
     kw = {"n_boot": n_boot, "seed": seed, "unit": unit}
     tests = {**_method_tests(s, kw), **_lr_tests(s, kw), **_control_tests(s, kw),
-             **_matrix_tests(m, s, convergence_criterion)}
+             **reports_tests(s, n_boot=n_boot, seed=seed), **_matrix_tests(m, s, convergence_criterion)}
     out = {**_header(m, s, n_boot=n_boot, seed=seed, unit=unit), "tests": tests}
     if write:
         write_json(Path(matrix_dir) / "stats.json", out)
@@ -302,11 +303,6 @@ def read(matrix_dir: str | Path) -> dict:
 
 
 LAYER_GROUP_NAMES = ("early", "middle", "late")
-
-
-def layer_thirds(n_layers: int) -> list[np.ndarray]:
-    """Early / middle / late layer indices (12 layers: 1–4, 5–8, 9–12), 0-based."""
-    return np.array_split(np.arange(n_layers), 3)
 
 
 def _grouping(n_layers: int) -> dict[str, Any]:
