@@ -20,7 +20,7 @@ SMALL = {"overlays": (), "wise": ()}
 SECTIONS = ("Research questions", "Setup", "Metric definitions", "Experiment matrix", "Datasets",
             "Pretrained baseline", "Grand comparison", "Full fine-tuning vs LoRA", "LoRA rank", "Zero-shot transfer",
             "Learning-rate sweep", "Layer freezing", "LoRA target modules", "Regularization", "Weight decay",
-            "Layer-wise patterns", "Statistics", "Training dynamics", "Reproduction scorecard", "Findings",
+            "Layer-wise patterns", "Statistics", "The reports' tests, recomputed", "Training dynamics", "Reproduction scorecard", "Findings",
             "Discussion", "Limitations", "Conclusions", "Runs", "Figure index")
 
 
@@ -308,3 +308,22 @@ def test_several_seeds_give_one_row_per_configuration(tmp_path):
         v = np.array([float(r["entropy_delta_pct"]) for r in rows if r["run_id"].startswith(cid + "-")])
         assert table[cid][4] == f"{v.mean():+.2f}% ± {v.std(ddof=1):.2f}%"
     assert {r[0]: r for r in _table_rows(_section(md, "Experiment matrix"))}["E2"][12] == "42, 43"
+
+
+def test_reports_tests_table_shows_stats_json(written):
+    """Every reports_* entry of stats.json is a row of "The reports' tests, recomputed", with its
+    grouping, statistic and p exactly as stats.json has them and the published value beside it."""
+    d, md, _ = written
+    T = json.loads((d / "stats.json").read_text())["tests"]
+    rows = {r[0]: r for r in _table_rows(_section(md, "The reports' tests, recomputed"))}
+    for e in T["reports_regularizers"]["entries"]:
+        row = rows[f"{e['label']}, paired t"]
+        assert row[1] == e["grouping"] and row[2] == f"t({e['df']}) = {e['t']:.2f}" and row[3] == render.pval(e["paired_p"])
+        assert row[5] == ("p = 0.023" if e["regularizer"] == "entropy_floor" and e["reg_lambda"] == 0.1 else "not printed")
+    for e in T["reports_layer_position"]["entries"]:
+        row = rows[f"{e['label']}, one-way ANOVA"]
+        assert row[3] == render.pval(e["anova_p"]) and row[5] == "p > 0.46" and "1–4, 5–8, 9–12" in row[1]
+    e = T["reports_fullft_vs_lora"]
+    row = rows["Full FT vs LoRA, Welch t"]
+    assert row[2] == f"t = {e['welch_t']:.2f}" and row[4].startswith(f"d = {e['cohens_d_lora_minus_full']:+.2f}")
+    assert row[5] == "t = -2.50, p = 0.019, d = 0.71"
