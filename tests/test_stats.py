@@ -465,12 +465,12 @@ def test_converged_per_epoch_and_entropy():
     assert stats.converged(h, ent_tol_pct=3.4, rule="change", acc_tol_pp=2.0)["converged"] is True
 
 
-def test_convergence_matches_fig14_arithmetic_on_fixture(tmp_path):
+def test_convergence_change_rule_matches_hand_arithmetic_on_fixture(tmp_path):
     d = build_matrix(tmp_path / "m", ["E2", "E3", "E5", "A1-lr0.0001"], overlays=(), wise=())
     for r in table.load(d).done:
         h = r.history()
         v = stats.converged(h, **stats.CONVERGENCE_FIG14)
-        # figures_curves.fig14: cut at 80% of the epoch span, change from the first point past it
+        # the alternative criterion by hand: cut at 80% of the epoch span, change from the first point past it
         xa = np.array([p["epoch"] for p in h["points"] if p["val_acc"] is not None])
         ya = np.array([p["val_acc"] for p in h["points"] if p["val_acc"] is not None])
         xe = np.array([p["epoch"] for p in h["points"]])
