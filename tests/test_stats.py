@@ -580,3 +580,24 @@ def test_reports_tests_on_a_three_layer_model_say_why(tmp_path):
     (r,) = T["reports_regularizers"]["entries"]
     fin = {x: json.loads((d / x / "final.json").read_text())["final"]["entropy"] for x in ("E2", "R1-apr0.1")}
     assert r["paired_p"] == pytest.approx(sp.ttest_rel(fin["R1-apr0.1"], fin["E2"]).pvalue) and r["n"] == 3
+
+
+def test_collapse_onset_is_the_reports_definition(tmp_path):
+    """First eval point with mean entropy < 0.995 × initial (enhanced_analysis.py
+    detect_collapse_onset), hand-worked and on every fixture run's history.json."""
+    pts = lambda ents: {"points": [{"step": 10 * i, "epoch": i / 5, "mean": {"entropy": e}}  # noqa: E731
+                                   for i, e in enumerate(ents)]}
+    assert table.collapse_onset(pts([3.0, 2.99, 2.985, 2.98, 3.1])) == {"step": 30, "epoch": 0.6, "index": 3}
+    assert table.collapse_onset(pts([3.0, 2.985, 2.9851])) is None  # exactly 0.5% below is not below
+    assert table.collapse_onset(pts([3.0, 2.99]), threshold_pct=0.2) == {"step": 10, "epoch": 0.2, "index": 1}
+    d = build_matrix(tmp_path / "m", ["E2", "A1-lr0.0001", "E5"], overlays=(), wise=())
+    seen = set()
+    for r in table.load(d).done:  # the fixture's results.csv predates the column: filled from history.json
+        ents = [p["mean"]["entropy"] for p in r.history()["points"]]
+        want = next((p["epoch"] for p, e in zip(r.history()["points"], ents) if e < ents[0] * 0.995), None)
+        assert r.get("collapse_onset_epoch") == want
+        seen.add(want is None)
+    assert seen == {True, False}  # some runs collapse, some never do
+    row = table.results_row({"method": "full"}, {"best_acc": 1.0}, run_id="x", group="x", status="done",
+                            history=pts([3.0, 2.9]))
+    assert row["collapse_onset_epoch"] == 0.2
