@@ -327,3 +327,43 @@ def test_reports_tests_table_shows_stats_json(written):
     row = rows["Full FT vs LoRA, Welch t"]
     assert row[2] == f"t = {e['welch_t']:.2f}" and row[4].startswith(f"d = {e['cohens_d_lora_minus_full']:+.2f}")
     assert row[5] == "t = -2.50, p = 0.019, d = 0.71"
+
+
+def _stats_numbers(st: dict) -> set[str]:
+    """Every number stats.json holds (and every count of its lists and mappings), as the report
+    may print it: integers, 2–3 decimals, 2 significant digits, %g — unsigned."""
+    out: set[str] = set()
+
+    def walk(x):
+        if isinstance(x, bool) or x is None:
+            return
+        if isinstance(x, (int, float)):
+            v = abs(float(x))
+            out.update({format(v, f) for f in (".3f", ".2f", ".2g", "g", ".0f")})
+            if v == int(v):
+                out.add(str(int(v)))
+        elif isinstance(x, dict):
+            out.add(str(len(x)))
+            for v in x.values():
+                walk(v)
+        elif isinstance(x, list):
+            out.add(str(len(x)))
+            for v in x:
+                walk(v)
+    walk(st)
+    return out
+
+
+def test_abstract_and_rq_answers_read_back_from_stats_json(written):
+    """Every number of the abstract and of the research questions' answers is a number of
+    stats.json (a count, a statistic, a p): none is computed by the prose on its own."""
+    d, md, _ = written
+    st = json.loads((d / "stats.json").read_text())
+    known = _stats_numbers(st)
+    abstract = md.split("## Abstract")[1].split("## 1.")[0]
+    answers = re.findall(r"^\*\*RQ\d\. [^*]+\*\* (.+)$", _section(md, "Research questions"), flags=re.M)
+    assert abstract.strip() and len(answers) == 5
+    for text in [abstract, *answers]:
+        text = re.sub(r"`[^`]*`|RQ\d|\[CLS\]", "", text)
+        for tok in re.findall(r"\d+(?:\.\d+)?", text):
+            assert tok in known, f"{tok!r} in {text[:120]!r}… is not a stats.json number"

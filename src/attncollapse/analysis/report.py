@@ -28,6 +28,10 @@ BANNER = ("PIPELINE DEMONSTRATION — NOT A SCIENTIFIC RESULT. {why} The numbers
           "pipeline runs end to end; they say nothing about how fine-tuning changes CLIP's attention.")
 
 
+PRIMARY_CORRELATION = ("Where Pearson and Spearman are both shown, Pearson is the primary test (as in the reports): "
+                       "its p, Holm-corrected within the family, carries the verdict; Spearman's rank correlation is "
+                       "a check that needs no linearity.")
+
 # ----------------------------------------------------------------------------- sections
 
 def _demo_reasons(m: table.Matrix) -> list[str]:
@@ -216,7 +220,7 @@ def _lr_sweep(sel: dict, T: dict, alpha: float) -> list[Block]:
     e = T.get("lr_sweep", {})
     B.append(("p", f"log10 lr vs entropy Δ: Pearson r = {num(e['pearson_r'])} (p = {pval(e['pearson_p'])}), Spearman "
                    f"ρ = {num(e['spearman_rho'], '.2f')} (p = {pval(e['spearman_p'])}, "
-                   f"{e.get('spearman_p_method', 'asymptotic')}), n = {e['n']} runs.")
+                   f"{e.get('spearman_p_method', 'asymptotic')}), n = {e['n']} runs. {PRIMARY_CORRELATION}")
              if e and not e.get("skipped") else ("p", f"*Not run: {e.get('reason', 'no runs')}.* (A1 + E2)"))
     if ran(T.get("lr_vs_default", {})):
         B += _family_table(T["lr_vs_default"], alpha, "this lr", "default lr")
@@ -254,6 +258,7 @@ def _statistics(T: dict, st: dict) -> list[Block]:
                             + "; ".join(f"{k}: {v}" for k, v in (st.get("p_methods") or {}).items()) + ".")]
     corr = ran(T.get("metric_correlations", {})) + ran(T.get("entropy_vs_accuracy", {}))
     if corr:
+        B.append(("p", PRIMARY_CORRELATION))
         B.append(("table", ["Pair", "n (unit)", "Pearson r", "p", "Holm p", "Spearman ρ", "p", "Holm p"], [
             [e["label"], f"{e['n']} {e.get('unit', 'runs')}", num(e["pearson_r"]), pval(e["pearson_p"]),
              pval(e["pearson_p_holm"]), num(e["spearman_rho"]), pval(e["spearman_p"]), pval(e["spearman_p_holm"])]
@@ -385,9 +390,10 @@ def _blocks(m: table.Matrix, st: dict, figs: dict) -> list[Block]:
         B.append(("banner", BANNER.format(why="Why: " + "; ".join(why) + ".")))
     if m.spec.get("description"):
         B.append(("p", str(m.spec["description"]).strip()))
-    B += [("h", 2, "Abstract")] + document.abstract(m, sel, answers, bool(why))
+    B += [("h", 2, "Abstract")] + document.abstract(m, sel, answers, bool(why), st)
     B += [("h", 2, "Research questions")] + document.rq_blocks(answers, st)
-    B += _setup(m, sel) + [("h", 2, "Metric definitions")] + document.definitions(document.first_config(m))
+    B += _setup(m, sel) + [("h", 2, "Training, regularizers and zero-shot")] + document.methods(m)
+    B += [("h", 2, "Metric definitions")] + document.definitions(document.first_config(m))
     B += [("h", 2, "Experiment matrix")] + runtables.matrix_table(m.runs)
     B += [("h", 2, "Datasets")] + runtables.datasets_table(m.done, m.baseline)
     B += _results(m, st, sel)
@@ -398,6 +404,7 @@ def _blocks(m: table.Matrix, st: dict, figs: dict) -> list[Block]:
     B += [("h", 2, "Discussion")] + document.discussion(m, st, sel)
     B += [("h", 2, "Limitations")] + document.limitations(m, st, why)
     B += [("h", 2, "Conclusions")] + document.conclusions(answers, st)
+    B += [("h", 2, "References")] + document.references()
     B += [("h", 2, "Runs"), ("table", ["Run", "Group", "Seed", "Status", "Directory"],
                              [[r.run_id, str(r.get("group", "")), str(r.get("seed", "")),
                                str(r.get("status") or ("done" if r.final else "missing")), f"{r.run_id}/"]
