@@ -58,7 +58,7 @@ def test_report_follows_the_reports_structure(written):
     heads = re.findall(r"^## \d+\. (.+)$", md, flags=re.M)
     for want in SECTIONS:
         assert any(h.startswith(want) for h in heads), want
-    assert "adapter-active" in md and "base-only" in md  # both zero-shot protocols side by side
+    assert "(adapters active)" in md and "with adapters off and the pretrained projection" in md  # both LoRA protocols
     assert "PIPELINE DEMONSTRATION" not in md  # a real model on real data
 
 

@@ -274,7 +274,9 @@ def discussion(m: Matrix, st: dict, sel: dict) -> list[Block]:
     for e in ran(T.get("entropy_vs_accuracy") or {}):
         if e.get("scope") == "all runs":
             out.append(f"{e['label']}: r = {num(e['pearson_r'], '.2f')}, p = {pval(e['pearson_p'])}, n = {e['n']} "
-                       f"— {verdict(e, alpha, 'pearson_p_holm')} (English report §5.3 expects a weak correlation).")
+                       f"— {verdict(e, alpha, 'pearson_p_holm')} (English report §5.3 expects "
+                       + ("a weak entropy–accuracy correlation)." if e.get("y") == "best_acc" else
+                          "a strong link of collapse with transfer degradation)."))
     c = T.get("convergence") or {}
     if c and not c.get("skipped"):
         out.append(f"Convergence: {c.get('n_converged')} of {c.get('n_runs')} runs meet the criterion "
@@ -353,6 +355,10 @@ def methods(m: Matrix) -> list[Block]:
             lrs[r.get("method") or "?"].append(float(r.get("lr")))
     lr_txt = "; ".join(f"{k}: {', '.join(f'{v:g}' for v in sorted(vs))}" for k, vs in lrs.items()) or "—"
     lora = (_run_config(m, lambda r: r.get("method") == "lora").get("lora") or {})
+    pairs = {(c.get("rank"), c.get("alpha")) for r in m.done if r.get("method") == "lora"
+             and (r.dir / "config.yaml").exists() for c in [(read_yaml(r.dir / "config.yaml") or {}).get("lora") or {}]}
+    alpha = ("2·rank" if all(a is None or (k and float(a) == 2 * k) for k, a in pairs)
+             else ", ".join(f"{a:g} at rank {k}" for k, a in sorted(pairs, key=str) if a is not None))
     reg = lambda kind: (_run_config(m, lambda r: r.get("regularizer") == kind).get("regularizer") or {})  # noqa: E731
     floor = reg("entropy_floor").get("floor_ratio", 0.7)
     templates = z.get("templates", "single")
@@ -365,7 +371,7 @@ def methods(m: Matrix) -> list[Block]:
         "cosine decay to 0.",
         f"**Learning rate per method** (peak; as run): {lr_txt}.",
         ("**LoRA**: PEFT on the vision tower, targets " + str(lora.get("targets", "qv")) + f", rank per run, alpha "
-         f"{lora.get('alpha') or '2·rank'}, dropout {lora.get('dropout', '—')}; the projection and head train too."
+         f"{alpha}, dropout {lora.get('dropout', '—')}; the projection and head train too."
          if lora else "**LoRA**: no LoRA runs."),
         "**APR** (R1): `L = CE + λ · mean_l mean_(b,h) KL(a_l ‖ a_l⁰)`, `a_l⁰` the frozen pretrained tower's "
         "renormalised [CLS]→patch row on the same batch.",
@@ -400,4 +406,4 @@ REFERENCES = [
 
 
 def references() -> list[Block]:
-    return [("list", [f"[{i}] {ref}" for i, ref in enumerate(REFERENCES, 1)])]
+    return [("list", list(REFERENCES))]  # the list numbers them

@@ -139,16 +139,23 @@ def _zeroshot_findings(m: table.Matrix, ref: list[table.Run], lora: list[table.R
     for cid, a in runtables.config_summary(ref + lora).items():
         r0 = a["runs"][0]
         zs, zb = (a.get("zeroshot_acc") or {}).get("mean"), (a.get("zeroshot_acc_base_only") or {}).get("mean")
+        zf = (a.get("zeroshot_acc_frozen_projection") or {}).get("mean")
         name = roles.headline_zeroshot([r0])
         base = roles.pretrained_zeroshot(m.baseline, name, r0.get("model"))
         if zs is None or base is None:
             continue
+        lora_run = r0.get("method") == "lora"
         seeds_txt = f", {a['n_seeds']} seeds" if a["n_seeds"] > 1 else ""
-        txt = (f"Zero-shot on {name} ({cid}: {roles.describe(r0)}{seeds_txt}): {pct(base)} pretrained → "
-               f"{runtables.cell(a, 'zeroshot_acc', pct)} adapter-active ({100 * (zs - base) / base:+.1f}% relative)")
+        txt = (f"Zero-shot on {name} ({cid}: {roles.describe(r0)}{seeds_txt}; best-accuracy checkpoint): {pct(base)} "
+               f"pretrained → {runtables.cell(a, 'zeroshot_acc', pct)} as trained"
+               f"{' (adapters active)' if lora_run else ''} ({100 * (zs - base) / base:+.1f}% relative)")
+        if zf is not None:
+            txt += (f", {runtables.cell(a, 'zeroshot_acc_frozen_projection', pct)} with the pretrained projection "
+                    f"({'the reports' + chr(39) + ' full-FT protocol, ' if not lora_run else ''}"
+                    f"{100 * (zf - base) / base:+.1f}%)")
         if zb is not None:
-            txt += (f", {runtables.cell(a, 'zeroshot_acc_base_only', pct)} with adapters off (the reports' protocol, "
-                    f"{100 * (zb - base) / base:+.1f}%)")
+            txt += (f", {runtables.cell(a, 'zeroshot_acc_base_only', pct)} with adapters off and the pretrained "
+                    f"projection (the reports' LoRA protocol, {100 * (zb - base) / base:+.1f}%)")
         out.append(txt + ".")
     return out
 

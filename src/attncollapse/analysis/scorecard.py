@@ -162,7 +162,8 @@ def _our_statistics(T: dict) -> tuple[dict, dict, dict]:
         S["anova_layer_groups"] = {"p_gt": min(e["anova_p"] for e in done)}
         R["anova_layer_groups"] = [e["run"] for e in done]
     else:
-        why["anova_layer_groups"] = "; ".join(e.get("reason", "") for e in lp.get("entries", [])) or lp.get("reason", "")
+        why["anova_layer_groups"] = "; ".join(dict.fromkeys(e.get("reason", "") for e in lp.get("entries", []))) \
+            or lp.get("reason", "")
     return S, R, why
 
 
@@ -327,7 +328,8 @@ def blocks(card: dict) -> list[Block]:
               [[r["run"], r["quantity"], _fmt(r["published"]),
                 _fmt(r["ours"]) + (f" ± {num(r['sd'], '.3g')}" if r.get("sd") is not None else ""),
                 "—" if r["diff"] is None else num(r["diff"], "+.4g"), r["rule"],
-                r["verdict"] + (f" ({r['why']})" if r.get("why") else ""),
+                r["verdict"] + (f" ({r['why']})" if r.get("why") and (r["verdict"] != "not comparable"
+                                                                      or card["comparable"]) else ""),
                 r.get("test", "—"), r["source"].split(";")[0]] for r in rows]))
     return B
 
