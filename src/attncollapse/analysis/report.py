@@ -326,7 +326,8 @@ def _reports_tests(T: dict) -> list[Block]:
                      published, "layer_groups (every configuration, Holm)"])
     if not rows:
         return [("p", "*Not run: no runs in the roles the reports' tests need (E2, E4–E6, R1, R2).*")]
-    return [("p", "The reports' statistics as the original code computed them (its `enhanced_analysis.py`): "
+    return [("p", "The reports' statistics as the original code computed them (`enhanced_analysis.py` in the "
+                  "original study's repository, reference 1 — not part of this one): "
                   "regularizers by a paired t on the final per-layer entropy of each regularized run against the "
                   "full-FT reference's (not on Δ%); layer position by one ANOVA per run, for the full-FT reference and "
                   "LoRA r=8 only; full FT vs LoRA on per-layer Δ% pooled over the LoRA ranks, with Cohen's d as LoRA − "
