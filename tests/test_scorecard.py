@@ -170,3 +170,14 @@ def test_every_published_test_has_a_row_that_names_its_entry(pub):
     assert "reports_fullft_vs_lora" in _row(card, "welch_full_vs_lora_entropy", "cohens_d")["test"]
     named = {n for n, s in pub["statistics"].items() if any(k in s for k in scorecard.STAT_KEYS)}
     assert {r["run"] for r in card["rows"] if r["quantity"] in scorecard.STAT_KEYS} == named
+
+
+def test_published_runs_this_matrix_lacks_are_named(pub):
+    ours = _ours_from_published(pub)
+    del ours["runs"]["E3"]
+    card = scorecard.compare(ours, pub)
+    e3 = pub["runs"]["E3"]  # best_acc, 4 metrics × (initial, final, Δ%), zero-shot acc and change
+    n_e3 = 1 + sum(len(e3[mt]) for mt in ("entropy", "erf", "gini", "head_diversity")) + 2
+    assert card["absent_runs"] == {"E3": n_e3} and n_e3 > 10
+    text = "\n".join(b[1] for b in scorecard.blocks(card) if b[0] == "p")
+    assert f"E3 ({n_e3} numbers)" in text

@@ -213,16 +213,19 @@ def compare(our: dict[str, Any], published: dict[str, Any] | None = None) -> dic
 
     Returns:
         {"comparable": bool, "reasons": [text], "rows": [{"run", "quantity", "source", "published",
-        "ours", "sd", "diff", "rule", "verdict"}], "counts": {verdict: n}}; verdicts: within, outside,
-        missing, not comparable.
+        "ours", "sd", "diff", "rule", "verdict", "test", "why"}], "counts": {verdict: n}, "absent_runs":
+        {published run id this matrix lacks: its count of published numbers}}; verdicts: within,
+        outside, missing, not comparable.
     """
     pub = published or load_published()
     reasons = (["the models are randomly initialised presets (final.json `model_random_init`), "
                 "not pretrained CLIP ViT-B/32"] if our.get("random_init") else [])
     rows = []
     matched = [rid for rid in pub["runs"] if rid in our["runs"]]
+    absent: dict[str, int] = {}
     for rid, ds, q, v, src in _published_run_rows(pub):
         if rid not in our["runs"]:
+            absent[rid] = absent.get(rid, 0) + 1  # named in the section, not a row each
             continue
         o = our["runs"][rid]
         row = {"run": rid, "quantity": q, "source": src, "published": v, "ours": (o.get(q) or {}).get("mean"),
@@ -238,7 +241,7 @@ def compare(our: dict[str, Any], published: dict[str, Any] | None = None) -> dic
     counts: dict[str, int] = {}
     for r in rows:
         counts[r["verdict"]] = counts.get(r["verdict"], 0) + 1
-    return {"comparable": not reasons, "reasons": reasons, "rows": rows, "counts": counts}
+    return {"comparable": not reasons, "reasons": reasons, "rows": rows, "counts": counts, "absent_runs": absent}
 
 
 def _measured_by(quantity: str) -> str:
@@ -316,6 +319,9 @@ def blocks(card: dict) -> list[Block]:
     if not card["rows"]:
         return B + [("p", "*No published number matches a run of this matrix.*")]
     B.append(("p", "Counts: " + ", ".join(f"{v} {k}" for k, v in sorted(card["counts"].items())) + "."))
+    if card.get("absent_runs"):
+        B.append(("p", "Not compared, because this matrix has no run of that id: " + ", ".join(
+            f"{rid} ({n} numbers)" for rid, n in card["absent_runs"].items()) + "."))
     rows = card["rows"]
     if card["comparable"]:
         B.append(("table", ["Run / test", "Within", "Outside", "Missing"], _per_run(rows)))
