@@ -181,3 +181,25 @@ def test_published_runs_this_matrix_lacks_are_named(pub):
     assert card["absent_runs"] == {"E3": n_e3} and n_e3 > 10
     text = "\n".join(b[1] for b in scorecard.blocks(card) if b[0] == "p")
     assert f"E3 ({n_e3} numbers)" in text
+
+
+def test_zero_shot_protocols_read_from_the_run_files(tmp_path):
+    """On a matrix directory: E2's published 12.71 meets our frozen-projection accuracy (not the
+    as-trained one), its change −78.9% is recomputed against E1, E5's 60.22 meets adapters-off."""
+    import json
+
+    from analysis_fixture import build_matrix
+    from attncollapse.analysis import stats, table
+
+    d = build_matrix(tmp_path / "m", ["E2", "E5"], overlays=(), wise=())
+    f = json.loads((d / "E2" / "final.json").read_text())
+    f["zeroshot"]["cifar100"].update({"acc": 0.40, "acc_frozen_projection": 0.1271})
+    (d / "E2" / "final.json").write_text(json.dumps(f))
+    m = table.load(d)
+    card = scorecard.compare(scorecard.ours(m, stats.analyze(d, n_boot=100, write=False)))
+    fp = _row(card, "E2", "zeroshot_cifar100.acc_pct_frozen_projection")
+    assert (fp["ours"], fp["verdict"]) == (pytest.approx(12.71), "within")
+    ch = _row(card, "E2", "zeroshot_cifar100.change_pct_frozen_projection")
+    assert ch["ours"] == pytest.approx(100 * (0.1271 - 0.6022) / 0.6022) and ch["verdict"] == "within"
+    assert _row(card, "E5", "zeroshot_cifar100.acc_pct_base_only")["ours"] == pytest.approx(60.22)
+    assert _row(card, "E1", "zeroshot_cifar100.acc_pct_pretrained")["ours"] == pytest.approx(60.22)
