@@ -295,6 +295,14 @@ def test_real_runs_report(tmp_path, capsys):
             "batch_mean, ERF q 0.9):") in _section(md, "Pretrained baseline")
     setup = {r[0]: r[1] for r in _table_rows(_section(md, "Setup"))}
     assert "aggregation per_image" in setup["Metric eval"] and "ERF q 0.9" in setup["Metric eval"]
+    # the runner's results.csv carries the reports' collapse onset, recomputed here from history.json
+    with open(out / "results.csv", newline="") as fh:
+        rows = {r["run_id"]: r for r in csv.DictReader(fh)}
+    for rid in ("E2", "E4"):
+        pts = json.loads((out / rid / "history.json").read_text())["points"]
+        h0 = pts[0]["mean"]["entropy"]
+        want = next((p["epoch"] for p in pts if p["mean"]["entropy"] < 0.995 * h0), None)
+        assert rows[rid]["collapse_onset_epoch"] == ("" if want is None else repr(float(want)))
 
 
 def test_several_seeds_give_one_row_per_configuration(tmp_path):
