@@ -128,3 +128,29 @@ def test_degenerate_statistics_do_not_break_figures(tmp_path):
     ctx = figures.Ctx.load(d)
     for name in ("fig5_fullft_vs_lora", "fig6_lr_sweep", "fig11_statistical_summary", "fig13_metric_correlations"):
         assert isinstance(figures.FIGURES[name](ctx, d / f"{name}.png"), Path), name
+
+
+def test_fig14_draws_the_stats_json_criterion(tmp_path, monkeypatch):
+    """Fig. 14 shows stats.json's one convergence criterion: its text and count in the title, one
+    bar per judged run at that run's statistic, an entropy panel only when the criterion has one."""
+    import numpy as np
+
+    from attncollapse.analysis.figures import base as figures_base, curves as figures_curves
+
+    d = build_matrix(tmp_path / "m", ["E2", "E5", "A1-lr0.0001"], overlays=(), wise=())
+    drawn = []
+    monkeypatch.setattr(figures_curves, "save", lambda fig, out: drawn.append(fig) or Path(out))
+    for crit, panels in ((None, 1), (stats.CONVERGENCE_FIG14, 2)):
+        st = stats.analyze(d, n_boot=100, write=False, convergence_criterion=crit)
+        ctx = figures_base.Ctx.load(d)
+        ctx.stats = st
+        figures_curves.fig14(ctx, tmp_path / "f.png")
+        fig, c = drawn[-1], st["tests"]["convergence"]
+        axes = [a for a in fig.axes if a.patches]
+        assert len(axes) == panels and all(a.patches for a in axes)  # no empty panel
+        assert c["criterion"]["text"] in fig._suptitle.get_text().replace("\n", " ")
+        assert f"{c['n_converged']} of {c['n_runs']} runs" in fig._suptitle.get_text()
+        key = f"acc_{c['criterion']['rule']}_pp"
+        widths = [p.get_width() for p in axes[0].patches]
+        assert widths == [abs(v[key]) for v in c["runs"] if not v.get("skipped")]
+        assert np.isclose(axes[0].lines[0].get_xdata()[0], c["criterion"]["acc_tol_pp"])

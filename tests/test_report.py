@@ -21,7 +21,7 @@ SMALL = {"overlays": (), "wise": ()}
 SECTIONS = ("Research questions", "Setup", "Metric definitions", "Experiment matrix", "Datasets",
             "Pretrained baseline", "Grand comparison", "Full fine-tuning vs LoRA", "LoRA rank", "Zero-shot transfer",
             "Learning-rate sweep", "Layer freezing", "LoRA target modules", "Regularization", "Weight decay",
-            "Layer-wise patterns", "Statistics", "Training dynamics", "Reproduction scorecard", "Findings",
+            "Layer-wise patterns", "Statistics", "The reports' tests, recomputed", "Training dynamics", "Reproduction scorecard", "Findings",
             "Discussion", "Limitations", "Conclusions", "Runs", "Figure index")
 
 
@@ -59,7 +59,7 @@ def test_report_follows_the_reports_structure(written):
     heads = re.findall(r"^## \d+\. (.+)$", md, flags=re.M)
     for want in SECTIONS:
         assert any(h.startswith(want) for h in heads), want
-    assert "adapter-active" in md and "base-only" in md  # both zero-shot protocols side by side
+    assert "(adapters active)" in md and "with adapters off and the pretrained projection" in md  # both LoRA protocols
     assert "PIPELINE DEMONSTRATION" not in md  # a real model on real data
 
 
@@ -296,6 +296,14 @@ def test_real_runs_report(tmp_path, capsys):
             "batch_mean, ERF q 0.9):") in _section(md, "Pretrained baseline")
     setup = {r[0]: r[1] for r in _table_rows(_section(md, "Setup"))}
     assert "aggregation per_image" in setup["Metric eval"] and "ERF q 0.9" in setup["Metric eval"]
+    # the runner's results.csv carries the reports' collapse onset, recomputed here from history.json
+    with open(out / "results.csv", newline="") as fh:
+        rows = {r["run_id"]: r for r in csv.DictReader(fh)}
+    for rid in ("E2", "E4"):
+        pts = json.loads((out / rid / "history.json").read_text())["points"]
+        h0 = pts[0]["mean"]["entropy"]
+        want = next((p["epoch"] for p in pts if p["mean"]["entropy"] < 0.995 * h0), None)
+        assert rows[rid]["collapse_onset_epoch"] == ("" if want is None else repr(float(want)))
 
 
 def test_several_seeds_give_one_row_per_configuration(tmp_path):
@@ -309,3 +317,62 @@ def test_several_seeds_give_one_row_per_configuration(tmp_path):
         v = np.array([float(r["entropy_delta_pct"]) for r in rows if r["run_id"].startswith(cid + "-")])
         assert table[cid][4] == f"{v.mean():+.2f}% ± {v.std(ddof=1):.2f}%"
     assert {r[0]: r for r in _table_rows(_section(md, "Experiment matrix"))}["E2"][12] == "42, 43"
+
+
+def test_reports_tests_table_shows_stats_json(written):
+    """Every reports_* entry of stats.json is a row of "The reports' tests, recomputed", with its
+    grouping, statistic and p exactly as stats.json has them and the published value beside it."""
+    d, md, _ = written
+    T = json.loads((d / "stats.json").read_text())["tests"]
+    rows = {r[0]: r for r in _table_rows(_section(md, "The reports' tests, recomputed"))}
+    for e in T["reports_regularizers"]["entries"]:
+        row = rows[f"{e['label']}, paired t"]
+        assert row[1] == e["grouping"] and row[2] == f"t({e['df']}) = {e['t']:.2f}" and row[3] == render.pval(e["paired_p"])
+        assert row[5] == ("p = 0.023" if e["regularizer"] == "entropy_floor" and e["reg_lambda"] == 0.1 else "not printed")
+    for e in T["reports_layer_position"]["entries"]:
+        row = rows[f"{e['label']}, one-way ANOVA"]
+        assert row[3] == render.pval(e["anova_p"]) and row[5] == "p > 0.46" and "1–4, 5–8, 9–12" in row[1]
+    e = T["reports_fullft_vs_lora"]
+    row = rows["Full FT vs LoRA, Welch t"]
+    assert row[2] == f"t = {e['welch_t']:.2f}" and row[4].startswith(f"d = {e['cohens_d_lora_minus_full']:+.2f}")
+    assert row[5] == "t = -2.50, p = 0.019, d = 0.71"
+
+
+def _stats_numbers(st: dict) -> set[str]:
+    """Every number stats.json holds (and every count of its lists and mappings), as the report
+    may print it: integers, 2–3 decimals, 2 significant digits, %g — unsigned."""
+    out: set[str] = set()
+
+    def walk(x):
+        if isinstance(x, bool) or x is None:
+            return
+        if isinstance(x, (int, float)):
+            v = abs(float(x))
+            out.update({format(v, f) for f in (".3f", ".2f", ".2g", "g", ".0f")})
+            if v == int(v):
+                out.add(str(int(v)))
+        elif isinstance(x, dict):
+            out.add(str(len(x)))
+            for v in x.values():
+                walk(v)
+        elif isinstance(x, list):
+            out.add(str(len(x)))
+            for v in x:
+                walk(v)
+    walk(st)
+    return out
+
+
+def test_abstract_and_rq_answers_read_back_from_stats_json(written):
+    """Every number of the abstract and of the research questions' answers is a number of
+    stats.json (a count, a statistic, a p): none is computed by the prose on its own."""
+    d, md, _ = written
+    st = json.loads((d / "stats.json").read_text())
+    known = _stats_numbers(st)
+    abstract = md.split("## Abstract")[1].split("## 1.")[0]
+    answers = re.findall(r"^\*\*RQ\d\. [^*]+\*\* (.+)$", _section(md, "Research questions"), flags=re.M)
+    assert abstract.strip() and len(answers) == 5
+    for text in [abstract, *answers]:
+        text = re.sub(r"`[^`]*`|RQ\d|\[CLS\]", "", text)
+        for tok in re.findall(r"\d+(?:\.\d+)?", text):
+            assert tok in known, f"{tok!r} in {text[:120]!r}… is not a stats.json number"

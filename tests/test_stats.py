@@ -465,12 +465,12 @@ def test_converged_per_epoch_and_entropy():
     assert stats.converged(h, ent_tol_pct=3.4, rule="change", acc_tol_pp=2.0)["converged"] is True
 
 
-def test_convergence_matches_fig14_arithmetic_on_fixture(tmp_path):
+def test_convergence_change_rule_matches_hand_arithmetic_on_fixture(tmp_path):
     d = build_matrix(tmp_path / "m", ["E2", "E3", "E5", "A1-lr0.0001"], overlays=(), wise=())
     for r in table.load(d).done:
         h = r.history()
         v = stats.converged(h, **stats.CONVERGENCE_FIG14)
-        # figures_curves.fig14: cut at 80% of the epoch span, change from the first point past it
+        # the alternative criterion by hand: cut at 80% of the epoch span, change from the first point past it
         xa = np.array([p["epoch"] for p in h["points"] if p["val_acc"] is not None])
         ya = np.array([p["val_acc"] for p in h["points"] if p["val_acc"] is not None])
         xe = np.array([p["epoch"] for p in h["points"]])
@@ -519,3 +519,85 @@ def test_layer_groups_record_grouping_and_pooled_anova(tmp_path):
     d7 = build_matrix(tmp_path / "m7", ["E2", "E5"], num_layers=7, model="tiny", overlays=(), wise=())
     p7 = stats.analyze(d7, n_boot=200)["tests"]["layer_groups_pooled"]
     assert p7["groups"] == [[1, 2, 3], [4, 5], [6, 7]] and p7["group_sizes"] == [6, 4, 4]
+
+
+def _original_cohens_d(g1, g2):
+    """enhanced_analysis.py's cohens_d, written out as the original has it."""
+    n1, n2 = len(g1), len(g2)
+    v1, v2 = np.var(g1, ddof=1), np.var(g2, ddof=1)
+    pooled = np.sqrt(((n1 - 1) * v1 + (n2 - 1) * v2) / (n1 + n2 - 2))
+    return (np.mean(g1) - np.mean(g2)) / (pooled + 1e-10)
+
+
+def test_reports_tests_recomputed_as_the_original_ran_them(tmp_path):
+    """stats.json's reports_* entries equal the original's calls on the run files: paired t on
+    final per-layer entropy (R runs vs E2), ANOVA on changes[:4], [4:8], [8:] per run (E2, E5),
+    Welch/MWU on E2 vs E4+E5+E6 per-layer Δ% with d = cohens_d(lora, full)."""
+    from attncollapse.analysis.report import scorecard
+
+    d = build_matrix(tmp_path / "m", overlays=(), wise=())
+    st = stats.analyze(d, n_boot=200)
+    T = st["tests"]
+    fin = {p.name: json.loads((p / "final.json").read_text()) for p in d.iterdir() if (p / "final.json").exists()}
+    layers = lambda rid, k: fin[rid][k]["entropy"]  # noqa: E731
+    # regularizers: ttest_rel(reg final layers, E2 final layers), every R1/R2 run, not R3
+    regs = {e["run"]: e for e in T["reports_regularizers"]["entries"]}
+    assert set(regs) == {"R1-apr0.01", "R1-apr0.1", "R1-apr1.0", "R2-entfloor0.01", "R2-entfloor0.1"}
+    for rid, e in regs.items():
+        ref = sp.ttest_rel(layers(rid, "final"), layers("E2", "final"))
+        assert (e["t"], e["paired_p"], e["n"]) == (pytest.approx(ref.statistic), pytest.approx(ref.pvalue), 12)
+        assert e["cohens_d"] == pytest.approx(_original_cohens_d(layers(rid, "final"), layers("E2", "final")))
+        assert "12 pairs" in e["grouping"] and "ttest_rel" in e["grouping"]
+    # layer position: one ANOVA per run, E2 and E5 only
+    lp = {e["run"]: e for e in T["reports_layer_position"]["entries"]}
+    assert set(lp) == {"E2", "E5"}
+    for rid, e in lp.items():
+        ch = fin[rid]["delta_pct_layers"]["entropy"]
+        ref = sp.f_oneway(ch[:4], ch[4:8], ch[8:])
+        assert (e["F"], e["anova_p"]) == (pytest.approx(ref.statistic), pytest.approx(ref.pvalue))
+        assert e["groups"] == [[1, 2, 3, 4], [5, 6, 7, 8], [9, 10, 11, 12]]
+    # full FT vs LoRA: E2 (12) vs E4+E5+E6 (36)
+    full = fin["E2"]["delta_pct_layers"]["entropy"]
+    lora = sum((fin[r]["delta_pct_layers"]["entropy"] for r in ("E4", "E5", "E6")), [])
+    e = T["reports_fullft_vs_lora"]
+    assert (e["runs_a"], e["runs_b"], e["n_a"], e["n_b"]) == (["E2"], ["E4", "E5", "E6"], 12, 36)
+    assert e["welch_t"] == pytest.approx(sp.ttest_ind(full, lora, equal_var=False).statistic)
+    assert e["mwu_p"] == pytest.approx(sp.mannwhitneyu(full, lora, alternative="two-sided").pvalue)
+    assert e["cohens_d_lora_minus_full"] == pytest.approx(_original_cohens_d(lora, full))
+    assert e["cohens_d_lora_minus_full"] > 0 > e["welch_t"]  # the original's signs disagree
+    # the scorecard scores the published tests against exactly these entries
+    S = scorecard.ours(table.load(d), st)["statistics"]
+    assert S["entropy_floor_0.1"]["p"] == regs["R2-entfloor0.1"]["paired_p"]
+    assert S["anova_layer_groups"]["p_gt"] == min(lp["E2"]["anova_p"], lp["E5"]["anova_p"])
+    assert S["welch_full_vs_lora_entropy"]["cohens_d"] == e["cohens_d_lora_minus_full"]
+
+
+def test_reports_tests_on_a_three_layer_model_say_why(tmp_path):
+    d = build_matrix(tmp_path / "m", ["E2", "E5", "R1-apr0.1"], num_layers=3, model="tiny", overlays=(), wise=())
+    T = stats.analyze(d, n_boot=200)["tests"]
+    lp = T["reports_layer_position"]["entries"]
+    assert [e["run"] for e in lp] == ["E2", "E5"] and all(e["skipped"] and "≥ 6 layers" in e["reason"] for e in lp)
+    (r,) = T["reports_regularizers"]["entries"]
+    fin = {x: json.loads((d / x / "final.json").read_text())["final"]["entropy"] for x in ("E2", "R1-apr0.1")}
+    assert r["paired_p"] == pytest.approx(sp.ttest_rel(fin["R1-apr0.1"], fin["E2"]).pvalue) and r["n"] == 3
+
+
+def test_collapse_onset_is_the_reports_definition(tmp_path):
+    """First eval point with mean entropy < 0.995 × initial (enhanced_analysis.py
+    detect_collapse_onset), hand-worked and on every fixture run's history.json."""
+    pts = lambda ents: {"points": [{"step": 10 * i, "epoch": i / 5, "mean": {"entropy": e}}  # noqa: E731
+                                   for i, e in enumerate(ents)]}
+    assert table.collapse_onset(pts([3.0, 2.99, 2.985, 2.98, 3.1])) == {"step": 30, "epoch": 0.6, "index": 3}
+    assert table.collapse_onset(pts([3.0, 2.985, 2.9851])) is None  # exactly 0.5% below is not below
+    assert table.collapse_onset(pts([3.0, 2.99]), threshold_pct=0.2) == {"step": 10, "epoch": 0.2, "index": 1}
+    d = build_matrix(tmp_path / "m", ["E2", "A1-lr0.0001", "E5"], overlays=(), wise=())
+    seen = set()
+    for r in table.load(d).done:  # the fixture's results.csv predates the column: filled from history.json
+        ents = [p["mean"]["entropy"] for p in r.history()["points"]]
+        want = next((p["epoch"] for p, e in zip(r.history()["points"], ents) if e < ents[0] * 0.995), None)
+        assert r.get("collapse_onset_epoch") == want
+        seen.add(want is None)
+    assert seen == {True, False}  # some runs collapse, some never do
+    row = table.results_row({"method": "full"}, {"best_acc": 1.0}, run_id="x", group="x", status="done",
+                            history=pts([3.0, 2.9]))
+    assert row["collapse_onset_epoch"] == 0.2

@@ -12,14 +12,16 @@ Schema (top-level keys):
         otherwise (optimizer, lr, weight_decay, batch_size, epochs per dataset, ...).
     baseline_E1: the pretrained model. `eurosat`: mean, range ([min, max]) and per_layer
         (12 values, layer 1 first) of each metric; `pets`: mean only;
-        `zeroshot_cifar100`: acc_pct.
+        `zeroshot_cifar100`: acc_pct, protocol (`pretrained`).
     runs: the 21 fine-tuning runs keyed by the ids `configs/paper.yaml` expands to (E2,
         A1-lr1e-06, R1-apr0.01, ...), each with `label` (the row name as 001 prints it),
         dataset, method (full | lora), settings (what the reports state for that run:
         lr, epochs, lora_rank, lora_targets, freeze_layers, regularizer, reg_lambda,
         weight_decay), best_acc_pct, one mapping per metric (entropy, erf, gini,
         head_diversity) with initial, final and delta_pct where printed, and
-        zeroshot_cifar100 (acc_pct, change_pct) for the runs the reports evaluated.
+        zeroshot_cifar100 (acc_pct, change_pct, protocol) for the runs the reports evaluated.
+        `protocol` names how the reports' code measured it (PROTOCOLS), always on the best
+        checkpoint; the scorecard compares it with exactly that column of ours.
     statistics: one entry per test: test, what it compares, the printed statistics
         (t, p, cohens_d, r, rho, p_gt for a printed bound), `rows` (run ids) where known;
         `methods` lists the tests 000 names, with those it prints no value for.
@@ -41,6 +43,16 @@ from typing import Any
 import yaml
 
 _FILE = "published.yaml"
+
+PROTOCOLS = {
+    "pretrained": "the pretrained model (E1)",
+    "frozen_projection": "fine-tuned vision tower + pretrained visual projection (the original loads only the "
+                         "best checkpoint's `vision_model.` keys into a fresh pretrained CLIP)",
+    "base_only": "LoRA adapters off + pretrained projection, i.e. the pretrained model (a PEFT checkpoint's keys "
+                 "start with `base_model.`, so the original loads none of them)",
+    "as_trained": "fine-tuned tower and trained projection, LoRA adapters active",
+}
+"""Zero-shot protocols a published number can name (published.yaml `protocol`), and what each is."""
 
 
 def load_published(as_printed: bool = False) -> dict[str, Any]:

@@ -27,7 +27,7 @@ RESULTS_COLUMNS = [
     "best_acc", "final_acc",
     *[f"{m}_{k}" for m in METRICS for k in ("initial", "final", "delta_pct")],
     "zeroshot_acc", "zeroshot_acc_base_only", "zeroshot_acc_frozen_projection",
-    "knn_acc", "linear_probe_acc", "transfer_acc", "weight_drift_final",
+    "knn_acc", "linear_probe_acc", "transfer_acc", "weight_drift_final", "collapse_onset_epoch",
 ]
 """results.csv columns before the per-dataset `zeroshot_<dataset>` ones (docs/FORMATS.md)."""
 
@@ -39,6 +39,27 @@ _STR_COLS = {"run_id", "group", "method", "dataset", "model", "model_family", "l
              "weight_drift_layers", "status", "transfer_protocol"}
 
 _INT_COLS = {"seed", "lora_rank", "freeze_layers", "batch_size"}
+
+
+ONSET_PCT = 0.5
+"""Collapse onset threshold: % below the initial mean entropy (the original `enhanced_analysis.py`
+`detect_collapse_onset(history, threshold_pct=0.5)`)."""
+
+
+def collapse_onset(history: dict | None, threshold_pct: float = ONSET_PCT) -> dict | None:
+    """The reports' collapse onset: the first eval point whose layer-mean entropy is below
+    (1 − threshold_pct/100) × the initial (step-0) one, or None when none is.
+
+    Returns:
+        {"step", "epoch", "index"} of that history.json point (`index` counts points, 0 = initial;
+        the original reported index / number of points).
+    """
+    pts = [p for p in (history or {}).get("points") or [] if (p.get("mean") or {}).get("entropy") is not None]
+    if not pts:
+        return None
+    limit = float(pts[0]["mean"]["entropy"]) * (1 - threshold_pct / 100)
+    return next(({"step": p.get("step"), "epoch": p.get("epoch"), "index": i}
+                 for i, p in enumerate(pts) if float(p["mean"]["entropy"]) < limit), None)
 
 
 def _format_cell(v: Any) -> str:
@@ -82,12 +103,14 @@ def _final_cells(final: dict, zeroshot_datasets: list[str] | None = None) -> dic
     return row
 
 
-def results_row(config: dict, final: dict | None, *, run_id: str, group: str, status: str) -> dict[str, Any]:
+def results_row(config: dict, final: dict | None, *, run_id: str, group: str, status: str,
+                history: dict | None = None) -> dict[str, Any]:
     """One results.csv row (before the per-dataset zero-shot columns).
 
     Args:
         config: a run's resolved config as plain data (config.yaml).
         final: its final.json, or None while it is not done.
+        history: its history.json (for `collapse_onset_epoch`; None = empty cell).
         run_id: the run directory's name (`E2`, or `E2-s43` when the matrix has several seeds).
         group: the reports' family (E2, A1, ...).
         status: "done", or the run's state on disk.
@@ -104,6 +127,7 @@ def results_row(config: dict, final: dict | None, *, run_id: str, group: str, st
         "lora_targets": lora_cfg.get("targets") if lora else None, "freeze_layers": config.get("freeze_layers"),
         "regularizer": reg.get("kind"), "reg_lambda": reg.get("lam") if regularized else None,
         **_final_cells(final or {}, zs_datasets), "status": (final.get("status", "done") if final else status),
+        "collapse_onset_epoch": (collapse_onset(history) or {}).get("epoch") if final else None,
     }
     zeroshot = (final or {}).get("zeroshot") or {}
     for ds in zs_datasets + list(zeroshot):
@@ -235,8 +259,9 @@ def _row_from_dir(d: Path) -> dict[str, Any]:
     """Rebuild a results.csv row from config.yaml + final.json (results.csv missing)."""
     cfg = read_yaml(d / "config.yaml") or {}
     fin = read_json(d / "final.json") if (d / "final.json").exists() else None
+    hist = read_json(d / "history.json") if fin and (d / "history.json").exists() else None
     status = "failed" if (d / "error.txt").exists() else "incomplete"
-    return results_row(cfg, fin, run_id=d.name, group=d.name.split("-")[0], status=status)
+    return results_row(cfg, fin, run_id=d.name, group=d.name.split("-")[0], status=status, history=hist)
 
 
 def load(matrix_dir: str | Path) -> Matrix:
@@ -269,10 +294,12 @@ def load(matrix_dir: str | Path) -> Matrix:
 def _fill_from_files(run: Run, baseline: dict[str, dict]) -> None:
     """Cells a run's final.json lacks (runs written before they existed), from its other files:
     weight drift from history.json's last point, the model family from E1's baseline of the
-    same model (baseline/<dataset>.json `family`)."""
+    same model (baseline/<dataset>.json `family`), the collapse onset from history.json."""
     if run.row.get("weight_drift_final") is None and (drift := run.drift_at()):
         run.row["weight_drift_final"] = float(np.mean(drift))
         run.row["weight_drift_layers"] = " ".join(repr(v) for v in drift)
+    if "collapse_onset_epoch" not in run.row:  # a results.csv written before the column existed
+        run.row["collapse_onset_epoch"] = (collapse_onset(run.history()) or {}).get("epoch")
     if run.row.get("model_family") is None:
         run.row["model_family"] = next((b["family"] for b in baseline.values()
                                         if b.get("model") == run.get("model") and b.get("family")), None)

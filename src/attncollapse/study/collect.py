@@ -31,7 +31,13 @@ def results_rows(out_dir: str | Path, matrix: MatrixConfig | None = None) -> lis
                 pass
         state = run_state(task)
         final = task.read_done() if state == "done" else None  # a damaged one counts as not done
-        rows.append(results_row(config, final, run_id=task.id, group=task.group, status=state))
+        history = None
+        if final is not None and (task.path / "history.json").is_file():
+            try:  # only the collapse onset needs it; the analysis names a damaged history.json itself
+                history = _io.read_json_checked(task.path / "history.json", ("points",))
+            except _io.DamagedFile:
+                pass
+        rows.append(results_row(config, final, run_id=task.id, group=task.group, status=state, history=history))
     return rows
 
 

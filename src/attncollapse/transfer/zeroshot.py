@@ -5,7 +5,11 @@ measured with the adapters dropped: their loader copied only `vision_model.` key
 plain CLIPModel (English report §6.2), i.e. it evaluated the pretrained model. Here a
 LoRA run gets both numbers side by side: `acc` with adapters active (correct) and
 `acc_base_only` with adapters off and the pretrained projection (the reports' protocol,
-equal to the pretrained model's accuracy by construction).
+equal to the pretrained model's accuracy by construction). The same loader explains the
+reports' full-FT numbers (12.71% / 5.89%): it kept the fine-tuned tower but the pretrained
+visual projection, which is `acc_frozen_projection` here. Every protocol is measured on the
+model passed in; training and `attncollapse zeroshot` pass the best-accuracy checkpoint
+(`best.safetensors`), the checkpoint the reports evaluated.
 
 Image features = (fine-tuned) vision tower pooled output → (fine-tuned) visual
 projection → L2 norm; prediction = cosine-similarity argmax against the class text

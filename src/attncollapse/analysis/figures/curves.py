@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import roles
+from .. import roles, table
 from .base import (DIVERGING, KIND_COLORS, METRIC_LABELS, OKABE_ITO, Ctx, as_ctx, curve, figure,
                    plot_seeds, save, seed_counts, short, style_for)
 
@@ -88,7 +88,9 @@ def evolution(metric: str):
 
 
 def fig12(src: "Ctx | str | Path", out: Path) -> Path | str:
-    """Fig. 12: loss, accuracy, entropy Δ% and Gini Δ% along training, every run by family."""
+    """Fig. 12: loss, accuracy, entropy Δ% and Gini Δ% along training, every run by family;
+    on the entropy panel each run's collapse onset (the reports' definition, `table.collapse_onset`:
+    the first eval point 0.5% below the initial mean entropy) is marked ▼ and the threshold dashed."""
     ctx = as_ctx(src)
     runs = [r for r in ctx.matrix.done if r.history()]
     if not runs:
@@ -101,6 +103,16 @@ def fig12(src: "Ctx | str | Path", out: Path) -> Path | str:
             x, y = curve(r, metric, relative=rel)
             a.plot(x, y, color=KIND_COLORS.get(ctx.kind(r), "black"), lw=0.8, alpha=0.8)
         a.set(xlabel="epoch", ylabel=lab)
+    onsets = 0
+    for r in runs:
+        on = table.collapse_onset(r.history())
+        if on is not None:
+            x, y = curve(r, "entropy", relative=True)
+            ax[1, 0].plot(x[on["index"]], y[on["index"]], "v", color=KIND_COLORS.get(ctx.kind(r), "black"), ms=5)
+            onsets += 1
+    ax[1, 0].axhline(-table.ONSET_PCT, color="black", ls="--", lw=0.6)
+    ax[1, 0].set_title(f"▼ collapse onset (first point {table.ONSET_PCT:g}% below initial): {onsets} of {len(runs)} runs",
+                       fontsize=7)
     for k in sorted({ctx.kind(r) for r in runs}):
         ax[0, 0].plot([], [], color=KIND_COLORS.get(k, "black"), label=k)
     ax[0, 0].legend(fontsize=6)
@@ -108,38 +120,37 @@ def fig12(src: "Ctx | str | Path", out: Path) -> Path | str:
     return save(fig, out)
 
 
-def fig14(src: "Ctx | str | Path", out: Path, *, tail: float = 0.2, acc_tol_pp: float = 1.0,
-          ent_tol_pct: float = 0.5) -> Path | str:
-    """Fig. 14: change over the last `tail` of training; stable = |Δacc| ≤ 1 pp and |ΔH| ≤ 0.5%.
+def fig14(src: "Ctx | str | Path", out: Path) -> Path | str:
+    """Fig. 14: each run's late-training statistic under stats.json's convergence criterion.
 
-    The English report §4.6 names a "late-epoch stability criterion" without defining it;
-    these thresholds are ours and are printed on the figure.
+    The same criterion as the report's text and stats.json `convergence` (default: the original
+    `verify_convergence`, the SD of the last max(3, n//4) per-epoch accuracies ≤ 0.5 pp), drawn
+    from that entry's per-run verdicts, so figure and text cannot disagree. An entropy panel is
+    drawn only when the criterion has an entropy tolerance.
     """
     ctx = as_ctx(src)
-    rows = []
-    for r in ctx.matrix.done:
-        xa, ya = curve(r, None)
-        xe, ye = curve(r, "entropy")
-        if len(ya) < 2 or len(ye) < 2:
-            continue
-        cut_a, cut_e = xa[-1] - tail * (xa[-1] - xa[0]), xe[-1] - tail * (xe[-1] - xe[0])
-        da = 100 * (ya[-1] - ya[xa >= cut_a][0])
-        de = 100 * (ye[-1] - ye[xe >= cut_e][0]) / ye[0]
-        rows.append((r, da, de))
+    c = (ctx.stats.get("tests") or {}).get("convergence") or {}
+    if not c or c.get("skipped"):
+        return f"no convergence entry in stats.json ({c.get('reason', 'no finished runs')})"
+    crit = c["criterion"]
+    rows = [v for v in c.get("runs", []) if not v.get("skipped")]
     if not rows:
-        return "no finished run with ≥ 2 accuracy and entropy points in history.json"
-    stable = sum(abs(da) <= acc_tol_pp and abs(de) <= ent_tol_pct for _, da, de in rows)
-    fig, ax = figure(8.0, 1.2 + 0.18 * len(rows), 1, 2, sharey=True)
+        return "no run has enough eval points for the convergence criterion"
+    by_id = {r.run_id: r for r in ctx.matrix.done}
+    panels = [(f"acc_{crit['rule']}_pp", crit["acc_tol_pp"], f"val accuracy, {crit['rule']} over the tail (pp)")]
+    if crit.get("ent_tol_pct") is not None:
+        panels.append((f"entropy_{crit['rule']}_pct", crit["ent_tol_pct"], f"entropy, {crit['rule']} (% of initial)"))
+    fig, ax = figure(4.5 * len(panels), 1.2 + 0.18 * len(rows), 1, len(panels), sharey=True)
     ys = np.arange(len(rows))
-    for a, k, tol, lab in ((ax[0, 0], 1, acc_tol_pp, "Δ val acc (pp)"), (ax[0, 1], 2, ent_tol_pct, "Δ entropy (% of initial)")):
-        a.barh(ys, [row[k] for row in rows], color=[KIND_COLORS.get(ctx.kind(row[0]), "black") for row in rows])
-        for s in (-tol, tol):
-            a.axvline(s, color="black", ls="--", lw=0.6)
+    for a, (key, tol, lab) in zip(ax.flat, panels):
+        a.barh(ys, [abs(v.get(key, np.nan)) for v in rows],
+               color=[KIND_COLORS.get(ctx.kind(by_id[v["run_id"]]), "black") if v["run_id"] in by_id else "black"
+                      for v in rows])
+        a.axvline(tol, color="black", ls="--", lw=0.6)
         a.set_xlabel(lab)
-    ax[0, 0].set_yticks(ys, [row[0].run_id for row in rows], fontsize=6)
+    ax[0, 0].set_yticks(ys, [v["run_id"] for v in rows], fontsize=6)
     ax[0, 0].invert_yaxis()
-    fig.suptitle(f"Change over the last {tail:.0%} of training: {stable}/{len(rows)} runs within "
-                 f"±{acc_tol_pp:g} pp accuracy and ±{ent_tol_pct:g}% entropy", fontsize=8)
+    fig.suptitle(f"Convergence: {c['n_converged']} of {c['n_runs']} runs — {crit['text']}", fontsize=7, wrap=True)
     return save(fig, out)
 
 

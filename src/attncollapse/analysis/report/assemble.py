@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from . import document, future_work, runtables, scorecard
+from . import document, future_work, reports_tests, runtables, scorecard
 from .. import roles, table
 from ..statistics import stats
 from ..._io import read_json, read_yaml, write_text
@@ -28,6 +28,10 @@ DEMO_DATASETS = ("synthetic", "digits")
 BANNER = ("PIPELINE DEMONSTRATION — NOT A SCIENTIFIC RESULT. {why} The numbers below show that the "
           "pipeline runs end to end; they say nothing about how fine-tuning changes CLIP's attention.")
 
+
+PRIMARY_CORRELATION = ("Where Pearson and Spearman are both shown, Pearson is the primary test (as in the reports): "
+                       "its p, Holm-corrected within the family, carries the verdict; Spearman's rank correlation is "
+                       "a check that needs no linearity.")
 
 # ----------------------------------------------------------------------------- sections
 
@@ -136,16 +140,23 @@ def _zeroshot_findings(m: table.Matrix, ref: list[table.Run], lora: list[table.R
     for cid, a in runtables.config_summary(ref + lora).items():
         r0 = a["runs"][0]
         zs, zb = (a.get("zeroshot_acc") or {}).get("mean"), (a.get("zeroshot_acc_base_only") or {}).get("mean")
+        zf = (a.get("zeroshot_acc_frozen_projection") or {}).get("mean")
         name = roles.headline_zeroshot([r0])
         base = roles.pretrained_zeroshot(m.baseline, name, r0.get("model"))
         if zs is None or base is None:
             continue
+        lora_run = r0.get("method") == "lora"
         seeds_txt = f", {a['n_seeds']} seeds" if a["n_seeds"] > 1 else ""
-        txt = (f"Zero-shot on {name} ({cid}: {roles.describe(r0)}{seeds_txt}): {pct(base)} pretrained → "
-               f"{runtables.cell(a, 'zeroshot_acc', pct)} adapter-active ({100 * (zs - base) / base:+.1f}% relative)")
+        txt = (f"Zero-shot on {name} ({cid}: {roles.describe(r0)}{seeds_txt}; best-accuracy checkpoint): {pct(base)} "
+               f"pretrained → {runtables.cell(a, 'zeroshot_acc', pct)} as trained"
+               f"{' (adapters active)' if lora_run else ''} ({100 * (zs - base) / base:+.1f}% relative)")
+        if zf is not None:
+            txt += (f", {runtables.cell(a, 'zeroshot_acc_frozen_projection', pct)} with the pretrained projection "
+                    f"({'the reports' + chr(39) + ' full-FT protocol, ' if not lora_run else ''}"
+                    f"{100 * (zf - base) / base:+.1f}%)")
         if zb is not None:
-            txt += (f", {runtables.cell(a, 'zeroshot_acc_base_only', pct)} with adapters off (the reports' protocol, "
-                    f"{100 * (zb - base) / base:+.1f}%)")
+            txt += (f", {runtables.cell(a, 'zeroshot_acc_base_only', pct)} with adapters off and the pretrained "
+                    f"projection (the reports' LoRA protocol, {100 * (zb - base) / base:+.1f}%)")
         out.append(txt + ".")
     return out
 
@@ -217,7 +228,7 @@ def _lr_sweep(sel: dict, T: dict, alpha: float) -> list[Block]:
     e = T.get("lr_sweep", {})
     B.append(("p", f"log10 lr vs entropy Δ: Pearson r = {num(e['pearson_r'])} (p = {pval(e['pearson_p'])}), Spearman "
                    f"ρ = {num(e['spearman_rho'], '.2f')} (p = {pval(e['spearman_p'])}, "
-                   f"{e.get('spearman_p_method', 'asymptotic')}), n = {e['n']} runs.")
+                   f"{e.get('spearman_p_method', 'asymptotic')}), n = {e['n']} runs. {PRIMARY_CORRELATION}")
              if e and not e.get("skipped") else ("p", f"*Not run: {e.get('reason', 'no runs')}.* (A1 + E2)"))
     if ran(T.get("lr_vs_default", {})):
         B += _family_table(T["lr_vs_default"], alpha, "this lr", "default lr")
@@ -255,6 +266,7 @@ def _statistics(T: dict, st: dict) -> list[Block]:
                             + "; ".join(f"{k}: {v}" for k, v in (st.get("p_methods") or {}).items()) + ".")]
     corr = ran(T.get("metric_correlations", {})) + ran(T.get("entropy_vs_accuracy", {}))
     if corr:
+        B.append(("p", PRIMARY_CORRELATION))
         B.append(("table", ["Pair", "n (unit)", "Pearson r", "p", "Holm p", "Spearman ρ", "p", "Holm p"], [
             [e["label"], f"{e['n']} {e.get('unit', 'runs')}", num(e["pearson_r"]), pval(e["pearson_p"]),
              pval(e["pearson_p_holm"]), num(e["spearman_rho"]), pval(e["spearman_p"]), pval(e["spearman_p_holm"])]
@@ -300,6 +312,7 @@ def _results(m: table.Matrix, st: dict, sel: dict) -> list[Block]:
     B += [("h", 2, "Learning-rate sweep")] + _lr_sweep(sel, T, alpha) + _families(sel, T, alpha)
     B += [("h", 2, "Layer-wise patterns")] + _layer_groups(T)
     B += [("h", 2, "Statistics")] + _statistics(T, st)
+    B += [("h", 2, "The reports' tests, recomputed")] + reports_tests.blocks(T)
     B += future_work.blocks(st)  # early warning, weight drift, model families (the reports' future work)
     B += [("h", 2, "Training dynamics")] + [("fig", n) for n in (
         "fig3_triple_curve", "fig9_head_diversity", "fig17_gini_evolution", "extra_erf95_evolution",
@@ -327,9 +340,10 @@ def _blocks(m: table.Matrix, st: dict, figs: dict) -> list[Block]:
         B.append(("banner", BANNER.format(why="Why: " + "; ".join(why) + ".")))
     if m.spec.get("description"):
         B.append(("p", str(m.spec["description"]).strip()))
-    B += [("h", 2, "Abstract")] + document.abstract(m, sel, answers, bool(why))
+    B += [("h", 2, "Abstract")] + document.abstract(m, sel, answers, bool(why), st)
     B += [("h", 2, "Research questions")] + document.rq_blocks(answers, st)
-    B += _setup(m, sel) + [("h", 2, "Metric definitions")] + document.definitions(document.first_config(m))
+    B += _setup(m, sel) + [("h", 2, "Training, regularizers and zero-shot")] + document.methods(m)
+    B += [("h", 2, "Metric definitions")] + document.definitions(document.first_config(m))
     B += [("h", 2, "Experiment matrix")] + runtables.matrix_table(m.runs)
     B += [("h", 2, "Datasets")] + runtables.datasets_table(m.done, m.baseline)
     B += _results(m, st, sel)
@@ -340,6 +354,7 @@ def _blocks(m: table.Matrix, st: dict, figs: dict) -> list[Block]:
     B += [("h", 2, "Discussion")] + document.discussion(m, st, sel)
     B += [("h", 2, "Limitations")] + document.limitations(m, st, why)
     B += [("h", 2, "Conclusions")] + document.conclusions(answers, st)
+    B += [("h", 2, "References")] + document.references()
     B += [("h", 2, "Runs"), ("table", ["Run", "Group", "Seed", "Status", "Directory"],
                              [[r.run_id, str(r.get("group", "")), str(r.get("seed", "")),
                                str(r.get("status") or ("done" if r.final else "missing")), f"{r.run_id}/"]

@@ -41,9 +41,10 @@ def _sig(e: dict, alpha: float, key: str = "p_holm") -> bool:
 
 
 def _rq1(m: Matrix, T: dict, alpha: float) -> dict:
-    deltas = [r.delta() for r in m.done if r.delta() is not None]
-    down = sum(d < 0 for d in deltas)
-    rows = [["RQ1", f"entropy fell in {down} of {len(deltas)} runs", "— (count)", "runs", str(len(deltas)),
+    c = T.get("entropy_direction") or {}  # stats.json's count of runs by the sign of their entropy Δ%
+    n, down, up = c.get("n", 0), c.get("fell", 0), c.get("rose", 0)
+    same = c.get("unchanged", 0)  # e.g. a linear probe: the tower does not change
+    rows = [["RQ1", f"entropy fell in {down} of {n} runs", "— (count)", "runs", str(n),
              "—", "—", "—", "descriptive"]]
     e = T.get("lr_sweep") or {}
     dep = ""
@@ -53,16 +54,19 @@ def _rq1(m: Matrix, T: dict, alpha: float) -> dict:
         dep = (f"; its change depends on the learning rate (r = {num(e['pearson_r'])}, p = {pval(e['pearson_p'])})"
                if _sig(e, alpha, "pearson_p_holm") else
                f"; no significant dependence on the learning rate (p = {pval(e['pearson_p'])})")
-    if not deltas:
+    if not n:
         ans = "Not answered: no finished runs."
-    elif down == len(deltas):
-        ans = f"Entropy fell in all {len(deltas)} runs{dep}."
+    elif down == n:
+        ans = f"Entropy fell in all {n} runs{dep}."
     elif down == 0:
-        ans = f"No: entropy rose in all {len(deltas)} runs{dep}."
+        ans = (f"No: entropy rose in {up} of {n} runs" + (f" and was unchanged in {same}" if same else "")
+               + f"{dep}.")
     else:
-        ans = f"Not uniformly: entropy fell in {down} of {len(deltas)} runs and rose in the rest{dep}."
-    short = (f"entropy fell in {down} of {len(deltas)} runs" + (", depending on the learning rate" if dep.startswith("; its")
-             else "") if deltas else "not answered")
+        rest = ("rose in the rest" if not same else
+                f"rose in {up} and was unchanged in {same}")
+        ans = f"Not uniformly: entropy fell in {down} of {n} runs and {rest}{dep}."
+    short = (f"entropy fell in {down} of {n} runs" + (", depending on the learning rate" if dep.startswith("; its")
+             else "") if n else "not answered")
     return {"rq": "RQ1", "answer": ans, "short": short, "rows": rows, "claims": [ans] if dep.startswith("; its") else []}
 
 
@@ -131,13 +135,10 @@ def _rq4(m: Matrix, sel: dict, T: dict, alpha: float) -> dict:
     if not rows:
         return {"rq": "RQ4", "answer": f"Not answered: {(T.get('regularizers') or {}).get('reason', 'no regularized runs')}.",
                 "short": "not answered", "rows": [], "claims": []}
-    ref = sel["reference"].get(sel["primary"], [])
-    ref_acc = max(config_means(ref, lambda r: r.get("best_acc")).values(), default=None)
-    accs = list(config_means(sel["regularized"], lambda r: r.get("best_acc")).values())
-    several = any(len(rs) > 1 for rs in roles.by_config(ref + sel["regularized"]).values())
-    acc_txt = (f"; their best accuracy{' (seed means)' if several else ''} is {100 * (min(accs) - ref_acc):+.2f} to "
-               f"{100 * (max(accs) - ref_acc):+.2f} pp from the unregularized reference's (not tested)"
-               if ref_acc is not None and accs else "")
+    acc = (T.get("regularizers") or {}).get("accuracy") or {}  # stats.json: best accuracy vs the reference
+    acc_txt = (f"; their best accuracy{' (seed means)' if acc.get('seed_means') else ''} is {acc['min_pp']:+.2f} to "
+               f"{acc['max_pp']:+.2f} pp from the unregularized reference's (not tested)"
+               if acc.get("min_pp") is not None else "")
     up = [e for e in sig if e["diff"] > 0]
     if up:
         ans = ("Supported for " + ", ".join(f"{e['label']} (entropy Δ {e['diff']:+.2f} pp vs the reference, "
@@ -210,15 +211,21 @@ def rq_blocks(answers: list[dict], st: dict) -> list[Block]:
     return B
 
 
-def abstract(m: Matrix, sel: dict, answers: list[dict], demo: bool) -> list[Block]:
-    """One paragraph: what was run, then each RQ's answer."""
-    seeds = sorted({r.get("seed") for r in m.done if r.get("seed") is not None})
+def abstract(m: Matrix, sel: dict, answers: list[dict], demo: bool, st: dict | None = None) -> list[Block]:
+    """One paragraph: what was run, then each RQ's answer. Every number comes from stats.json
+    (`st`: run counts, seeds per configuration, α) or an RQ answer built from it."""
+    st = st or {}
+    per = (st.get("seeds_per_config") or {c: len(rs) for c, rs in roles.by_config(m.done).items()})
+    k = sorted(set(per.values()))
+    seeds = (f"{k[0]} seed{'s' if k[0] != 1 else ''} each" if len(k) == 1 else f"{k[0]}–{k[-1]} seeds each"
+             if k else "no seeds")
     models = ", ".join(sorted({str(r.get("model")) for r in m.done})) or "—"
-    text = (f"We fine-tuned `{models}` in {len(roles.by_config(m.done))} configurations on "
-            f"{', '.join(sel['datasets']) or 'no dataset'} ({len(seeds)} seed{'s' if len(seeds) != 1 else ''} each; "
-            f"{len(m.done)} of {len(m.runs)} runs finished) and tracked four measures of [CLS]→patch attention "
-            "(entropy, ERF@0.95, Gini, head diversity) from the pretrained model to the end of training. "
-            + "Answers (Holm-corrected tests at α = 0.05; details in the next section): "
+    text = (f"We fine-tuned `{models}` in {len(per)} configurations on "
+            f"{', '.join(sel['datasets']) or 'no dataset'} ({seeds}; "
+            f"{st.get('runs_done', len(m.done))} of {st.get('runs_total', len(m.runs))} runs finished) and tracked "
+            "four measures of [CLS]→patch attention (entropy, ERF, Gini, head diversity) from the pretrained model to "
+            "the end of training. "
+            + f"Answers (Holm-corrected tests at α = {st.get('alpha', 0.05)}; details in the next section): "
             + "; ".join(f"{a['rq']} {a['short']}" for a in answers) + ".")
     if demo:
         text += " These runs are a pipeline demonstration (see the banner): the answers describe the demo's numbers only."
@@ -267,7 +274,9 @@ def discussion(m: Matrix, st: dict, sel: dict) -> list[Block]:
     for e in ran(T.get("entropy_vs_accuracy") or {}):
         if e.get("scope") == "all runs":
             out.append(f"{e['label']}: r = {num(e['pearson_r'], '.2f')}, p = {pval(e['pearson_p'])}, n = {e['n']} "
-                       f"— {verdict(e, alpha, 'pearson_p_holm')} (experiment report §5.3 reports a weak correlation).")
+                       f"— {verdict(e, alpha, 'pearson_p_holm')} (English report §5.3 expects "
+                       + ("a weak entropy–accuracy correlation)." if e.get("y") == "best_acc" else
+                          "a strong link of collapse with transfer degradation)."))
     c = T.get("convergence") or {}
     if c and not c.get("skipped"):
         out.append(f"Convergence: {c.get('n_converged')} of {c.get('n_runs')} runs meet the criterion "
@@ -297,9 +306,10 @@ def limitations(m: Matrix, st: dict, demo_reasons: list[str]) -> list[Block]:
     if "pooled_80_20" in protos:
         out.append("Split protocol `pooled_80_20`: the 20% part serves as both validation and test.")
     out.append("Zero-shot as trained includes the fine-tuned projection; the frozen-projection column isolates the "
-               "vision tower. The reports' LoRA zero-shot numbers had the adapters off (English report §6.2).")
-    out.append("The reports' known flaws (DESIGN.md): one seed, no multiple-comparison correction (we add Holm), "
-               "a checkpoint chosen on test, and entropy's log base stated inconsistently (we use nats).")
+               "vision tower and is the reports' full-FT protocol. The reports' LoRA zero-shot numbers had the "
+               "adapters off and the pretrained projection, i.e. they are the pretrained model's (English report §6.2).")
+    out.append("The reports' known flaws (docs/STUDY.md): one seed, no multiple-comparison correction (we add "
+               "Holm), a checkpoint chosen on test, and entropy's log base stated inconsistently (we use nats).")
     out.append("Correlations across runs (collapse vs zero-shot, entropy vs accuracy) are associations, not causes.")
     return [("list", out)]
 
@@ -320,3 +330,80 @@ def first_config(m: Matrix) -> dict[str, Any]:
         if (r.dir / "config.yaml").exists():
             return read_yaml(r.dir / "config.yaml") or {}
     return {}
+
+
+PROMPTS = {"single": "a photo of a {name}", "ensemble": "CLIP's 18 CIFAR prompts (Radford et al. 2021), averaged"}
+"""The zero-shot prompt text of each template set (transfer/text.py TEMPLATES; analysis does not import it)."""
+
+
+def _run_config(m: Matrix, pick) -> dict[str, Any]:
+    """config.yaml of the first finished run for which `pick(run)` holds, or {}."""
+    for r in m.done:
+        if pick(r) and (r.dir / "config.yaml").exists():
+            return read_yaml(r.dir / "config.yaml") or {}
+    return {}
+
+
+def methods(m: Matrix) -> list[Block]:
+    """How the runs were trained and scored, from the runs' own config.yaml: optimizer, schedule,
+    lr per method, LoRA, the two regularizers' formulas, the prompt and the zero-shot protocols."""
+    cfg = first_config(m)
+    o, z = cfg.get("optim") or {}, cfg.get("zeroshot") or {}
+    lrs: dict[str, list[float]] = {}
+    for r in m.done:
+        if r.get("lr") is not None and float(r.get("lr")) not in lrs.setdefault(r.get("method") or "?", []):
+            lrs[r.get("method") or "?"].append(float(r.get("lr")))
+    lr_txt = "; ".join(f"{k}: {', '.join(f'{v:g}' for v in sorted(vs))}" for k, vs in lrs.items()) or "—"
+    lora = (_run_config(m, lambda r: r.get("method") == "lora").get("lora") or {})
+    pairs = {(c.get("rank"), c.get("alpha")) for r in m.done if r.get("method") == "lora"
+             and (r.dir / "config.yaml").exists() for c in [(read_yaml(r.dir / "config.yaml") or {}).get("lora") or {}]}
+    alpha = ("2·rank" if all(a is None or (k and float(a) == 2 * k) for k, a in pairs)
+             else ", ".join(f"{a:g} at rank {k}" for k, a in sorted(pairs, key=str) if a is not None))
+    reg = lambda kind: (_run_config(m, lambda r: r.get("regularizer") == kind).get("regularizer") or {})  # noqa: E731
+    floor = reg("entropy_floor").get("floor_ratio", 0.7)
+    templates = z.get("templates", "single")
+    prompt = PROMPTS.get(templates, str(templates)) if isinstance(templates, str) else "; ".join(map(str, templates))
+    items = [
+        f"**Optimizer**: AdamW, weight decay {num(o.get('weight_decay'), 'g')} (R3 varies it), batch "
+        f"{num(o.get('batch_size'), 'g')}, gradient clipping at norm {o.get('grad_clip', '—')}, autocast "
+        f"{o.get('precision', '—')}.",
+        f"**Schedule**: linear warmup over the first {100 * float(o.get('warmup_frac', 0.05)):g}% of steps, then "
+        "cosine decay to 0.",
+        f"**Learning rate per method** (peak; as run): {lr_txt}.",
+        ("**LoRA**: PEFT on the vision tower, targets " + str(lora.get("targets", "qv")) + f", rank per run, alpha "
+         f"{alpha}, dropout {lora.get('dropout', '—')}; the projection and head train too."
+         if lora else "**LoRA**: no LoRA runs."),
+        "**APR** (R1): `L = CE + λ · mean_l mean_(b,h) KL(a_l ‖ a_l⁰)`, `a_l⁰` the frozen pretrained tower's "
+        "renormalised [CLS]→patch row on the same batch.",
+        f"**Entropy floor** (R2): `L = CE + λ · Σ_l mean_(b,h) relu({floor:g}·H_l⁰ − H_l)`, `H_l⁰` the pretrained "
+        "per-layer entropy on the eval subset.",
+        f"**Zero-shot**: prompt `{prompt}`, cosine similarity of unit image and text features, top-1, on the "
+        "best-accuracy checkpoint, under three protocols: as trained (fine-tuned tower and projection, adapters "
+        "active), frozen pretrained projection (fine-tuned tower, pretrained projection: the reports' full-FT "
+        "protocol) and adapters off (LoRA only: pretrained tower and projection: the reports' LoRA protocol).",
+    ]
+    return [("list", items)]
+
+
+REFERENCES = [
+    "Attention Collapse in CLIP Fine-tuning: LoRA vs Full Adaptation — English Report (the study's report 000) "
+    "and Experiment Report (report 001); code: github.com/xiaruize0911/Attention_Collapse_in_CLIP_Fine-tuning_repo.",
+    "A. Radford et al. Learning Transferable Visual Models From Natural Language Supervision (CLIP). ICML 2021.",
+    "E. J. Hu et al. LoRA: Low-Rank Adaptation of Large Language Models. ICLR 2022.",
+    "M. Wortsman et al. Robust fine-tuning of zero-shot models (WiSE-FT). CVPR 2022.",
+    "P. Helber et al. EuroSAT: A Novel Dataset and Deep Learning Benchmark for Land Use and Land Cover "
+    "Classification. IEEE JSTARS 2019.",
+    "O. M. Parkhi et al. Cats and Dogs (Oxford-IIIT Pets). CVPR 2012.",
+    "A. Krizhevsky. Learning Multiple Layers of Features from Tiny Images (CIFAR-100). 2009.",
+    "B. L. Welch. The generalization of 'Student's' problem when several different population variances are "
+    "involved. Biometrika 1947.",
+    "H. B. Mann, D. R. Whitney. On a test of whether one of two random variables is stochastically larger than "
+    "the other. Ann. Math. Stat. 1947.",
+    "S. Holm. A simple sequentially rejective multiple test procedure. Scand. J. Stat. 1979.",
+    "J. Cohen. Statistical Power Analysis for the Behavioral Sciences. 1988.",
+]
+"""The report's references: the reproduced study, the methods and data sets it uses, the tests."""
+
+
+def references() -> list[Block]:
+    return [("list", list(REFERENCES))]  # the list numbers them

@@ -39,13 +39,18 @@ def _sources(entries: list[dict]) -> str:
     return "; ".join(f"{names.get(s, s)} for {', '.join(rs)}" for s, rs in sorted(by.items()))
 
 
+SPEARMAN_PRIMARY = ("Of the two correlations shown, Spearman's ρ is the primary test here (the verdicts below use its "
+                    "Holm p): nothing makes drift or transfer change linear in each other; Pearson's r is shown beside it.")
+
+
 def early_warning(T: dict, alpha: float) -> list[Block]:
     t = T.get("early_warning", {})
     B: list[Block] = [("p", "Does the first epoch tell where a run ends? For each metric, its Δ% of the layer mean at "
                             "the eval point nearest epoch 1 (vs step 0), and the mean weight drift there, against the "
                             "final transfer change: 100 · (transfer score − the pretrained model's) in pp, the transfer "
                             "score being `transfer_acc` (linear probe / k-NN) where a run has one, else zero-shot "
-                            "accuracy of the best-accuracy checkpoint. Holm over the five predictors.")]
+                            "accuracy of the best-accuracy checkpoint. Holm over the five predictors. "
+                            + SPEARMAN_PRIMARY)]
     B += _test_blocks(t, "predictors")
     done = ran(t)
     if done:
@@ -65,7 +70,7 @@ def weight_drift(T: dict, alpha: float) -> list[Block]:
                             "attention change is a by-product. Weight drift is ‖θ − θ₀‖ / ‖θ₀‖ per transformer block "
                             "(history.json at every eval point; results.csv `weight_drift_final` = its mean over blocks "
                             "at the last step). If drift predicted the transfer change as well as entropy Δ does, "
-                            "attention would not be needed to explain it.")]
+                            "attention would not be needed to explain it. " + SPEARMAN_PRIMARY)]
     B += _test_blocks(t, "pairs")
     e = {x["label"]: x for x in ran(t)}
     d, h = e.get("weight drift vs transfer change"), e.get("entropy Δ% vs transfer change")

@@ -202,11 +202,14 @@ def zeroshot_table(runs: list[Run], baseline: dict[str, dict]) -> list[Block]:
     names = sorted({n for r in runs for n in (r.final or {}).get("zeroshot") or {}})
     if not names:
         return [("p", "*No zero-shot results in this matrix.*")]
-    B: list[Block] = [("p", "Protocols: **as trained** — the fine-tuned vision tower and its fine-tuned projection "
-                            "(adapters active); **frozen pretrained projection** — the fine-tuned tower with the "
-                            "pretrained projection, so a trained projection cannot move the number; **adapters "
-                            "off** — LoRA runs with the adapters disabled, i.e. the pretrained tower plus the "
-                            "trained projection (the reports' protocol, English report §6.2; — for full FT).")]
+    B: list[Block] = [("p", "Protocols, all measured on the best-accuracy checkpoint (as the reports did): **as "
+                            "trained** — the fine-tuned vision tower and its fine-tuned projection (LoRA adapters "
+                            "active); **frozen pretrained projection** — the fine-tuned tower with the pretrained "
+                            "projection, so a trained projection cannot move the number; this is the reports' "
+                            "full-FT protocol (their code loads only the checkpoint's `vision_model.` weights into a "
+                            "fresh pretrained CLIP); **adapters off** — LoRA runs with the adapters disabled and the "
+                            "pretrained projection, i.e. the pretrained model: the reports' LoRA protocol (English "
+                            "report §6.2; — for full FT).")]
     for n in names:
         models = list(dict.fromkeys(r.get("model") for r in runs))
         rows = [[f"E1 (pretrained{'' if len(models) == 1 else ' ' + str(mdl)})", "baseline", "—",

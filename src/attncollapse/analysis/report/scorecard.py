@@ -11,7 +11,15 @@ two side by side and says, per number, whether ours reproduces the published one
   when ours satisfies it.
 
 A matrix of randomly initialised presets, or a run on another dataset than the paper's,
-is "not comparable": its rows are listed, never judged.
+is "not comparable": its rows are listed, never judged, and say why.
+
+Like is compared with like: a published zero-shot number names its protocol
+(published.yaml `protocol`: the reports' full-FT numbers are `frozen_projection`, their
+LoRA number `base_only`) and is set beside exactly that protocol's accuracy of ours, on the
+best checkpoint as the reports used; a published test is set beside the stats.json entry
+that recomputes it as the original code ran it (STAT_TESTS; analysis/statistics/reports_tests.py).
+Every row names where our number comes from ("Ours from"); no published number is dropped:
+one we could not compute is "missing" with the reason.
 """
 
 from __future__ import annotations
@@ -61,8 +69,9 @@ def ours(m: Matrix, st: dict) -> dict[str, Any]:
     Returns:
         {"runs": {run_id: {"dataset", quantity: {"mean", "sd", "n"}}}, "baseline": {quantity: value},
         "statistics": {name: {key: value}}, "stat_runs": {name: [run ids]}, "random_init": bool}.
-        Quantities: `best_acc_pct`, `<metric>.initial|final|delta_pct`, `zeroshot_cifar100.acc_pct`
-        (as trained) and `zeroshot_cifar100.acc_pct_base_only` (adapters off).
+        Quantities: `best_acc_pct`, `<metric>.initial|final|delta_pct`, and per zero-shot
+        protocol (published.PROTOCOLS; all on the best checkpoint) `zeroshot_cifar100.acc_pct_<protocol>`
+        and `zeroshot_cifar100.change_pct_<protocol>` (relative to E1 of the same model).
     """
     runs: dict[str, dict] = {}
     for cid, agg in config_summary(m.done).items():
@@ -72,8 +81,11 @@ def ours(m: Matrix, st: dict) -> dict[str, Any]:
                 q[f"{mt}.{k}"] = _value(agg, f"{mt}_{k}")
         z = _zs_dataset(agg, "cifar100")
         if z is not None:  # one seed's block: the config's zero-shot aggregate covers the first dataset only
-            q["zeroshot_cifar100.acc_pct"] = _point(z.get("acc"), 100)
-            q["zeroshot_cifar100.acc_pct_base_only"] = _point(z.get("acc_base_only"), 100)
+            e1 = _e1_zeroshot(m, agg["runs"][0].get("model"))
+            for proto, key in ZS_PROTOCOL_KEYS.items():
+                q[f"zeroshot_cifar100.acc_pct_{proto}"] = _point(z.get(key), 100)
+                if z.get(key) is not None and e1:
+                    q[f"zeroshot_cifar100.change_pct_{proto}"] = _point((z[key] - e1) / e1, 100)
         runs[cid] = q
     base: dict[str, Any] = {}
     for ds, b in m.baseline.items():
@@ -82,38 +94,77 @@ def ours(m: Matrix, st: dict) -> dict[str, Any]:
                 base.update({f"{pub}.{mt}": (b.get("mean") or {}).get(mt) for mt in METRICS})
         for name, z in (b.get("zeroshot") or {}).items():
             if _same_dataset("cifar100", name) and z.get("acc") is not None:
-                base["zeroshot_cifar100.acc_pct"] = 100 * z["acc"]
+                base["zeroshot_cifar100.acc_pct_pretrained"] = 100 * z["acc"]
     random_init = any((r.final or {}).get("model_random_init") for r in m.done) or any(
         b.get("model_random_init") for b in m.baseline.values())
-    stats, stat_runs = _our_statistics(st.get("tests") or {})
-    return {"runs": runs, "baseline": base, "statistics": stats, "stat_runs": stat_runs, "random_init": random_init}
+    stats, stat_runs, stat_why = _our_statistics(st.get("tests") or {})
+    return {"runs": runs, "baseline": base, "statistics": stats, "stat_runs": stat_runs, "stat_why": stat_why,
+            "random_init": random_init}
+
+
+ZS_PROTOCOL_KEYS = {"as_trained": "acc", "frozen_projection": "acc_frozen_projection", "base_only": "acc_base_only"}
+"""Zero-shot protocol (published.PROTOCOLS) → its key in a final.json zero-shot block."""
+
+
+def _e1_zeroshot(m: Matrix, model: Any) -> float | None:
+    """E1's CIFAR-100 zero-shot accuracy for `model` (any E1 when none names it)."""
+    found = [(b.get("model") == model, z["acc"]) for b in m.baseline.values()
+             for name, z in (b.get("zeroshot") or {}).items() if _same_dataset("cifar100", name) and z.get("acc")]
+    return max(found, key=lambda t: t[0])[1] if found else None
 
 
 def _point(x: Any, scale: float) -> dict | None:
     return None if x is None else {"mean": x * scale, "sd": None, "n": 1}
 
 
-def _our_statistics(T: dict) -> tuple[dict, dict]:
-    """Our values of the published tests, and the runs each used (to check they are the paper's rows)."""
+STAT_TESTS = {
+    "welch_full_vs_lora_entropy": "tests.reports_fullft_vs_lora (E2 vs E4+E5+E6 per-layer Δ%, Welch; "
+                                  "d = cohens_d_lora_minus_full)",
+    "lr_sweep_pearson": "tests.lr_sweep (log10 lr vs run Δ%, A1 + E2; Pearson)",
+    "lr_sweep_spearman": "tests.lr_sweep (log10 lr vs run Δ%, A1 + E2; Spearman)",
+    "entropy_floor_0.1": "tests.reports_regularizers, the entropy-floor λ=0.1 entry (paired t on final "
+                         "per-layer entropy vs E2; raw paired_p)",
+    "anova_layer_groups": "tests.reports_layer_position (per-run ANOVA of layer-third Δ%, E2 and E5; "
+                          "the smaller anova_p)",
+}
+"""Each published test → the stats.json entry that recomputes it as the original code ran it."""
+
+
+def _our_statistics(T: dict) -> tuple[dict, dict, dict]:
+    """Our values of the published tests, the runs each used (to check they are the paper's
+    rows), and why a test has no value (the stats.json skip reason)."""
     S: dict[str, dict] = {}
     R: dict[str, list] = {}
-    e = next((e for e in (T.get("fullft_vs_lora") or {}).get("entries", [])
-              if not e.get("skipped") and _same_dataset("eurosat", e.get("label"))), None)
-    if e:  # d printed as a magnitude (published.yaml note), ours is full FT − LoRA
-        S["welch_full_vs_lora_entropy"] = {"t": e["welch_t"], "p": e["welch_p"], "cohens_d": abs(e["cohens_d"])}
+    why: dict[str, str] = {}
+    e = T.get("reports_fullft_vs_lora") or {}
+    if e and not e.get("skipped"):  # the original's d is LoRA − full FT (published.yaml note)
+        S["welch_full_vs_lora_entropy"] = {"t": e["welch_t"], "p": e["welch_p"],
+                                           "cohens_d": e["cohens_d_lora_minus_full"]}
+    elif e:
+        why["welch_full_vs_lora_entropy"] = e.get("reason", "")
     e = T.get("lr_sweep") or {}
     if e and not e.get("skipped"):
         S["lr_sweep_pearson"] = {"r": e["pearson_r"], "p": e["pearson_p"]}
         S["lr_sweep_spearman"] = {"rho": e["spearman_rho"]}
         R["lr_sweep_pearson"] = R["lr_sweep_spearman"] = list(e.get("runs") or [])
-    e = next((e for e in (T.get("regularizers") or {}).get("entries", [])
-              if not e.get("skipped") and str(e.get("label", "")).startswith("R2-ent0.1:")), None)
-    if e:  # "each regularizer tested on its own": the raw p
-        S["entropy_floor_0.1"] = {"p": e["welch_p"]}
-    e = T.get("layer_groups_pooled") or {}
-    if e and not e.get("skipped"):
-        S["anova_layer_groups"] = {"p_gt": e["p"]}
-    return S, R
+    elif e:
+        why["lr_sweep_pearson"] = why["lr_sweep_spearman"] = e.get("reason", "")
+    regs = T.get("reports_regularizers") or {}
+    e = next((e for e in regs.get("entries", []) if e.get("regularizer") == "entropy_floor"
+              and e.get("reg_lambda") is not None and abs(float(e["reg_lambda"]) - 0.1) < 1e-12), None)
+    if e and not e.get("skipped"):  # "each regularizer tested on its own": the raw p
+        S["entropy_floor_0.1"] = {"p": e["paired_p"]}
+    else:
+        why["entropy_floor_0.1"] = (e or {}).get("reason") or regs.get("reason") or "no entropy-floor λ=0.1 run"
+    lp = T.get("reports_layer_position") or {}
+    done = [e for e in lp.get("entries", []) if not e.get("skipped")]
+    if done:  # printed as the bound "p > 0.46": every per-run ANOVA must satisfy it
+        S["anova_layer_groups"] = {"p_gt": min(e["anova_p"] for e in done)}
+        R["anova_layer_groups"] = [e["run"] for e in done]
+    else:
+        why["anova_layer_groups"] = "; ".join(dict.fromkeys(e.get("reason", "") for e in lp.get("entries", []))) \
+            or lp.get("reason", "")
+    return S, R, why
 
 
 def _judge(pub: float, our: dict | None, kind: str) -> tuple[str, str, float | None]:
@@ -134,7 +185,7 @@ def _judge(pub: float, our: dict | None, kind: str) -> tuple[str, str, float | N
 def _kind(quantity: str) -> str:
     if "acc_pct" in quantity:
         return "acc"
-    return "delta" if quantity.endswith("delta_pct") else "level"
+    return "delta" if quantity.endswith("delta_pct") or ".change_pct" in quantity else "level"
 
 
 def _published_run_rows(pub: dict) -> list[tuple[str, str, str, float, str]]:
@@ -147,9 +198,9 @@ def _published_run_rows(pub: dict) -> list[tuple[str, str, str, float, str]]:
             for k, v in (p.get(mt) or {}).items():
                 out.append((rid, p["dataset"], f"{mt}.{k}", float(v), p["table"]))
         z = p.get("zeroshot_cifar100") or {}
-        if z.get("acc_pct") is not None:
-            q = "zeroshot_cifar100.acc_pct" + ("_base_only" if z.get("protocol") == "base_only" else "")
-            out.append((rid, p["dataset"], q, float(z["acc_pct"]), z["table"]))
+        for k in ("acc_pct", "change_pct"):
+            if z.get(k) is not None:  # every published zero-shot number names its protocol
+                out.append((rid, p["dataset"], f"zeroshot_cifar100.{k}_{z['protocol']}", float(z[k]), z["table"]))
     return out
 
 
@@ -162,20 +213,23 @@ def compare(our: dict[str, Any], published: dict[str, Any] | None = None) -> dic
 
     Returns:
         {"comparable": bool, "reasons": [text], "rows": [{"run", "quantity", "source", "published",
-        "ours", "sd", "diff", "rule", "verdict"}], "counts": {verdict: n}}; verdicts: within, outside,
-        missing, not comparable.
+        "ours", "sd", "diff", "rule", "verdict", "test", "why"}], "counts": {verdict: n}, "absent_runs":
+        {published run id this matrix lacks: its count of published numbers}}; verdicts: within,
+        outside, missing, not comparable.
     """
     pub = published or load_published()
     reasons = (["the models are randomly initialised presets (final.json `model_random_init`), "
                 "not pretrained CLIP ViT-B/32"] if our.get("random_init") else [])
     rows = []
     matched = [rid for rid in pub["runs"] if rid in our["runs"]]
+    absent: dict[str, int] = {}
     for rid, ds, q, v, src in _published_run_rows(pub):
         if rid not in our["runs"]:
+            absent[rid] = absent.get(rid, 0) + 1  # named in the section, not a row each
             continue
         o = our["runs"][rid]
         row = {"run": rid, "quantity": q, "source": src, "published": v, "ours": (o.get(q) or {}).get("mean"),
-               "sd": (o.get(q) or {}).get("sd")}
+               "sd": (o.get(q) or {}).get("sd"), "test": _measured_by(q)}
         row["verdict"], row["rule"], row["diff"] = _judge(v, o.get(q), _kind(q))
         if reasons or not _same_dataset(ds, o.get("dataset")):
             row["verdict"] = "not comparable"
@@ -187,13 +241,28 @@ def compare(our: dict[str, Any], published: dict[str, Any] | None = None) -> dic
     counts: dict[str, int] = {}
     for r in rows:
         counts[r["verdict"]] = counts.get(r["verdict"], 0) + 1
-    return {"comparable": not reasons, "reasons": reasons, "rows": rows, "counts": counts}
+    return {"comparable": not reasons, "reasons": reasons, "rows": rows, "counts": counts, "absent_runs": absent}
+
+
+def _measured_by(quantity: str) -> str:
+    """Which of our numbers a run row compares with: the results.csv column, or for zero-shot
+    the final.json block key of its protocol (every protocol on the best checkpoint)."""
+    if quantity.startswith("zeroshot_cifar100."):
+        proto = quantity.split("_pct_", 1)[1]
+        key = ZS_PROTOCOL_KEYS.get(proto, "acc")
+        what = "accuracy" if ".acc_pct" in quantity else "change vs E1 (relative)"
+        return f"{proto} {what}: zeroshot.<cifar100>.{key}, best checkpoint"
+    if quantity == "best_acc_pct":
+        return "results.csv best_acc"
+    mt, k = quantity.split(".")
+    return f"results.csv {mt}_{k}"
 
 
 def _baseline_rows(pub: dict, our: dict, blocked: bool) -> list[dict]:
     b, rows = pub["baseline_E1"], []
     items = [(f"{ds}.{mt}", float(v), b[ds]["table"]) for ds in ("eurosat", "pets") for mt, v in b[ds]["mean"].items()]
-    items.append(("zeroshot_cifar100.acc_pct", float(b["zeroshot_cifar100"]["acc_pct"]), b["zeroshot_cifar100"]["table"]))
+    z = b["zeroshot_cifar100"]
+    items.append((f"zeroshot_cifar100.acc_pct_{z['protocol']}", float(z["acc_pct"]), z["table"]))
     for q, v, src in items:
         o = our["baseline"].get(q)
         if o is None and not our["baseline"]:
@@ -201,26 +270,38 @@ def _baseline_rows(pub: dict, our: dict, blocked: bool) -> list[dict]:
         oo = None if o is None else {"mean": float(o), "sd": None, "n": 1}
         verdict, rule, diff = _judge(v, oo, "acc" if "acc" in q else "level")
         rows.append({"run": "E1", "quantity": q, "source": src, "published": v, "ours": o, "sd": None, "diff": diff,
-                     "rule": rule, "verdict": "not comparable" if blocked else verdict})
+                     "rule": rule, "verdict": "not comparable" if blocked else verdict,
+                     "test": "baseline/<dataset>.json " + ("zeroshot.<cifar100>.acc" if "acc" in q else "mean")})
     return rows
 
 
+STAT_KEYS = ("t", "p", "cohens_d", "r", "rho", "p_gt")
+
+
 def _stat_rows(pub: dict, our: dict, blocked: bool) -> list[dict]:
+    """One row per printed statistic of every published test (none dropped: a test we could
+    not compute is "missing" and says why), each naming the stats.json entry it scores."""
     rows = []
     for name, s in pub["statistics"].items():
-        if name not in our["statistics"]:
+        keys = [k for k in STAT_KEYS if k in s]
+        if not keys:  # `methods`: the list of tests 000 names, no value to score
             continue
-        o = our["statistics"][name]
+        o = our["statistics"].get(name) or {}
         same_runs = not s.get("rows") or sorted(s["rows"]) == sorted(our["stat_runs"].get(name, []))
-        for key in ("t", "p", "cohens_d", "r", "rho", "p_gt"):
-            if key not in s or key not in o:
-                continue
+        for key in keys:
             kind = {"t": "t", "p": "p", "p_gt": "p_gt"}.get(key, "coef")
-            verdict, rule, diff = _judge(float(s[key]), {"mean": o[key], "sd": None, "n": 1}, kind)
-            if blocked or not same_runs:
-                verdict = "not comparable"
-            rows.append({"run": name, "quantity": key, "source": s["table"], "published": float(s[key]),
-                         "ours": o[key], "sd": None, "diff": diff, "rule": rule, "verdict": verdict})
+            verdict, rule, diff = _judge(float(s[key]), None if key not in o else {"mean": o[key], "sd": None, "n": 1},
+                                         kind)
+            row = {"run": name, "quantity": key, "source": s["table"], "published": float(s[key]),
+                   "ours": o.get(key), "sd": None, "diff": diff, "rule": rule, "verdict": verdict,
+                   "test": STAT_TESTS.get(name, "—")}
+            if key not in o:
+                row["why"] = (our.get("stat_why") or {}).get(name) or "not computed by this matrix"
+            elif blocked or not same_runs:
+                row["verdict"] = "not comparable"
+                row["why"] = ("the models are not the paper's" if blocked else
+                              f"ours used {', '.join(our['stat_runs'].get(name, []))}, the paper {', '.join(s['rows'])}")
+            rows.append(row)
     return rows
 
 
@@ -238,6 +319,9 @@ def blocks(card: dict) -> list[Block]:
     if not card["rows"]:
         return B + [("p", "*No published number matches a run of this matrix.*")]
     B.append(("p", "Counts: " + ", ".join(f"{v} {k}" for k, v in sorted(card["counts"].items())) + "."))
+    if card.get("absent_runs"):
+        B.append(("p", "Not compared, because this matrix has no run of that id: " + ", ".join(
+            f"{rid} ({n} numbers)" for rid, n in card["absent_runs"].items()) + "."))
     rows = card["rows"]
     if card["comparable"]:
         B.append(("table", ["Run / test", "Within", "Outside", "Missing"], _per_run(rows)))
@@ -245,15 +329,19 @@ def blocks(card: dict) -> list[Block]:
         rows = [r for r in rows if r["quantity"] in HEADLINE or r["run"] in card_statistics(rows)]
         B.append(("p", f"Shown: the headline numbers ({', '.join(HEADLINE)}) and the statistics, "
                        f"{len(rows)} of {len(card['rows'])}."))
-    B.append(("table", ["Run / test", "Number", "Published", "Ours", "Ours − published", "Rule", "Verdict", "Source"],
+    B.append(("table", ["Run / test", "Number", "Published", "Ours", "Ours − published", "Rule", "Verdict",
+                        "Ours from", "Source"],
               [[r["run"], r["quantity"], _fmt(r["published"]),
                 _fmt(r["ours"]) + (f" ± {num(r['sd'], '.3g')}" if r.get("sd") is not None else ""),
-                "—" if r["diff"] is None else num(r["diff"], "+.4g"), r["rule"], r["verdict"],
-                r["source"].split(";")[0]] for r in rows]))
+                "—" if r["diff"] is None else num(r["diff"], "+.4g"), r["rule"],
+                r["verdict"] + (f" ({r['why']})" if r.get("why") and (r["verdict"] != "not comparable"
+                                                                      or card["comparable"]) else ""),
+                r.get("test", "—"), r["source"].split(";")[0]] for r in rows]))
     return B
 
 
-HEADLINE = ("best_acc_pct", "entropy.delta_pct", "zeroshot_cifar100.acc_pct", "zeroshot_cifar100.acc_pct_base_only")
+HEADLINE = ("best_acc_pct", "entropy.delta_pct", "zeroshot_cifar100.acc_pct_frozen_projection",
+            "zeroshot_cifar100.acc_pct_base_only", "zeroshot_cifar100.acc_pct_pretrained")
 
 
 def _fmt(x: Any) -> str:

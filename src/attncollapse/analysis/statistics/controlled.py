@@ -23,8 +23,7 @@ import numpy as np
 from ..._io import write_json
 from ..design import ABSENT, MEASURES, Factorial, factorial, layer_values, lr_label, measured, value
 from ..table import Matrix, load
-from .inference import ALPHA, compare, correlate, holm, skip
-from .stats import layer_thirds
+from .inference import ALPHA, compare, correlate, holm, layer_thirds, skip
 
 SCHEMA = 1
 ANOVA_RESPONSES = ("entropy_delta_pct", "erf_delta_pct", "best_acc", "zeroshot_acc")

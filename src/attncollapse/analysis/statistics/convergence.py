@@ -1,7 +1,7 @@
 """Whether a run's late training is stable: the reports' convergence criteria on history.json.
 
 The original study's "late-epoch stability criterion" (English report §4.6; its
-`enhanced_analysis.py` `verify_convergence`) and fig. 14's criterion, as parameters of one
+`enhanced_analysis.py` `verify_convergence`) and a stricter alternative, as parameters of one
 function (`converged`), and every run's verdict under one criterion (`convergence`, the
 `convergence` entry of stats.json). numpy only.
 """
@@ -23,8 +23,9 @@ CONVERGENCE_DEFAULT = {"rule": "std", "tail_frac": 0.25, "min_points": 3, "acc_t
 max(3, n//4) per-epoch validation accuracies is below 0.5 pp."""
 CONVERGENCE_FIG14 = {"rule": "change", "tail_frac": 0.2, "min_points": 2, "acc_tol_pp": 1.0,
                      "ent_tol_pct": 0.5, "per_epoch": False}
-"""Fig. 14's criterion (`figures.curves.fig14` defaults): over the last 20% of eval points,
-|Δ accuracy| ≤ 1 pp and |Δ entropy| ≤ 0.5% of the initial entropy."""
+"""An alternative, stricter criterion (accuracy and entropy): over the last 20% of eval points,
+|Δ accuracy| ≤ 1 pp and |Δ entropy| ≤ 0.5% of the initial entropy. Pass it as
+`stats.analyze(convergence_criterion=...)`: text and fig. 14 both follow stats.json's one criterion."""
 
 
 

@@ -162,6 +162,11 @@ def anova(groups: Sequence[Sequence[float]], *, unit: str | None = None) -> dict
     return out
 
 
+def layer_thirds(n_layers: int) -> list[np.ndarray]:
+    """Early / middle / late layer indices (12 layers: 1–4, 5–8, 9–12), 0-based."""
+    return np.array_split(np.arange(n_layers), 3)
+
+
 def holm(pvalues: Sequence[float]) -> np.ndarray:
     """Holm–Bonferroni adjusted p-values (step-down, monotone, capped at 1).
 

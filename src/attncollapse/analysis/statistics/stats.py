@@ -33,7 +33,8 @@ from ..._io import read_json, write_json
 from . import links
 from .convergence import CONVERGENCE_DEFAULT, CONVERGENCE_FIG14, converged, convergence
 from .inference import (ALPHA, EXACT_SPEARMAN_MAX_N, MWU_EXACT_MAX_N, UNITS, anova, cohens_d, compare, correlate,
-                        family, holm, mwu_method, single, skip, spearman_exact_p, unit_name)
+                        family, holm, layer_thirds, mwu_method, single, skip, spearman_exact_p, unit_name)
+from .reports_tests import reports_tests
 from ..roles import by_config, close, describe, select
 from .seeds import write_aggregate_csv
 from ..table import METRICS, Matrix, Run, load
@@ -211,11 +212,32 @@ def _lr_tests(s: dict, kw: dict) -> dict[str, Any]:
                                     ("welch_p", "mwu_p"), "no LR sweep runs")}
 
 
+def _acc_mean(rs: list[Run]) -> float | None:
+    v = [float(r.get("best_acc")) for r in rs if r.get("best_acc") is not None]
+    return float(np.mean(v)) if v else None
+
+
+def _accuracy_vs_reference(cands: list[Run], ref: list[Run]) -> dict[str, Any]:
+    """RQ4's "without hurting task accuracy": each config's best accuracy (seed mean) minus the
+    best of the reference configs', in pp. Descriptive (the reports test no accuracy difference)."""
+    refs = [a for rs in by_config(ref).values() if (a := _acc_mean(rs)) is not None]
+    if not refs:
+        return skip("no reference best_acc")
+    base = max(refs)
+    diff = {cid: 100 * (a - base) for cid, rs in by_config(cands).items() if (a := _acc_mean(rs)) is not None}
+    return {"label": "best accuracy minus the unregularized reference's (pp), not tested", "reference_best_acc": base,
+            "diff_pp": diff, "min_pp": min(diff.values(), default=None), "max_pp": max(diff.values(), default=None),
+            "seed_means": any(len(rs) > 1 for rs in by_config(cands + ref).values())}
+
+
 def _control_tests(s: dict, kw: dict) -> dict[str, Any]:
     """Experiment report §3.7 / English §7: each regularizer, weight decay, freezing vs none."""
     ref = s["reference"].get(s["primary"], [])
-    return {"regularizers": family("regularizer", _vs_reference(s["regularized"], ref, **kw),
-                                   ("welch_p", "mwu_p"), "no regularized runs (R1, R2)"),
+    regs = family("regularizer", _vs_reference(s["regularized"], ref, **kw), ("welch_p", "mwu_p"),
+                  "no regularized runs (R1, R2)")
+    if not regs.get("skipped"):
+        regs["accuracy"] = _accuracy_vs_reference(s["regularized"], ref)
+    return {"regularizers": regs,
             "weight_decay": family("weight decay", _vs_reference(s["wd_sweep"], ref, **kw),
                                    ("welch_p", "mwu_p"), "no weight-decay runs (R3)"),
             "freezing": family("frozen layers", _vs_reference(s["freezing"], ref, **kw),
@@ -224,7 +246,12 @@ def _control_tests(s: dict, kw: dict) -> dict[str, Any]:
 
 def _matrix_tests(m: Matrix, s: dict, convergence_criterion: dict | None) -> dict[str, Any]:
     """Tests over every finished run: layer groups, correlations, zero-shot, future work, convergence."""
+    deltas = [d for r in m.done if (d := r.delta()) is not None and math.isfinite(d)]
     return {
+        # RQ1's count (document._rq1): each finished run's entropy Δ% by sign.
+        "entropy_direction": {"label": "runs whose layer-mean entropy fell / rose / did not change", "unit": "runs",
+                              "n": len(deltas), "fell": sum(d < 0 for d in deltas), "rose": sum(d > 0 for d in deltas),
+                              "unchanged": sum(d == 0 for d in deltas)},
         "layer_groups": _layer_groups(m),
         "layer_groups_pooled": _layer_groups_pooled(m),
         "metric_correlations": _metric_correlations(m.done),
@@ -278,7 +305,7 @@ def analyze(matrix_dir: str | Path, *, n_boot: int = 10000, seed: int = 0, write
     s = select(m)
     kw = {"n_boot": n_boot, "seed": seed, "unit": unit}
     tests = {**_method_tests(s, kw), **_lr_tests(s, kw), **_control_tests(s, kw),
-             **_matrix_tests(m, s, convergence_criterion)}
+             **reports_tests(s, n_boot=n_boot, seed=seed), **_matrix_tests(m, s, convergence_criterion)}
     out = {**_header(m, s, n_boot=n_boot, seed=seed, unit=unit), "tests": tests}
     if write:
         write_json(Path(matrix_dir) / "stats.json", out)
@@ -302,11 +329,6 @@ def read(matrix_dir: str | Path) -> dict:
 
 
 LAYER_GROUP_NAMES = ("early", "middle", "late")
-
-
-def layer_thirds(n_layers: int) -> list[np.ndarray]:
-    """Early / middle / late layer indices (12 layers: 1–4, 5–8, 9–12), 0-based."""
-    return np.array_split(np.arange(n_layers), 3)
 
 
 def _grouping(n_layers: int) -> dict[str, Any]:
