@@ -207,7 +207,7 @@ def test_one_changed_image_anywhere_in_the_cache_is_caught(tmp_path):
 
 def test_full_disk_while_writing_names_the_file(tmp_path, capsys, monkeypatch):
     """`run` itself hitting ENOSPC (writing matrix.yaml): one line naming the file."""
-    def no_space(path, obj):
+    def no_space(path, obj, **kw):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
     monkeypatch.setattr(_io, "write_yaml", no_space)  # the module every stage writes through

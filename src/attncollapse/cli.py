@@ -61,7 +61,10 @@ def _run(args: argparse.Namespace, matrix_path: str) -> int:
                          analyze=not args.no_analysis)
     if summary.get("analysis", {}).get("report") == "ok":
         print(f"report: {Path(out) / 'report.md'} and report.html")
-    return 0 if summary["ok"] else 1
+    damaged = [o for o in summary["outcomes"] if o.get("damaged_file")]
+    for o in damaged:  # a run stopped by a damaged file it cannot repair: the line names it and the fix
+        print(f"error: {o['note']}", file=sys.stderr)
+    return 0 if summary["ok"] else 2 if damaged else 1
 
 
 def _matrix_dir(path: str) -> Path:

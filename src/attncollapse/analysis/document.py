@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import Any
 
 from . import roles
-from .._io import read_yaml
 from .render import Block, below, dpct, num, pval, ran, verdict
 from .runtables import config_means, confounds, unstable
 from .table import METRICS, Matrix, Run
@@ -318,5 +317,5 @@ def first_config(m: Matrix) -> dict[str, Any]:
     """The first run's config.yaml (shared settings such as eval), or {}."""
     for r in m.runs:
         if (r.dir / "config.yaml").exists():
-            return read_yaml(r.dir / "config.yaml") or {}
+            return r.config()
     return {}

@@ -14,7 +14,6 @@ from typing import Any, Callable
 import numpy as np
 
 from . import roles, seeds
-from .._io import read_yaml
 from .render import Block, dpct, num, pct
 from .table import METRICS, Run
 
@@ -104,8 +103,7 @@ def cell(agg: dict, col: str, fmt: Callable[[Any], str]) -> str:
 
 
 def _cfg(r: Run) -> dict:
-    p = r.dir / "config.yaml"
-    return (read_yaml(p) or {}) if p.exists() else {}
+    return r.config()
 
 
 # ----------------------------------------------------------------------------- tables

@@ -21,7 +21,7 @@ from .executors import dispatch
 from .locks import read_lock
 from .preflight import check_hub as check_hub_access
 from .preflight import hub_needs
-from .tasks import Task, TrainFn, matrix_of, plan, run_state
+from .tasks import COMPANIONS, Task, TrainFn, matrix_of, plan, run_state
 
 
 def run_matrix(matrix: MatrixConfig | str | Path, out_dir: str | Path | None = None, *,
@@ -67,7 +67,7 @@ def run_matrix(matrix: MatrixConfig | str | Path, out_dir: str | Path | None = N
         check_hub_access(hub_needs([(t.id, t.config) for t in todo if t.kind == "run"],
                                    [(t.id, t.config) for t in todo if t.kind == "baseline"]), log=log)
     out.mkdir(parents=True, exist_ok=True)
-    _io.write_yaml(out / "matrix.yaml", matrix.model_dump(mode="json"))
+    _io.write_yaml(out / "matrix.yaml", matrix.model_dump(mode="json"), checksum=True)  # verified by matrix_of
     _io.write_json(out / "env.json", _io.environment())
     n_base = sum(t.kind == "baseline" for t in tasks)
     log(f"{matrix.name}: {len(tasks) - n_base} runs + {n_base} baselines -> {out} (executor {executor})")
@@ -171,7 +171,8 @@ def status(out_dir: str | Path) -> dict:
                     f"{(final.get('mean') or {}).get('entropy', float('nan')):.3f} over {final.get('images')} images")
             final = {}
         elif state == "damaged":
-            note = f"{task.done_file.name}: {task.done_problem()}"[:160]
+            problem = task.done_problem() or ""
+            note = (problem if problem.split(":")[0] in COMPANIONS else f"{task.done_file.name}: {problem}")[:160]
         elif state in ("running", "stale-lock"):
             owner = read_lock(task.lock_file) or {}
             note = f"pid {owner.get('pid')} on {owner.get('host')} since {owner.get('time')}"
