@@ -162,7 +162,10 @@ def read_json_checked(path: str | os.PathLike, required_keys: tuple[str, ...] = 
     """
     path = Path(path)
     tail = f"; {fix}" if fix else ""
-    text = read_text_checked(path)
+    try:
+        text = read_text_checked(path)
+    except DamagedFile as exc:  # the same line, with the fix
+        raise DamagedFile(path, exc.why + tail) from None
     try:
         obj = json.loads(text)
     except ValueError as exc:
@@ -192,7 +195,10 @@ def read_yaml_checked(path: str | os.PathLike, *, fix: str = "", require_checksu
     """
     path = Path(path)
     tail = f"; {fix}" if fix else ""
-    text = read_text_checked(path)
+    try:
+        text = read_text_checked(path)
+    except DamagedFile as exc:  # the same line, with the fix
+        raise DamagedFile(path, exc.why + tail) from None
     if text.startswith(YAML_CHECKSUM_PREFIX):  # written with checksum=True
         head, _, body = text.partition("\n")
         if head[len(YAML_CHECKSUM_PREFIX):].strip() != _sha256_text(body):

@@ -372,8 +372,8 @@ def _synthetic_problem(d: Path, n: int, image_size: int) -> str | None:
         m = _io.read_json_checked(d / "manifest.json", ("shape", "images_hash", "labels_hash"))
         images = np.load(d / "images.npy", mmap_mode="r")
         labels = np.load(d / "labels.npy")
-    except (OSError, ValueError) as exc:  # DamagedFile is a ValueError
-        return f"incomplete or damaged ({str(exc).splitlines()[0][:120]})"
+    except Exception as exc:  # noqa: BLE001 - missing, truncated, not .npy (OSError, ValueError, EOFError, ...)
+        return f"incomplete or damaged ({type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:120]})"
     if images.shape != (n, 3, image_size, image_size) or labels.shape != (n,) or m["shape"] != list(images.shape):
         return f"damaged (images {list(images.shape)}, labels {list(labels.shape)})"
     algo = str(m["images_hash"]).split(":", 1)[0]

