@@ -15,6 +15,9 @@ covers the single-file cases with fake training (status notes, `zeroshot` on a d
 
 from __future__ import annotations
 
+import errno
+import io
+import os
 import re
 import shutil
 import warnings
@@ -307,3 +310,119 @@ def test_damaged_matrix_yaml_is_named_and_the_fix_works(ref, how, tmp_path, monk
     assert main(["status", str(out)]) == 0
     assert numbers(out / "E2") == ref.numbers
     OUTCOMES["stopped, fix works"] += 1
+
+
+# --- a full disk: one line naming the disk, from every writer; nothing half-written --------
+
+class _FullDisk(io.FileIO):
+    """A file on a full disk: write() fails as the kernel's write(2) does (ENOSPC)."""
+
+    def write(self, b):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def _full_disk_for(monkeypatch, pattern: str) -> None:
+    """Every file whose final name matches `pattern` (written via `_io.open_output`, the seam
+    all writers share, torch.save included) is on a full disk."""
+    real = _io.open_output
+
+    def open_output(path):
+        p = Path(path)
+        name = p.name if not p.name.endswith(".tmp") else p.name[1:].rsplit(".", 2)[0]
+        return _FullDisk(path, "wb") if re.fullmatch(pattern, name) else real(path)
+
+    monkeypatch.setattr(_io, "open_output", open_output)
+
+
+def _leftovers(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if p.name.endswith(".tmp") or p.name.startswith(".step-")
+            or ".build-" in p.name]
+
+
+@pytest.mark.parametrize("victim, where", [
+    ("state.pt", "checkpoints"),            # torch.save in the checkpoint thread ("unexpected pos" before)
+    ("model.safetensors", "checkpoints"),   # the checkpoint's weights, same thread
+    ("best.safetensors", "checkpoints"),    # the best weights, same thread
+    ("history.json", ""),                   # the training thread's writes
+    ("final.json", ""),
+])
+def test_full_disk_during_a_run_is_one_line_and_the_rerun_is_identical(ref, victim, where, tmp_path, monkeypatch,
+                                                                        capsys):
+    out = copy(ref, "unfinished", tmp_path, monkeypatch)
+    run_dir = out / "E2"
+    for p in _io.checkpoints(run_dir / "checkpoints"):  # train from the start: every writer writes
+        shutil.rmtree(p)
+    with pytest.MonkeyPatch.context() as full:
+        _full_disk_for(full, re.escape(victim))
+        rc, text = rerun(ref, out, capsys)
+    assert rc == 1
+    row = next(ln for ln in text.splitlines() if ln.startswith("E2 "))
+    disk = run_dir / where if where else run_dir
+    assert f"disk full: {disk} (free space there, or write elsewhere with --out)" in row, row
+    assert "enforce fail" not in text and "unexpected pos" not in text
+    assert _leftovers(out) == []  # nothing half-written
+    rc, text = rerun(ref, out, capsys)  # space freed
+    assert rc == 0, text
+    assert numbers(run_dir) == ref.numbers
+
+
+def test_full_disk_while_building_the_image_cache_is_an_error_not_sigbus(tmp_path, monkeypatch):
+    """The cache's memory-mapped images.npy is preallocated (posix_fallocate): a full disk is
+    an OSError naming the file there, not a SIGBUS at the first page written."""
+    from attncollapse.data import RawSplit
+    from attncollapse.data.cache import cached_images
+    from attncollapse.data.sources import ArrayReader
+
+    def no_space(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", no_space)
+    raw = RawSplit(np.arange(8) % 2, "fp-full", ArrayReader(np.zeros((8, 4, 4, 3), np.uint8)))
+    with pytest.raises(OSError) as info:
+        cached_images(raw, root=tmp_path, source="t", split="test", size=4, workers=1)
+    msg = _io.disk_full_message(info.value, tmp_path)
+    assert msg is not None and msg.startswith(f"disk full: {tmp_path / 'images'}/.") and "images.npy" in msg
+    assert _leftovers(tmp_path) == []
+
+
+def test_full_disk_while_drawing_figures_stops_the_stage_in_one_line(ref, tmp_path, monkeypatch, capsys):
+    out = copy(ref, "finished", tmp_path, monkeypatch)
+    monkeypatch.setattr(runner, "ANALYSIS_STAGES", {"figures": runner.ANALYSIS_STAGES["figures"]})
+    _full_disk_for(monkeypatch, r".*\.png")
+    assert main(["report", str(out)]) == 1
+    cap = capsys.readouterr()
+    line = next(ln for ln in cap.out.splitlines() if ln.strip().startswith("figures:"))
+    assert line.strip() == f"figures: failed: disk full: {out} (free space there, or write elsewhere with --out)"
+    assert "Traceback" not in cap.out + cap.err
+    assert not list((out / "figures").glob("*.png")) and _leftovers(out) == []
+
+
+# --- orphans a kill leaves: removed by the next run that holds the lock --------------------
+
+def test_a_rerun_removes_orphan_tmp_files_and_dead_builders_cache_dirs(ref, tmp_path, monkeypatch, capsys):
+    import subprocess
+    import sys
+
+    from attncollapse.data import RawSplit
+    from attncollapse.data.cache import cached_images
+    from attncollapse.data.sources import ArrayReader
+
+    out = copy(ref, "unfinished", tmp_path, monkeypatch)
+    orphan = out / "E2" / ".history.json.k1ll3d.tmp"  # a kill during history.json's atomic write
+    orphan.write_text('{"run_id": "E2", "poi')
+    rc, text = rerun(ref, out, capsys)
+    assert rc == 0 and not orphan.exists() and f"removed {orphan}" in text
+    assert numbers(out / "E2") == ref.numbers
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()  # a pid that has exited
+    (tmp_path / "c" / "images").mkdir(parents=True)
+    gone = tmp_path / "c" / "images" / f".x-test-4px-v2-0.build-{dead}"
+    alive = tmp_path / "c" / "images" / f".y-test-4px-v2-0.build-{os.getppid()}"  # a live builder's
+    for d in (gone, alive):
+        d.mkdir()
+        (d / "images.npy").write_bytes(b"\0" * 64)
+    raw = RawSplit(np.arange(8) % 2, "fp-orphan", ArrayReader(np.zeros((8, 4, 4, 3), np.uint8)))
+    with pytest.warns(UserWarning, match=f"removed {re.escape(str(gone))}"):
+        cached_images(raw, root=tmp_path / "c", source="t", split="test", size=4, workers=1)
+    assert not gone.exists() and alive.exists()

@@ -452,6 +452,10 @@ def prune_checkpoints(root: str | os.PathLike, keep: int) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+TENSOR_META_KEY = "attncollapse"
+"""The safetensors header key under which `save_tensors` keeps its metadata (JSON)."""
+
+
 def tensors_digest(tensors: dict) -> str:
     """`sha256:<hex>` over every tensor's name, dtype, shape and bytes, in name order.
 
@@ -484,7 +488,10 @@ def save_tensors(path: str | os.PathLike, tensors: dict, metadata: dict | None =
     meta = {k: str(v) for k, v in (metadata or {}).items()}
     if checksum:
         meta["sha256"] = tensors_digest(tensors)
-    write_bytes(path, save(tensors, metadata=meta or None))  # through open_output: ENOSPC is an OSError
+    # one header key holding sorted JSON: safetensors keeps metadata in a hash map, so
+    # several keys would come out in a different order from one write to the next
+    header = {TENSOR_META_KEY: json.dumps(meta, sort_keys=True)} if meta else None
+    write_bytes(path, save(tensors, metadata=header))  # through open_output: ENOSPC is an OSError
 
 
 def load_tensors_checked(path: str | os.PathLike, *, fix: str = "") -> tuple[dict, dict]:
@@ -502,7 +509,7 @@ def load_tensors_checked(path: str | os.PathLike, *, fix: str = "") -> tuple[dic
         raise DamagedFile(path, f"missing{tail}")
     try:
         with safe_open(str(path), framework="pt") as f:
-            meta = dict(f.metadata() or {})
+            meta = json.loads((f.metadata() or {}).get(TENSOR_META_KEY, "{}"))
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as exc:  # noqa: BLE001 - SafetensorError, OSError, ...: the file is unreadable
         why = "empty" if path.stat().st_size == 0 else f"unreadable ({str(exc).splitlines()[0][:80]})"
