@@ -426,3 +426,38 @@ def test_a_rerun_removes_orphan_tmp_files_and_dead_builders_cache_dirs(ref, tmp_
     with pytest.warns(UserWarning, match=f"removed {re.escape(str(gone))}"):
         cached_images(raw, root=tmp_path / "c", source="t", split="test", size=4, workers=1)
     assert not gone.exists() and alive.exists()
+
+
+# --- `attncollapse zeroshot` reads best.safetensors of a finished run ----------------------
+
+@pytest.mark.parametrize("how", DAMAGES)
+@pytest.mark.parametrize("its_checkpoint", ["kept", "pruned"])
+def test_zeroshot_on_a_damaged_best_never_uses_other_weights(ref, how, its_checkpoint, tmp_path, monkeypatch,
+                                                            capsys):
+    """Restored from the checkpoint of the best step (a warning names the file) and the same
+    zero-shot numbers; with that checkpoint pruned: exit 2, one line, and its fix works."""
+    out = copy(ref, "finished", tmp_path, monkeypatch)
+    run_dir = out / "E2"
+    best = run_dir / "checkpoints" / "best.safetensors"
+    damage(best, how)
+    if its_checkpoint == "pruned":
+        best_step = ref.numbers["final"]["best_step"]
+        shutil.rmtree(run_dir / "checkpoints" / _io.checkpoint_name(best_step))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rc = main(["zeroshot", str(run_dir)])
+    err = capsys.readouterr().err
+    if its_checkpoint == "kept":
+        assert rc == 0, err
+        assert any(str(best) in str(w.message) and "restored from checkpoint" in str(w.message) for w in caught)
+        assert numbers(run_dir) == ref.numbers
+        OUTCOMES["recovered identical"] += 1
+        return
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and err.startswith(f"error: {best}: "), err
+    fix = re.search(r"delete the run directory (\S+) and rerun", err)
+    shutil.rmtree(fix.group(1))
+    rc, text = rerun(ref, out, capsys)
+    assert rc == 0, text
+    assert main(["zeroshot", str(run_dir)]) == 0
+    assert numbers(run_dir) == ref.numbers
+    OUTCOMES["stopped, fix works"] += 1

@@ -243,7 +243,7 @@ def _parse_cell(key: str, v: str | None) -> Any:
 def _row_from_dir(d: Path) -> dict[str, Any]:
     """Rebuild a results.csv row from config.yaml + final.json (results.csv missing)."""
     cfg = read_yaml(d / "config.yaml") or {}
-    fin = read_json(d / "final.json") if (d / "final.json").exists() else None
+    fin = read_json_checked(d / "final.json") if (d / "final.json").exists() else None
     status = "failed" if (d / "error.txt").exists() else "incomplete"
     return results_row(cfg, fin, run_id=d.name, group=d.name.split("-")[0], status=status)
 
