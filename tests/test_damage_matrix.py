@@ -382,16 +382,17 @@ def test_full_disk_while_building_the_image_cache_is_an_error_not_sigbus(tmp_pat
     assert _leftovers(tmp_path) == []
 
 
-def test_full_disk_while_drawing_figures_stops_the_stage_in_one_line(ref, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("stage, victim", [("figures", r".*\.png"), ("report", r"report\.(md|html)")])
+def test_full_disk_in_the_analysis_stops_the_stage_in_one_line(ref, stage, victim, tmp_path, monkeypatch, capsys):
     out = copy(ref, "finished", tmp_path, monkeypatch)
-    monkeypatch.setattr(runner, "ANALYSIS_STAGES", {"figures": runner.ANALYSIS_STAGES["figures"]})
-    _full_disk_for(monkeypatch, r".*\.png")
+    monkeypatch.setattr(runner, "ANALYSIS_STAGES", {stage: runner.ANALYSIS_STAGES[stage]})
+    _full_disk_for(monkeypatch, victim)
     assert main(["report", str(out)]) == 1
     cap = capsys.readouterr()
-    line = next(ln for ln in cap.out.splitlines() if ln.strip().startswith("figures:"))
-    assert line.strip() == f"figures: failed: disk full: {out} (free space there, or write elsewhere with --out)"
+    line = next(ln for ln in cap.out.splitlines() if ln.strip().startswith(f"{stage}:"))
+    assert line.strip() == f"{stage}: failed: disk full: {out} (free space there, or write elsewhere with --out)"
     assert "Traceback" not in cap.out + cap.err
-    assert not list((out / "figures").glob("*.png")) and _leftovers(out) == []
+    assert not list(out.rglob("*.png")) and not (out / "report.md").exists() and _leftovers(out) == []
 
 
 # --- orphans a kill leaves: removed by the next run that holds the lock --------------------
