@@ -221,8 +221,13 @@ def test_damaged_run_file(ref, which, name, how, tmp_path, monkeypatch, capsys):
         # a repair is never silent: the summary's note or a warning names the file
         assert str(run_dir / RUN_FILES[name]) in err, err
     OUTCOMES[kind] += 1
+    if which == "finished" and name == "best.safetensors":
+        assert kind == "recovered identical"  # restored from the checkpoint of the best step
     if which == "finished" and name.startswith("best.safetensors,"):
-        assert kind == "stopped, fix works"  # the best step's weights are gone: retrain, not substitute
+        final = ref.numbers["final"]
+        # the best step's weights are gone: retrain, never substitute (unless the best step is
+        # the last, whose checkpoint's loss makes the rerun train those steps again anyway)
+        assert kind == ("stopped, fix works" if final["best_step"] < final["steps"] else "recovered identical")
 
 
 def test_a_finished_runs_damaged_companion_is_named_by_status_and_refinished(ref, tmp_path, monkeypatch, capsys):
