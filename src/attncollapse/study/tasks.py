@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 from .. import _io
 from ..config import (ConfigError, MatrixConfig, PlannedRun, RunConfig, match_only, matrix_from_dict,
-                      only_error, only_patterns, read_recorded_config)
+                      only_error, only_patterns)
 from .locks import lock_is_stale, read_lock
 
 LOCK_NAME = "lock.json"
@@ -94,11 +94,15 @@ def companion_problem(run_dir: Path) -> str | None:
         path = run_dir / name
         if not path.is_file():
             return f"{name}: missing"
+        # Written by the same version as a final.json with a checksum: each has one too. The
+        # config is not validated against today's schema here (an older schema is not damage).
         try:
             if name == "history.json":
                 _io.read_json_checked(path, ("points",))
+                if not _io.json_has_checksum(path):
+                    return f"{name}: no checksum — replaced or damaged"
             else:
-                read_recorded_config(path)  # checksum line, YAML, and a valid RunConfig
+                _io.read_yaml_checked(path, require_checksum=True)
         except _io.DamagedFile as exc:
             return f"{name}: {exc.why.split('; ')[0]}"
     return None
