@@ -105,10 +105,11 @@ class Ref:
 def ref(tmp_path_factory):
     root = tmp_path_factory.mktemp("damage_matrix")
     r = Ref(root)
-    mp = pytest.MonkeyPatch()
-    mp.setattr(sources, "SYNTHETIC_DISK_MIN", 32)  # the on-disk synthetic set, at test size
-    mp.setenv("ATTNCOLLAPSE_CACHE", str(r.cache))
-    with warnings.catch_warnings():
+    # patched only while building: each test patches its own copy (`copy`), and the next
+    # test module must see the real threshold and cache
+    with pytest.MonkeyPatch.context() as mp, warnings.catch_warnings():
+        mp.setattr(sources, "SYNTHETIC_DISK_MIN", 32)  # the on-disk synthetic set, at test size
+        mp.setenv("ATTNCOLLAPSE_CACHE", str(r.cache))
         warnings.simplefilter("ignore")
         assert main(["run", str(r.matrix), "--out", str(r.finished), "--no-analysis"]) == 0
         with pytest.MonkeyPatch.context() as stats_only:
@@ -131,7 +132,6 @@ def ref(tmp_path_factory):
     r.results_csv = (r.finished / "results.csv").read_bytes()
     r.stats = _io.read_json(r.finished / "stats.json")
     yield r
-    mp.undo()
     print("\ndamage matrix outcomes:", dict(OUTCOMES))
 
 
