@@ -70,7 +70,7 @@ def test_background_and_synchronous_writes_give_the_same_files(tmp_path):
         _train_step(model, opt)
         writer = CheckpointWriter(tmp_path / mode, cfg, synchronous=mode == "sync")
         _save(writer, model, opt, scaler, 7)
-        writer.save_best(model)
+        writer.save_best(model, 7)
         writer.wait()
         writer.close()
     ta, ba = _ckpt(tmp_path / "sync", 7)

@@ -207,7 +207,7 @@ def test_one_changed_image_anywhere_in_the_cache_is_caught(tmp_path):
 
 def test_full_disk_while_writing_names_the_file(tmp_path, capsys, monkeypatch):
     """`run` itself hitting ENOSPC (writing matrix.yaml): one line naming the file."""
-    def no_space(path, obj):
+    def no_space(path, obj, **kw):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
     monkeypatch.setattr(_io, "write_yaml", no_space)  # the module every stage writes through
@@ -216,3 +216,39 @@ def test_full_disk_while_writing_names_the_file(tmp_path, capsys, monkeypatch):
     assert main(["run", str(m), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert err == f"error: disk full: {tmp_path / 'o' / 'matrix.yaml'} (free space there, or write elsewhere with --out)\n"
+
+
+def test_checksums_are_what_formats_md_says(tmp_path):
+    """Recomputed from the raw bytes with hashlib and the safetensors layout (8-byte header
+    length, JSON header, data), independently of the code that writes and verifies them."""
+    import hashlib
+    import struct
+
+    import torch
+
+    _io.write_json(tmp_path / "f.json", {"a": 1.5, "b": [1, None]}, checksum=True)
+    raw = (tmp_path / "f.json").read_text()
+    obj = json.loads(raw)
+    rest = {k: v for k, v in obj.items() if k != "checksum"}
+    assert list(obj)[0] == "checksum"
+    assert obj["checksum"] == "sha256:" + hashlib.sha256(json.dumps(rest, indent=2).encode()).hexdigest()
+
+    _io.write_yaml(tmp_path / "c.yaml", {"optim": {"lr": 1e-5}}, checksum=True)
+    head, body = (tmp_path / "c.yaml").read_text().split("\n", 1)
+    assert head == "# checksum: sha256:" + hashlib.sha256(body.encode()).hexdigest()
+
+    t = {"w": torch.arange(6, dtype=torch.float32).reshape(2, 3), "b": torch.tensor([7], dtype=torch.int64)}
+    _io.save_tensors(tmp_path / "best.safetensors", t, {"step": 12}, checksum=True)
+    data = (tmp_path / "best.safetensors").read_bytes()
+    n = struct.unpack("<Q", data[:8])[0]
+    meta = json.loads(json.loads(data[8:8 + n])["__metadata__"]["attncollapse"])
+    h = hashlib.sha256()
+    for name in sorted(t):  # "<name>|<dtype>|<shape>\n" then the bytes, in name order
+        h.update(f"{name}|{t[name].dtype}|{list(t[name].shape)}\n".encode() + t[name].numpy().tobytes())
+    assert meta == {"step": "12", "sha256": "sha256:" + h.hexdigest()}
+    # and one flipped bit in the data is caught
+    flipped = bytearray(data)
+    flipped[-1] ^= 0x01
+    (tmp_path / "best.safetensors").write_bytes(bytes(flipped))
+    with pytest.raises(_io.DamagedFile, match="best.safetensors: checksum mismatch"):
+        _io.load_tensors_checked(tmp_path / "best.safetensors")

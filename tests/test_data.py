@@ -437,6 +437,16 @@ def test_large_synthetic_sets_are_shared_through_the_disk_cache(tmp_path):
     np.testing.assert_array_equal(np.asarray(again.train.images), direct.images)
     np.testing.assert_array_equal(first.train.labels, direct.labels)
     # A damaged file is made again, not used.
-    (next((tmp_path / "synthetic").iterdir()) / "images.npy").write_bytes(b"garbage")
-    third = data.load_splits("synthetic", cfg, image_size=8)
+    entry = next(p for p in (tmp_path / "synthetic").iterdir() if p.name.endswith("-train"))
+    (entry / "images.npy").write_bytes(b"garbage")
+    with pytest.warns(UserWarning, match="synthetic set .* is incomplete or damaged .*; making it again"):
+        third = data.load_splits("synthetic", cfg, image_size=8)
     np.testing.assert_array_equal(np.asarray(third.train.images), direct.images)
+    # Every image inverted (a valid .npy of the right shape): only the checksum can tell.
+    arr = np.load(entry / "images.npy", mmap_mode="r+")
+    arr[:] = 255 - arr
+    arr.flush()
+    del arr
+    with pytest.warns(UserWarning, match="synthetic set .* is damaged \\(checksum mismatch"):
+        fourth = data.load_splits("synthetic", cfg, image_size=8)
+    np.testing.assert_array_equal(np.asarray(fourth.train.images), direct.images)

@@ -151,7 +151,7 @@ def test_transfer_acc_is_preferred_and_old_runs_are_filled_from_their_files(stud
     (d / "results.csv").unlink()  # rows rebuilt from the run directories
     for rid in [*CLIP_RUNS, "E2-tiny-vit"]:  # a run written before drift and family were in final.json
         f = json.loads((d / rid / "final.json").read_text())
-        del f["weight_drift"], f["model_family"]
+        del f["weight_drift"], f["model_family"], f["checksum"]  # nor a checksum (it would catch the edit)
         f["transfer_acc"] = 0.5 if rid == "E2-tiny-vit" else None
         (d / rid / "final.json").write_text(json.dumps(f))
     b = json.loads((d / "baseline" / "tiny_synthetic.json").read_text())
@@ -175,9 +175,10 @@ def test_a_damaged_drift_is_named_with_its_fix(study, tmp_path, capsys):
     (d / "results.csv").unlink()
     h = json.loads((d / "E4" / "history.json").read_text())
     h["points"][-1]["weight_drift"] = ["x", None]
+    del h["checksum"]  # files of a version before checksums (with one, the edit is caught as damage)
     (d / "E4" / "history.json").write_text(json.dumps(h))
     f = json.loads((d / "E4" / "final.json").read_text())
-    del f["weight_drift"]  # so the drift is read from history.json
+    del f["weight_drift"], f["checksum"]  # so the drift is read from history.json
     (d / "E4" / "final.json").write_text(json.dumps(f))
     assert main(["report", str(d)]) != 0
     cap = capsys.readouterr()

@@ -30,7 +30,7 @@ ray = pytest.importorskip("ray")
 MATRICES = [("demo", "E2,E4,A3-freeze1,R1-apr0.1")]
 
 # Keys of final.json that measure this process's time, not the run.
-TIMING_KEYS = {"wall_time_s", "images_per_s", "images_per_s_steady", "timings", "peak_gpu_memory_gib"}
+TIMING_KEYS = {"wall_time_s", "images_per_s", "images_per_s_steady", "timings", "peak_gpu_memory_gib", "checksum"}
 
 
 @pytest.fixture

@@ -57,10 +57,55 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
-def write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Atomically write `obj` as indented JSON."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(_jsonable(obj), indent=2, sort_keys=False) + "\n")
+def open_output(path: str | os.PathLike):
+    """`open(path, "wb")`: every file body this tool writes goes through here (torch.save
+    included), so a full disk raises the OSError(ENOSPC) of the write itself (torch given a
+    path reports it only as "enforce fail ... unexpected pos") and tests can inject one."""
+    return open(path, "wb")
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Atomically write `data`."""
+    with atomic_path(path) as tmp, open_output(tmp) as fh:
+        fh.write(data)
+
+
+CHECKSUM_KEY = "checksum"
+"""The key under which a self-verifying JSON file holds `sha256:<hex>` of the rest (docs/FORMATS.md)."""
+
+
+def _json_text(obj: Any) -> str:
+    return json.dumps(obj, indent=2, sort_keys=False)
+
+
+def _sha256_text(text: str) -> str:
+    import hashlib
+
+    return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def json_has_checksum(path: str | os.PathLike) -> bool:
+    """Whether `path` starts as `write_json(..., checksum=True)` writes (cheap: its first bytes)."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(40).startswith(b'{\n  "' + CHECKSUM_KEY.encode() + b'": "sha256:')
+    except OSError:
+        return False
+
+
+def write_json(path: str | os.PathLike, obj: Any, *, checksum: bool = False) -> None:
+    """Atomically write `obj` as indented JSON.
+
+    Args:
+        checksum: put `"checksum": "sha256:<hex>"` first, the digest of the JSON text of
+            the rest (as this function writes it); `read_json_checked` verifies it, so a
+            flipped digit anywhere is caught instead of read as a number.
+    """
+    obj = _jsonable(obj)
+    if checksum:
+        obj = {k: v for k, v in obj.items() if k != CHECKSUM_KEY}
+        obj = {CHECKSUM_KEY: _sha256_text(_json_text(obj)), **obj}
+    write_bytes(path, (_json_text(obj) + "\n").encode("utf-8"))
 
 
 def read_json(path: str | os.PathLike) -> Any:
@@ -117,7 +162,10 @@ def read_json_checked(path: str | os.PathLike, required_keys: tuple[str, ...] = 
     """
     path = Path(path)
     tail = f"; {fix}" if fix else ""
-    text = read_text_checked(path)
+    try:
+        text = read_text_checked(path)
+    except DamagedFile as exc:  # the same line, with the fix
+        raise DamagedFile(path, exc.why + tail) from None
     try:
         obj = json.loads(text)
     except ValueError as exc:
@@ -125,17 +173,39 @@ def read_json_checked(path: str | os.PathLike, required_keys: tuple[str, ...] = 
         raise DamagedFile(path, f"{what} — truncated or damaged{tail}") from None
     if not isinstance(obj, dict):
         raise DamagedFile(path, f"expected a JSON object, found {type(obj).__name__}{tail}")
+    if CHECKSUM_KEY in obj:  # written with checksum=True: verify, then drop it
+        recorded = obj.pop(CHECKSUM_KEY)
+        if recorded != _sha256_text(_json_text(obj)):
+            raise DamagedFile(path, f"checksum mismatch — changed after it was written{tail}")
     missing = [k for k in required_keys if k not in obj]
     if missing:
         raise DamagedFile(path, f"missing {', '.join(missing)} — incomplete or damaged{tail}")
     return obj
 
 
-def read_yaml_checked(path: str | os.PathLike, *, fix: str = "") -> dict:
-    """A YAML mapping from `path`; DamagedFile when it is unreadable, not YAML or not a mapping."""
+YAML_CHECKSUM_PREFIX = "# checksum: "
+"""First line of a self-verifying YAML file: `# checksum: sha256:<hex>` of the text after it."""
+
+
+def read_yaml_checked(path: str | os.PathLike, *, fix: str = "", require_checksum: bool = False) -> dict:
+    """A YAML mapping from `path`; DamagedFile when it is unreadable, not YAML or not a mapping.
+
+    A file written with `write_yaml(..., checksum=True)` is verified against its first line;
+    `require_checksum` also refuses one without that line (a file this version wrote always has it).
+    """
     path = Path(path)
     tail = f"; {fix}" if fix else ""
-    text = read_text_checked(path)
+    try:
+        text = read_text_checked(path)
+    except DamagedFile as exc:  # the same line, with the fix
+        raise DamagedFile(path, exc.why + tail) from None
+    if text.startswith(YAML_CHECKSUM_PREFIX):  # written with checksum=True
+        head, _, body = text.partition("\n")
+        if head[len(YAML_CHECKSUM_PREFIX):].strip() != _sha256_text(body):
+            raise DamagedFile(path, f"checksum mismatch — changed after it was written{tail}")
+        text = body
+    elif require_checksum:
+        raise DamagedFile(path, f"no checksum line — truncated, replaced or damaged{tail}")
     try:
         obj = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -156,20 +226,25 @@ def disk_full_message(exc: BaseException, path: str | os.PathLike) -> str | None
     """
     import errno
 
-    seen = 0
+    chain, seen = [], 0
     while exc is not None and seen < 8:
-        full = isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
-        if full or "No space left on device" in str(exc):
-            where = (getattr(exc, "filename", None) if full else None) or path
-            return f"disk full: {where} (free space there, or write elsewhere with --out)"
+        chain.append(exc)
         exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    for e in chain:  # the OSError itself names the file (or the disk) when it can
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return f"disk full: {getattr(e, 'filename', None) or path} (free space there, or write elsewhere with --out)"
+    if any("No space left on device" in str(e) for e in chain):
+        return f"disk full: {path} (free space there, or write elsewhere with --out)"
     return None
 
 
-def write_yaml(path: str | os.PathLike, obj: Any) -> None:
-    """Atomically write `obj` as block-style YAML."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(yaml.safe_dump(_jsonable(obj), sort_keys=False))
+def write_yaml(path: str | os.PathLike, obj: Any, *, checksum: bool = False) -> None:
+    """Atomically write `obj` as block-style YAML; `checksum`: first line
+    `# checksum: sha256:<hex>` of the rest (a comment: any YAML reader ignores it)."""
+    text = yaml.safe_dump(_jsonable(obj), sort_keys=False)
+    if checksum:
+        text = f"{YAML_CHECKSUM_PREFIX}{_sha256_text(text)}\n{text}"
+    write_bytes(path, text.encode("utf-8"))
 
 
 def read_yaml(path: str | os.PathLike) -> Any:
@@ -177,8 +252,7 @@ def read_yaml(path: str | os.PathLike) -> Any:
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
+    write_bytes(path, text.encode("utf-8"))
 
 
 class PlainProgress:
@@ -378,9 +452,70 @@ def prune_checkpoints(root: str | os.PathLike, keep: int) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def save_tensors(path: str | os.PathLike, tensors: dict) -> None:
-    """Atomically write a dict of tensors as safetensors (detached, contiguous, on CPU)."""
-    from safetensors.torch import save_file
+TENSOR_META_KEY = "attncollapse"
+"""The safetensors header key under which `save_tensors` keeps its metadata (JSON)."""
 
-    with atomic_path(path) as tmp:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
+
+def tensors_digest(tensors: dict) -> str:
+    """`sha256:<hex>` over every tensor's name, dtype, shape and bytes, in name order.
+
+    Of the tensors, not the file: it is kept in the safetensors header, so the file
+    carries its own check (one file, written atomically: no second file to fall out of step).
+    """
+    import hashlib
+
+    import torch
+
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().contiguous().cpu()
+        h.update(f"{name}|{t.dtype}|{list(t.shape)}\n".encode())
+        h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+    return "sha256:" + h.hexdigest()
+
+
+def save_tensors(path: str | os.PathLike, tensors: dict, metadata: dict | None = None, *,
+                 checksum: bool = False) -> None:
+    """Atomically write a dict of tensors as safetensors (detached, contiguous, on CPU).
+
+    Args:
+        metadata: strings for the header (`__metadata__`).
+        checksum: also record `tensors_digest` as metadata "sha256" (`load_tensors_checked`).
+    """
+    from safetensors.torch import save
+
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    meta = {k: str(v) for k, v in (metadata or {}).items()}
+    if checksum:
+        meta["sha256"] = tensors_digest(tensors)
+    # one header key holding sorted JSON: safetensors keeps metadata in a hash map, so
+    # several keys would come out in a different order from one write to the next
+    header = {TENSOR_META_KEY: json.dumps(meta, sort_keys=True)} if meta else None
+    write_bytes(path, save(tensors, metadata=header))  # through open_output: ENOSPC is an OSError
+
+
+def load_tensors_checked(path: str | os.PathLike, *, fix: str = "") -> tuple[dict, dict]:
+    """(tensors, header metadata) of a safetensors file written with `checksum=True`.
+
+    Raises:
+        DamagedFile: missing, unreadable (truncated, garbage), without a checksum, or
+            whose tensors no longer match it (a flipped byte).
+    """
+    from safetensors import safe_open
+
+    path = Path(path)
+    tail = f"; {fix}" if fix else ""
+    if not path.is_file():
+        raise DamagedFile(path, f"missing{tail}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {}).get(TENSOR_META_KEY, "{}"))
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:  # noqa: BLE001 - SafetensorError, OSError, ...: the file is unreadable
+        why = "empty" if path.stat().st_size == 0 else f"unreadable ({str(exc).splitlines()[0][:80]})"
+        raise DamagedFile(path, f"{why} — truncated or damaged{tail}") from None
+    if "sha256" not in meta:
+        raise DamagedFile(path, f"no checksum (written by an older version, or damaged){tail}")
+    if tensors_digest(tensors) != meta["sha256"]:
+        raise DamagedFile(path, f"checksum mismatch — changed after it was written{tail}")
+    return tensors, meta

@@ -69,7 +69,12 @@ def _run(args: argparse.Namespace, matrix_path: str) -> int:
     held = held_line(summary)
     if held:
         print(f"error: {held}", file=sys.stderr)
-    return 0 if summary["ok"] else 1 if summary.get("failed", True) else 3
+    damaged = [o for o in summary["outcomes"] if o.get("damaged_file")]
+    for o in damaged:  # a run stopped by a damaged file it cannot repair: the line names it and the fix
+        print(f"error: {o['note']}", file=sys.stderr)
+    if summary["ok"]:
+        return 0
+    return 2 if damaged else 1 if summary.get("failed", True) else 3
 
 
 def _matrix_dir(path: str) -> Path:

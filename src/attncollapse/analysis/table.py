@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .._io import DamagedFile, read_json, read_json_checked, read_yaml, write_text
+from .._io import DamagedFile, read_json, read_json_checked, read_yaml, read_yaml_checked, write_text
 
 METRICS = ("entropy", "erf", "gini", "head_diversity")
 
@@ -165,13 +165,22 @@ class Run:
         v = self.row.get(key)
         return default if v is None else v
 
+    @property
+    def repair_fix(self) -> str:
+        """What repairs a damaged file of this finished run (`run` finishes it again from its checkpoint)."""
+        return (f"rerun `attncollapse run <your matrix.yaml> --out {self.dir.parent}`: it finishes "
+                f"{self.dir.name} again from its checkpoint and rewrites the file")
+
     def history(self) -> dict | None:
-        """history.json, read on first use (figures only)."""
+        """history.json, read on first use (figures only); verified (checksum, `points`)."""
         if self._history is None and (self.dir / "history.json").exists():
-            self._history = read_json_checked(
-                self.dir / "history.json", ("points",),
-                fix=f"delete {self.dir / 'final.json'} and rerun `attncollapse run` to rewrite it")
+            self._history = read_json_checked(self.dir / "history.json", ("points",), fix=self.repair_fix)
         return self._history
+
+    def config(self) -> dict:
+        """config.yaml (the resolved RunConfig as plain data), verified; {} when absent."""
+        p = self.dir / "config.yaml"
+        return read_yaml_checked(p, fix=self.repair_fix) if p.exists() else {}
 
     def delta(self, metric: str = "entropy") -> float | None:
         """Run-level Δ% of a metric (mean over layers)."""
@@ -258,8 +267,8 @@ def _parse_cell(key: str, v: str | None) -> Any:
 def _row_from_dir(d: Path) -> dict[str, Any]:
     """Rebuild a results.csv row from config.yaml + final.json (results.csv missing)."""
     cfg = read_yaml(d / "config.yaml") or {}
-    fin = read_json(d / "final.json") if (d / "final.json").exists() else None
-    hist = read_json(d / "history.json") if fin and (d / "history.json").exists() else None
+    fin = read_json_checked(d / "final.json") if (d / "final.json").exists() else None
+    hist = read_json_checked(d / "history.json") if fin and (d / "history.json").exists() else None
     status = "failed" if (d / "error.txt").exists() else "incomplete"
     return results_row(cfg, fin, run_id=d.name, group=d.name.split("-")[0], status=status, history=hist)
 
@@ -280,7 +289,7 @@ def load(matrix_dir: str | Path) -> Matrix:
         cid = re.sub(rf"-s{seed}$", "", rid) if seed is not None else rid
         run = Run(rid, cid, d / rid, row)
         if (run.dir / "final.json").exists() and row.get("status") in (None, "done"):
-            run.final = read_json(run.dir / "final.json")
+            run.final = read_json_checked(run.dir / "final.json", fix=run.repair_fix)  # checksum verified
         runs.append(run)
     base = {p.stem: read_json(p) for p in sorted((d / "baseline").glob("*.json"))} if (d / "baseline").is_dir() else {}
     for run in runs:

@@ -20,6 +20,7 @@ import hashlib
 import os
 import re
 import shutil
+import socket
 import sys
 import warnings
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
@@ -129,7 +130,7 @@ def _hash_algo() -> str:
     return "xxh3_128" if _hasher("xxh3_128") is not None else "sha256"
 
 
-def _images_sha(images: np.ndarray, algo: str | None = None) -> str | None:
+def images_hash(images: np.ndarray, algo: str | None = None) -> str | None:
     """`<algo>:<hex>` over every byte of `images` (N, 3, S, S) uint8, or None when `algo`
     is not available here.
 
@@ -153,7 +154,7 @@ def _manifest(raw: RawSplit, images: np.ndarray, source: str, split: str, size: 
         "version": PREPROCESS_VERSION, "preprocess": how, "source": source, "split": split, "image_size": size,
         "count": len(raw), "shape": list(images.shape), "dtype": "uint8",
         "source_fingerprint": raw.fingerprint, "labels_sha256": _labels_sha(raw.labels),
-        "images_hash": _images_sha(images),
+        "images_hash": images_hash(images),
     }
 
 
@@ -181,7 +182,7 @@ def check_entry(d: Path, raw: RawSplit, size: int, how: str = "original-drop") -
     recorded = m.get("images_hash")
     if not isinstance(recorded, str) or ":" not in recorded:
         return "stale (no whole-image checksum: written by an older version)"
-    actual = _images_sha(images, recorded.split(":", 1)[0])
+    actual = images_hash(images, recorded.split(":", 1)[0])
     if actual is None:
         return f"stale (hashed with {recorded.split(':', 1)[0]}, which is not installed here)"
     if actual != recorded:
@@ -241,18 +242,72 @@ def _mp_context():
     return get_context("fork" if sys.platform == "linux" else "spawn")
 
 
+def preallocate(path: Path) -> None:
+    """Reserve the disk blocks of `path` (already sized) before it is written through a memory map.
+
+    A memory-mapped write to a sparse file on a full disk is a SIGBUS that kills the
+    process with no message (and leaves its build directory); reserved blocks turn that
+    into an OSError(ENOSPC) here, naming the file. Where the filesystem cannot reserve
+    (EOPNOTSUPP/EINVAL, e.g. some network filesystems) the file stays sparse.
+    """
+    import errno
+
+    if not hasattr(os, "posix_fallocate"):  # macOS, Windows
+        return
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, getattr(errno, "ENOTSUP", errno.EOPNOTSUPP)):
+            raise OSError(exc.errno, os.strerror(exc.errno), str(path)) from None
+    finally:
+        os.close(fd)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+_HOST = re.sub(r"[^A-Za-z0-9_.]+", "_", socket.gethostname()) or "host"
+
+
+def clean_build_orphans(images_dir: Path) -> list[Path]:
+    """Remove `.<entry>.build-<host>-<pid>` directories of this host whose process is gone
+    (a kill mid-build); returns them. A live pid's directory is another builder's, and
+    another host's (a shared cache) cannot be judged from here: both are left alone."""
+    out = []
+    for p in Path(images_dir).glob(".*.build-*"):
+        m = re.fullmatch(r"\..+\.build-(?:(?P<host>.+)-)?(?P<pid>\d+)", p.name)
+        if not (m and p.is_dir()) or (m["host"] is not None and m["host"] != _HOST):
+            continue
+        pid = int(m["pid"])
+        if pid != os.getpid() and not _pid_alive(pid):
+            shutil.rmtree(p, ignore_errors=True)
+            out.append(p)
+    return out
+
+
 def _build(d: Path, raw: RawSplit, source: str, split: str, size: int, workers: int, how: str) -> None:
     from tqdm.auto import tqdm
 
     n = len(raw)
     if n == 0:
         raise DataError(f"{source} split {split!r} has no images")
-    tmp = d.parent / f".{d.name}.build-{os.getpid()}"
+    tmp = d.parent / f".{d.name}.build-{_HOST}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    for orphan in clean_build_orphans(d.parent):
+        warnings.warn(f"removed {orphan}: a cache build interrupted by an earlier kill", stacklevel=3)
     try:
         ipath = tmp / "images.npy"
         np.lib.format.open_memmap(ipath, mode="w+", dtype=np.uint8, shape=(n, 3, size, size)).flush()
+        preallocate(ipath)
         chunk = int(np.clip(n // (workers * 4), 32, 1024))
         bounds = [(s, min(s + chunk, n)) for s in range(0, n, chunk)]
         bar = tqdm(total=n, desc=f"caching {source} {split} @{size}px", unit="img", disable=None)

@@ -341,25 +341,50 @@ SYNTHETIC_DISK_MIN = 4096
 
 
 def _synthetic_split(cfg: Any, n: int, image_size: int, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """One synthetic split; from `<cache>/synthetic/<n>-<classes>-<S>-<seed>-<split>/` when
+    it is large, verified there against its manifest.json (every image and label hashed),
+    else made again with a warning: a changed pixel never reaches a run."""
+    import warnings
+
+    from .cache import images_hash
+
     args = (n, cfg.synthetic_classes, image_size, cfg.split_seed, split)
     if n < SYNTHETIC_DISK_MIN:
         made = synthetic(n, cfg.synthetic_classes, image_size, seed=cfg.split_seed, split=split)
         return made.images, made.labels
     d = cache_root(cfg) / "synthetic" / "-".join(map(str, args))
-    try:
-        images = np.load(d / "images.npy", mmap_mode="r")
-        labels = np.load(d / "labels.npy")
-        if images.shape == (n, 3, image_size, image_size) and labels.shape == (n,):
-            return images, labels
-    except (OSError, ValueError):
-        pass  # absent or damaged: make it again
+    if d.exists():
+        problem = _synthetic_problem(d, n, image_size)
+        if problem is None:
+            return np.load(d / "images.npy", mmap_mode="r"), np.load(d / "labels.npy")
+        warnings.warn(f"synthetic set {d} is {problem}; making it again", stacklevel=2)
     made = synthetic(n, cfg.synthetic_classes, image_size, seed=cfg.split_seed, split=split)
     d.mkdir(parents=True, exist_ok=True)
-    for name, arr in (("labels.npy", made.labels), ("images.npy", made.images)):  # images last
-        with _io.atomic_path(d / name) as tmp:
-            with open(tmp, "wb") as fh:
-                np.save(fh, arr)
+    (d / "manifest.json").unlink(missing_ok=True)  # the arrays change now: no manifest vouches for them
+    for name, arr in (("labels.npy", made.labels), ("images.npy", made.images)):
+        with _io.atomic_path(d / name) as tmp, _io.open_output(tmp) as fh:
+            np.save(fh, arr)
+    _io.write_json(d / "manifest.json", {"shape": list(made.images.shape), "images_hash": images_hash(made.images),
+                                         "labels_hash": images_hash(made.labels)})  # last
     return made.images, made.labels
+
+
+def _synthetic_problem(d: Path, n: int, image_size: int) -> str | None:
+    """Why the on-disk synthetic set `d` cannot be used, or None when it verifies."""
+    from .cache import images_hash
+
+    try:
+        m = _io.read_json_checked(d / "manifest.json", ("shape", "images_hash", "labels_hash"))
+        images = np.load(d / "images.npy", mmap_mode="r")
+        labels = np.load(d / "labels.npy")
+    except Exception as exc:  # noqa: BLE001 - missing, truncated, not .npy (OSError, ValueError, EOFError, ...)
+        return f"incomplete or damaged ({type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:120]})"
+    if images.shape != (n, 3, image_size, image_size) or labels.shape != (n,) or m["shape"] != list(images.shape):
+        return f"damaged (images {list(images.shape)}, labels {list(labels.shape)})"
+    algo = str(m["images_hash"]).split(":", 1)[0]
+    if images_hash(images, algo) != m["images_hash"] or images_hash(labels, algo) != m["labels_hash"]:
+        return "damaged (checksum mismatch: changed after it was written)"
+    return None
 
 
 def _synthetic(arg: str, cfg: Any, image_size: int) -> Source:

@@ -18,7 +18,7 @@ from .. import _io
 from ..config import RunConfig, config_change, fingerprint_fields, read_recorded_config
 from ..train import baseline, run
 from .locks import acquire_lock, heartbeat, inspect_lock, machine, release_lock
-from .tasks import Task, TrainFn
+from .tasks import COMPANIONS, Task, TrainFn
 
 
 def _default_train(cfg: RunConfig, run_dir: Path) -> Any:
@@ -123,8 +123,12 @@ def _execute_locked(task: Task, train_fn, baseline_fn, outcome: Callable[..., di
     note = "; ".join(notices)
     if problem != "missing":  # keep the damaged file for a look; train the task again
         os.replace(task.done_file, task.done_file.with_name(task.done_file.name + ".damaged"))
-        note = "; ".join(filter(None, [note, f"{task.done_file} was damaged ({problem.split(' — ')[0]}); "
-                                             "trained again"]))
+        if problem.split(":")[0] in COMPANIONS:  # final.json is sound; a file beside it is not
+            name, why = problem.split(": ", 1)
+            said = f"{task.path / name} was damaged ({why.split(' — ')[0]}); finished again from its checkpoint"
+        else:
+            said = f"{task.done_file} was damaged ({problem.split(' — ')[0]}); trained again"
+        note = "; ".join(filter(None, [note, said]))
     task.error_file.unlink(missing_ok=True)
     try:
         _record_attempt(task, attempt, notices)
@@ -144,5 +148,7 @@ def _execute_locked(task: Task, train_fn, baseline_fn, outcome: Callable[..., di
                            + (f"{full}\n\n" if full else "") + traceback.format_exc())
         except OSError:  # a full disk may refuse error.txt too; the outcome still says why
             pass
+        if full is None and isinstance(exc, _io.DamagedFile):  # one line naming the file and the fix
+            return {**outcome("failed", str(exc).splitlines()[0]), "damaged_file": str(exc.path)}
         return outcome("failed", full or f"{type(exc).__name__}: {exc}".splitlines()[0][:200])
     return outcome("done", note)

@@ -25,7 +25,7 @@ from .execute import busy_outcome
 from .locks import inspect_lock
 from .preflight import check_hub as check_hub_access
 from .preflight import hub_needs
-from .tasks import Task, TrainFn, matrix_of, plan, run_state
+from .tasks import COMPANIONS, Task, TrainFn, matrix_of, plan, run_state
 
 
 def run_matrix(matrix: MatrixConfig | str | Path, out_dir: str | Path | None = None, *,
@@ -71,7 +71,7 @@ def run_matrix(matrix: MatrixConfig | str | Path, out_dir: str | Path | None = N
         check_hub_access(hub_needs([(t.id, t.config) for t in todo if t.kind == "run"],
                                    [(t.id, t.config) for t in todo if t.kind == "baseline"]), log=log)
     out.mkdir(parents=True, exist_ok=True)
-    _io.write_yaml(out / "matrix.yaml", matrix.model_dump(mode="json"))
+    _io.write_yaml(out / "matrix.yaml", matrix.model_dump(mode="json"), checksum=True)  # verified by matrix_of
     _io.write_json(out / "env.json", _io.environment())
     n_base = sum(t.kind == "baseline" for t in tasks)
     log(f"{matrix.name}: {len(tasks) - n_base} runs + {n_base} baselines -> {out} (executor {executor})")
@@ -152,12 +152,14 @@ ANALYSIS_STAGES: dict[str, Callable[[Path], Any]] = {
     "stats": stats.analyze, "figures": figures.render_all, "report": report.write}
 """The analysis after results.csv, in order: each reads only the files the earlier ones wrote."""
 
-DESIGN_STAGES: dict[str, dict[str, Callable[[Path], Any]]] = {
-    "study": ANALYSIS_STAGES,
-    "controlled": {"stats": controlled_stats.analyze, "figures": controlled_figures.render_all,
-                   "report": controlled_report.write},
-}
-"""The analysis stages of each design a matrix names (`design:` in matrix.yaml)."""
+CONTROLLED_STAGES: dict[str, Callable[[Path], Any]] = {
+    "stats": controlled_stats.analyze, "figures": controlled_figures.render_all, "report": controlled_report.write}
+"""The analysis stages of a `design: controlled` matrix (`design:` in matrix.yaml)."""
+
+
+def design_stages(design: str) -> dict[str, Callable[[Path], Any]]:
+    """The analysis stages of a matrix's design, looked up at call time (tests narrow them)."""
+    return {"study": ANALYSIS_STAGES, "controlled": CONTROLLED_STAGES}[design]
 
 
 def run_analysis(out_dir: str | Path, *, matrix: MatrixConfig | None = None,
@@ -181,7 +183,7 @@ def run_analysis(out_dir: str | Path, *, matrix: MatrixConfig | None = None,
         state["results"] = _stage_failure("results", exc, out, log)
         return state
     matrix = matrix_of(out, matrix)
-    stages = DESIGN_STAGES[matrix.design]
+    stages = design_stages(matrix.design)
     done = [t for t in plan(matrix, out) if t.kind == "run" and run_state(t) == "done"]
     if not done:
         why = f"failed: no finished run in {out} (run `attncollapse run` first; `attncollapse status {out}`)"
@@ -228,7 +230,8 @@ def status(out_dir: str | Path) -> dict:
                     f"{(final.get('mean') or {}).get('entropy', float('nan')):.3f} over {final.get('images')} images")
             final = {}
         elif state == "damaged":
-            note = f"{task.done_file.name}: {task.done_problem()}"[:160]
+            problem = task.done_problem() or ""
+            note = (problem if problem.split(":")[0] in COMPANIONS else f"{task.done_file.name}: {problem}")[:160]
         elif state in ("running", "stale-lock"):
             lock = inspect_lock(task.lock_file)
             if lock is None:  # released since run_state looked

@@ -58,13 +58,21 @@ class Task:
                                          "as *.damaged)")
 
     def done_problem(self) -> str | None:
-        """None when `done_file` is a valid result; else why not ("missing" when absent)."""
+        """None when `done_file` is a valid result; else why not ("missing" when absent).
+
+        A run whose final.json carries a checksum (written by this version's `train.run`)
+        is done only if the files read back from it verify too: history.json and
+        config.yaml ("history.json: <why>"); `run` then finishes it again from its
+        checkpoint, which rewrites them (docs/FORMATS.md "Verified files").
+        """
         if not self.done_file.exists():
             return "missing"
         try:
             self.read_done()
         except _io.DamagedFile as exc:
             return exc.why
+        if self.kind == "run" and _io.json_has_checksum(self.done_file):
+            return companion_problem(self.path)
         return None
 
     @property
@@ -74,6 +82,30 @@ class Task:
     @property
     def error_file(self) -> Path:
         return self.path / "error.txt" if self.kind == "run" else self.path.with_suffix(".error.txt")
+
+
+COMPANIONS = ("history.json", "config.yaml")
+"""The files of a finished run that later stages read back (besides final.json)."""
+
+
+def companion_problem(run_dir: Path) -> str | None:
+    """"<file>: <why>" for the first of `COMPANIONS` that is missing or fails its check, else None."""
+    for name in COMPANIONS:
+        path = run_dir / name
+        if not path.is_file():
+            return f"{name}: missing"
+        # Written by the same version as a final.json with a checksum: each has one too. The
+        # config is not validated against today's schema here (an older schema is not damage).
+        try:
+            if name == "history.json":
+                _io.read_json_checked(path, ("points",))
+                if not _io.json_has_checksum(path):
+                    return f"{name}: no checksum — replaced or damaged"
+            else:
+                _io.read_yaml_checked(path, require_checksum=True)
+        except _io.DamagedFile as exc:
+            return f"{name}: {exc.why.split('; ')[0]}"
+    return None
 
 
 def baseline_name(source: str) -> str:

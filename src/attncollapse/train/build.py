@@ -5,14 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
+from .. import _io
 from .._device import resolve_device
 from ..config import RunConfig, read_recorded_config
 from ..models import (apply_lora, build_classifier, freeze_layers, freeze_projection, image_projection, load_model,
                       vision_tower, zeroshot_problem)
 from ..transfer import head_from_text
-from .checkpoints import load_newest, load_weights
+from .checkpoints import BEST_NAME, load_best, load_newest, load_weights
 
 
 def build(cfg: RunConfig, num_classes: int, device: torch.device, class_names: list[str] | None = None):
@@ -59,8 +59,14 @@ def load_trained(run_dir: str | Path, *, which: str = "best", device: str = "aut
     run_dir = Path(run_dir)
     cfg = read_recorded_config(run_dir / "config.yaml")
     dev = resolve_device(device)
-    if which == "best" and (run_dir / "checkpoints" / "best.safetensors").exists():
-        tensors = load_file(run_dir / "checkpoints" / "best.safetensors")
+    final = run_dir / "final.json"
+    best_step = -1
+    if which == "best" and final.is_file():
+        best_step = _io.read_json_checked(final, ("best_step",), fix="`attncollapse run` trains it again")["best_step"]
+    if best_step >= 0:  # verified against its checksum and step (load_best)
+        tensors = load_best(run_dir / "checkpoints", best_step)
+    elif which == "best" and not final.is_file() and (run_dir / "checkpoints" / BEST_NAME).exists():
+        tensors = _io.load_tensors_checked(run_dir / "checkpoints" / BEST_NAME)[0]  # an unfinished run's best so far
     else:
         found = load_newest(run_dir / "checkpoints", cfg)
         if found is None:

@@ -13,6 +13,7 @@ flight leaves only a hidden temporary directory: the previous checkpoint stays t
 
 from __future__ import annotations
 
+import errno
 import itertools
 import threading
 import warnings
@@ -21,12 +22,16 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 from torch import nn
 from torch.utils._pytree import tree_map
 
 from .. import _io
 from ..config import RunConfig, config_change, fingerprint, fingerprint_fields
+
+
+BEST_NAME = "best.safetensors"
 
 
 class ConfigMismatch(RuntimeError):
@@ -109,8 +114,12 @@ class CheckpointWriter:
                 **extra,
             }
             with _io.checkpoint_dir(self.root, train_state["step"]) as d:
-                save_file(snap["model"], d / "model.safetensors")
-                torch.save(blob, d / "state.pt")
+                # Python file objects (`_io.open_output`), not paths: on a full disk the
+                # write's OSError(ENOSPC) is kept (torch given a path says only
+                # "enforce fail ... unexpected pos").
+                _io.write_bytes(d / "model.safetensors", safetensors_bytes(snap["model"]))
+                with _io.open_output(d / "state.pt") as fh:
+                    torch.save(blob, fh)
             _io.prune_checkpoints(self.root, self.cfg.keep_checkpoints)
 
         scaler_state = scaler.state_dict()
@@ -118,10 +127,11 @@ class CheckpointWriter:
         rng_cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
         self._submit("checkpoint", snapshot, write)
 
-    def save_best(self, clf: nn.Module) -> None:
-        """`best.safetensors`: the trainable weights of the selected step."""
+    def save_best(self, clf: nn.Module, step: int) -> None:
+        """`best.safetensors`: the trainable weights of the selected step, with that step
+        and their checksum in its header (`load_best`)."""
         self._submit("best", lambda: self._bufs["best"].copy(trainable(clf)),
-                     lambda snap: _io.save_tensors(self.root / "best.safetensors", snap))
+                     lambda snap: _io.save_tensors(self.root / BEST_NAME, snap, {"step": step}, checksum=True))
 
     def wait(self) -> None:
         """Block until every submitted write is on disk; raise the first write error."""
@@ -152,6 +162,10 @@ class CheckpointWriter:
         try:
             write(snap)
         except BaseException as exc:  # noqa: BLE001 - re-raised in the training thread
+            if _io.disk_full_message(exc, self.root) is not None:  # name the disk, keep the cause
+                full = OSError(errno.ENOSPC, "No space left on device", str(self.root))
+                full.__cause__ = exc
+                exc = full
             with self._lock:
                 self._error = self._error or exc
 
@@ -195,3 +209,32 @@ def load_weights(clf: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
     with torch.no_grad():
         for n, t in tensors.items():
             params[n].copy_(t)
+
+
+def load_best(ckpt_root: Path, best_step: int) -> dict[str, torch.Tensor]:
+    """The trainable weights of step `best_step`, verified.
+
+    `best.safetensors` when its checksum and recorded step hold; else the intact checkpoint
+    of that same step (the writer saves both from one state: the same weights), from which
+    best.safetensors is written again, with a warning. Neither left: the weights of the
+    best step are gone and no honest substitute exists (another step's weights would give
+    another zero-shot number), so DamagedFile names the file and the fix that retrains it.
+    """
+    ckpt_root = Path(ckpt_root)
+    best = ckpt_root / BEST_NAME
+    try:
+        tensors, meta = _io.load_tensors_checked(best)
+        if meta.get("step") == str(best_step):
+            return tensors
+        problem = f"holds step {meta.get('step')}, not the best step {best_step}"
+    except _io.DamagedFile as exc:
+        problem = exc.why
+    ck = ckpt_root / _io.checkpoint_name(best_step)
+    if ck.is_dir() and _io.verify_checkpoint(ck) is None:
+        tensors = load_file(ck / "model.safetensors")
+        _io.save_tensors(best, tensors, {"step": best_step}, checksum=True)
+        warnings.warn(f"{best}: {problem}; restored from checkpoint {ck.name} (the same weights)", stacklevel=2)
+        return tensors
+    raise _io.DamagedFile(best, f"{problem}, and no intact checkpoint of the best step {best_step} is left "
+                                f"to restore it from; delete the run directory {ckpt_root.parent} and rerun "
+                                "to retrain it")

@@ -18,7 +18,6 @@ from typing import Callable
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
 from .. import _io
@@ -29,7 +28,7 @@ from ..measure import classifier_accuracy, delta_pct, eval_rows, layer_mean, pro
 from ..models import PRESETS, block_weights, count_parameters, family_of, image_size, normalization, weight_drift
 from ..transfer import evaluate_for_run, vision_state
 from .build import build
-from .checkpoints import CheckpointWriter, load_newest, load_weights, trainable
+from .checkpoints import CheckpointWriter, load_best, load_newest, load_weights, trainable
 from .schedule import batch_indices, flip_mask, lr_at
 from .step import ReferenceRows, make_step
 
@@ -131,8 +130,14 @@ def _run(cfg: RunConfig, run_dir: Path, before_step: Callable[[int], None] | Non
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()  # a worker runs many runs: the peak is this run's
     r = _setup(cfg, run_dir)
+    # A kill during an atomic write left `.<name>.*.tmp` (e.g. of history.json); this run
+    # holds the lock, so no other writer is filling one.
+    for orphan in _io.clean_orphans(r.dir):
+        warnings.warn(f"removed {orphan}: a write interrupted by an earlier kill", stacklevel=2)
     state, overlay_initial = _resume(r)
-    _io.write_yaml(r.dir / "config.yaml", cfg.model_dump(mode="json"))
+    _io.write_yaml(r.dir / "config.yaml", cfg.model_dump(mode="json"), checksum=True)
+    if state.points:  # rebuilt from the checkpoint: repairs a damaged or lost history.json
+        _write_history(r, state)
     _io.write_json(r.dir / "env.json", {**_io.environment(), "device_used": str(r.device),
                                         "precision_used": r.precision})
     # Checkpoints are copied at their step and written by a background thread.
@@ -305,7 +310,7 @@ def _eval_point(r: Run, state: TrainState, writer: CheckpointWriter, board, step
         state.last_acc = acc
         if acc > state.best_acc:
             state.best_acc, state.best_step = acc, step
-            writer.save_best(r.clf)
+            writer.save_best(r.clf, step)
     for name, value in point["mean"].items():
         board.add_scalar(f"attention/{name}", value, step)
     if loss is not None:
@@ -343,7 +348,7 @@ def _write_history(r: Run, state: TrainState) -> None:
         "run_id": r.cfg.id, "seed": r.cfg.seed, "num_layers": len(state.points[0]["layers"]["entropy"]),
         "eval_idx": r.splits.eval_idx.tolist(), "split_protocol": r.splits.protocol,
         "steps_per_epoch": r.schedule.steps_per_epoch, "total_steps": r.schedule.total, "points": state.points,
-    })
+    }, checksum=True)
 
 
 def _finish(r: Run, state: TrainState, overlay_initial: torch.Tensor, timings: dict) -> dict:
@@ -374,9 +379,10 @@ def _finish(r: Run, state: TrainState, overlay_initial: torch.Tensor, timings: d
     }
     t = time.perf_counter()
     if cfg.zeroshot.enabled and cfg.zeroshot.datasets:
-        best = r.dir / "checkpoints" / "best.safetensors"
-        if best.exists():  # zero-shot of the selected checkpoint, as the original study did
-            load_weights(r.clf, load_file(best))
+        if state.best_step >= 0:  # zero-shot of the selected checkpoint, as the original study did
+            # verified: a damaged best.safetensors is restored from the checkpoint of the
+            # same step or stops the run naming it, never replaced by other weights
+            load_weights(r.clf, load_best(r.dir / "checkpoints", state.best_step))
         result.update(evaluate_for_run(cfg, r.clip, r.clf, splits, device=r.device, precision=r.precision,
                                        pretrained_state=r.pretrained_state))
     # This process's wall time by phase (a resumed run: the last process only); the
@@ -384,7 +390,7 @@ def _finish(r: Run, state: TrainState, overlay_initial: torch.Tensor, timings: d
     result["timings"] = {**timings, "finish_s": time.perf_counter() - t, "warmup_s": state.warmup_s}
     result["peak_gpu_memory_gib"] = (torch.cuda.max_memory_allocated(r.device) / 2**30
                                      if r.device.type == "cuda" else None)  # this process, this run
-    _io.write_json(r.dir / "final.json", result)
+    _io.write_json(r.dir / "final.json", result, checksum=True)
     return result
 
 

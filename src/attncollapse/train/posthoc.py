@@ -56,5 +56,5 @@ def evaluate_run(run_dir: str | Path, datasets: Sequence[str] | None = None, *,
     final.update(transfer_headline(merged, cfg.zeroshot.datasets))  # k-NN where zero-shot is missing
     if cfg.zeroshot.wise_alphas or "wise" not in final:
         final["wise"] = res["wise"]
-    _io.write_json(final_path, final)
+    _io.write_json(final_path, final, checksum=_io.json_has_checksum(final_path))  # keeps it verifiable
     return final

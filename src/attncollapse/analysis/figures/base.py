@@ -18,6 +18,7 @@ import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
+from ... import _io  # noqa: E402
 from .. import roles, table  # noqa: E402
 from ..statistics import stats  # noqa: E402
 
@@ -97,7 +98,8 @@ def save(fig: Figure, out: str | Path) -> Path:
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if ax.get_ylabel() == "layer":
             ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-    fig.savefig(out, dpi=DPI)
+    with _io.atomic_path(out) as tmp, _io.open_output(tmp) as fh:  # never a half-written PNG; ENOSPC raised
+        fig.savefig(fh, dpi=DPI, format="png")
     return out
 
 

@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..._io import write_json
+from ..._io import DamagedFile, disk_full_message, write_json
 from .. import roles, table
 from . import curves
 from .ablations import extra_frozen_layers, extra_lora_qkvo, fig6, fig8
@@ -279,7 +279,9 @@ def render_all(matrix_dir: str | Path) -> dict[str, Path | str]:
     for name, fn in FIGURES.items():
         try:
             rendered[name] = fn(ctx, out_dir / f"{name}.png")
-        except Exception as exc:  # one broken figure must not cost the whole report
+        except Exception as exc:  # one broken figure must not cost the whole report ...
+            if isinstance(exc, DamagedFile) or disk_full_message(exc, out_dir) is not None:
+                raise  # ... but a damaged input or a full disk stops the stage with one line
             warnings.warn(f"figure {name} failed: {exc!r}")
             rendered[name] = f"failed: {type(exc).__name__}: {exc}"
         if not isinstance(rendered[name], Path) and (out_dir / f"{name}.png").exists():

@@ -19,7 +19,7 @@ from typing import Any
 from . import document, future_work, reports_tests, runtables, scorecard
 from .. import roles, table
 from ..statistics import stats
-from ..._io import read_json, read_yaml, write_text
+from ..._io import read_json, write_text
 from .render import (Block, below, dpct, html_page, markdown, num, pct, pval, ran, skipped_note,
                      verdict)
 
@@ -50,10 +50,10 @@ def _demo_reasons(m: table.Matrix) -> list[str]:
 
 def _setup(m: table.Matrix, sel: dict) -> list[Block]:
     r0 = m.runs[0] if m.runs else None
-    cfg = read_yaml(r0.dir / "config.yaml") if r0 and (r0.dir / "config.yaml").exists() else {}
+    cfg = r0.config() if r0 else {}
     o, ev, dc = cfg.get("optim", {}), cfg.get("eval", {}), cfg.get("data", {})
     lr_ = next((r for r in m.runs if r.get("method") == "lora" and (r.dir / "config.yaml").exists()), None)
-    lcfg = (read_yaml(lr_.dir / "config.yaml") or {}).get("lora", {}) if lr_ else {}
+    lcfg = lr_.config().get("lora", {}) if lr_ else {}
     env = m.env or ((read_json(r0.dir / "env.json") if r0 and (r0.dir / "env.json").exists() else {}))
     gpu = env.get("gpu") or {}
     seeds = sorted({r.get("seed") for r in m.runs if r.get("seed") is not None})

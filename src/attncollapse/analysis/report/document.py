@@ -328,7 +328,7 @@ def first_config(m: Matrix) -> dict[str, Any]:
     """The first run's config.yaml (shared settings such as eval), or {}."""
     for r in m.runs:
         if (r.dir / "config.yaml").exists():
-            return read_yaml(r.dir / "config.yaml") or {}
+            return r.config()
     return {}
 
 

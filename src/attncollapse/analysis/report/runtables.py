@@ -15,7 +15,6 @@ import numpy as np
 
 from .. import roles
 from ..statistics import seeds
-from ..._io import read_yaml
 from .render import Block, dpct, num, pct
 from ..table import METRICS, Run
 
@@ -105,8 +104,7 @@ def cell(agg: dict, col: str, fmt: Callable[[Any], str]) -> str:
 
 
 def _cfg(r: Run) -> dict:
-    p = r.dir / "config.yaml"
-    return (read_yaml(p) or {}) if p.exists() else {}
+    return r.config()
 
 
 # ----------------------------------------------------------------------------- tables
