@@ -149,12 +149,12 @@ def _directory(spec: str, path: Path, kind: str = "directory") -> Loaded:
 
 
 def _vision_only(spec: str, where: str, kind: str) -> Loaded:
-    """A CLIPVisionModel / SiglipVisionModel / Siglip2VisionModel: the tower is its `vision_model`."""
+    """A CLIPVisionModel / SiglipVisionModel / Siglip2VisionModel: the tower is the model (or its `vision_model`)."""
     from transformers import AutoModel
 
     model = AutoModel.from_pretrained(where, attn_implementation="sdpa")
     fam = FAMILIES[VISION_ONLY[model.config.model_type]]
-    tower = model.vision_model
+    tower = getattr(model, "vision_model", model)  # transformers 5: the vision model is the tower
     if fam.pixels == "naflex":
         accept_square_images(tower)
     # The probe spec `models.attach_probe_spec` writes for the family's full model.
