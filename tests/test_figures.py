@@ -128,3 +128,30 @@ def test_degenerate_statistics_do_not_break_figures(tmp_path):
     ctx = figures.Ctx.load(d)
     for name in ("fig5_fullft_vs_lora", "fig6_lr_sweep", "fig11_statistical_summary", "fig13_metric_correlations"):
         assert isinstance(figures.FIGURES[name](ctx, d / f"{name}.png"), Path), name
+
+
+def test_overlays_share_one_colour_scale_with_a_colour_bar(tmp_path, monkeypatch):
+    """Every heatmap of the overlay figure uses 0 … the largest head-mean patch value of the
+    overlays.npz files drawn (computed here from the files), and one colour bar shows it."""
+    import numpy as np
+
+    from attncollapse.analysis import figures_curves
+
+    d = build_matrix(tmp_path / "m", ["E2", "E5"])
+    drawn = {}
+    monkeypatch.setattr(figures_curves, "save", lambda fig, out: drawn.setdefault("fig", fig) and out)
+    figures_curves.overlays(d, tmp_path / "o.png")
+    fig = drawn["fig"]
+    heat = [im for ax in fig.axes for im in ax.images if im.get_cmap().name == "inferno"]
+    top = 0.0
+    for rid in ("E2", "E5"):
+        with np.load(d / rid / "overlays.npz") as z:
+            L = z["initial"].shape[0]
+            for key in ("initial", "final"):
+                p = z[key][sorted({0, L // 2, L - 1})][:, :2, :, 1:]  # the two images drawn per run
+                top = max(top, float((p / p.sum(-1, keepdims=True)).mean(-2).max()))
+    clims = {im.get_clim() for im in heat}
+    assert len(heat) == 4 * 6 and len(clims) == 1
+    lo, hi = clims.pop()
+    assert lo == 0.0 and hi == pytest.approx(top)
+    assert any("one scale" in ax.get_ylabel() for ax in fig.axes)
