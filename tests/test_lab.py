@@ -362,3 +362,13 @@ def test_bad_inputs_are_one_line_exit_2_and_write_nothing(saved, folder, tmp_pat
     listing.write_text("img0.png\nmissing.png\n")
     _bad(["measure", "tiny", str(listing)], capsys, tmp_path, "line 1")
     _bad(["maps", "tiny", str(folder), "--layers", "9"], capsys, tmp_path, "--layers 9")
+
+
+def test_an_uncached_hub_model_fails_fast_naming_it(folder, tmp_path, capsys):
+    from attncollapse.study.preflight import is_cached
+
+    if is_cached("model", "openai/clip-vit-base-patch32"):
+        pytest.skip("the hub model is cached here")
+    rc, _, err = _run(["measure", "openai/clip-vit-base-patch32", str(folder), "--out", str(tmp_path / "o")], capsys)
+    assert rc == 2 and "model openai/clip-vit-base-patch32  (needed by MODEL)" in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()

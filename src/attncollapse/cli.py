@@ -218,6 +218,21 @@ def _lab_options(args: argparse.Namespace) -> dict:
             "preprocess": args.preprocess, "alpha": args.alpha}
 
 
+def _lab_hub_check(models: list[str], images: str) -> None:
+    """Hub ids among the MODEL and IMAGES arguments: cached or reachable, else one message
+    within seconds (else each load retries the hub for ~30 s)."""
+    from .config import hub_dataset_id, hub_model_id
+    from .study import check_hub
+
+    need: dict[tuple[str, str], list[str]] = {}
+    for spec in models:
+        if not Path(spec).expanduser().exists() and (repo := hub_model_id(spec)) is not None:
+            need.setdefault(("model", repo), []).append("MODEL")
+    if not Path(images).expanduser().exists() and (repo := hub_dataset_id(images)) is not None:
+        need.setdefault(("dataset", repo), []).append("IMAGES")
+    check_hub(need, log=lambda line: print(line, file=sys.stderr))
+
+
 def _sample_line(record: dict) -> str:
     s = record.get("sample")
     what = f"{record['count']} images"
@@ -228,6 +243,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
     from .lab import format_measure, measure_model
 
     out = _lab_out(args, "measure", args.model)
+    _lab_hub_check([args.model], args.images)
     result = measure_model(args.model, args.images, out=out, **_lab_options(args))
     print(f"{args.model} on {args.images}: {_sample_line(result['images'])}, "
           f"{result['model']['family']} {result['model']['grid'][0]}x{result['model']['grid'][1]} patches; "
@@ -241,6 +257,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from .lab import compare_models, format_compare
 
     out = _lab_out(args, "compare", args.a, args.b)
+    _lab_hub_check([args.a, args.b], args.images)
     result = compare_models(args.a, args.b, args.images, out=out, **_lab_options(args))
     print(f"A = {args.a}, B = {args.b} on {args.images}: {_sample_line(result['images'])}; "
           "Δ% = 100·(B − A)/A of the means over images; map JS = Jensen-Shannon divergence of the "
@@ -271,6 +288,7 @@ def cmd_maps(args: argparse.Namespace) -> int:
     images = args.extra or args.images
     args.images = images
     out = _lab_out(args, "maps", *([args.model] + ([vs] if vs else [])))
+    _lab_hub_check([args.model] + ([vs] if vs else []), images)
     opts = _lab_options(args)
     opts["limit"] = args.limit if args.limit is not None else 4
     result = attention_maps(args.model, images, vs=vs, layers=args.layers, heads=_heads(args.heads), out=out, **opts)
