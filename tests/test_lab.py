@@ -372,3 +372,13 @@ def test_an_uncached_hub_model_fails_fast_naming_it(folder, tmp_path, capsys):
     rc, _, err = _run(["measure", "openai/clip-vit-base-patch32", str(folder), "--out", str(tmp_path / "o")], capsys)
     assert rc == 2 and "model openai/clip-vit-base-patch32  (needed by MODEL)" in err and "Traceback" not in err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["measure", "--help"], ["compare", "--help"], ["maps", "--help"]])
+def test_help_of_the_lab_commands(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    out = capsys.readouterr().out
+    assert exc.value.code == 0 and "usage: attncollapse" in out and "Traceback" not in out
+    if argv == ["--help"]:
+        assert "metrics, Δ, Δ% and map drift" in out

@@ -433,7 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_lab_options(p, limit_help="measure a seeded sample of N images (default: all)")
     p.set_defaults(func=cmd_measure)
 
-    p = add("compare", "two models on the same images: metrics, Δ, Δ% and map drift",
+    p = add("compare", "two models on the same images: metrics, Δ, Δ%% and map drift",
             "The same images through A and B: per layer the four metrics of both, Δ = B − A and "
             "Δ% = 100·(B − A)/A, and the map drift (Jensen-Shannon divergence between A's and B's "
             "head-averaged [CLS]→patch maps, per image: mean and SD); compare.csv/.json/.png. "
