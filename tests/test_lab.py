@@ -235,8 +235,9 @@ def test_image_arguments_list_file_class_folders_and_a_seeded_source_sample(fold
     np.testing.assert_array_equal(imgs.read(1, 2, 32)[0], np.asarray(Image.open(folder / "img0.png")).transpose(2, 0, 1))
     # a dataset source, sampled: the stated seed draws exactly these images
     out = tmp_path / "out"
-    rc, stdout, _ = _run(["measure", "tiny", "digits", "--limit", "20", "--seed", "3", "--out", str(out)], capsys)
+    rc, stdout, err = _run(["measure", "tiny", "digits", "--limit", "20", "--seed", "3", "--out", str(out)], capsys)
     assert rc == 0 and "seeded sample of 1797" in stdout and "--limit 20 --seed 3" in stdout
+    assert "measure tiny: image 20/20 (100%)" in err  # stderr not a terminal: plain progress lines
     got = json.loads((out / "measure.json").read_text())["images"]
     from attncollapse.config import DataConfig
     from attncollapse.data import resolve

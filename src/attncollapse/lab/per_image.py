@@ -78,7 +78,7 @@ def stream(models: list[Loaded], images: Images, reduce: Callable[[list[Tensor]]
     sizes = {m.image_size for m in models}
     with ExitStack() as stack:
         rows_of = [stack.enter_context(probing(m.tower)) for m in models]
-        bar = _io.progress(len(images), desc=desc or "images")
+        bar = _io.progress(len(images), desc=desc or "images", unit="image")
         stack.callback(bar.close)
         n_layers = [len(attention_modules(m.tower)) for m in models]
         streams = {s: batches(images, s, batch_size, geometry=geometry, alpha=alpha) for s in sizes}
