@@ -8,7 +8,8 @@
 
 Both in the same invocation, on the same N JPEG files (written here: 256×256, resized and
 centre-cropped to 224 by both). The forward is timed before and after measure and the
-ratio taken against their mean: on a shared machine the load changes within minutes. Target (issue 21): measure ≤ 1.5× forward for 1,000 images
+ratio taken against their mean: on a shared machine the load changes within minutes.
+Target (issue 21): measure ≤ 1.5× forward for 1,000 images
 with `vit-b-32-random` on a CPU.
 
     python benchmarks/bench_measure.py                      # 1,000 images, vit-b-32-random, CPU

@@ -232,7 +232,8 @@ def test_image_arguments_list_file_class_folders_and_a_seeded_source_sample(fold
     listing.write_text("# two images\n" + f"{folder / 'img3.png'}\n\n" + "tree/class0/img0.png\n")
     imgs = load_images(str(listing))
     assert imgs.kind == "list" and imgs.names == [str(folder / "img3.png"), "tree/class0/img0.png"]
-    np.testing.assert_array_equal(imgs.read(1, 2, 32)[0], np.asarray(Image.open(folder / "img0.png")).transpose(2, 0, 1))
+    want = np.asarray(Image.open(folder / "img0.png")).transpose(2, 0, 1)
+    np.testing.assert_array_equal(imgs.read(1, 2, 32)[0], want)
     # a dataset source, sampled: the stated seed draws exactly these images
     out = tmp_path / "out"
     rc, stdout, err = _run(["measure", "tiny", "digits", "--limit", "20", "--seed", "3", "--out", str(out)], capsys)

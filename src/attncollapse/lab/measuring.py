@@ -191,7 +191,8 @@ def format_measure(result: dict) -> str:
     for i in range(n):
         cells = [f"{result['layers'][m]['mean'][i]:>9.4f} ± {result['layers'][m]['sd'][i]:<7.4f}" for m in METRICS]
         lines.append((f"{i + 1:>5}  " + "  ".join(cells)).rstrip())
-    lines += ["-" * len(head), (f"{'mean':>5}  " + "  ".join(f"{result['mean'][m]:>9.4f}{'':10}" for m in METRICS)).rstrip()]
+    means = "  ".join(f"{result['mean'][m]:>9.4f}{'':10}" for m in METRICS)
+    lines += ["-" * len(head), f"{'mean':>5}  {means}".rstrip()]
     return "\n".join(lines)
 
 
