@@ -384,3 +384,11 @@ def test_help_of_the_lab_commands(argv, capsys):
     assert exc.value.code == 0 and "usage: attncollapse" in out and "Traceback" not in out
     if argv == ["--help"]:
         assert "metrics, Δ, Δ% and map drift" in out
+
+
+def test_python_dash_m_runs_the_command():
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "attncollapse", "measure", "--help"], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.startswith("usage: attncollapse measure")
