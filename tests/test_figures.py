@@ -154,3 +154,30 @@ def test_fig14_draws_the_stats_json_criterion(tmp_path, monkeypatch):
         widths = [p.get_width() for p in axes[0].patches]
         assert widths == [abs(v[key]) for v in c["runs"] if not v.get("skipped")]
         assert np.isclose(axes[0].lines[0].get_xdata()[0], c["criterion"]["acc_tol_pp"])
+
+
+def test_overlays_share_one_colour_scale_with_a_colour_bar(tmp_path, monkeypatch):
+    """Every heatmap of the overlay figure uses 0 … the largest head-mean patch value of the
+    overlays.npz files drawn (computed here from the files), and one colour bar shows it."""
+    import numpy as np
+
+    from attncollapse.analysis.figures import curves as figures_curves
+
+    d = build_matrix(tmp_path / "m", ["E2", "E5"])
+    drawn = {}
+    monkeypatch.setattr(figures_curves, "save", lambda fig, out: drawn.setdefault("fig", fig) and out)
+    figures_curves.overlays(d, tmp_path / "o.png")
+    fig = drawn["fig"]
+    heat = [im for ax in fig.axes for im in ax.images if im.get_cmap().name == "inferno"]
+    top = 0.0
+    for rid in ("E2", "E5"):
+        with np.load(d / rid / "overlays.npz") as z:
+            L = z["initial"].shape[0]
+            for key in ("initial", "final"):
+                p = z[key][sorted({0, L // 2, L - 1})][:, :2, :, 1:]  # the two images drawn per run
+                top = max(top, float((p / p.sum(-1, keepdims=True)).mean(-2).max()))
+    clims = {im.get_clim() for im in heat}
+    assert len(heat) == 4 * 6 and len(clims) == 1
+    lo, hi = clims.pop()
+    assert lo == 0.0 and hi == pytest.approx(top)
+    assert any("one scale" in ax.get_ylabel() for ax in fig.axes)

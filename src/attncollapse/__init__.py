@@ -20,11 +20,12 @@ _CONFIG = {"MatrixConfig", "RunConfig", "load_matrix", "load_run_config"}
 _DATA = {"load_splits", "synthetic"}
 _MEASURE = {"METRICS", "attention_table", "cls_rows", "delta_pct", "entropy", "erf", "gini", "head_diversity",
             "layer_mean", "probing", "summarize"}
+_LAB = {"attention_maps", "compare_models", "measure_model"}
 _MODELS = {"load_clip", "load_model"}
 _STUDY = {"run_matrix", "status"}
 _TRAIN = {"baseline", "load_trained", "run"}
 
-__all__ = sorted(_ANALYSIS | _STATS | _CONFIG | _DATA | _MEASURE | _MODELS | _STUDY | _TRAIN)
+__all__ = sorted(_ANALYSIS | _STATS | _CONFIG | _DATA | _LAB | _MEASURE | _MODELS | _STUDY | _TRAIN)
 
 
 def __getattr__(name: str) -> Any:
@@ -43,6 +44,9 @@ def __getattr__(name: str) -> Any:
     if name in _MEASURE:
         from . import measure
         return getattr(measure, name)
+    if name in _LAB:
+        from . import lab
+        return getattr(lab, name)
     if name in _MODELS:
         from . import models
         return getattr(models, name)

@@ -261,12 +261,13 @@ class PlainProgress:
     partial lines. Same calls as the tqdm bar it replaces: update, set_postfix, close."""
 
     def __init__(self, total: int, initial: int = 0, desc: str = "", every: float = 10.0, stream=None,
-                 clock=None):
-        """`clock`: seconds as a float (default `time.monotonic`; tests pass a fake one)."""
+                 clock=None, unit: str = "step"):
+        """`clock`: seconds as a float (default `time.monotonic`; tests pass a fake one);
+        `unit`: what is counted ("step", "image")."""
         import sys
         import time
 
-        self.total, self.n, self.desc, self.every = total, initial, desc, every
+        self.total, self.n, self.desc, self.every, self.unit = total, initial, desc, every, unit
         self.stream = stream or sys.stderr
         self._clock = clock or time.monotonic
         self._t0 = self._last = self._clock()
@@ -289,20 +290,21 @@ class PlainProgress:
         now = self._clock()
         rate = (self.n - self._n0) / max(now - self._t0, 1e-9)
         pct = 100.0 * self.n / self.total if self.total else 100.0
-        print(f"{self.desc}: step {self.n}/{self.total} ({pct:.0f}%) {rate:.2f} step/s {self._postfix}".rstrip(),
+        print(f"{self.desc}: {self.unit} {self.n}/{self.total} ({pct:.0f}%) {rate:.2f} {self.unit}/s "
+              f"{self._postfix}".rstrip(),
               file=self.stream, flush=True)
         self._last, self._said = now, (self.n, self._postfix)
 
 
-def progress(total: int, initial: int = 0, desc: str = "", **kw: Any):
+def progress(total: int, initial: int = 0, desc: str = "", *, unit: str = "step", **kw: Any):
     """tqdm on a terminal; `PlainProgress` when stderr is a file or a pipe (a log)."""
     import sys
 
     if sys.stderr.isatty():
         from tqdm.auto import tqdm
 
-        return tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True, **kw)
-    return PlainProgress(total, initial, desc)
+        return tqdm(total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=True, **kw)
+    return PlainProgress(total, initial, desc, unit=unit)
 
 
 def git_commit(start: str | os.PathLike | None = None) -> str | None:

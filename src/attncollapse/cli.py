@@ -8,6 +8,9 @@
     attncollapse zeroshot runs/paper/E5 --datasets cifar100
     attncollapse baseline --model openai/clip-vit-base-patch32 --data eurosat --out runs/e1
     attncollapse convert ViT-B-32.pt models/vit-b-32
+    attncollapse measure tiny digits --limit 64
+    attncollapse compare tiny tiny-vit digits --limit 64
+    attncollapse maps tiny digits --vs tiny-vit --layers 1 3
 
 Imports happen inside the commands, so `attncollapse --help` does not load torch.
 """
@@ -214,6 +217,119 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _lab_out(args: argparse.Namespace, command: str, *specs: str) -> Path:
+    """--out, else runs/<command>/<model(s)>-<images> (names made path-safe)."""
+    if args.out:
+        return Path(args.out)
+    slug = "-vs-".join(re.sub(r"[^A-Za-z0-9.]+", "_", Path(s).name or s).strip("_") for s in specs)
+    images = re.sub(r"[^A-Za-z0-9.]+", "_", Path(args.images).name or args.images).strip("_")
+    return Path("runs") / command / f"{slug}-{images}"
+
+
+def _lab_options(args: argparse.Namespace) -> dict:
+    return {"limit": args.limit, "seed": args.seed, "batch_size": args.batch_size, "device": args.device,
+            "preprocess": args.preprocess, "alpha": args.alpha}
+
+
+def _lab_hub_check(models: list[str], images: str) -> None:
+    """Hub ids among the MODEL and IMAGES arguments: cached or reachable, else one message
+    within seconds (else each load retries the hub for ~30 s)."""
+    from .config import hub_dataset_id, hub_model_id
+    from .study import check_hub
+
+    need: dict[tuple[str, str], list[str]] = {}
+    for spec in models:
+        if not Path(spec).expanduser().exists() and (repo := hub_model_id(spec)) is not None:
+            need.setdefault(("model", repo), []).append("MODEL")
+    if not Path(images).expanduser().exists() and (repo := hub_dataset_id(images)) is not None:
+        need.setdefault(("dataset", repo), []).append("IMAGES")
+    check_hub(need, log=lambda line: print(line, file=sys.stderr))
+
+
+def _sample_line(record: dict) -> str:
+    s = record.get("sample")
+    what = f"{record['count']} images"
+    return what + (f" (a seeded sample of {record['total']}: --limit {s['limit']} --seed {s['seed']})" if s else "")
+
+
+def cmd_measure(args: argparse.Namespace) -> int:
+    from .lab import format_measure, measure_model
+
+    out = _lab_out(args, "measure", args.model)
+    _lab_hub_check([args.model], args.images)
+    result = measure_model(args.model, args.images, out=out, **_lab_options(args))
+    print(f"{args.model} on {args.images}: {_sample_line(result['images'])}, "
+          f"{result['model']['family']} {result['model']['grid'][0]}x{result['model']['grid'][1]} patches; "
+          "mean ± SD over images")
+    print(format_measure(result))
+    print(f"wrote {result['files']['csv']}, {result['files']['json']} and {result['files']['figure']}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .lab import compare_models, format_compare
+
+    out = _lab_out(args, "compare", args.a, args.b)
+    _lab_hub_check([args.a, args.b], args.images)
+    result = compare_models(args.a, args.b, args.images, out=out, **_lab_options(args))
+    print(f"A = {args.a}, B = {args.b} on {args.images}: {_sample_line(result['images'])}; "
+          "Δ% = 100·(B − A)/A of the means over images; map JS = Jensen-Shannon divergence of the "
+          "head-averaged maps, mean ± SD over images")
+    print(format_compare(result))
+    print(f"wrote {result['files']['csv']}, {result['files']['json']} and {result['files']['figure']}")
+    return 0
+
+
+def _heads(values: list[str] | None) -> list[int] | None:
+    if not values or values == ["mean"]:
+        return None
+    if not all(v.isdigit() and int(v) >= 1 for v in values):
+        from .lab import InputError
+
+        raise InputError(f"--heads {' '.join(values)}: give `mean` or head numbers from 1 (e.g. --heads 1 4)")
+    return [int(v) for v in values]
+
+
+def cmd_maps(args: argparse.Namespace) -> int:
+    from .lab import attention_maps
+
+    from .lab import InputError
+
+    if args.vs and args.extra:
+        raise InputError("give the second model once: `maps A B IMAGES` or `maps A IMAGES --vs B`, not both")
+    vs = args.vs or (args.images if args.extra else None)
+    images = args.extra or args.images
+    args.images = images
+    out = _lab_out(args, "maps", *([args.model] + ([vs] if vs else [])))
+    _lab_hub_check([args.model] + ([vs] if vs else []), images)
+    opts = _lab_options(args)
+    opts["limit"] = args.limit if args.limit is not None else 4
+    result = attention_maps(args.model, images, vs=vs, layers=args.layers, heads=_heads(args.heads), out=out, **opts)
+    print(f"{len(result['names'])} images x {len(result['columns'])} maps ({', '.join(result['columns'])}); "
+          f"one colour scale 0 to {result['vmax']:.3f}")
+    print(f"wrote {result['files']['figure']} and {result['files']['arrays']}")
+    return 0
+
+
+def _add_lab_options(p: argparse.ArgumentParser, *, limit_help: str) -> None:
+    p.add_argument("--out", help="output directory (default runs/<command>/<model>-<images>)")
+    p.add_argument("--limit", type=_positive_int, help=limit_help)
+    p.add_argument("--seed", type=int, default=0, help="seed of the --limit sample (default 0)")
+    p.add_argument("--batch-size", type=_positive_int, default=64, help="images per forward pass (default 64)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default auto: CUDA when available)")
+    p.add_argument("--preprocess", choices=["original", "clip"], default="original",
+                   help="resize and crop: the study's torchvision-style bilinear (default) or CLIP's bicubic")
+    p.add_argument("--alpha", choices=["drop", "white"], default="drop",
+                   help="transparent pixels: PIL convert (default) or composited on white")
+
+
+_MODEL_HELP = ("preset (tiny, vit-b-32-random, ...), model directory (CLIP, CLIPVisionModel, SigLIP/SigLIP 2, "
+               "DINOv2 (+registers), ViT), PEFT adapter directory, run directory, OpenAI/OpenCLIP checkpoint "
+               "file, or hub id (needs the hub or its cache)")
+_IMAGES_HELP = ("folder of images, class-folder tree, list file (one path per line) or dataset source "
+                "(synthetic, digits, hf:<dir>, eurosat, ...)")
+
+
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="matrix directory (default runs/<matrix name>)")
     p.add_argument("--only", help="run ids, entries, groups or globs, comma-separated (E2,A1,R*); E1 = baselines")
@@ -324,6 +440,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32",
                    help="dtype of the saved weights (default float32)")
     p.set_defaults(func=cmd_convert)
+
+    p = add("measure", "per-layer attention metrics of any model on any images",
+            "The four metrics (entropy, ERF@0.95, Gini, head diversity) of the [CLS]→patch attention of "
+            "every image and layer, as mean and SD over images per layer: a table, measure.csv, "
+            "measure.json (model, images, preprocessing, versions) and measure.png.")
+    p.add_argument("model", help=_MODEL_HELP)
+    p.add_argument("images", help=_IMAGES_HELP)
+    _add_lab_options(p, limit_help="measure a seeded sample of N images (default: all)")
+    p.set_defaults(func=cmd_measure)
+
+    p = add("compare", "two models on the same images: metrics, Δ, Δ%% and map drift",
+            "The same images through A and B: per layer the four metrics of both, Δ = B − A and "
+            "Δ% = 100·(B − A)/A, and the map drift (Jensen-Shannon divergence between A's and B's "
+            "head-averaged [CLS]→patch maps, per image: mean and SD); compare.csv/.json/.png. "
+            "Refused when A and B have different patch grids or depths.")
+    p.add_argument("a", metavar="A", help="the reference model: " + _MODEL_HELP)
+    p.add_argument("b", metavar="B", help="the model compared with A (same forms)")
+    p.add_argument("images", help=_IMAGES_HELP)
+    _add_lab_options(p, limit_help="compare on a seeded sample of N images (default: all)")
+    p.set_defaults(func=cmd_compare)
+
+    p = add("maps", "[CLS]→patch attention maps over images (one model, or two side by side)",
+            "Heatmaps of where [CLS] looks, per chosen layer and head, over the first column's images; "
+            "one colour scale and colour bar per figure. A second model (`maps A B IMAGES` or "
+            "`maps A IMAGES --vs B`) stands beside the first on the same scale. Writes maps.png and "
+            "maps.npz (the arrays drawn).")
+    p.add_argument("model", help=_MODEL_HELP)
+    p.add_argument("images", help=_IMAGES_HELP + "; or the second model, then IMAGES")
+    p.add_argument("extra", nargs="?", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--vs", help="a second model drawn beside the first, same scale")
+    p.add_argument("--layers", nargs="+", type=_positive_int, help="layers, from 1 (default first, middle, last)")
+    p.add_argument("--heads", nargs="+", help="`mean` (default: mean over heads) or head numbers from 1")
+    _add_lab_options(p, limit_help="number of images, a seeded sample (default 4)")
+    p.set_defaults(func=cmd_maps)
     return parser
 
 
@@ -333,11 +483,12 @@ def _user_error(exc: BaseException) -> str | None:
     from . import _io
     from .config import ConfigError
     from .data import DataError
+    from .lab import InputError
     from .study import HubUnavailable
 
     if (full := _io.disk_full_message(exc, Path.cwd())) is not None:
         return full
-    if isinstance(exc, (ConfigError, _io.DamagedFile, DataError, HubUnavailable, FileNotFoundError)):
+    if isinstance(exc, (ConfigError, _io.DamagedFile, DataError, HubUnavailable, FileNotFoundError, InputError)):
         return str(exc)
     return None
 

@@ -199,22 +199,36 @@ def overlays(src: "Ctx | str | Path", out: Path, *, max_rows: int = 4) -> Path |
     rows = [(r, k) for r, im, _, _ in data for k in range(min(per_run, len(im)))]
     L = data[0][2].shape[0]
     layers = sorted({0, L // 2, L - 1})
-    fig, ax = figure(1.3 * (1 + 2 * len(layers)), 1.4 * len(rows) + 0.4, len(rows), 1 + 2 * len(layers))
+    panels = [(li, w) for li in layers for w in (0, 1)]
+    # Every map first, so that all panels share one colour scale (0 to the largest value
+    # drawn) and one colour bar: a panel's colour means the same attention in every panel.
+    maps = {}
     for i, (r, k) in enumerate(rows):
-        _, im, a0, a1 = next(d for d in data if d[0] is r)
+        _, _, a0, a1 = next(d for d in data if d[0] is r)
+        for j, (li, w) in enumerate(panels):
+            maps[i, j] = _patch_map((a0 if w == 0 else a1)[li, k])
+    vmax = max((float(m.max()) for m in maps.values() if m is not None), default=1.0)
+    fig, ax = figure(1.3 * (1 + 2 * len(layers)) + 0.8, 1.4 * len(rows) + 0.4, len(rows), 1 + 2 * len(layers))
+    shown = None
+    for i, (r, k) in enumerate(rows):
+        _, im, _, _ = next(d for d in data if d[0] is r)
         img = np.transpose(im[k], (1, 2, 0)) if im[k].shape[0] in (1, 3) else im[k]  # FORMATS: (3, S, S)
         img = img[..., 0] if img.shape[-1] == 1 else img
         S = img.shape[0]
         ax[i, 0].imshow(img)
         ax[i, 0].set_ylabel(f"{r.run_id}\nimage {k}", fontsize=6)
-        for j, (li, which) in enumerate((li, w) for li in layers for w in (0, 1)):
+        for j, (li, which) in enumerate(panels):
             a = ax[i, 1 + j]
-            att = _patch_map((a0 if which == 0 else a1)[li, k])
+            att = maps[(i, j)]
             a.imshow(img)
             if att is not None:
-                a.imshow(att, cmap="inferno", alpha=0.6, extent=[-0.5, S - 0.5, S - 0.5, -0.5], interpolation="bilinear")
+                shown = a.imshow(att, cmap="inferno", alpha=0.6, vmin=0.0, vmax=vmax,
+                                 extent=[-0.5, S - 0.5, S - 0.5, -0.5], interpolation="bilinear")
             if i == 0:
                 a.set_title(f"L{li + 1} {'pretrained' if which == 0 else 'fine-tuned'}", fontsize=6)
+    if shown is not None:
+        fig.colorbar(shown, ax=ax[:, 1:].ravel().tolist(), shrink=0.8,
+                     label="[CLS]→patch attention (one scale for all panels)")
     for a in ax.flat:
         a.set_xticks([])
         a.set_yticks([])
