@@ -139,6 +139,14 @@ class EvalConfig(Strict):
     """Accuracy evaluations per epoch on the selection split."""
     erf_q: float = Field(0.95, gt=0, le=1)
     """Mass of ERF (reports: 0.95)."""
+    structure: bool = True
+    """Also measure, in the same forward passes of every eval point, the original authors'
+    follow-up structure measures per layer (measure/structure.py): [CLS] attention rollout
+    (0.5·A + 0.5·I through layers 1..l) with its entropy (nats), ERF@`erf_q` (fraction of
+    patches) and Gini; patch-to-patch attention entropy (nats); linear CKA of the [CLS]
+    hidden state against the model before its first step (0..1); map drift = mean over
+    images of the Jensen–Shannon divergence (nats, 0..ln 2) of head-averaged [CLS]→patch
+    maps against that model. Off = the four metrics only."""
 
     def metric_options(self) -> dict:
         """The keyword arguments of `measure.summarize_rows` / `attention_table` this config sets."""

@@ -14,7 +14,8 @@ from torch import Tensor, nn
 from .._device import autocast, eval_mode
 from ..data import Feeder
 from . import metrics
-from .probe import attention_modules, probed_forward, probing
+from .probe import attention_modules, probed_forward, probing, spec_of, stack_rows
+from .structure import StructureObs, observe
 
 
 @torch.no_grad()
@@ -28,6 +29,34 @@ def eval_rows(vision: nn.Module, feeder: Feeder, *, batch_size: int, precision: 
                 r = probed_forward(vision, rows, x, n_layers)
             chunks.append(r.float())
     return torch.cat(chunks, dim=1)
+
+
+@torch.no_grad()
+def eval_rows_structure(vision: nn.Module, feeder: Feeder, *, batch_size: int,
+                        precision: str) -> tuple[Tensor, StructureObs]:
+    """`eval_rows` plus the structure measures' observations, from the same forward passes.
+
+    The probe also records each layer's full map (`probing(maps=True)`) and the tower
+    returns its hidden states (`output_hidden_states`); the rows are those `eval_rows`
+    returns, bit for bit (the layers still run fused SDPA).
+
+    Returns:
+        ((L, N, H, T) fp32 rows, `StructureObs` of the N images), in the feeder's order.
+    """
+    spec = spec_of(vision)
+    n_layers = len(attention_modules(vision))
+    chunks, parts = [], []
+    with eval_mode(vision), probing(vision, maps=True) as rows:
+        for x, _ in feeder.batches(batch_size):
+            rows.clear()
+            with autocast(feeder.device, precision):
+                out = vision(pixel_values=x, output_hidden_states=True)
+            r = stack_rows(rows, n_layers).float()
+            chunks.append(r)
+            parts.append(observe(rows.maps(), r, out.hidden_states, prefix_tokens=spec.prefix_tokens,
+                                 query=spec.query))
+            rows.clear()  # the maps are L·B·H·T² floats: free them before the next batch
+    return torch.cat(chunks, dim=1), StructureObs.cat(parts)
 
 
 def summarize_rows(rows: Tensor, *, group_size: int = 32, erf_q: float = 0.95,
