@@ -89,6 +89,10 @@ def test_small_matrix_end_to_end_with_real_training(tmp_path, capsys):
         assert float(r["cka_final"]) == pytest.approx(sum(s1["cka"]) / 3)
         assert float(r["map_drift_final"]) == pytest.approx(sum(s1["map_drift"]) / 3)
         assert [float(v) for v in r["cka_layers"].split()] == s1["cka"]
+    e1 = json.loads((out / "baseline" / "synthetic.json").read_text())  # E1 = E2's model before its first step
+    e2_0 = json.loads((out / "E2" / "history.json").read_text())["points"][0]["structure"]
+    for k, v in e1["structure"].items():
+        assert v == pytest.approx(e2_0[k], abs=1e-6), k
     for made in ("stats.json", "report.md", "report.html"):
         assert (out / made).is_file(), made
 
