@@ -241,3 +241,31 @@ def test_structure_rows_equal_plain_rows_and_switch_off_writes_none(tmp_path):
     assert off["structure_initial"] is None and off["structure_summary"] is None
     hist = json.loads((tmp_path / "off" / "history.json").read_text())
     assert all("structure" not in p for p in hist["points"])
+
+
+@pytest.mark.parametrize("preset", ["tiny", "tiny-dinov2-reg", "tiny-siglip", "tiny-vit"])
+def test_layer_tokens_equal_hidden_states_and_leave_no_hooks(preset):
+    # The eval pass reads each layer's output with its own hooks (not output_hidden_states,
+    # whose hooks transformers keeps on the layers for good).
+    torch.manual_seed(1)
+    x = torch.randn(4, 3, 32, 32)
+    tower = models.vision_tower(models.load_model(preset)).eval()
+    query = measure.spec_of(tower).query
+    before = {n: (dict(m._forward_hooks), dict(m._forward_pre_hooks)) for n, m in tower.named_modules()}
+    _, obs = eval_rows_structure(tower, _Batches(x), batch_size=3, precision="fp32")
+    assert before == {n: (dict(m._forward_hooks), dict(m._forward_pre_hooks)) for n, m in tower.named_modules()}
+    with torch.no_grad():
+        hidden = tower(pixel_values=x, output_hidden_states=True).hidden_states[1:]
+    want = torch.stack([h[:, 0] if query == "first" else h.mean(1) for h in hidden])
+    torch.testing.assert_close(obs.hidden, want, atol=1e-5, rtol=0)
+
+
+class _Batches:
+    """What an eval pass asks of a Feeder: `device` and `batches(n)`."""
+
+    def __init__(self, x):
+        self.x, self.device = x, x.device
+
+    def batches(self, n):
+        for i in range(0, len(self.x), n):
+            yield self.x[i:i + n], None

@@ -153,25 +153,29 @@ class StructureReference:
         return cls(cls_maps=obs.cls_maps.clone(), hidden=obs.hidden.clone())
 
 
-def observe(maps: list[Tensor], rows: Tensor, hidden_states: tuple[Tensor, ...], *,
-            prefix_tokens: int = 1, query: str = "first") -> StructureObs:
+def query_token(hidden: Tensor, query: str = "first") -> Tensor:
+    """(B, T, D) layer output → (B, D): the [CLS] token's state ("first") or the mean token ("mean")."""
+    return hidden[:, 0] if query == "first" else hidden.mean(1)
+
+
+def observe(maps: list[Tensor], rows: Tensor, tokens: Tensor, *, prefix_tokens: int = 1,
+            query: str = "first") -> StructureObs:
     """One probed forward's observations.
 
     Args:
         maps: L full maps (B, H, T, T) (`ProbeRows.maps`).
         rows: (L, B, H, 1 + P) canonical query rows (`probed_forward`).
-        hidden_states: the tower's `hidden_states` (L + 1 of (B, T, D): embeddings first).
+        tokens: (L, B, D) `query_token` of each layer's output (the hidden states 1..L).
         prefix_tokens, query: the tower's probe spec.
     """
-    if len(hidden_states) != len(maps) + 1:
-        raise RuntimeError(f"{len(hidden_states)} hidden states for {len(maps)} probed layers")
+    if len(tokens) != len(maps):
+        raise RuntimeError(f"{len(tokens)} layer outputs for {len(maps)} probed layers")
     mean_maps = torch.stack([m.float().mean(1) for m in maps])  # (L, B, T, T)
-    token = (lambda h: h[:, 0]) if query == "first" else (lambda h: h.mean(1))
     return StructureObs(
         rollout=rollout_rows(mean_maps, prefix_tokens=prefix_tokens, query=query),
         patch_entropy=torch.stack([patch_entropy(m, prefix_tokens=prefix_tokens) for m in maps]),
         cls_maps=metrics.patch_rows(rows).mean(2),
-        hidden=torch.stack([token(h).float() for h in hidden_states[1:]]))
+        hidden=tokens.float())
 
 
 def structure_table(obs: StructureObs, ref: StructureReference, *, group_size: int = 32, erf_q: float = 0.95,
