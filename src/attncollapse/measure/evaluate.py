@@ -2,7 +2,8 @@
 
 An eval point is the four metrics per layer on the fixed eval subset (probe on, no
 grad, forward passes of `forward_batch_size` images, metrics grouped by `group_size`
-images), plus a classifier's accuracy when scheduled. Works on any vision tower it is
+images), plus a classifier's accuracy when scheduled; with `eval.structure`, the same
+forwards also feed the structure measures (`eval_rows_structure`, measure/structure.py). Works on any vision tower it is
 handed; training, the E1 baseline and WiSE-FT all measure through here.
 """
 
