@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import textwrap
 from pathlib import Path
 
@@ -78,6 +79,20 @@ def test_small_matrix_end_to_end_with_real_training(tmp_path, capsys):
     assert list(rows[0])[:len(RESULTS_COLUMNS)] == RESULTS_COLUMNS
     assert [r["run_id"] for r in rows] == ["E2", "E4", "R1-apr0.1"]
     assert all(r["status"] == "done" and r["entropy_initial"] and r["zeroshot_synthetic"] for r in rows)
+    for r in rows:  # the structure measures, from history.json to results.csv
+        pts = json.loads((out / r["run_id"] / "history.json").read_text())["points"]
+        s0, s1 = pts[0]["structure"], pts[-1]["structure"]
+        for k in ("rollout_entropy", "rollout_erf", "rollout_gini"):  # the full rollout: last layer
+            assert float(r[f"{k}_initial"]) == s0[k][-1] and float(r[f"{k}_final"]) == s1[k][-1], k
+            assert float(r[f"{k}_delta_pct"]) == pytest.approx(100 * (s1[k][-1] - s0[k][-1]) / s0[k][-1]), k
+        assert float(r["patch_entropy_final"]) == pytest.approx(sum(s1["patch_entropy"]) / 3)
+        assert float(r["cka_final"]) == pytest.approx(sum(s1["cka"]) / 3)
+        assert float(r["map_drift_final"]) == pytest.approx(sum(s1["map_drift"]) / 3)
+        assert [float(v) for v in r["cka_layers"].split()] == s1["cka"]
+    e1 = json.loads((out / "baseline" / "synthetic.json").read_text())  # E1 = E2's model before its first step
+    e2_0 = json.loads((out / "E2" / "history.json").read_text())["points"][0]["structure"]
+    for k, v in e1["structure"].items():
+        assert v == pytest.approx(e2_0[k], abs=1e-6), k
     for made in ("stats.json", "report.md", "report.html"):
         assert (out / made).is_file(), made
 
@@ -90,7 +105,6 @@ def test_small_matrix_end_to_end_with_real_training(tmp_path, capsys):
     assert main(["status", str(out)]) == 0
     status_out = capsys.readouterr().out
     assert "R1-apr0.1" in status_out and "4 done" in status_out
-    import json
     e1 = json.loads((out / "baseline" / "synthetic.json").read_text())
     assert (f"baseline/synthetic.json: mean entropy {e1['mean']['entropy']:.3f} over {e1['images']} images"
             in status_out), status_out

@@ -260,20 +260,20 @@ def test_controlled_demo_through_the_real_runner(tmp_path, capsys):
     z = lambda k: (np.array([float(r[k]) for r in rows]) - np.mean([float(r[k]) for r in rows])) / np.std([float(r[k]) for r in rows], ddof=1)  # noqa: E731
     X = np.column_stack([np.ones(len(rows)), [r["method"] == "lora" for r in rows],
                          [r["dataset"] == "synthetic" for r in rows], z("entropy_delta_pct"), z("erf_delta_pct"),
-                         np.log10([float(r["lr"]) for r in rows])]).astype(float)
+                         z("cka_final"), np.log10([float(r["lr"]) for r in rows])]).astype(float)
     beta, se, r2, df = _ols(y, X)
     rm = st["retention_model"]
     coefs = {c["term"]: c["coef"] for c in rm["coefficients"]}
     names = ["Intercept", "C(method)[T.lora]", "C(dataset)[T.synthetic]", "z_entropy_delta_pct", "z_erf_delta_pct",
-             "log10_lr"]
+             "z_cka_final", "log10_lr"]
     assert [coefs[n] for n in names] == pytest.approx(list(beta), rel=1e-6, abs=1e-9)
     assert rm["r2"] == pytest.approx(r2)
     assert f"R² = {rm['r2']:.3f}" in md
-    # absent measures said plainly, in stats.json and in the report; figures indexed
-    assert "CKA not measured in this study" in st["cka_vs_entropy"]["reason"]
-    assert "CKA not measured in this study" in md and "attention rollout not measured" in md
+    # the structure measures (eval.structure, on by default) reach the statistics and the report
+    assert not st["cka_vs_entropy"].get("skipped") and "CKA not measured" not in md
+    assert "attention rollout not measured" not in md
     figs = json.loads((out / "figures" / "figures.json").read_text())
-    assert figs["controlled_cka"]["skipped"].startswith("CKA not measured")
-    for name in ("controlled_interaction", "controlled_layer_heatmaps", "controlled_correlations", "controlled_retention"):
+    for name in ("controlled_interaction", "controlled_layer_heatmaps", "controlled_correlations", "controlled_retention",
+                 "controlled_cka"):
         assert (out / figs[name]["file"]).stat().st_size > 0 and f"({figs[name]['file']})" in md
     assert "PIPELINE DEMONSTRATION" in (out / "report.html").read_text()

@@ -20,6 +20,10 @@ import numpy as np
 from .._io import DamagedFile, read_json, read_json_checked, read_yaml, read_yaml_checked, write_text
 
 METRICS = ("entropy", "erf", "gini", "head_diversity")
+STRUCTURE_DELTAS = ("rollout_entropy", "rollout_erf", "rollout_gini", "patch_entropy")
+"""Structure measures with initial, final and Δ% columns (final.json `structure_summary`)."""
+STRUCTURE_COLUMNS = [*[f"{m}_{k}" for m in STRUCTURE_DELTAS for k in ("initial", "final", "delta_pct")],
+                     "cka_final", "map_drift_final"]
 
 RESULTS_COLUMNS = [
     "run_id", "group", "seed", "method", "dataset", "model", "model_family", "lr", "weight_decay", "epochs",
@@ -27,16 +31,17 @@ RESULTS_COLUMNS = [
     "best_acc", "final_acc",
     *[f"{m}_{k}" for m in METRICS for k in ("initial", "final", "delta_pct")],
     "zeroshot_acc", "zeroshot_acc_base_only", "zeroshot_acc_frozen_projection",
-    "knn_acc", "linear_probe_acc", "transfer_acc", "weight_drift_final", "collapse_onset_epoch",
+    "knn_acc", "linear_probe_acc", "transfer_acc", "weight_drift_final", "collapse_onset_epoch", *STRUCTURE_COLUMNS,
 ]
 """results.csv columns before the per-dataset `zeroshot_<dataset>` ones (docs/FORMATS.md)."""
 
-RESULTS_TAIL = ["transfer_protocol", "weight_drift_layers", "status", "wall_time_s", "images_per_s"]
-"""results.csv's last columns: text (`transfer_protocol`: zeroshot | knn; `weight_drift_layers`:
-space-separated, one value per block), kept out of the value columns that `seeds.aggregate` averages."""
+RESULTS_TAIL = ["transfer_protocol", "weight_drift_layers", "cka_layers", "status", "wall_time_s", "images_per_s"]
+"""results.csv's last columns: text (`transfer_protocol`: zeroshot | knn; `weight_drift_layers`,
+`cka_layers`: space-separated, one value per block), kept out of the value columns that
+`seeds.aggregate` averages."""
 
 _STR_COLS = {"run_id", "group", "method", "dataset", "model", "model_family", "lora_targets", "regularizer",
-             "weight_drift_layers", "status", "transfer_protocol"}
+             "weight_drift_layers", "cka_layers", "status", "transfer_protocol"}
 
 _INT_COLS = {"seed", "lora_rank", "freeze_layers", "batch_size"}
 
@@ -96,6 +101,10 @@ def _final_cells(final: dict, zeroshot_datasets: list[str] | None = None) -> dic
     row["weight_drift_layers"] = " ".join(repr(float(v)) for v in drift) if drift else None
     row["weight_drift_final"] = float(np.mean(drift)) if drift else None
     row["model_family"] = final.get("model_family")
+    summary = final.get("structure_summary") or {}  # run-level structure values (train/loop.py)
+    row.update({c: summary.get(c) for c in STRUCTURE_COLUMNS})
+    cka = (final.get("structure_final") or {}).get("cka")
+    row["cka_layers"] = " ".join(repr(float(v)) for v in cka) if cka else None
     for m in METRICS:
         row[f"{m}_initial"] = (final.get("initial_mean") or {}).get(m)
         row[f"{m}_final"] = (final.get("final_mean") or {}).get(m)

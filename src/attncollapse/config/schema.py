@@ -181,6 +181,17 @@ class EvalConfig(Strict):
     """Accuracy evaluations per epoch on the selection split."""
     erf_q: float = Field(0.95, gt=0, le=1)
     """Mass of ERF (reports: 0.95)."""
+    structure: bool = True
+    """Also measure, in the same forward passes of every eval point, the original authors'
+    follow-up structure measures per layer (measure/structure.py): [CLS] attention rollout
+    (0.5·A + 0.5·I through layers 1..l) with its entropy (nats), ERF@`erf_q` (fraction of
+    patches) and Gini; patch-to-patch attention entropy (nats); linear CKA of the [CLS]
+    hidden state against the model before its first step (0..1); map drift = mean over
+    images of the Jensen–Shannon divergence (nats, 0..ln 2) of head-averaged [CLS]→patch
+    maps against that model. Off = the four metrics only. Costs ~1.05× an eval point of the
+    four metrics (ViT-B/32, CPU; BENCHMARKS.md); memory: each forward's L full maps,
+    L·B·H·T²·4 bytes (ViT-B/32, 256 images: 0.37 GB; ViT-B/16: 5.7 GB — lower
+    `forward_batch_size` where short). Not in the resume fingerprint: it adds measures only."""
 
     def metric_options(self) -> dict:
         """The keyword arguments of `measure.summarize_rows` / `attention_table` this config sets."""
@@ -283,7 +294,11 @@ DEFAULTS = RunConfig().model_dump()
 """Every field's default, as plain data (the matrix checks read them)."""
 
 # Fields that do not change a run's numbers: excluded from the resume fingerprint.
-_NOT_FINGERPRINTED = {"device", "cpu_threads", "eval.forward_batch_size", "data.cache_dir", "data.gpu_resident", "data.cache_workers", "data.data_root", "zeroshot"}
+# eval.structure only adds measures (the four metrics, training and accuracy are the same
+# either way), so runs checkpointed before it existed still resume; a run whose switch
+# changed midway has no structure_summary (train/loop.py).
+_NOT_FINGERPRINTED = {"device", "cpu_threads", "eval.forward_batch_size", "eval.structure", "data.cache_dir",
+                      "data.gpu_resident", "data.cache_workers", "data.data_root", "zeroshot"}
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

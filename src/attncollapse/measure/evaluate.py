@@ -2,11 +2,14 @@
 
 An eval point is the four metrics per layer on the fixed eval subset (probe on, no
 grad, forward passes of `forward_batch_size` images, metrics grouped by `group_size`
-images), plus a classifier's accuracy when scheduled. Works on any vision tower it is
+images), plus a classifier's accuracy when scheduled; with `eval.structure`, the same
+forwards also feed the structure measures (`eval_rows_structure`, measure/structure.py). Works on any vision tower it is
 handed; training, the E1 baseline and WiSE-FT all measure through here.
 """
 
 from __future__ import annotations
+
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
@@ -14,7 +17,8 @@ from torch import Tensor, nn
 from .._device import autocast, eval_mode
 from ..data import Feeder
 from . import metrics
-from .probe import attention_modules, probed_forward, probing
+from .probe import attention_modules, probed_forward, probing, spec_of, stack_rows
+from .structure import StructureObs, observe, query_token
 
 
 @torch.no_grad()
@@ -28,6 +32,61 @@ def eval_rows(vision: nn.Module, feeder: Feeder, *, batch_size: int, precision: 
                 r = probed_forward(vision, rows, x, n_layers)
             chunks.append(r.float())
     return torch.cat(chunks, dim=1)
+
+
+@torch.no_grad()
+def eval_rows_structure(vision: nn.Module, feeder: Feeder, *, batch_size: int,
+                        precision: str) -> tuple[Tensor, StructureObs]:
+    """`eval_rows` plus the structure measures' observations, from the same forward passes.
+
+    The probe also records each layer's full map (`probing(maps=True)`) and hooks on the
+    transformer layers keep the [CLS] token of each layer's output (hidden states 1..L);
+    the rows are those `eval_rows` returns, bit for bit (the layers still run fused SDPA).
+
+    Returns:
+        ((L, N, H, T) fp32 rows, `StructureObs` of the N images), in the feeder's order.
+    """
+    spec = spec_of(vision)
+    mods = attention_modules(vision)
+    chunks, parts = [], []
+    with eval_mode(vision), probing(vision, maps=True) as rows, _layer_tokens(vision, mods, spec.query) as tokens:
+        for x, _ in feeder.batches(batch_size):
+            rows.clear()
+            tokens.clear()
+            with autocast(feeder.device, precision):
+                vision(pixel_values=x)
+            r = stack_rows(rows, len(mods)).float()
+            chunks.append(r)
+            parts.append(observe(rows.maps(), r, torch.stack(tokens), prefix_tokens=spec.prefix_tokens,
+                                 query=spec.query))
+            rows.clear()  # the maps are L·B·H·T² floats: free them before the next batch
+    return torch.cat(chunks, dim=1), StructureObs.cat(parts)
+
+
+@contextmanager
+def _layer_tokens(vision: nn.Module, attention: list[nn.Module], query: str):
+    """Within the block, each forward appends `query_token` of every transformer layer's output,
+    in layer order, to the yielded list (the caller clears it between forwards).
+
+    The layers are the attention modules' parents (CLIP, SigLIP, DINOv2, ViT). Not
+    `output_hidden_states`: transformers 5 answers it by installing output-capturing hooks on
+    every layer for good, and compiled layers (`optim.compile_scope: layers`) would then trace
+    a different hook per layer (one graph each instead of one).
+    """
+    names = {id(m): n for n, m in vision.named_modules()}
+    layers = [vision.get_submodule(names[id(m)].rpartition(".")[0]) for m in attention]
+    got: list[Tensor] = []
+
+    def keep(_mod, _args, output):
+        out = output[0] if isinstance(output, (tuple, list)) else output
+        got.append(query_token(out, query).float())
+
+    handles = [layer.register_forward_hook(keep) for layer in layers]
+    try:
+        yield got
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def summarize_rows(rows: Tensor, *, group_size: int = 32, erf_q: float = 0.95,

@@ -82,6 +82,22 @@ def _query_row(query: Tensor, key: Tensor, mask: Tensor | None, scale: float, ru
     return logits.softmax(-1).mean(-2, keepdim=True)
 
 
+_MAPS_ON = "_attncollapse_probe_maps"  # set on each hooked module while `probing(maps=True)`
+_MAP = "_attncollapse_full_map"  # the latest forward's full map, kept on its module
+
+
+def full_map(query: Tensor, key: Tensor, mask: Tensor | None, scale: float) -> Tensor:
+    """(B, H, T, T) fp32 softmax map of every query (the structure measures' input, eval only).
+
+    Only computed inside `probing(..., maps=True)`: O(T²) per head, the cost the probe
+    avoids everywhere else.
+    """
+    logits = (query.float() @ key.float().transpose(-1, -2)) * scale
+    if mask is not None:
+        logits = logits + (mask.float() if mask.dtype != torch.bool else torch.where(mask, 0.0, float("-inf")))
+    return logits.softmax(-1)
+
+
 def canonical(row: Tensor, prefix_tokens: int) -> Tensor:
     """(..., T) row → (..., 1 + P): [mass on the prefix tokens, patch_1 … patch_P]."""
     if prefix_tokens == 1:
@@ -115,6 +131,8 @@ def probe_attention(
     )
     prefix, rule = module.__dict__.get(_RULE, (1, "first"))
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    if module.__dict__.get(_MAPS_ON):
+        module.__dict__[_MAP] = full_map(query, key, attention_mask, scale)
     return out, canonical(_query_row(query, key, attention_mask, scale, rule), prefix)
 
 
@@ -178,6 +196,12 @@ class ProbeRows:
     def clear(self) -> None:
         for m in self._mods:
             m.__dict__.pop(_ROW, None)
+            m.__dict__.pop(_MAP, None)
+
+    def maps(self) -> list[Tensor]:
+        """The full (B, H, T, T) fp32 softmax maps of the latest forward, one per probed layer in
+        layer order (raw token order, prefix tokens first); empty unless `probing(maps=True)`."""
+        return [m.__dict__[_MAP] for m in self._mods if _MAP in m.__dict__]
 
     def __len__(self) -> int:
         return len(self._rows())
@@ -190,11 +214,14 @@ class ProbeRows:
 
 
 @contextmanager
-def probing(vision_model: nn.Module, spec: ProbeSpec | None = None) -> Iterator[ProbeRows]:
+def probing(vision_model: nn.Module, spec: ProbeSpec | None = None, *, maps: bool = False) -> Iterator[ProbeRows]:
     """Within the block, every forward of `vision_model` also records query rows.
 
     Args:
         spec: how to read the rows; None = the spec attached to the tower (`spec_of`).
+        maps: also record each layer's full (B, H, T, T) fp32 softmax map (`ProbeRows.maps`;
+            eval points with the structure measures, measure/structure.py). Still no
+            `output_attentions`: the fused SDPA output is what the layer uses.
 
     Yields a `ProbeRows`: the L canonical rows (B, H, 1, 1 + P) of the latest forward, in
     layer order. On exit the rows are dropped and the tower's attention implementation
@@ -208,8 +235,11 @@ def probing(vision_model: nn.Module, spec: ProbeSpec | None = None) -> Iterator[
     # A block nested in another on the same tower (an eval point inside a regularized
     # training loop) puts the outer block's rules back on exit.
     outer = [m.__dict__.get(_RULE) for m in mods]
+    outer_maps = [m.__dict__.get(_MAPS_ON) for m in mods]
     for m in mods:
         m.__dict__[_RULE] = (spec.prefix_tokens, spec.query)
+        if maps:
+            m.__dict__[_MAPS_ON] = True
     handles = [m.register_forward_hook(_keep_row) for m in mods]
     try:
         if before != PROBE:
@@ -219,11 +249,15 @@ def probing(vision_model: nn.Module, spec: ProbeSpec | None = None) -> Iterator[
         for h in handles:
             h.remove()
         rows.clear()
-        for m, rule in zip(mods, outer):
+        for m, rule, on in zip(mods, outer, outer_maps):
             if rule is None:
                 m.__dict__.pop(_RULE, None)
             else:
                 m.__dict__[_RULE] = rule
+            if on is None:
+                m.__dict__.pop(_MAPS_ON, None)
+            else:
+                m.__dict__[_MAPS_ON] = on
         if config._attn_implementation != before:
             _set_impl(vision_model, config, before)
 

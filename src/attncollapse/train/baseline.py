@@ -15,7 +15,8 @@ from .. import _io
 from .._device import effective_precision, resolve_device
 from ..config import DataConfig, EvalConfig
 from ..data import Feeder, load_splits
-from ..measure import attention_table, layer_mean
+from ..measure import (StructureReference, eval_rows_structure, layer_mean, structure_table,
+                       summarize_rows)
 from ..models import (PRESETS, family_of, image_size, load_model, normalization, vision_tower,
                       zeroshot_problem)
 from ..transfer import (evaluate_features, evaluate_pretrained, pretrained_classifier, transfer_headline,
@@ -43,13 +44,19 @@ def baseline(model: str, source: str, *, data_cfg=None, eval_cfg=None, out_dir: 
     splits = load_splits(source, data_cfg, image_size=size)
     mean, std = normalization(clip)  # the family's (or the checkpoint's) image constants
     feeder = Feeder(splits.eval_set, dev, mean=mean, std=std)
-    table = attention_table(vision_tower(clip), feeder, **eval_cfg.metric_options(), precision=precision)
+    # The same forwards as a run's step-0 eval point (eval_rows_structure: its rows are eval_rows')
+    rows, obs = eval_rows_structure(vision_tower(clip), feeder, batch_size=eval_cfg.forward_batch_size,
+                                    precision=precision)
+    table = summarize_rows(rows, **eval_cfg.metric_options())
     result = {
         "model": model, "family": family_of(clip).name, "model_random_init": model in PRESETS, "dataset": source,
         "images": len(splits.eval_idx),
         "eval_idx": splits.eval_idx.tolist(), **metric_settings(eval_cfg),
         "layers": table, "mean": layer_mean(table), "env": _io.environment(),
     }
+    if eval_cfg.structure:  # against itself: CKA 1 and map drift 0, the rollout and patch entropy E1's
+        result["structure"] = structure_table(obs, StructureReference.of(obs), group_size=eval_cfg.batch_size,
+                                              erf_q=eval_cfg.erf_q, aggregate=eval_cfg.aggregate)
     if zeroshot_cfg is not None and zeroshot_cfg.enabled and zeroshot_cfg.datasets:
         result.update(_transfer(clip, model, zeroshot_cfg, data_cfg, size, dev, precision))
     _io.write_json(Path(out_dir) / (out_name or "baseline.json"), result)

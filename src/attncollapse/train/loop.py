@@ -24,7 +24,8 @@ from .. import _io
 from .._device import cpu_threads, effective_precision, resolve_device
 from ..config import RunConfig
 from ..data import Feeder, Splits, load_splits
-from ..measure import classifier_accuracy, delta_pct, eval_rows, layer_mean, probing, summarize_rows
+from ..measure import (StructureReference, classifier_accuracy, delta_pct, eval_rows, eval_rows_structure,
+                       layer_mean, probing, structure_run_values, structure_table, summarize_rows)
 from ..models import PRESETS, block_weights, count_parameters, family_of, image_size, normalization, weight_drift
 from ..transfer import evaluate_for_run, vision_state
 from .build import build
@@ -104,6 +105,7 @@ class Run:
     ref_cache: ReferenceRows | None = None
     pretrained_state: dict | None = None
     initial_blocks: list | None = None  # models.block_weights before the first step (weight drift)
+    structure_ref: StructureReference | None = None  # eval.structure: the pretrained side of CKA, map drift
 
 
 def run(cfg: RunConfig, run_dir: str | Path, *, before_step: Callable[[int], None] | None = None,
@@ -209,6 +211,12 @@ def _resume(r: Run) -> tuple[TrainState, torch.Tensor | None]:
         torch.manual_seed(r.cfg.seed)  # dropout stream of a fresh run
         return TrainState(), None
     path, tensors, blob = found
+    if r.cfg.eval.structure:
+        # The pretrained reference from the weights before the checkpoint loads: the same
+        # forward as the step-0 point, so a resumed run's numbers equal an uninterrupted one's.
+        _, obs = eval_rows_structure(r.clf.vision, r.eval_feed, batch_size=r.cfg.eval.forward_batch_size,
+                                     precision=r.precision)
+        r.structure_ref = StructureReference.of(obs)
     load_weights(r.clf, tensors)
     r.opt.load_state_dict(blob["optimizer"])
     r.scaler.load_state_dict(blob["scaler"])
@@ -290,7 +298,16 @@ def _eval_point(r: Run, state: TrainState, writer: CheckpointWriter, board, step
     """Measure the four metrics (and accuracy) at `step`, append the point to `state`, write
     history.json; keep the best checkpoint. Returns the eval rows (L, N, H, T)."""
     cfg, sched = r.cfg, r.schedule
-    rows = eval_rows(r.clf.vision, r.eval_feed, batch_size=cfg.eval.forward_batch_size, precision=r.precision)
+    structure = None
+    if cfg.eval.structure:  # the same forward passes, with full maps and hidden states
+        rows, obs = eval_rows_structure(r.clf.vision, r.eval_feed, batch_size=cfg.eval.forward_batch_size,
+                                        precision=r.precision)
+        if r.structure_ref is None:  # the initial point: the model before its first step is the reference
+            r.structure_ref = StructureReference.of(obs)
+        structure = structure_table(obs, r.structure_ref, group_size=cfg.eval.batch_size, erf_q=cfg.eval.erf_q,
+                                    aggregate=cfg.eval.aggregate)
+    else:
+        rows = eval_rows(r.clf.vision, r.eval_feed, batch_size=cfg.eval.forward_batch_size, precision=r.precision)
     table = summarize_rows(rows, **cfg.eval.metric_options())
     loss = state.loss_sum / state.loss_count if state.loss_count else None
     if loss is not None and not math.isfinite(loss):
@@ -304,6 +321,8 @@ def _eval_point(r: Run, state: TrainState, writer: CheckpointWriter, board, step
     lr = lr_at(max(step - 1, 0), sched.total, cfg.optim.lr, cfg.optim.warmup_frac) if step else 0.0
     point = {"step": step, "epoch": step / sched.steps_per_epoch, "lr": lr, "train_loss": loss, "val_acc": acc,
              "layers": table, "mean": layer_mean(table), "weight_drift": weight_drift(r.clf, r.initial_blocks)}
+    if structure is not None:
+        point["structure"] = structure
     state.points.append(point)
     state.loss_sum, state.loss_count = 0.0, 0
     if acc is not None:
@@ -313,6 +332,8 @@ def _eval_point(r: Run, state: TrainState, writer: CheckpointWriter, board, step
             writer.save_best(r.clf, step)
     for name, value in point["mean"].items():
         board.add_scalar(f"attention/{name}", value, step)
+    for name, value in (structure_run_values(structure) if structure is not None else {}).items():
+        board.add_scalar(f"structure/{name}", value, step)
     if loss is not None:
         board.add_scalar("train/loss", loss, step)
     if acc is not None:
@@ -377,6 +398,7 @@ def _finish(r: Run, state: TrainState, overlay_initial: torch.Tensor, timings: d
         "precision_used": r.precision, "zeroshot": {}, "zeroshot_acc": None,
         "zeroshot_acc_base_only": None, "wise": [],
     }
+    result.update(_structure_result(state))
     t = time.perf_counter()
     if cfg.zeroshot.enabled and cfg.zeroshot.datasets:
         if state.best_step >= 0:  # zero-shot of the selected checkpoint, as the original study did
@@ -392,6 +414,20 @@ def _finish(r: Run, state: TrainState, overlay_initial: torch.Tensor, timings: d
                                      if r.device.type == "cuda" else None)  # this process, this run
     _io.write_json(r.dir / "final.json", result, checksum=True)
     return result
+
+
+def _structure_result(state: TrainState) -> dict:
+    """final.json's structure keys: the first and last points' tables and the run-level values
+    with Δ% (the columns of results.csv; docs/FORMATS.md). None when eval.structure was off."""
+    s0, s1 = state.points[0].get("structure"), state.points[-1].get("structure")
+    if s0 is None or s1 is None:
+        return {"structure_initial": None, "structure_final": None, "structure_summary": None}
+    v0, v1 = structure_run_values(s0), structure_run_values(s1)
+    summary = {}
+    for k in ("rollout_entropy", "rollout_erf", "rollout_gini", "patch_entropy"):
+        summary.update({f"{k}_initial": v0[k], f"{k}_final": v1[k], f"{k}_delta_pct": delta_pct(v0[k], v1[k])})
+    summary.update({"cka_final": v1["cka"], "map_drift_final": v1["map_drift"]})
+    return {"structure_initial": s0, "structure_final": s1, "structure_summary": summary}
 
 
 def _write_overlays(r: Run, overlay_initial: torch.Tensor) -> None:
