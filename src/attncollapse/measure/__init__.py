@@ -4,13 +4,14 @@ Works on any vision tower it is handed; imports only `data` and `_device` of att
 """
 
 from .evaluate import attention_table, classifier_accuracy, eval_rows, format_table, summarize_rows
+from .layout import LAYOUTS, Layout, UnknownLayout, layout_fields, tower_config
 from .metrics import METRICS, delta_pct, entropy, erf, gini, head_diversity, layer_mean, patch_rows, summarize
 from .probe import (PROBE, PROBE_SPEC_ATTR, ProbeRows, ProbeSpec, attention_modules, canonical, cls_rows,
                     pooling_head_rows, probed_forward, probing, spec_of, stack_rows)
 
 __all__ = [
-    "METRICS", "PROBE", "PROBE_SPEC_ATTR", "ProbeRows", "ProbeSpec", "attention_modules", "attention_table",
+    "LAYOUTS", "Layout", "METRICS", "PROBE", "PROBE_SPEC_ATTR", "ProbeRows", "ProbeSpec", "attention_modules", "attention_table",
     "canonical", "classifier_accuracy", "cls_rows", "delta_pct", "entropy", "erf", "eval_rows",
-    "format_table", "gini", "head_diversity", "layer_mean", "patch_rows", "pooling_head_rows",
-    "probed_forward", "probing", "spec_of", "stack_rows", "summarize", "summarize_rows",
+    "format_table", "gini", "head_diversity", "layout_fields", "layer_mean", "patch_rows", "pooling_head_rows",
+    "probed_forward", "probing", "spec_of", "stack_rows", "summarize", "summarize_rows", "tower_config", "UnknownLayout",
 ]
