@@ -18,6 +18,7 @@ PKG = "attncollapse"
 # stage → the stages it may import (besides itself, `_io` and `_device`).
 ALLOWED = {
     "cli": None,  # anything
+    "integrations": {"train", "measure", "models", "data"},
     "study": {"train", "config", "analysis"},
     "train": {"transfer", "measure", "models", "data", "config"},
     "transfer": {"measure", "models", "data"},
