@@ -182,7 +182,7 @@ def test_entropy_floor_loss_matches_a_loop_over_layers_batches_and_heads():
                 ent = -sum(float(v) * math.log(float(v)) for v in p.detach() if v > 0)
                 short.append(max(0.0, 1.3 * h0[layer] - ent))
         total += sum(short) / len(short)
-    assert float(loss(rows)) == pytest.approx(0.5 * total, rel=1e-4)
+    assert float(loss(rows).detach()) == pytest.approx(0.5 * total, rel=1e-4)
 
 
 def test_attention_prior_loss_is_zero_at_the_reference_and_matches_kl():
@@ -190,12 +190,12 @@ def test_attention_prior_loss_is_zero_at_the_reference_and_matches_kl():
     x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(9))
     rows = cls_rows(model.vision_model, x)
     prior = AttentionPriorLoss(lam=2.0)
-    assert float(prior(rows, rows.detach())) == pytest.approx(0.0, abs=1e-6)
+    assert float(prior(rows, rows.detach()).detach()) == pytest.approx(0.0, abs=1e-6)
     ref = torch.softmax(torch.randn(rows.shape, generator=torch.Generator().manual_seed(10)), -1)
     p = rows[..., 1:] / (rows[..., 1:].sum(-1, keepdim=True) + 1e-10)
     q = ref[..., 1:] / (ref[..., 1:].sum(-1, keepdim=True) + 1e-10)
     want = 2.0 * float((p * (p / q).log()).sum(-1).mean())  # scipy-free: KL by its definition
-    assert float(prior(rows, ref)) == pytest.approx(want, rel=1e-4)
+    assert float(prior(rows, ref).detach()) == pytest.approx(want, rel=1e-4)
 
 
 def test_lightning_callback_every_n_steps_reaches_the_logger():
@@ -238,3 +238,12 @@ def test_lightning_callback_every_n_steps_reaches_the_logger():
     logged = [m for _, m in rec.seen if "collapse/entropy/mean" in m]
     assert [s for s, m in rec.seen if "collapse/entropy/mean" in m] == [2, 4]
     assert logged[-1]["collapse/entropy/layer_1"] == pytest.approx(_direct(lit.net.vit, fixed)["entropy"][0], abs=1e-6)
+
+
+def test_integrations_import_lightning_only_when_its_callback_is_asked_for():
+    import subprocess
+    import sys
+
+    code = ("import sys, attncollapse.integrations as i; assert 'lightning' not in sys.modules; "
+            "i.LightningCollapseCallback; assert 'lightning' in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
