@@ -25,8 +25,8 @@ import pytest
 from analysis_fixture import build_matrix
 
 ROOT = Path(__file__).resolve().parent.parent
-RUN_ELSEWHERE = {"API.md": "test_docs.py"}
-"""Docs whose blocks form one session (each continues the one before), run in order by their
+RUN_ELSEWHERE = {"API.md": "test_docs.py", "INTEGRATIONS.md": "test_integrations.py"}
+"""Docs whose blocks run in their own test (API.md: one session, each block continuing the one before; INTEGRATIONS.md: with its logged-metric checks), run in order by their
 own test; listed here by name, so none is skipped silently."""
 DOCS = [ROOT / "README.md", *sorted(p for p in (ROOT / "docs").glob("*.md") if p.name not in RUN_ELSEWHERE)]
 BLOCK = re.compile(r"(?:<!--\s*example:\s*(?P<mark>[\w-]+)\s*-->\s*\n)?^```python\n(?P<code>.*?)^```", re.M | re.S)

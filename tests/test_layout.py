@@ -19,6 +19,7 @@ PKG = "attncollapse"
 ALLOWED = {
     "cli": None,  # anything
     "lab": {"train", "transfer", "measure", "models", "data", "config", "analysis"},
+    "integrations": {"train", "measure", "models", "data"},
     "study": {"train", "config", "analysis"},
     "train": {"transfer", "measure", "models", "data", "config"},
     "transfer": {"measure", "models", "data"},

@@ -5,6 +5,7 @@ Works on any vision tower it is handed; imports only `data` and `_device` of att
 
 from .evaluate import (attention_table, classifier_accuracy, eval_rows, eval_rows_structure, format_table,
                        summarize_rows)
+from .layout import LAYOUTS, Layout, UnknownLayout, layout_fields, tower_config
 from .metrics import METRICS, delta_pct, entropy, erf, gini, head_diversity, layer_mean, patch_rows, summarize
 from .probe import (PROBE, PROBE_SPEC_ATTR, ProbeRows, ProbeSpec, attention_modules, canonical, cls_rows,
                     pooling_head_rows, probed_forward, probing, spec_of, stack_rows)
@@ -12,10 +13,11 @@ from .structure import (STRUCTURE, StructureObs, StructureReference, js_divergen
                         patch_entropy, rollout_rows, structure_run_values, structure_table)
 
 __all__ = [
+    "LAYOUTS", "Layout",
     "METRICS", "PROBE", "STRUCTURE", "StructureObs", "StructureReference", "eval_rows_structure",
     "js_divergence", "linear_cka", "observe", "patch_entropy", "rollout_rows", "structure_run_values",
     "structure_table", "PROBE_SPEC_ATTR", "ProbeRows", "ProbeSpec", "attention_modules", "attention_table",
     "canonical", "classifier_accuracy", "cls_rows", "delta_pct", "entropy", "erf", "eval_rows",
-    "format_table", "gini", "head_diversity", "layer_mean", "patch_rows", "pooling_head_rows",
-    "probed_forward", "probing", "spec_of", "stack_rows", "summarize", "summarize_rows",
+    "format_table", "gini", "head_diversity", "layout_fields", "layer_mean", "patch_rows", "pooling_head_rows",
+    "probed_forward", "probing", "spec_of", "stack_rows", "summarize", "summarize_rows", "tower_config", "UnknownLayout",
 ]

@@ -12,9 +12,10 @@ row to fp32 rounding), differentiable, and O(tokens) extra work per head.
 Any transformers 5 vision tower whose attention modules call the `AttentionInterface`
 works (CLIP, SigLIP, DINOv2 with or without registers, ViT). What differs per family is
 a probe spec (`ProbeSpec`): which module classes to hook, how many prefix tokens ([CLS],
-registers) come before the patches, and which query row stands for [CLS]. The model
-stage writes it onto the tower as a plain dict under `PROBE_SPEC_ATTR`; without one, a
-CLIP-like tower is assumed (one [CLS] prefix token, row 0).
+registers) come before the patches, and which query row stands for [CLS]. It is read
+from the tower's own config (`layout.py`: `model_type`, `num_register_tokens`), never
+guessed; the model stage may also write it onto the towers it loads as a plain dict
+under `PROBE_SPEC_ATTR`, which wins. An unknown architecture is refused in one line.
 
 Every family's row has one canonical layout, so the metrics and regularizers need no
 family knowledge: entry 0 is the query's total mass on the prefix tokens and entries
@@ -33,6 +34,8 @@ import torch
 from torch import Tensor, nn
 from transformers import AttentionInterface, PretrainedConfig
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from .layout import layout_fields, tower_config
 
 PROBE = "attncollapse_probe"
 PROBE_SPEC_ATTR = "attncollapse_probe"  # must equal models.families.PROBE_SPEC_ATTR
@@ -62,10 +65,15 @@ class ProbeSpec:
 
 
 def spec_of(vision_model: nn.Module) -> ProbeSpec:
-    """The probe spec the model stage attached to a tower (PEFT-wrapped too), else CLIP's."""
+    """The probe spec of a tower (PEFT-wrapped too): the one attached to it, else read from its config.
+
+    Raises:
+        layout.UnknownLayout: no spec attached and the config's `model_type` has no known
+            token layout (`layout.LAYOUTS`); the message names it and what to do.
+    """
     raw = getattr(vision_model, PROBE_SPEC_ATTR, None)
     if raw is None:
-        return ProbeSpec()
+        raw = layout_fields(tower_config(vision_model), type(vision_model).__name__)
     return raw if isinstance(raw, ProbeSpec) else ProbeSpec(**{**raw, "attention": tuple(raw["attention"])})
 
 
@@ -218,7 +226,7 @@ def probing(vision_model: nn.Module, spec: ProbeSpec | None = None, *, maps: boo
     """Within the block, every forward of `vision_model` also records query rows.
 
     Args:
-        spec: how to read the rows; None = the spec attached to the tower (`spec_of`).
+        spec: how to read the rows; None = the tower's own (`spec_of`: attached, else read from its config).
         maps: also record each layer's full (B, H, T, T) fp32 softmax map (`ProbeRows.maps`;
             eval points with the structure measures, measure/structure.py). Still no
             `output_attentions`: the fused SDPA output is what the layer uses.
@@ -298,7 +306,7 @@ def cls_rows(vision_model: nn.Module, pixel_values: Tensor, spec: ProbeSpec | No
     Args:
         vision_model: a vision tower (CLIP, SigLIP, DINOv2, ViT; PEFT-wrapped too).
         pixel_values: (B, 3, S, S) normalised images.
-        spec: how to read the rows; None = the spec attached to the tower (`spec_of`).
+        spec: how to read the rows; None = the tower's own (`spec_of`: attached, else read from its config).
 
     Returns:
         (L, B, H, 1 + P) fp32 rows, each summing to 1: the mass on the prefix tokens

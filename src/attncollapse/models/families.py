@@ -9,6 +9,9 @@ family from a loaded model's `config.model_type`.
 The probe (`measure.probe`) does not import this module: `attach_probe_spec` writes the
 family's probe fields onto the vision tower as a plain dict under `PROBE_SPEC_ATTR`, which
 the probe reads back (the same attribute name lives in both modules; a test pins them).
+A tower built without `load_model` has no such dict; the probe then reads the same fields
+from the tower's config (`measure.layout`), and tests/test_token_layout.py pins the two
+to each other for every family.
 
 Query rows:
     - "first": the row of token 0 (the [CLS] query), as in the reports (CLIP, ViT, DINOv2).

@@ -1,0 +1,26 @@
+"""Integrations with training loops people already use: transformers' Trainer, Lightning, plain PyTorch.
+
+`CollapseCallback` (a `transformers.TrainerCallback`) and `LightningCollapseCallback` (a
+Lightning `Callback`) measure the four metrics per layer on a fixed image set at every
+evaluation; `AttentionPriorLoss` and `EntropyFloorLoss` are the study's regularizers as
+loss objects; `watch(model)` exposes the rows of a plain loop's forwards. Lightning is
+imported only when `LightningCollapseCallback` is asked for. See docs/INTEGRATIONS.md.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .hf_callback import CollapseCallback
+from .losses import AttentionPriorLoss, EntropyFloorLoss, Watch, watch
+from .towers import TOWER_ATTRS, as_logs, find_tower, fixed_set_table
+
+__all__ = ["AttentionPriorLoss", "CollapseCallback", "EntropyFloorLoss", "LightningCollapseCallback", "TOWER_ATTRS",
+           "Watch", "as_logs", "find_tower", "fixed_set_table", "watch"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "LightningCollapseCallback":  # lightning loads only for its users
+        from .lightning_callback import LightningCollapseCallback
+        return LightningCollapseCallback
+    raise AttributeError(f"module 'attncollapse.integrations' has no attribute {name!r}")
