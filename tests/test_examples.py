@@ -26,8 +26,9 @@ from analysis_fixture import build_matrix
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_ELSEWHERE = {"API.md": "test_docs.py", "INTEGRATIONS.md": "test_integrations.py"}
-"""Docs whose blocks run in their own test (API.md: one session, each block continuing the one before; INTEGRATIONS.md: with its logged-metric checks), run in order by their
-own test; listed here by name, so none is skipped silently."""
+"""Docs whose blocks run, in order, in their own test (API.md: one session, each block continuing
+the one before; INTEGRATIONS.md: with its logged-metric checks); listed by name, so none is
+skipped silently."""
 DOCS = [ROOT / "README.md", *sorted(p for p in (ROOT / "docs").glob("*.md") if p.name not in RUN_ELSEWHERE)]
 BLOCK = re.compile(r"(?:<!--\s*example:\s*(?P<mark>[\w-]+)\s*-->\s*\n)?^```python\n(?P<code>.*?)^```", re.M | re.S)
 MARKS = {None, "needs-demo"}
