@@ -99,7 +99,7 @@ def test_demo_is_small_and_offline():
     steps = 0
     for r in load_matrix("demo").expand():
         c = r.config
-        assert c.model == "tiny" and c.dataset in ("synthetic", "digits")
+        assert c.model == "tiny-6l" and c.dataset in ("synthetic", "digits")
         assert c.optim.batch_size == 32 and c.optim.precision == "fp32"
         assert c.zeroshot.datasets == ["digits"]
         assert c.data.max_train_images is not None and c.data.max_train_images <= 256

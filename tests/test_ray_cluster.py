@@ -27,7 +27,7 @@ ray = pytest.importorskip("ray")
 
 # Which matrix and runs: the demo's kinds of run (full FT, LoRA, frozen layers, APR); four
 # runs on three one-CPU nodes. Another matrix (e.g. a controlled demo) is one more row.
-MATRICES = [("demo", "E2,E4,A3-freeze1,R1-apr0.1")]
+MATRICES = [("demo", "E2,E4,A3-freeze2,R1-apr0.1")]
 
 # Keys of final.json that measure this process's time, not the run.
 TIMING_KEYS = {"wall_time_s", "images_per_s", "images_per_s_steady", "timings", "peak_gpu_memory_gib", "checksum"}

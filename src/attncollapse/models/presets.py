@@ -17,12 +17,12 @@ from transformers import (CLIPConfig, CLIPTextConfig, CLIPVisionConfig, Dinov2Co
 _TINY = dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=3, num_attention_heads=4)
 
 
-def _tiny() -> CLIPConfig:
+def _tiny(layers: int = 3) -> CLIPConfig:
     # The test-sized CLIP of STYLE.md (timm's test_vit, transformers' CLIPVisionModelTester):
     # image 32, patch 8 (16 patches), hidden 32, 4 heads, 3 layers.
     vision = CLIPVisionConfig(
         image_size=32, patch_size=8, hidden_size=32, intermediate_size=64,
-        num_hidden_layers=3, num_attention_heads=4, projection_dim=16,
+        num_hidden_layers=layers, num_attention_heads=4, projection_dim=16,
     )
     text = CLIPTextConfig(
         vocab_size=2 * 256 + 2, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -30,6 +30,13 @@ def _tiny() -> CLIPConfig:
         bos_token_id=0, eos_token_id=1, pad_token_id=1,
     )
     return CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=16)
+
+
+def _tiny_6l() -> CLIPConfig:
+    # The demo's CLIP: the tiny one with 6 vision layers, so the reports' layer-position test
+    # (one-way ANOVA over the early / middle / late thirds of the layers, per run) has two
+    # layers per third to compare; 3 layers give one value per third and no test.
+    return _tiny(6)
 
 
 def _vit_b(patch: int) -> Callable[[], CLIPConfig]:
@@ -78,6 +85,7 @@ def _tiny_vit() -> ViTConfig:
 
 PRESETS: dict[str, Callable[[], PretrainedConfig]] = {
     "tiny": _tiny,
+    "tiny-6l": _tiny_6l,
     "tiny-siglip": _tiny_siglip,
     "tiny-siglip2": _tiny_siglip2,
     "tiny-dinov2": _tiny_dinov2,
