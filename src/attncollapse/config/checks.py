@@ -146,16 +146,25 @@ def device_problem(device: str) -> str | None:
     return None
 
 
-def model_image_size(spec: str) -> int | None:
-    """Input resolution of a preset or a local model directory, without loading weights; None when
-    unknown without the hub."""
+def _read_config(spec: str, read) -> int | None:
+    """`read(spec)` for a preset or a local model directory (its config, no weights); None for
+    anything else, or an unreadable config.json."""
     p = Path(spec).expanduser()
     if (p / "config.json").is_file() or ("/" not in spec and not p.exists() and spec in PRESETS):
         try:
-            return image_size(str(p) if p.exists() else spec)
-        except Exception:  # noqa: BLE001 - an unreadable config.json: the size is unknown
+            return read(str(p) if p.exists() else spec)
+        except Exception:  # noqa: BLE001 - an unreadable config.json: the value is unknown
             return None
-    return 224 if re.search(r"clip-vit-(base|large|huge)-patch\d+", spec.lower()) else None
+    return None
+
+
+def model_image_size(spec: str) -> int | None:
+    """Input resolution of a preset or a local model directory, without loading weights (224 for
+    hub ids named like OpenAI's CLIP releases); None when unknown without the hub."""
+    size = _read_config(spec, image_size)
+    if size is None and re.search(r"clip-vit-(base|large|huge)-patch\d+", spec.lower()):
+        return 224
+    return size
 
 
 def available_memory() -> int | None:
@@ -199,14 +208,10 @@ def model_depth(spec: str) -> int | None:
     Presets (models.PRESETS), local directories with a config.json, and hub ids named
     like OpenAI's releases (`*clip-vit-base-patch32*` → 12); None when unknown.
     """
-    p = Path(spec).expanduser()
-    if (p / "config.json").is_file() or ("/" not in spec and not p.exists() and spec in PRESETS):
-        try:
-            return num_layers(str(p) if p.exists() else spec)
-        except Exception:  # noqa: BLE001 - an unreadable config.json: the depth is unknown
-            return None
-    m = re.search(r"clip-vit-(base|large|huge)-patch\d+", spec.lower())
-    return _HUB_DEPTH[m.group(1)] if m else None
+    depth = _read_config(spec, num_layers)
+    if depth is None and (m := re.search(r"clip-vit-(base|large|huge)-patch\d+", spec.lower())):
+        return _HUB_DEPTH[m.group(1)]
+    return depth
 
 
 def model_problem(spec: str) -> str | None:
