@@ -123,6 +123,18 @@ def layer_heatmaps(ctx: CCtx, out: Path) -> Path | str:
     return save(fig, out)
 
 
+def _scatter(ax, method: str, pts: list[tuple]) -> None:
+    """One method's (x, y) points in its colour; points with a missing value are left out."""
+    pts = [p for p in pts if None not in p]
+    if pts:
+        ax.scatter(*zip(*pts), s=12, color=METHOD_COLORS.get(method), label=method_name(method))
+
+
+def _r_text(e: dict) -> str:
+    """A correlation entry's Pearson r for a title, or "n/a" when it was not tested."""
+    return "n/a" if e.get("skipped") or e.get("pearson_r") is None else f"{e['pearson_r']:.2f}"
+
+
 def correlations(ctx: CCtx, out: Path) -> Path | str:
     """Per dataset, every run's Δentropy against its zero-shot and its best accuracy."""
     f, st = ctx.f, ctx.stats
@@ -134,12 +146,9 @@ def correlations(ctx: CCtx, out: Path) -> Path | str:
         for j, (ky, name) in enumerate(pairs):
             ax = axes[i][j]
             for me in f.methods:
-                pts = [(value(r, "entropy_delta_pct", f), value(r, ky, f)) for lr in f.lrs for r in f.cell(ds, me, lr)]
-                pts = [p for p in pts if None not in p]
-                if pts:
-                    ax.scatter(*zip(*pts), s=12, color=METHOD_COLORS.get(me), label=method_name(me))
-            e = st["datasets"][ds]["correlations"][name]
-            r = "n/a" if e.get("skipped") or e.get("pearson_r") is None else f"{e['pearson_r']:.2f}"
+                _scatter(ax, me, [(value(r, "entropy_delta_pct", f), value(r, ky, f))
+                                  for lr in f.lrs for r in f.cell(ds, me, lr)])
+            r = _r_text(st["datasets"][ds]["correlations"][name])
             ax.set(title=f"{ds}: Pearson r = {r}", xlabel=axis_label("entropy_delta_pct"), ylabel=axis_label(ky))
     axes[0][0].legend()
     return save(fig, out)
@@ -153,12 +162,9 @@ def cka(ctx: CCtx, out: Path) -> Path | str:
     f = ctx.f
     fig, axes = figure(5.2, 2.4, 1, 2)
     for me in f.methods:
-        pts = [(value(r, "cka_final"), value(r, "entropy_delta_pct")) for r in f.runs() if r.get("method") == me]
-        pts = [p for p in pts if None not in p]
-        if pts:
-            axes[0][0].scatter(*zip(*pts), s=12, color=METHOD_COLORS.get(me), label=method_name(me))
-    run = e.get("run_level") or {}
-    r = "n/a" if run.get("skipped") or run.get("pearson_r") is None else f"{run['pearson_r']:.2f}"
+        _scatter(axes[0][0], me, [(value(r, "cka_final"), value(r, "entropy_delta_pct"))
+                                  for r in f.runs() if r.get("method") == me])
+    r = _r_text(e.get("run_level") or {})
     axes[0][0].set(title=f"run level: r = {r}", xlabel=axis_label("cka_final"), ylabel=axis_label("entropy_delta_pct"))
     axes[0][0].legend()
     layers = e.get("per_layer")
