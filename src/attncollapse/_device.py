@@ -5,7 +5,6 @@ One home for the device plumbing that training, evaluation and transfer all need
 
 from __future__ import annotations
 
-import contextlib
 import warnings
 from contextlib import contextmanager
 from typing import Iterator
@@ -31,13 +30,16 @@ def effective_precision(precision: str, device: torch.device) -> str:
 
 
 def autocast(device: torch.device | str, precision: str):
-    """Autocast context for `precision` ("fp16" | "bf16" | "fp32" = off)."""
+    """Autocast context for `precision` ("fp16" | "bf16" | "fp32" = off, an enclosing autocast included)."""
     if precision not in _DTYPES:
         raise ValueError(f"unknown precision {precision!r}; expected 'fp16', 'bf16' or 'fp32'")
     dtype = _DTYPES[precision]
+    kind = torch.device(device).type
     if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+        # fp32 means fp32 even inside a caller's autocast (a Trainer's or Lightning's mixed
+        # precision): the measurements must not change with the caller's precision.
+        return torch.autocast(device_type=kind, enabled=False)
+    return torch.autocast(device_type=kind, dtype=dtype)
 
 
 @contextmanager

@@ -89,6 +89,37 @@ def _layer_tokens(vision: nn.Module, attention: list[nn.Module], query: str):
             h.remove()
 
 
+@torch.no_grad()
+def representations(vision: nn.Module, pixel_values: Tensor, *, projection: nn.Module | None = None,
+                    batch_size: int = 256) -> tuple[Tensor, Tensor]:
+    """What the drift signals compare (measure/drift.py), in fp32 whatever the caller's autocast.
+
+    Args:
+        vision: the vision tower (eval mode inside, its mode restored after).
+        pixel_values: (N, 3, S, S) normalised images.
+        projection: applied to the pooled output (CLIP's `visual_projection`); None = the
+            pooled output itself (the query token of the last layer where a tower pools nothing).
+        batch_size: images per forward.
+
+    Returns:
+        (L, N, D) the query token's state after each block, and (N, E) the image embeddings.
+    """
+    spec = spec_of(vision)
+    param = next(vision.parameters())
+    attention = attention_modules(vision)
+    states, embeds = [], []
+    with eval_mode(vision), autocast(param.device, "fp32"), _layer_tokens(vision, attention, spec.query) as tokens:
+        for x in pixel_values.split(batch_size):
+            out = vision(pixel_values=x.to(param.device, param.dtype))
+            states.append(torch.stack(tokens).float())
+            tokens.clear()
+            pooled = getattr(out, "pooler_output", None)
+            if pooled is None:
+                pooled = query_token(out.last_hidden_state, spec.query)
+            embeds.append((projection(pooled) if projection is not None else pooled).float())
+    return torch.cat(states, dim=1), torch.cat(embeds)
+
+
 def summarize_rows(rows: Tensor, *, group_size: int = 32, erf_q: float = 0.95,
                    diversity: str = "batch_mean", aggregate: str = "per_batch") -> dict[str, list[float]]:
     """Per-layer table of eval rows (L, N, H, T) (`metrics.summarize`).
