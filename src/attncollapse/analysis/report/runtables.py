@@ -8,7 +8,6 @@ run's value, with several `mean ± sd` over seeds (`config_summary`).
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable
 
 import numpy as np
@@ -16,31 +15,12 @@ import numpy as np
 from .. import roles
 from ..statistics import seeds
 from .render import Block, dpct, num, pct
+from ..instability import UNSTABLE_MARK, unstable, unstable_rule  # noqa: F401 (re-exported)
 from ..table import METRICS, Run
 
-UNSTABLE_FRAC = 0.05
-"""Δ% is marked unstable when |initial| < UNSTABLE_FRAC × the metric's range (METRIC_RANGE)."""
-METRIC_RANGE = {"entropy": math.log(49), "erf": 1.0, "gini": 1.0, "head_diversity": 1.0}
-"""Each metric's range: entropy 0..ln P nats (P = 49 patches of ViT-B/32 at 224 px; with
-fewer patches the threshold 0.19 nats stays "near zero"); ERF, Gini and head diversity of
-non-negative attention rows all lie in [0, 1]."""
-UNSTABLE_MARK = "†"
 ZS_PROTOCOLS = (("acc", "as trained"), ("acc_frozen_projection", "frozen pretrained projection"),
                 ("acc_base_only", "adapters off"))
 """final.json zero-shot keys and the protocol each names (docs/FORMATS.md)."""
-
-
-def unstable(metric: str, initial: float | None) -> bool:
-    """Whether a Δ% over this initial value is unstable (its base is near zero)."""
-    return initial is not None and abs(initial) < UNSTABLE_FRAC * METRIC_RANGE[metric]
-
-
-def unstable_rule() -> str:
-    """The rule in words, with each metric's threshold."""
-    th = ", ".join(f"{mt} {UNSTABLE_FRAC * r:.3g}" for mt, r in METRIC_RANGE.items())
-    return (f"{UNSTABLE_MARK} Δ% unstable: |initial| < {UNSTABLE_FRAC:g} × the metric's range (entropy ln 49 nats, "
-            f"ERF, Gini and head diversity 1), i.e. below {th}. A ratio over a base that small multiplies noise; "
-            "read the absolute Δ instead.")
 
 
 # ----------------------------------------------------------------------------- seeds
