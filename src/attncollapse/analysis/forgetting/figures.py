@@ -1,0 +1,2 @@
+def render_all(rows, stats, out):
+    return {}
