@@ -134,9 +134,10 @@ def layer_heatmap(rows: list[dict]) -> dict:
     return {"limit": limit, "groups": grids}
 
 
-def interpolation(records: list[dict]) -> dict:
-    """The interpolation sweeps as a table, and per method the record the authors use (highest
-    best_val_acc)."""
+def interpolation(records: list[dict], rows: list[dict]) -> dict:
+    """The interpolation sweeps as a table, per method the record the authors use (highest
+    best_val_acc), and the retention of the grid run with the same (dataset, method, lr, seed):
+    a sweep retrains its run, so α = 1 is another sample of that cell, not the grid run."""
     if not records:
         return {"unsupported": "no interpolation record (intervention/*.json or interpolation/*.json)"}
     sweeps, chosen = [], {}
@@ -148,6 +149,9 @@ def interpolation(records: list[dict]) -> dict:
                        "selected_epoch": rec.get("selected_epoch"), "best_val_acc": rec.get("best_val_acc"),
                        "sweep": [{k: p.get(k) for k in ("alpha", "test_acc", "transfer_retention", "delta_entropy_pct",
                                                         "cka_mean", "embedding_drift", "weight_drift_rel")} for p in pts]})
+        twin = [r for r in rows if (r["dataset"], r["method"], r["lr"], r["seed"]) ==
+                (cfg.get("dataset"), cfg["method"], cfg.get("lr"), cfg.get("seed"))]
+        sweeps[-1]["grid_run_retention"] = twin[0][TARGET] if twin else None
         best = chosen.get(cfg["method"])
         if best is None or (rec.get("best_val_acc") or -1) > (best.get("best_val_acc") or -1):
             chosen[cfg["method"]] = sweeps[-1]

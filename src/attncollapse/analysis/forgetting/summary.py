@@ -82,7 +82,7 @@ def compute(all_rows: list[dict], interpolations: list[dict], problems: list[str
         "transfer_axis_agreement": _safe("transfer_axis_agreement", lambda: grid.transfer_axis_agreement(rows), notes),
         "frontier": _safe("frontier", lambda: decisions.frontier(rows), notes),
         "layer_heatmap": _safe("layer_heatmap", lambda: decisions.layer_heatmap(rows), notes),
-        "interpolation": _safe("interpolation", lambda: decisions.interpolation(interpolations), notes),
+        "interpolation": _safe("interpolation", lambda: decisions.interpolation(interpolations, rows), notes),
     }
     gaps = boot if isinstance(boot, list) else []
     out["bootstrap_n_comparisons"] = max(0, len(gaps) - 1)
@@ -111,6 +111,7 @@ def dose_meter_verdict(s: dict) -> dict:
     flips = len(signs["delta_entropy_pct"]) > 1
     stable = [k for k in VERDICT_PREDICTORS if k in signs and len(signs[k]) == 1]
     return {"signed_dh_within_mean_abs": dh["abs_spearman_within_mean"], "signed_dh_overall": dh["spearman_overall"],
-            "signed_dh_within_signed_mean": dh["spearman_within_mean"], "signed_dh_sign_flips_across_groups": flips,
+            "signed_dh_within_signed_mean": dh["spearman_within_mean"],
+            "signed_dh_within_groups": dh["spearman_within_groups"], "signed_dh_sign_flips_across_groups": flips,
             "stable_sign_signals": stable, "rule": "within mean |ρ| ≥ 0.7, |overall ρ| < 0.5, sign flips across groups",
             "holds": bool(strong_within and weak_across and flips)}
