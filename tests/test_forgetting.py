@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
+from attncollapse import _io
 from attncollapse.analysis.forgetting import analyze, grid, predictors, records
 from attncollapse.analysis.forgetting.decisions import temporal_ordering
 from attncollapse.cli import main
@@ -183,13 +184,17 @@ def test_a_forgetting_matrix_directory_runs_through_the_runner_stage(tmp_path):
         rec["schema"] = records.SCHEMA
         rec["config"]["backbone"] = "secondary" if "basep16" in p.name else "primary"
         (tmp_path / rec["run_id"]).mkdir()
-        (tmp_path / rec["run_id"] / "record.json").write_text(json.dumps(rec))
+        _io.write_json(tmp_path / rec["run_id"] / "record.json", rec, checksum=True)  # as the runner writes it
+    tampered = tmp_path / "S2_eurosat_full_ft_basep16_lr1e-4_seed7" / "record.json"
+    tampered.write_text(tampered.read_text().replace('"seed": 7', '"seed": 8', 1))
     (tmp_path / "interpolation").mkdir()
     inter = json.loads((DATA / "intervention" / "INT_eurosat_lora_r8_lr1e-4_seed7.json").read_text())
     (tmp_path / "interpolation" / "INT__exact.json").write_text(json.dumps({**inter, "variant": "exact"}))
     assert design_stages("forgetting") == {"report": analyze}
     s = design_stages("forgetting")["report"](tmp_path)
-    assert (s["n_runs"], s["n_runs_all_backbones"]) == (27, 39) and s["interpolation"]["sweeps"][0]["variant"] == "exact"
+    assert s["record_problems"] == [f"{tampered}: checksum mismatch — changed after it was written; "
+                                    "rerun the run or remove the file"]
+    assert (s["n_runs"], s["n_runs_all_backbones"]) == (27, 38) and s["interpolation"]["sweeps"][0]["variant"] == "exact"
     assert "paired_method_tests[pets]" not in " ".join(s["notes"])
     for name in ("stats.json", "report.md", "report.html", "figures/dose_response.png"):
         assert (tmp_path / name).exists()

@@ -14,10 +14,11 @@ rows, never raised and never dropped silently.
 from __future__ import annotations
 
 import csv
-import json
 import math
 from pathlib import Path
 from typing import Any
+
+from ... import _io
 
 SCHEMA = "attncollapse-forgetting/1"
 """The `schema` our runner writes; the authors' records carry none."""
@@ -140,19 +141,12 @@ def run_row(record: dict) -> dict:
 
 
 def read_json_file(path: Path) -> dict:
-    """A JSON object from `path`, or RecordError naming what is wrong (truncated, not an object)."""
+    """A JSON object from `path` (a `checksum` our runner writes is verified and dropped), or
+    RecordError naming what is wrong (unreadable, truncated, not an object, changed)."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise RecordError(f"cannot be read ({exc})") from None
-    try:
-        obj = json.loads(text)
-    except ValueError as exc:
-        what = "empty" if not text.strip() else f"not valid JSON ({exc.msg} at line {exc.lineno})"
-        raise RecordError(f"{what}: truncated or damaged; rerun the run or remove the file") from None
-    if not isinstance(obj, dict):
-        raise RecordError(f"expected a JSON object, found {type(obj).__name__}")
-    return obj
+        return _io.read_json_checked(path, fix="rerun the run or remove the file")
+    except _io.DamagedFile as exc:
+        raise RecordError(exc.why) from None
 
 
 def read_runs(paths: list[Path]) -> tuple[list[dict], list[str]]:
