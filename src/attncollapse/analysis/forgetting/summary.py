@@ -46,7 +46,7 @@ def compute(all_rows: list[dict], interpolations: list[dict], problems: list[str
     rows = [r for r in all_rows if r["backbone"] == "primary"]
     notes: list[str] = []
     design = design_of(rows)
-    if design["seeds_per_cell_max"] < 2:
+    if design["n_core_runs"] and design["seeds_per_cell_max"] < 2:
         notes.append("cells: one seed per cell; no SD, and Wilcoxon/paired tests rest on one run per (lr, seed)")
     if design["missing_cells"]:
         notes.append(f"design: the core grid lacks {len(design['missing_cells'])} cell(s): "
@@ -74,7 +74,8 @@ def compute(all_rows: list[dict], interpolations: list[dict], problems: list[str
         "backbone_check": _safe("backbone_check", lambda: grid.backbone_check(all_rows), notes),
         "polarity_by_group": _safe("polarity_by_group", lambda: grid.polarity_by_group(all_rows), notes),
         "iso_accuracy": _safe("iso_accuracy", lambda: grid.iso_accuracy(rows, notes), notes),
-        "selection_utility": _safe("selection_utility", lambda: decisions.selection_utility(rows, 2.0, []), notes),
+        "selection_utility": _empty("sel", _safe("selection_utility", lambda: decisions.selection_utility(rows, 2.0, []),
+                                                 notes), "no dataset with ≥ 3 candidates within 2 points (margin 2)"),
         "selection_utility_margins": {f"{m:g}": _safe(f"selection_utility_margins[{m:g}]",
                                                        lambda m=m: decisions.selection_utility(rows, m, notes), notes)
                                       for m in decisions.MARGINS},
