@@ -66,7 +66,10 @@ def cells(rows: list[dict]) -> list[dict]:
     out = []
     for (dataset, method, lr), rs in group(rows, "dataset", "method", "lr").items():
         corr = col(rs, "corruption_mean_acc")
-        sdv = (lambda k, s=1.0: None if sd(col(rs, k)) is None else sd(col(rs, k)) * s)
+
+        def sdv(key: str, scale: float = 1.0, rs: list[dict] = rs) -> float | None:
+            v = sd(col(rs, key))
+            return None if v is None else v * scale
         out.append({
             "dataset": dataset, "method": method, "lr": lr, "n": len(rs),
             "test_acc": mean(col(rs, "test_acc")) * 100, "test_acc_sd": sdv("test_acc", 100.0),

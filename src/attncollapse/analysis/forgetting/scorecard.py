@@ -50,7 +50,7 @@ def _is_nan(x: Any) -> bool:
 
 def agree(key: str, pub: Any, ours: Any) -> tuple[str, bool]:
     """(rule, verdict) for one number."""
-    if isinstance(pub, bool) or isinstance(pub, str) or isinstance(pub, list):
+    if isinstance(pub, (bool, str, list)):
         return "equal", pub == ours
     if _is_nan(pub) or _is_nan(ours):
         return "both undefined (NaN/None)", _is_nan(pub) and _is_nan(ours)
