@@ -131,7 +131,9 @@ def layer_heatmap(rows: list[dict]) -> dict:
         grids[f"{dataset}/{method}"] = {
             "lrs": [k[0] for k in by_lr],
             "grid": [np.mean([r["delta_entropy_per_layer_pct"] for r in rs], axis=0).tolist() for rs in by_lr.values()]}
-    return {"limit": limit, "groups": grids}
+    top = max((abs(v), r["run_id"], i + 1) for r in c for i, v in enumerate(r["delta_entropy_per_layer_pct"][:4]))
+    return {"limit": limit, "groups": grids,
+            "blocks_1_4_max_abs_run": {"value": top[0], "run_id": top[1], "block": top[2]}}
 
 
 def interpolation(records: list[dict], rows: list[dict]) -> dict:

@@ -169,12 +169,17 @@ def layers(s: dict) -> list:
         return _why(h, "per-layer ΔH")
     early = max(((abs(v), g, lr, i + 1) for g, spec in h["groups"].items() for lr, row in zip(spec["lrs"], spec["grid"])
                  for i, v in enumerate(row[:4])), default=None)
-    late = {g: (spec["grid"][-1][-1], sum(spec["grid"][-1]) / len(spec["grid"][-1])) for g, spec in h["groups"].items()}
-    text = "At the highest learning rate, last-block ΔH against the mean over blocks: " + ", ".join(
-        f"{g} {num(a, '+.2f')}% vs {num(b, '+.2f')}%" for g, (a, b) in late.items()) + "."
+    cells = {(c["dataset"], c["method"], c["lr"]): c["delta_entropy_pct"] for c in s["cells"]}
+    late = {g: (spec["grid"][-1][-1], sum(spec["grid"][-1]) / len(spec["grid"][-1]),
+                cells.get((*g.split("/"), spec["lrs"][-1]))) for g, spec in h["groups"].items()}
+    text = ("At the highest learning rate, last-block ΔH against the mean of the per-block ΔH and against ΔH of the "
+            "block-averaged entropy (the signed ΔH of the cells table): " + ", ".join(
+                f"{g} {num(a, '+.2f')}% vs {num(b, '+.2f')}% / {num(c, '+.2f')}%" for g, (a, b, c) in late.items()) + ".")
     if early:
         text += (f" The largest seed-mean |ΔH| in blocks 1–4 over all core cells is {num(early[0], '.2f')}% "
-                 f"({early[1]} at lr {early[2]:g}, block {early[3]}).")
+                 f"({early[1]} at lr {early[2]:g}, block {early[3]}); over single runs it is "
+                 f"{num(h['blocks_1_4_max_abs_run']['value'], '.2f')}% ({h['blocks_1_4_max_abs_run']['run_id']}, block "
+                 f"{h['blocks_1_4_max_abs_run']['block']}).")
     return [("p", text), ("fig", "layer_heatmap")]
 
 
@@ -226,7 +231,12 @@ def reproduction(s: dict, card: list[dict]) -> list:
         notes.append("The AUCs for damage choose their direction from the outcome (max(AUC, 1 − AUC)); they are "
                      "upper bounds of what a signal of fixed direction achieves, as the summary's numbers are.")
     notes.append("Numbers the paper hard-codes in prose (split sizes, pretrained accuracies, the layer remarks) are "
-                 "not in summary.json and not on this scorecard; the layer section above gives the layer numbers.")
+                 "not in summary.json and not on this scorecard.")
+    h = s["layer_heatmap"]
+    if isinstance(h, dict) and "blocks_1_4_max_abs_run" in h:
+        notes.append(f"The layer remark \"first four blocks within 1.8%\" is a single-run maximum "
+                     f"({num(h['blocks_1_4_max_abs_run']['value'], '.2f')}%); seed means stay lower (see the layer "
+                     "section), and a \"block mean\" there is ΔH of the block-averaged entropy, not the mean of per-block ΔH.")
     out.append(("list", notes))
     bad = [r for r in card if r["verdict"] != "match"]
     if bad:
