@@ -135,12 +135,14 @@ def test_auc_equals_a_brute_force_pair_count(rows):
     assert "chosen from the outcome" in t["orientation"]
 
 
-def _subset(tmp_path: Path, keep) -> Path:
+def _subset(tmp_path: Path, keep, flat: bool = False) -> Path:
+    """The authors' layout (records/results/*.json), or a flat folder of their JSONs."""
     d = tmp_path / "records"
-    (d / "results").mkdir(parents=True)
+    into = d if flat else d / "results"
+    into.mkdir(parents=True)
     for p in (DATA / "results").glob("*.json"):
         if keep(p.name):
-            shutil.copy(p, d / "results" / p.name)
+            shutil.copy(p, into / p.name)
     return d
 
 
@@ -166,9 +168,11 @@ def test_bad_records_are_one_line_each_and_the_rest_is_analysed(tmp_path, capsys
 
 
 def test_one_seed_and_a_missing_cell_say_what_cannot_be_computed(tmp_path):
-    d = _subset(tmp_path, lambda n: "seed7" in n and "basep16" not in n and not n.startswith("S2_pets_lora_r8_lr3e-6"))
+    d = _subset(tmp_path, lambda n: "seed7" in n and "basep16" not in n and not n.startswith("S2_pets_lora_r8_lr3e-6"),
+                flat=True)
     assert main(["reanalyse", str(d), "--out", str(tmp_path / "out")]) == 0
     s = json.loads((tmp_path / "out" / "stats.json").read_text())
+    assert s["n_runs"] == 21 and "scorecard" not in s  # a flat folder without summary.json: no scorecard
     assert s["design"]["seeds_per_cell_max"] == 1 and s["design"]["missing_cells"] == ["pets/lora_r8@3e-06"]
     assert all(c["test_acc_sd"] is None for c in s["cells"])
     assert all(e["wilcoxon_p_value"] is None for e in s["paired_method_tests"])  # 4 and 3 pairs < 6
