@@ -79,7 +79,12 @@ def fig_predictor_bars(rows: list[dict], stats: dict) -> Any:
     ax.set_xlim(-1, 1)
     ax.set_xlabel("ρ within dataset × method, averaged over groups")
     ax.set_title("within configuration groups (checkpoint)")
-    ax.legend(loc="lower left", frameon=False)
+    if all(e["n_groups"] == 0 for e in order):  # say why the panel is empty instead of drawing nothing
+        ax.text(0, len(order) / 2, "no dataset × method group with ≥ 5 runs\nand > 2 distinct values:\n"
+                "within-group ρ undefined", ha="center", va="center", fontsize=8, color="0.3",
+                bbox={"facecolor": "white", "edgecolor": "none"})
+    else:
+        ax.legend(loc="lower left", frameon=False)
     return fig
 
 
@@ -115,19 +120,23 @@ def fig_interpolation(rows: list[dict], stats: dict) -> Any:
     inter = stats.get("interpolation") or {}
     if "sweeps" not in inter:
         return inter.get("unsupported", "no interpolation record")
-    fig, axes = figure(8.0, 2.9, 1, 2, sharex=True)
+    variants = sorted({s["variant"] for s in inter["sweeps"]})
+    fig, axes = figure(8.0, 3.2 + 0.18 * len(inter["sweeps"]) / 2, 1, 2, sharex=True)
     for i, s in enumerate(inter["sweeps"]):
         a = [p["alpha"] for p in s["sweep"]]
         chosen = inter["selected_by_val"].get(s["method"]) == s["run_id"]
-        kw = dict(color=COLOURS.get(s["method"], "0.3"), ls="-" if chosen else ":", marker=MARKERS[i % 5], ms=3.5,
-                  label=f"{LABELS.get(s['method'], s['method'])} {s['lr']:g}" + (" (val-selected)" if chosen else ""))
+        # line style = variant (exact vs the authors' A/B interpolation); thin = not the method's val-best run
+        kw = dict(color=COLOURS.get(s["method"], "0.3"), ls=STYLES[variants.index(s["variant"]) % 4],
+                  marker=MARKERS[i % 5], ms=3.5, lw=1.6 if chosen else 0.8, alpha=1.0 if chosen else 0.6,
+                  label=f"{LABELS.get(s['method'], s['method'])}, lr {s['lr']:g}"
+                        + (f", {s['variant']}" if len(variants) > 1 else "") + ("" if chosen else " (not val-best)"))
         axes[0][0].plot(a, [p["transfer_retention"] for p in s["sweep"]], **kw)
         axes[0][1].plot(a, [100 * p["test_acc"] for p in s["sweep"]], **kw)
     axes[0][0].set_ylabel("CIFAR-100 retention (%)")
     axes[0][1].set_ylabel("target test accuracy (%)")
     for ax in axes[0]:
         ax.set_xlabel("α (0 = pretrained encoder, 1 = fine-tuned)")
-    axes[0][0].legend(loc="lower left", frameon=False)
+    fig.legend(*axes[0][0].get_legend_handles_labels(), loc="outside lower center", ncol=2, frameon=False)
     fig.suptitle("Weight interpolation θ(α) = (1 − α)·θ₀ + α·θ_ft, head kept fine-tuned", fontsize=9)
     return fig
 
