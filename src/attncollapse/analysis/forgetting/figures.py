@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib.ticker import NullFormatter
 
 from ..figures.base import DIVERGING, figure, save
 from .grid import CORE_METHODS, TARGET, col, core, group
@@ -30,7 +31,7 @@ def fig_dose_response(rows: list[dict], stats: dict) -> Any:
     datasets = sorted({r["dataset"] for r in c})
     metrics = (("test_acc", "target test accuracy (%)", 100.0), ("delta_entropy_pct", "ΔH, attention entropy (%)", 1.0),
                (TARGET, "CIFAR-100 retention (%)", 1.0))
-    fig, axes = figure(9.0, 2.9, 1, 3)
+    fig, axes = figure(9.0, 3.2, 1, 3)
     for ax, (metric, label, scale) in zip(axes[0], metrics):
         for i, ds in enumerate(datasets):
             for method in CORE_METHODS:
@@ -47,9 +48,12 @@ def fig_dose_response(rows: list[dict], stats: dict) -> Any:
         if metric == "delta_entropy_pct":
             ax.axhline(0, color="0.5", lw=0.8, ls="--")
         ax.set_xscale("log")
+        lrs = sorted({r["lr"] for r in c})  # tick the grid's rates only: no crowded minor labels
+        ax.set_xticks(lrs, [f"{lr:.0e}" for lr in lrs])
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("learning rate")
         ax.set_title(label)
-    axes[0][0].legend(loc="lower left", frameon=False)
+    fig.legend(*axes[0][0].get_legend_handles_labels(), loc="outside lower center", ncol=4, frameon=False)
     fig.suptitle("Dose-response: seed mean ± SD per learning rate (primary backbone)", fontsize=9)
     return fig
 
