@@ -32,10 +32,12 @@ def _why(value, what: str) -> list:
 
 def design(s: dict) -> list:
     d = s["design"]
+    lo, hi = d["seeds_per_cell_min"], d["seeds_per_cell_max"]
+    seeds = str(hi) if lo == hi else f"{lo}–{hi}"
     out = [("p", f"{s['n_runs']} runs on the primary backbone ({s['n_runs_all_backbones']} on all backbones); the core "
                  f"grid (full_ft, lora_r8) holds {d['n_core_runs']} runs in {d['n_cells']} cells: datasets "
                  f"{', '.join(d['datasets']) or '—'}, learning rates {', '.join(f'{x:g}' for x in d['learning_rates']) or '—'}, "
-                 f"{d['seeds_per_cell_min']}–{d['seeds_per_cell_max']} seeds per cell. Every pooled statistic uses the "
+                 f"{seeds} seed(s) per cell. Every pooled statistic uses the "
                  "primary backbone only; the secondary backbone is analysed on its own.")]
     rows = [[c["dataset"], c["method"], f"{c['lr']:g}", c["n"], f"{num(c['test_acc'], '.2f')} ± {num(c['test_acc_sd'], '.2f')}",
              f"{num(c['delta_entropy_pct'], '+.2f')} ± {num(c['delta_entropy_sd'], '.2f')}", num(c["delta_entropy_last_layer_pct"], "+.2f"),
