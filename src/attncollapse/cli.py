@@ -11,6 +11,7 @@
     attncollapse measure tiny digits --limit 64
     attncollapse compare tiny tiny-vit digits --limit 64
     attncollapse maps tiny digits --vs tiny-vit --layers 1 3
+    attncollapse reanalyse study2/ --out runs/study2-reanalysis
 
 Imports happen inside the commands, so `attncollapse --help` does not load torch.
 """
@@ -290,6 +291,22 @@ def _heads(values: list[str] | None) -> list[int] | None:
     return [int(v) for v in values]
 
 
+def cmd_reanalyse(args: argparse.Namespace) -> int:
+    from .analysis.forgetting import reanalyse
+
+    stats = reanalyse(args.records_dir, args.out, published=args.published)
+    for line in stats["record_problems"]:
+        print(f"warning: {line}", file=sys.stderr)
+    print(f"{stats['n_runs_all_backbones']} run records read ({stats['n_runs']} primary backbone), "
+          f"{len(stats['record_problems'])} left out; {len(stats['notes'])} statistic(s) not computed")
+    card = stats.get("scorecard")
+    if card:
+        print(f"scorecard: {card['match']} of {card['compared']} published numbers match, {card['differs']} differ, "
+              f"{card['missing_in_ours']} missing ({Path(args.out) / 'scorecard.csv'})")
+    print(f"wrote {Path(args.out) / 'report.md'}, report.html, stats.json, run_level.csv and figures/")
+    return 0
+
+
 def cmd_maps(args: argparse.Namespace) -> int:
     from .lab import attention_maps
 
@@ -474,6 +491,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heads", nargs="+", help="`mean` (default: mean over heads) or head numbers from 1")
     _add_lab_options(p, limit_help="number of images, a seeded sample (default 4)")
     p.set_defaults(func=cmd_maps)
+
+    p = add("reanalyse", "the forgetting study's analysis on the authors' study2 records",
+            "Read per-run forgetting records (the authors' study2/ folder with results/ and intervention/, "
+            "or a folder of their JSON records), compute every statistic of their analysis, and write "
+            "stats.json, run_level.csv, figures, report.md/html and scorecard.csv (every number of their "
+            "summary.json and digest.md against ours) into --out.")
+    p.add_argument("records_dir", metavar="RECORDS_DIR", help="study2 folder or a folder of S2_*.json records")
+    p.add_argument("--out", required=True, help="folder for the outputs")
+    p.add_argument("--published", help="folder with the authors' summary.json and digest.md "
+                                       "(default: RECORDS_DIR/analysis or RECORDS_DIR when they are there)")
+    p.set_defaults(func=cmd_reanalyse)
     return parser
 
 

@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 from .. import _io
 from ..analysis import figures, report, stats
+from ..analysis import forgetting
 from ..analysis.figures import controlled as controlled_figures
 from ..analysis.report import controlled as controlled_report
 from ..analysis.statistics import controlled as controlled_stats
@@ -156,10 +157,14 @@ CONTROLLED_STAGES: dict[str, Callable[[Path], Any]] = {
     "stats": controlled_stats.analyze, "figures": controlled_figures.render_all, "report": controlled_report.write}
 """The analysis stages of a `design: controlled` matrix (`design:` in matrix.yaml)."""
 
+FORGETTING_STAGES: dict[str, Callable[[Path], Any]] = {"report": forgetting.analyze}
+"""A `design: forgetting` matrix: one stage reads every run's record.json (and interpolation/)
+and writes stats.json, run_level.csv, figures/ and report.md/html (docs/FORGETTING.md)."""
+
 
 def design_stages(design: str) -> dict[str, Callable[[Path], Any]]:
     """The analysis stages of a matrix's design, looked up at call time (tests narrow them)."""
-    return {"study": ANALYSIS_STAGES, "controlled": CONTROLLED_STAGES}[design]
+    return {"study": ANALYSIS_STAGES, "controlled": CONTROLLED_STAGES, "forgetting": FORGETTING_STAGES}[design]
 
 
 def run_analysis(out_dir: str | Path, *, matrix: MatrixConfig | None = None,
