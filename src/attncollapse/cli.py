@@ -257,12 +257,12 @@ def cmd_measure(args: argparse.Namespace) -> int:
 
     out = _lab_out(args, "measure", args.model)
     _lab_hub_check([args.model], args.images)
-    result = measure_model(args.model, args.images, out=out, **_lab_options(args))
+    result = measure_model(args.model, args.images, out=out, per_head=args.per_head, **_lab_options(args))
     print(f"{args.model} on {args.images}: {_sample_line(result['images'])}, "
           f"{result['model']['family']} {result['model']['grid'][0]}x{result['model']['grid'][1]} patches; "
           "mean ± SD over images")
     print(format_measure(result))
-    print(f"wrote {result['files']['csv']}, {result['files']['json']} and {result['files']['figure']}")
+    print("wrote " + ", ".join(result["files"].values()))
     return 0
 
 
@@ -271,12 +271,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     out = _lab_out(args, "compare", args.a, args.b)
     _lab_hub_check([args.a, args.b], args.images)
-    result = compare_models(args.a, args.b, args.images, out=out, **_lab_options(args))
+    result = compare_models(args.a, args.b, args.images, out=out, per_head=args.per_head, **_lab_options(args))
     print(f"A = {args.a}, B = {args.b} on {args.images}: {_sample_line(result['images'])}; "
           "Δ% = 100·(B − A)/A of the means over images; map JS = Jensen-Shannon divergence of the "
           "head-averaged maps, mean ± SD over images")
     print(format_compare(result))
-    print(f"wrote {result['files']['csv']}, {result['files']['json']} and {result['files']['figure']}")
+    print("wrote " + ", ".join(result["files"].values()))
     return 0
 
 
@@ -448,6 +448,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help=_MODEL_HELP)
     p.add_argument("images", help=_IMAGES_HELP)
     _add_lab_options(p, limit_help="measure a seeded sample of N images (default: all)")
+    p.add_argument("--per-head", action="store_true",
+                   help="also write measure_heads.csv: entropy, ERF, Gini per image, layer and head")
     p.set_defaults(func=cmd_measure)
 
     p = add("compare", "two models on the same images: metrics, Δ, Δ%% and map drift",
@@ -459,6 +461,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("b", metavar="B", help="the model compared with A (same forms)")
     p.add_argument("images", help=_IMAGES_HELP)
     _add_lab_options(p, limit_help="compare on a seeded sample of N images (default: all)")
+    p.add_argument("--per-head", action="store_true",
+                   help="also write compare_heads.csv: A, B and Δ of entropy, ERF, Gini per image, layer and head")
     p.set_defaults(func=cmd_compare)
 
     p = add("maps", "[CLS]→patch attention maps over images (one model, or two side by side)",
