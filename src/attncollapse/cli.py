@@ -307,7 +307,7 @@ def cmd_maps(args: argparse.Namespace) -> int:
     result = attention_maps(args.model, images, vs=vs, layers=args.layers, heads=_heads(args.heads), out=out, **opts)
     print(f"{len(result['names'])} images x {len(result['columns'])} maps ({', '.join(result['columns'])}); "
           f"one colour scale 0 to {result['vmax']:.3f}")
-    print(f"wrote {result['files']['figure']} and {result['files']['arrays']}")
+    print("wrote " + ", ".join(result["files"].values()))
     return 0
 
 

@@ -21,12 +21,14 @@ from .. import _io
 from .._device import resolve_device
 from ..analysis.instability import UNSTABLE_MARK, unstable, unstable_rule
 from ..measure import METRICS, delta_pct
+from .explore import PAGE_IMAGES, keep_page_maps, layer_curves, page_maps
+from .page import bundle_of, write_page
 from .breakdown import compare_image_rows, head_rows, measure_image_rows, write_csv
 from .images import InputError, load_images
 from .load import load_any
 from .paired import TEST_NOTE, paired_tables
 from .per_image import ERF_Q, head_mean_maps, js_divergence, mean_sd, per_head_metrics, per_image_metrics, stream
-from .plots import metrics_figure, write_png
+from .plots import metrics_figure, short_name, write_png
 
 SPREAD = "sample SD over images (ddof 1)"
 _VERSIONS = ("attncollapse", "torch", "transformers", "peft", "git_commit")
@@ -37,7 +39,7 @@ def _settings(preprocess: str, alpha: str, batch_size: int) -> dict:
             "diversity": "per_image", "spread": SPREAD, "entropy_unit": "nats"}
 
 
-def _layers(values: np.ndarray) -> dict:
+def layer_stats(values: np.ndarray) -> dict:
     """(L, N, 4) per-image values → {metric: {"mean": [L], "sd": [L]}}."""
     mean, sd = mean_sd(values)
     return {m: {"mean": mean[:, k].tolist(), "sd": sd[:, k].tolist()} for k, m in enumerate(METRICS)}
@@ -77,7 +79,7 @@ def measure_model(model: str, images: str, *, out: str | Path | None = None, lim
     stream([m], imgs, reduce, batch_size=batch_size, geometry=preprocess, alpha=alpha, device=dev,
            desc=f"measure {model}")
     values = np.concatenate(parts, axis=1)  # (L, N, 4)
-    layers = _layers(values)
+    layers = layer_stats(values)
     result = {"command": "measure", "model": m.record(), "images": imgs.record(),
               "settings": {**_settings(preprocess, alpha, batch_size), "mean": list(m.mean), "std": list(m.std)},
               "layers": layers, "mean": {k: float(np.mean(v["mean"])) for k, v in layers.items()},
@@ -88,7 +90,9 @@ def measure_model(model: str, images: str, *, out: str | Path | None = None, lim
             extra["heads_csv"] = write_csv(Path(out) / "measure_heads.csv",
                                            head_rows(imgs.names, [np.concatenate(heads, 1)], [""]))
         result["files"] = _write(Path(out), "measure", result, _measure_rows(result),
-                                 metrics_figure([(model, layers)], title=f"{model} on {images} ({len(imgs)} images)"),
+                                 metrics_figure([(short_name(model), layers)], n_patches=m.grid[0] * m.grid[1],
+                                                title=f"{short_name(model)} on {short_name(images)} "
+                                                      f"({len(imgs)} images)"),
                                  extra)
     return result
 
@@ -123,9 +127,10 @@ def compare_models(a: str, b: str, images: str, *, out: str | Path | None = None
     if ma.layers != mb.layers:
         raise InputError(f"{a} has {ma.layers} layers and {b} {mb.layers}: per-layer values cannot be paired; "
                          "give two models of the same depth")
-    va, vb, js, ha, hb = [], [], [], [], []
+    va, vb, js, ha, hb, shown = [], [], [], [], [], []
 
     def reduce(rows):
+        keep_page_maps(shown, rows, PAGE_IMAGES)
         va.append(per_image_metrics(rows[0]).cpu().numpy())
         vb.append(per_image_metrics(rows[1]).cpu().numpy())
         js.append(js_divergence(head_mean_maps(rows[0]), head_mean_maps(rows[1])).cpu().numpy())
@@ -136,7 +141,7 @@ def compare_models(a: str, b: str, images: str, *, out: str | Path | None = None
     stream([ma, mb], imgs, reduce, batch_size=batch_size, geometry=preprocess, alpha=alpha, device=dev,
            desc=f"compare {a} {b}")
     va, vb, js = np.concatenate(va, 1), np.concatenate(vb, 1), np.concatenate(js, 1)  # (L, N, 4), (L, N)
-    la, lb = _layers(va), _layers(vb)
+    la, lb = layer_stats(va), layer_stats(vb)
     js_mean, js_sd = mean_sd(js[..., None])
     layers = {}
     for k in METRICS:
@@ -158,16 +163,36 @@ def compare_models(a: str, b: str, images: str, *, out: str | Path | None = None
               "seconds": time.perf_counter() - t0,
               "env": _io.environment()}
     if out is not None:
-        fig = metrics_figure([(f"A: {a}", la), (f"B: {b}", lb)], drift=drift,
-                             title=f"A = {a}, B = {b} on {images} ({len(imgs)} images)")
+        sa, sb = short_name(a), short_name(b)
+        fig = metrics_figure([(f"A: {sa}", la), (f"B: {sb}", lb)], drift=drift, n_patches=ma.grid[0] * ma.grid[1],
+                             title=f"A = {sa}, B = {sb} on {short_name(images)} ({len(imgs)} images; "
+                                   "Δ = B − A)")
         extra = {"images_csv": write_csv(Path(out) / "compare_images.csv",
                                          compare_image_rows(imgs.names, va, vb, js))}
         if per_head:
             extra["heads_csv"] = write_csv(Path(out) / "compare_heads.csv",
                                            head_rows(imgs.names, [np.concatenate(ha, 1), np.concatenate(hb, 1)],
                                                      ["a", "b"]))
+        extra["page"] = _compare_page(Path(out) / "compare.html", result, imgs, page_maps(shown), la, lb,
+                                      preprocess, alpha)
         result["files"] = _write(Path(out), "compare", result, _compare_rows(result), fig, extra)
     return result
+
+
+def _compare_page(path: Path, result: dict, imgs, maps: np.ndarray, la: dict, lb: dict, preprocess: str,
+                  alpha: str) -> Path:
+    """compare.html: A's and B's maps of the first images beside the per-layer metrics."""
+    a, b = short_name(result["a"]["spec"]), short_name(result["b"]["spec"])
+    n = maps.shape[2]
+    pictures = imgs.read(0, n, result["a"]["image_size"], preprocess, alpha)
+    prov = [f"A = {a}, B = {b}; {result['images']['count']} images of {short_name(result['images']['spec'])}, "
+            f"maps of the first {n}; curves: mean over all images",
+            f"attncollapse {result['env'].get('attncollapse')}, git {result['env'].get('git_commit')}"]
+    curves = layer_curves([(f"A: {a}", la), (f"B: {b}", lb)], maps.shape[-1], title="metrics per layer "
+                          "(orange line: the chosen layer)", drift=result["map_js"]["mean"])
+    return write_page(path, bundle_of(title=f"compare: A = {a}, B = {b}", provenance=prov,
+                                      frames=[f"A: {a}", f"B: {b}"], frame_name="model", maps=maps,
+                                      pictures=pictures, names=imgs.names[:n], curves=curves, ref_label=f"A: {a}"))
 
 
 def _provenance(result: dict) -> dict:
