@@ -311,6 +311,14 @@ def cmd_maps(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_explore(args: argparse.Namespace) -> int:
+    from .lab.explore import explore_run
+
+    path = explore_run(args.run_dir, args.out)
+    print(f"wrote {path}: one self-contained page (no network), open it in a browser")
+    return 0
+
+
 def _add_lab_options(p: argparse.ArgumentParser, *, limit_help: str) -> None:
     p.add_argument("--out", help="output directory (default runs/<command>/<model>-<images>)")
     p.add_argument("--limit", type=_positive_int, help=limit_help)
@@ -478,6 +486,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heads", nargs="+", help="`mean` (default: mean over heads) or head numbers from 1")
     _add_lab_options(p, limit_help="number of images, a seeded sample (default 4)")
     p.set_defaults(func=cmd_maps)
+
+    p = add("explore", "a run's attention maps across eval points, layers, heads and images: one HTML page",
+            "One self-contained HTML page (sliders and keys; no network) over a run's evalmaps.npz: the "
+            "[CLS]→patch maps of a few fixed eval images at every eval point, per layer and head, beside the "
+            "pretrained map (step 0) and history.json's metric curves. `run` writes it at the end of each run; "
+            "`compare` and `maps` write one of their own (compare.html, maps.html).")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (runs/<matrix>/<run_id>), finished or running")
+    p.add_argument("--out", help="the page to write (default RUN_DIR/explore.html)")
+    p.set_defaults(func=cmd_explore)
     return parser
 
 
