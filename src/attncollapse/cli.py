@@ -67,6 +67,11 @@ def _run(args: argparse.Namespace, matrix_path: str) -> int:
     summary = run_matrix(matrix, out, only=args.only, executor=args.executor, gpus=args.gpus,
                          runs_per_gpu=args.runs_per_gpu, executor_options=options,
                          analyze=not args.no_analysis)
+    from .lab.explore import refresh_pages
+
+    pages = refresh_pages(out)  # each finished run's explore.html (maps over training, one page)
+    if pages:
+        print(f"explorer pages: {len(pages)} written (e.g. {pages[0]}); open one in a browser")
     if summary.get("analysis", {}).get("report") == "ok":
         print(f"report: {Path(out) / 'report.md'} and report.html")
     held = held_line(summary)
@@ -490,7 +495,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("explore", "a run's attention maps across eval points, layers, heads and images: one HTML page",
             "One self-contained HTML page (sliders and keys; no network) over a run's evalmaps.npz: the "
             "[CLS]→patch maps of a few fixed eval images at every eval point, per layer and head, beside the "
-            "pretrained map (step 0) and history.json's metric curves. `run` writes it at the end of each run; "
+            "pretrained map (step 0) and history.json's metric curves. `run` writes it for each finished run at its end; "
             "`compare` and `maps` write one of their own (compare.html, maps.html).")
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (runs/<matrix>/<run_id>), finished or running")
     p.add_argument("--out", help="the page to write (default RUN_DIR/explore.html)")

@@ -98,6 +98,26 @@ def explore_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     return write_page(Path(out) if out else Path(run_dir) / "explore.html", run_bundle(run_dir))
 
 
+def refresh_pages(matrix_dir: str | Path) -> list[Path]:
+    """Write explore.html for every finished run under a matrix directory whose page is missing
+    or older than its evalmaps.npz (what `attncollapse run` does at its end; ~0.1 s a run).
+
+    A page that cannot be written only warns: the run is done, and `explore` writes it again.
+    """
+    written = []
+    for final in sorted(Path(matrix_dir).glob("*/final.json")):
+        run, page = final.parent, final.parent / "explore.html"
+        store = run / STORE
+        if not store.is_file() or (page.is_file() and page.stat().st_mtime >= store.stat().st_mtime):
+            continue
+        try:
+            written.append(explore_run(run))
+        except (InputError, _io.DamagedFile, OSError, ValueError, KeyError) as exc:
+            warnings.warn(f"{run}: explorer page not written ({exc}); `attncollapse explore {run}` writes it",
+                          stacklevel=2)
+    return written
+
+
 def layer_curves(models: list[tuple[str, dict]], P: int, *, title: str, drift: list[float] | None = None) -> dict:
     """Curves over layers for a compare / maps page: {metric: {"mean": [L]}} per model."""
     uni = uniform_values(P)

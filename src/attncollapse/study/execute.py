@@ -10,7 +10,6 @@ import os
 import socket
 import time
 import traceback
-import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -23,21 +22,7 @@ from .tasks import COMPANIONS, Task, TrainFn
 
 
 def _default_train(cfg: RunConfig, run_dir: Path) -> Any:
-    result = run(cfg, run_dir)
-    _explorer_page(run_dir)
-    return result
-
-
-def _explorer_page(run_dir: Path) -> None:
-    """explore.html beside the finished run (well under a second); a failure only warns:
-    the run is done, and `attncollapse explore` writes the page again."""
-    from ..lab.explore import explore_run
-
-    try:
-        explore_run(run_dir)
-    except Exception as exc:  # noqa: BLE001 - a page is a convenience, never a failed run
-        warnings.warn(f"{run_dir}: explorer page not written ({type(exc).__name__}: {exc}); "
-                      f"`attncollapse explore {run_dir}` writes it", stacklevel=2)
+    return run(cfg, run_dir)
 
 
 def _default_baseline(task: Task) -> dict:
