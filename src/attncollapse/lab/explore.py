@@ -79,7 +79,7 @@ def run_bundle(run_dir: str | Path) -> dict:
         for m in METRICS]
     if any(p.get("val_acc") is not None for p in points):
         panels.append({"title": "validation accuracy", "uniform": None, "series": [
-            {"label": "accuracy", "color": OKABE_ITO[3], "dash": False, "y": [p.get("val_acc") for p in points]}]})
+            {"label": "accuracy", "color": OKABE_ITO[2], "dash": False, "y": [p.get("val_acc") for p in points]}]})
     names = [f"eval image {i}" for i in range(k)]
     run_id = hist.get("run_id", run.name)
     title = f"{run_id}: {cfg.get('method', '?')} fine-tuning of {cfg.get('model', '?')} on {cfg.get('dataset', '?')}"

@@ -293,7 +293,7 @@ def format_compare(result: dict) -> str:
         lines.append(unstable_rule())
     n = P[METRICS[0]]["overall"]["n"]
     lines += ["", f"Δ = B − A, paired over the same {n} images: mean [95% CI]  p (paired t, Holm)  "
-                  "p (Wilcoxon, Holm)"]
+                  "p (Wilcoxon, Holm); head diversity per image (its own heads), so it pairs too"]
     head = f"{'layer':>5}  {'metric':<15} {'Δ':>10} {'95% CI':>23}  {'p t':>7}  {'p Wilcoxon':>10}"
     lines += [head, "-" * len(head)]
     for m in METRICS:

@@ -200,7 +200,7 @@ function curves(f, l) {
   const xc = C.axis === "frame" ? C.cursor[f] : C.x[l];
   C.panels.forEach((pn, i) => {
     const cv = box.querySelectorAll("canvas")[i], ctx = cv.getContext("2d");
-    const W = cv.width, Hh = cv.height, m = {l: 48, r: 8, t: 18, b: 28};
+    const W = cv.width, Hh = cv.height, m = {l: 62, r: 8, t: 18, b: 28};
     ctx.clearRect(0, 0, W, Hh);
     const lines = pn.series.map(s => ({...s, y: s.by_layer ? s.by_layer[l] : s.y}));
     const ys = lines.flatMap(s => s.y).filter(v => v !== null && isFinite(v));
@@ -211,7 +211,8 @@ function curves(f, l) {
     const X = x => m.l + (W - m.l - m.r) * (x - x0) / (x1 - x0), Y = y => Hh - m.b - (Hh - m.t - m.b) * (y - lo) / (hi - lo);
     ctx.strokeStyle = "#888"; ctx.lineWidth = 1; ctx.strokeRect(m.l, m.t, W - m.l - m.r, Hh - m.t - m.b);
     ctx.fillStyle = "#222"; ctx.font = "11px sans-serif"; ctx.textAlign = "left"; ctx.fillText(pn.title, m.l, 12);
-    ctx.textAlign = "right"; ctx.fillText(hi.toPrecision(3), m.l - 3, m.t + 8); ctx.fillText(lo.toPrecision(3), m.l - 3, Hh - m.b);
+    const dig = Math.max(0, Math.ceil(-Math.log10(hi - lo)) + 2), fmt = v => v.toFixed(Math.min(dig, 8));  // distinct ends
+    ctx.textAlign = "right"; ctx.fillText(fmt(hi), m.l - 3, m.t + 8); ctx.fillText(fmt(lo), m.l - 3, Hh - m.b);
     ctx.textAlign = "center"; ctx.fillText(C.xlabel, (W + m.l) / 2, Hh - 4);
     ctx.fillText(String(x0), m.l, Hh - m.b + 12); ctx.fillText(String(x1), W - m.r, Hh - m.b + 12);
     if (pn.uniform !== null && pn.uniform !== undefined) {

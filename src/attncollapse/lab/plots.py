@@ -132,12 +132,12 @@ def maps_figure(pictures: np.ndarray, maps: np.ndarray, *, row_labels: list[str]
         a.grid(False)
         a.spines[:].set_visible(False)
     if im is not None:
-        cb = fig.colorbar(im, ax=ax[:, 1:].ravel().tolist(), shrink=0.8, label=MAP_LABEL)
+        marked = 1.0 / (g * g) <= vmax
+        cb = fig.colorbar(im, ax=ax[:, 1:].ravel().tolist(), shrink=0.8,
+                          label=MAP_LABEL + ("\nwhite line: uniform, 1/P" if marked else ""))
         cb.solids.set_alpha(1.0)
-        if 1.0 / (g * g) <= vmax:
+        if marked:
             cb.ax.axhline(1.0 / (g * g), color="white", lw=1.5)
-            cb.ax.text(1.3, 1.0 / (g * g), "uniform", transform=cb.ax.get_yaxis_transform(), fontsize=5,
-                       va="center", ha="left")
     if title:
         fig.suptitle(title, fontsize=8)
     return fig
