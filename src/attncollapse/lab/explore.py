@@ -83,7 +83,7 @@ def run_bundle(run_dir: str | Path) -> dict:
     names = [f"eval image {i}" for i in range(k)]
     run_id = hist.get("run_id", run.name)
     title = f"{run_id}: {cfg.get('method', '?')} fine-tuning of {cfg.get('model', '?')} on {cfg.get('dataset', '?')}"
-    prov = [f"run {run.name} (seed {hist.get('seed')}, {hist.get('total_steps')} steps); maps from {source}, "
+    prov = [f"run {run.name} (seed {hist.get('seed')}, {hist.get('total_steps', x[-1])} steps); maps from {source}, "
             f"{k} images of the eval subset (test-split indices {hist.get('eval_idx', [])[:k]}); curves from "
             "history.json (the metrics of the whole eval subset)",
             "frame = an eval point; left: the pretrained model (step 0), right: the chosen eval point"]

@@ -214,7 +214,7 @@ function curves(f, l) {
     const dig = Math.max(0, Math.ceil(-Math.log10(hi - lo)) + 2), fmt = v => v.toFixed(Math.min(dig, 8));  // distinct ends
     ctx.textAlign = "right"; ctx.fillText(fmt(hi), m.l - 3, m.t + 8); ctx.fillText(fmt(lo), m.l - 3, Hh - m.b);
     ctx.textAlign = "center"; ctx.fillText(C.xlabel, (W + m.l) / 2, Hh - 4);
-    ctx.fillText(String(x0), m.l, Hh - m.b + 12); ctx.fillText(String(x1), W - m.r, Hh - m.b + 12);
+    ctx.fillText(String(x0), m.l, Hh - m.b + 12); ctx.textAlign = "right"; ctx.fillText(String(x1), W - m.r, Hh - m.b + 12);
     if (pn.uniform !== null && pn.uniform !== undefined) {
       ctx.setLineDash([2, 3]); ctx.strokeStyle = "#555"; ctx.beginPath(); ctx.moveTo(m.l, Y(pn.uniform)); ctx.lineTo(W - m.r, Y(pn.uniform)); ctx.stroke();
       ctx.setLineDash([]); ctx.textAlign = "left"; ctx.fillStyle = "#555"; ctx.fillText("uniform", m.l + 3, Y(pn.uniform) - 3);
