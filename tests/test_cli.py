@@ -72,7 +72,7 @@ def test_small_matrix_end_to_end_with_real_training(tmp_path, capsys):
     for f in ("matrix.yaml", "env.json", "baseline/synthetic.json", "results.csv"):
         assert (out / f).is_file(), f
     for rid in ("E2", "E4", "R1-apr0.1"):
-        for f in ("config.yaml", "env.json", "history.json", "final.json"):
+        for f in ("config.yaml", "env.json", "history.json", "final.json", "evalmaps.npz", "explore.html"):
             assert (out / rid / f).is_file(), (rid, f)
         assert not (out / rid / "lock.json").exists() and not (out / rid / "error.txt").exists()
     rows = list(csv.DictReader((out / "results.csv").open()))

@@ -262,8 +262,11 @@ def test_compare_values_deltas_and_js_drift(saved, folder, tmp_path, capsys):
     pb = eager_patch_rows(saved["tiny-vit"], pixels(folder, names, HALF), prefix=1)
     ra, rb = np_metrics(pa).mean(1), np_metrics(pb).mean(1)
     rows = list(csv.DictReader(open(out / "compare.csv")))
-    assert [c for c in rows[0] if c.startswith("entropy")] == ["entropy_a", "entropy_b", "entropy_delta",
-                                                                "entropy_delta_pct"]
+    assert rows[-1]["layer"] == "all"  # the overall row (tests/test_lab_stats.py checks it)
+    rows = rows[:-1]
+    assert [c for c in rows[0] if c.startswith("entropy")] == [
+        "entropy_a", "entropy_b", "entropy_delta", "entropy_delta_ci_low", "entropy_delta_ci_high", "entropy_p_t",
+        "entropy_p_wilcoxon", "entropy_delta_pct", "entropy_delta_pct_unstable"]
     for k, m in enumerate(METRICS):
         np.testing.assert_allclose([float(r[f"{m}_a"]) for r in rows], ra[:, k], atol=1e-4)
         np.testing.assert_allclose([float(r[f"{m}_b"]) for r in rows], rb[:, k], atol=1e-4)
@@ -314,7 +317,8 @@ def test_maps_side_by_side_on_one_scale(saved, folder, tmp_path, capsys):
     assert res["columns"] == ["L2 h1 A", "L2 h1 B", "L2 h4 A", "L2 h4 B"]
     fig = maps_figure(np.zeros((2, 3, 32, 32), np.uint8), res["maps"], row_labels=res["names"],
                       col_labels=res["columns"])
-    heat = [im for ax in fig.axes for im in ax.images if im.get_array().ndim == 2]  # not the RGB pictures
+    heat = [im for ax in fig.axes for im in ax.images  # not the RGB pictures, nor their grey copies under the maps
+            if im.get_array().ndim == 2 and im.get_cmap().name != "gray"]
     assert len(heat) == 8 and {im.get_clim() for im in heat} == {(0.0, res["maps"].max())}
     assert any(ax.get_ylabel().startswith("[CLS]") for ax in fig.axes)  # the colour bar
 

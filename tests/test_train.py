@@ -120,6 +120,10 @@ def test_interrupt_and_resume_equals_uninterrupted(tmp_path, monkeypatch, overri
     cut, full = _history(tmp_path / "cut")["points"], _history(tmp_path / "ref")["points"]
     assert [p["structure"] for p in cut] == [p["structure"] for p in full]
     assert full[-1]["structure"]["cka"] != full[0]["structure"]["cka"]  # they did move
+    from attncollapse.train.evalmaps import read_store  # the explorer's maps of every eval point, too
+
+    m_cut, m_ref = read_store(tmp_path / "cut" / "evalmaps.npz"), read_store(tmp_path / "ref" / "evalmaps.npz")
+    assert m_cut["steps"].tolist() == [p["step"] for p in full] and np.array_equal(m_cut["maps"], m_ref["maps"])
     a = load_file(tmp_path / "ref" / "checkpoints" / "step-000000016" / "model.safetensors")
     b = load_file(tmp_path / "cut" / "checkpoints" / "step-000000016" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

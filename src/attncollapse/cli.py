@@ -68,6 +68,11 @@ def _run(args: argparse.Namespace, matrix_path: str) -> int:
     summary = run_matrix(matrix, out, only=args.only, executor=args.executor, gpus=args.gpus,
                          runs_per_gpu=args.runs_per_gpu, executor_options=options,
                          analyze=not args.no_analysis)
+    from .lab.explore import refresh_pages
+
+    pages = refresh_pages(out)  # each finished run's explore.html (maps over training, one page)
+    if pages:
+        print(f"explorer pages: {len(pages)} written (e.g. {pages[0]}); open one in a browser")
     if summary.get("analysis", {}).get("report") == "ok":
         print(f"report: {Path(out) / 'report.md'} and report.html")
     held = held_line(summary)
@@ -258,12 +263,12 @@ def cmd_measure(args: argparse.Namespace) -> int:
 
     out = _lab_out(args, "measure", args.model)
     _lab_hub_check([args.model], args.images)
-    result = measure_model(args.model, args.images, out=out, **_lab_options(args))
+    result = measure_model(args.model, args.images, out=out, per_head=args.per_head, **_lab_options(args))
     print(f"{args.model} on {args.images}: {_sample_line(result['images'])}, "
           f"{result['model']['family']} {result['model']['grid'][0]}x{result['model']['grid'][1]} patches; "
           "mean ± SD over images")
     print(format_measure(result))
-    print(f"wrote {result['files']['csv']}, {result['files']['json']} and {result['files']['figure']}")
+    print("wrote " + ", ".join(result["files"].values()))
     return 0
 
 
@@ -272,12 +277,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     out = _lab_out(args, "compare", args.a, args.b)
     _lab_hub_check([args.a, args.b], args.images)
-    result = compare_models(args.a, args.b, args.images, out=out, **_lab_options(args))
+    result = compare_models(args.a, args.b, args.images, out=out, per_head=args.per_head, **_lab_options(args))
     print(f"A = {args.a}, B = {args.b} on {args.images}: {_sample_line(result['images'])}; "
           "Δ% = 100·(B − A)/A of the means over images; map JS = Jensen-Shannon divergence of the "
           "head-averaged maps, mean ± SD over images")
     print(format_compare(result))
-    print(f"wrote {result['files']['csv']}, {result['files']['json']} and {result['files']['figure']}")
+    print("wrote " + ", ".join(result["files"].values()))
     return 0
 
 
@@ -324,7 +329,15 @@ def cmd_maps(args: argparse.Namespace) -> int:
     result = attention_maps(args.model, images, vs=vs, layers=args.layers, heads=_heads(args.heads), out=out, **opts)
     print(f"{len(result['names'])} images x {len(result['columns'])} maps ({', '.join(result['columns'])}); "
           f"one colour scale 0 to {result['vmax']:.3f}")
-    print(f"wrote {result['files']['figure']} and {result['files']['arrays']}")
+    print("wrote " + ", ".join(result["files"].values()))
+    return 0
+
+
+def cmd_explore(args: argparse.Namespace) -> int:
+    from .lab.explore import explore_run
+
+    path = explore_run(args.run_dir, args.out)
+    print(f"wrote {path}: one self-contained page (no network), open it in a browser")
     return 0
 
 
@@ -465,6 +478,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help=_MODEL_HELP)
     p.add_argument("images", help=_IMAGES_HELP)
     _add_lab_options(p, limit_help="measure a seeded sample of N images (default: all)")
+    p.add_argument("--per-head", action="store_true",
+                   help="also write measure_heads.csv: entropy, ERF, Gini per image, layer and head")
     p.set_defaults(func=cmd_measure)
 
     p = add("compare", "two models on the same images: metrics, Δ, Δ%% and map drift",
@@ -476,6 +491,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("b", metavar="B", help="the model compared with A (same forms)")
     p.add_argument("images", help=_IMAGES_HELP)
     _add_lab_options(p, limit_help="compare on a seeded sample of N images (default: all)")
+    p.add_argument("--per-head", action="store_true",
+                   help="also write compare_heads.csv: A, B and Δ of entropy, ERF, Gini per image, layer and head")
     p.set_defaults(func=cmd_compare)
 
     p = add("maps", "[CLS]→patch attention maps over images (one model, or two side by side)",
@@ -502,6 +519,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--published", help="folder with the authors' summary.json and digest.md "
                                        "(default: RECORDS_DIR/analysis or RECORDS_DIR when they are there)")
     p.set_defaults(func=cmd_reanalyse)
+
+    p = add("explore", "a run's attention maps across eval points, layers, heads and images: one HTML page",
+            "One self-contained HTML page (sliders and keys; no network) over a run's evalmaps.npz: the "
+            "[CLS]→patch maps of a few fixed eval images at every eval point, per layer and head, beside the "
+            "pretrained map (step 0) and history.json's metric curves. `run` writes it for each finished run at its end; "
+            "`compare` and `maps` write one of their own (compare.html, maps.html).")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (runs/<matrix>/<run_id>), finished or running")
+    p.add_argument("--out", help="the page to write (default RUN_DIR/explore.html)")
+    p.set_defaults(func=cmd_explore)
     return parser
 
 

@@ -192,6 +192,10 @@ class EvalConfig(Strict):
     four metrics (ViT-B/32, CPU; BENCHMARKS.md); memory: each forward's L full maps,
     L·B·H·T²·4 bytes (ViT-B/32, 256 images: 0.37 GB; ViT-B/16: 5.7 GB — lower
     `forward_batch_size` where short). Not in the resume fingerprint: it adds measures only."""
+    map_images: int = Field(4, ge=0)
+    """Eval images whose head-level [CLS]→patch maps are kept at every eval point in
+    evalmaps.npz (fp16, L·H·P·2 bytes per image and point: ViT-B/32 14 KiB) for `attncollapse
+    explore`; 0 = none. Not in the resume fingerprint: it keeps maps only."""
 
     def metric_options(self) -> dict:
         """The keyword arguments of `measure.summarize_rows` / `attention_table` this config sets."""
@@ -297,8 +301,8 @@ DEFAULTS = RunConfig().model_dump()
 # eval.structure only adds measures (the four metrics, training and accuracy are the same
 # either way), so runs checkpointed before it existed still resume; a run whose switch
 # changed midway has no structure_summary (train/loop.py).
-_NOT_FINGERPRINTED = {"device", "cpu_threads", "eval.forward_batch_size", "eval.structure", "data.cache_dir",
-                      "data.gpu_resident", "data.cache_workers", "data.data_root", "zeroshot"}
+_NOT_FINGERPRINTED = {"device", "cpu_threads", "eval.forward_batch_size", "eval.structure", "eval.map_images",
+                      "data.cache_dir", "data.gpu_resident", "data.cache_workers", "data.data_root", "zeroshot"}
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

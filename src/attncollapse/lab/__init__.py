@@ -4,7 +4,9 @@
 stages: a MODEL argument (preset, model / adapter / run directory, checkpoint file, hub id)
 becomes a probed vision tower (`load`), an IMAGES argument (folder, class folders, list
 file, dataset source) becomes uint8 batches (`images`), and one streamed forward per batch
-(`per_image`) feeds the tables (`measuring`), the maps (`maps`) and their figures (`plots`).
+(`per_image`) feeds the tables (`measuring`; paired tests `paired`, per-image files
+`breakdown`), the maps (`maps`) and their figures (`plots`). `explore` builds the explorer
+pages (`page`: one self-contained HTML file) of a run, of `compare` and of `maps`.
 
 Imports `train`, `measure`, `models`, `data`, `config` and `analysis` (figure style) of attncollapse.
 """

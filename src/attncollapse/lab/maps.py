@@ -12,13 +12,18 @@ from pathlib import Path
 
 import numpy as np
 
+import time
+
 from .. import _io
 from .._device import resolve_device
 from ..measure import patch_rows
+from .explore import PAGE_IMAGES, keep_page_maps, layer_curves, page_maps
 from .images import InputError, load_images
 from .load import Loaded, load_any
-from .per_image import stream
-from .plots import maps_figure, write_png
+from .page import bundle_of, write_page
+from .measuring import layer_stats
+from .per_image import per_image_metrics, stream
+from .plots import maps_figure, short_name, write_png
 
 
 def default_layers(n_layers: int) -> list[int]:
@@ -47,7 +52,8 @@ def attention_maps(model: str, images: str, *, vs: str | None = None, layers: li
         images: an IMAGES argument; limit: a seeded sample of this many (default 4; None = all).
         layers: 1-based layers (default first, middle, last).
         heads: 1-based heads, one panel each; None = the mean over heads.
-        out: directory for maps.png and maps.npz; None = write nothing.
+        out: directory for maps.png, maps.npz, maps.html (the explorer page: every layer and
+            head of the first PAGE_IMAGES images) and maps.json (provenance); None = write nothing.
 
     Returns:
         {"maps": (N, C, g, g) array, "columns": [C labels], "names": [N image names],
@@ -56,6 +62,7 @@ def attention_maps(model: str, images: str, *, vs: str | None = None, layers: li
     Raises:
         InputError: a layer or head out of range, or `vs` with another patch grid.
     """
+    t0 = time.perf_counter()
     dev = str(resolve_device(device))
     imgs = load_images(images, limit=limit, seed=seed)
     models = [load_any(s, device=dev) for s in [model] + ([vs] if vs else [])]
@@ -67,8 +74,13 @@ def attention_maps(model: str, images: str, *, vs: str | None = None, layers: li
     n_heads = [_heads(m) for m in models]
     _check(models, layers, heads, n_heads)
     chunks: list[np.ndarray] = []
+    shown: list = []
+    values: list[list[np.ndarray]] = [[] for _ in models]
 
     def reduce(rows):
+        keep_page_maps(shown, rows, PAGE_IMAGES)
+        for v, r in zip(values, rows):
+            v.append(per_image_metrics(r).cpu().numpy())
         per_model = []
         for r in rows:
             a = patch_rows(r[[x - 1 for x in layers]]).double()  # (l, B, H, P)
@@ -89,14 +101,41 @@ def attention_maps(model: str, images: str, *, vs: str | None = None, layers: li
               "vmax": float(maps.max())}
     if out is not None:
         pictures = imgs.read(0, len(imgs), models[0].image_size, preprocess, alpha)
-        fig = maps_figure(pictures, maps, row_labels=list(imgs.names), col_labels=columns)
+        names = [short_name(m.spec) for m in models]
+        title = (f"A = {names[0]}, B = {names[1]}" if vs else names[0]) + f" on {short_name(images)}"
+        fig = maps_figure(pictures, maps, row_labels=list(imgs.names), col_labels=columns, title=title)
         out = Path(out)
-        files = {"figure": write_png(fig, out / "maps.png"), "arrays": out / "maps.npz"}
+        files = {"figure": write_png(fig, out / "maps.png"), "arrays": out / "maps.npz", "page": out / "maps.html",
+                 "json": out / "maps.json"}
         with _io.atomic_path(files["arrays"]) as tmp, open(tmp, "wb") as fh:
             np.savez_compressed(fh, maps=maps, pictures=pictures, columns=np.asarray(columns),
                                 names=np.asarray(imgs.names), layers=np.asarray(layers))
+        per_layer = [layer_stats(np.concatenate(v, 1)) for v in values]
+        labels = [f"A: {n}" for n in names[:1]] + [f"B: {n}" for n in names[1:]] if vs else names
+        _maps_page(files["page"], title, labels, page_maps(shown), pictures, imgs.names, per_layer)
+        _io.write_json(files["json"], {
+            "command": "maps", "models": result["models"], "images": result["images"],
+            "settings": {"geometry": preprocess, "alpha": alpha, "forward_batch_size": batch_size,
+                         "scale": "one colour scale for every panel: 0 to vmax"},
+            "layers": layers, "heads": result["heads"], "columns": columns, "vmax": result["vmax"],
+            "curves": {lab: lay for lab, lay in zip(labels, per_layer)}, "seconds": time.perf_counter() - t0,
+            "env": _io.environment(), "files": {k: v.name for k, v in files.items()}})
         result["files"] = {k: str(v) for k, v in files.items()}
     return result
+
+
+def _maps_page(path: Path, title: str, labels: list[str], maps: np.ndarray, pictures: np.ndarray,
+               names: list[str], per_layer: list[dict]) -> Path:
+    """maps.html: every layer and head of the first images, per model, beside the per-layer metrics."""
+    n = maps.shape[2]
+    two = len(labels) == 2
+    prov = [f"{len(names)} images, maps of the first {n}; curves: mean over all {len(names)} images",
+            "frame = a model" + ("; left: A, right: the chosen model" if two else "")]
+    curves = layer_curves(list(zip(labels, per_layer)), maps.shape[-1],
+                          title="metrics per layer (orange line: the chosen layer)")
+    return write_page(path, bundle_of(title=f"maps: {title}", provenance=prov, frames=labels, frame_name="model",
+                                      maps=maps, pictures=pictures[:n], names=names[:n], curves=curves,
+                                      ref_label=labels[0] if two else None))
 
 
 def _heads(m: Loaded) -> int:

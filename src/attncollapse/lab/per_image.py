@@ -23,6 +23,7 @@ from .images import Images
 from .load import Loaded
 
 ERF_Q = 0.95
+HEAD_METRICS = ("entropy", "erf", "gini")
 
 
 def per_image_metrics(rows: Tensor, *, erf_q: float = ERF_Q) -> Tensor:
@@ -39,6 +40,19 @@ def per_image_metrics(rows: Tensor, *, erf_q: float = ERF_Q) -> Tensor:
     a = patch_rows(rows)  # (L, B, H, P)
     out = torch.stack([entropy(a).mean(-1), erf(a, erf_q).mean(-1), gini(a).mean(-1), head_diversity(a)], -1)
     return out.double()
+
+
+def per_head_metrics(rows: Tensor, *, erf_q: float = ERF_Q) -> Tensor:
+    """Entropy, ERF and Gini of each image, layer and head (head diversity has no per-head value).
+
+    Args:
+        rows: (L, B, H, 1 + P) canonical rows.
+
+    Returns:
+        (L, B, H, 3) float64 in `HEAD_METRICS` order.
+    """
+    a = patch_rows(rows)
+    return torch.stack([entropy(a), erf(a, erf_q), gini(a)], -1).double()
 
 
 def head_mean_maps(rows: Tensor) -> Tensor:

@@ -30,6 +30,7 @@ from ..models import PRESETS, block_weights, count_parameters, family_of, image_
 from ..transfer import evaluate_for_run, vision_state
 from .build import build
 from .checkpoints import CheckpointWriter, load_best, load_newest, load_weights, trainable
+from .evalmaps import STORE, point_maps, write_store
 from .schedule import batch_indices, flip_mask, lr_at
 from .step import ReferenceRows, make_step
 
@@ -57,6 +58,7 @@ class TrainState:
     warmup_images: int = 0
     images_seen: int = 0
     points: list = field(default_factory=list)
+    maps: list = field(default_factory=list)  # [(step, (L, k, H, P) fp16)] per eval point: evalmaps.npz
 
 
 # --- setup ------------------------------------------------------------------------------
@@ -308,6 +310,8 @@ def _eval_point(r: Run, state: TrainState, writer: CheckpointWriter, board, step
                                     aggregate=cfg.eval.aggregate)
     else:
         rows = eval_rows(r.clf.vision, r.eval_feed, batch_size=cfg.eval.forward_batch_size, precision=r.precision)
+    if cfg.eval.map_images:
+        _keep_maps(r, state, step, rows)
     table = summarize_rows(rows, **cfg.eval.metric_options())
     loss = state.loss_sum / state.loss_count if state.loss_count else None
     if loss is not None and not math.isfinite(loss):
@@ -340,6 +344,16 @@ def _eval_point(r: Run, state: TrainState, writer: CheckpointWriter, board, step
         board.add_scalar("val/acc", acc, step)
     _write_history(r, state)
     return rows
+
+
+def _keep_maps(r: Run, state: TrainState, step: int, rows: torch.Tensor) -> None:
+    """Add this point's maps of the first `eval.map_images` eval images; rewrite evalmaps.npz."""
+    k = min(r.cfg.eval.map_images, rows.shape[1])
+    state.maps = [p for p in state.maps if p[0] < step] + [(step, point_maps(rows, k))]
+    shown = r.splits.eval_set.subset(np.arange(k))
+    write_store(r.dir / STORE, state.maps, shown.images, r.splits.eval_idx[:k],
+                {"run_id": r.cfg.id, "seed": r.cfg.seed, "model": r.cfg.model, "dataset": r.cfg.dataset,
+                 "method": r.cfg.method})
 
 
 def _resident(cfg: RunConfig) -> bool | None:
