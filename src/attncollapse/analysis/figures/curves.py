@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from .. import roles, table
-from .base import (DIVERGING, KIND_COLORS, METRIC_LABELS, OKABE_ITO, Ctx, as_ctx, curve, figure,
-                   plot_seeds, save, seed_counts, short, style_for)
+from .base import (DIVERGING, KIND_COLORS, METRIC_LABELS, OKABE_ITO, Ctx, abs_label, as_ctx, curve, figure,
+                   plot_seeds, run_styles, save, seed_counts, short, style_for, unstable_any)
 
 
 def fig3(src: "Ctx | str | Path", out: Path) -> Path | str:
@@ -88,34 +88,51 @@ def evolution(metric: str):
 
 
 def fig12(src: "Ctx | str | Path", out: Path) -> Path | str:
-    """Fig. 12: loss, accuracy, entropy Δ% and Gini Δ% along training, every run by family;
-    on the entropy panel each run's collapse onset (the reports' definition, `table.collapse_onset`:
-    the first eval point 0.5% below the initial mean entropy) is marked ▼ and the threshold dashed."""
+    """Fig. 12: loss, accuracy, entropy Δ and Gini Δ along training, every run on its own.
+
+    Each run has its own style (colour = family, then line style and marker, `run_styles`)
+    and a legend entry, so 21 runs stay apart. The entropy and Gini panels show Δ% vs step 0,
+    or the absolute Δ when a run's step-0 value makes its Δ% unstable (`instability.unstable`).
+    On the entropy panel each run's collapse onset (the reports' definition,
+    `table.collapse_onset`: the first eval point 0.5% below the initial mean entropy) is
+    marked ▼ and the threshold dashed.
+    """
     ctx = as_ctx(src)
-    runs = [r for r in ctx.matrix.done if r.history()]
+    runs = sorted((r for r in ctx.matrix.done if r.history()), key=lambda r: (ctx.kind(r), r.run_id))
     if not runs:
         return "no finished run with history.json"
-    fig, ax = figure(8.0, 5.5, 2, 2)
-    spec = (("train_loss", False, "train loss"), (None, False, "val accuracy"),
-            ("entropy", True, "entropy Δ% vs step 0"), ("gini", True, "Gini Δ% vs step 0"))
-    for a, (metric, rel, lab) in zip(ax.flat, spec):
+    styles = run_styles(runs, ctx.kind)
+    fig, ax = figure(11.0, 6.2, 2, 2)
+
+    def first(r, metric):
+        x, y = curve(r, metric)
+        return y[0] if len(y) else None
+
+    absolute = {mt: unstable_any(mt, [first(r, mt) for r in runs]) for mt in ("entropy", "gini")}
+    spec = (("train_loss", "train loss"), (None, "val accuracy"),
+            ("entropy", abs_label("entropy") if absolute["entropy"] else "entropy Δ% vs step 0"),
+            ("gini", abs_label("gini") if absolute["gini"] else "Gini Δ% vs step 0"))
+    for a, (metric, lab) in zip(ax.flat, spec):
+        rel = metric in absolute
         for r in runs:
-            x, y = curve(r, metric, relative=rel)
-            a.plot(x, y, color=KIND_COLORS.get(ctx.kind(r), "black"), lw=0.8, alpha=0.8)
+            x, y = curve(r, metric, relative=rel, absolute=absolute.get(metric, False))
+            a.plot(x, y, lw=0.9, ms=3, markevery=max(1, len(x) // 6), label=r.run_id, **styles[r.run_id])
         a.set(xlabel="epoch", ylabel=lab)
     onsets = 0
     for r in runs:
         on = table.collapse_onset(r.history())
         if on is not None:
-            x, y = curve(r, "entropy", relative=True)
-            ax[1, 0].plot(x[on["index"]], y[on["index"]], "v", color=KIND_COLORS.get(ctx.kind(r), "black"), ms=5)
+            x, y = curve(r, "entropy", relative=True, absolute=absolute["entropy"])
+            ax[1, 0].plot(x[on["index"]], y[on["index"]], "v", color=styles[r.run_id]["color"], mec="black",
+                          mew=0.4, ms=6, zorder=4)
             onsets += 1
-    ax[1, 0].axhline(-table.ONSET_PCT, color="black", ls="--", lw=0.6)
+    if not absolute["entropy"]:
+        ax[1, 0].axhline(-table.ONSET_PCT, color="black", ls="--", lw=0.6)
     ax[1, 0].set_title(f"▼ collapse onset (first point {table.ONSET_PCT:g}% below initial): {onsets} of {len(runs)} runs",
                        fontsize=7)
-    for k in sorted({ctx.kind(r) for r in runs}):
-        ax[0, 0].plot([], [], color=KIND_COLORS.get(k, "black"), label=k)
-    ax[0, 0].legend(fontsize=6)
+    handles, labels = ax[0, 0].get_legend_handles_labels()
+    fig.legend(handles, [f"{lab} ({ctx.kind(r)})" for lab, r in zip(labels, runs)], loc="outside right upper",
+               fontsize=6, ncols=1 if len(runs) <= 26 else 2, title="run (colour: family)", title_fontsize=7)
     fig.suptitle("Training dynamics of every run", fontsize=9)
     return save(fig, out)
 

@@ -19,15 +19,16 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+from matplotlib.patches import Patch
 
 from ..._io import DamagedFile, disk_full_message, write_json
 from .. import roles, table
 from . import curves
 from .ablations import extra_frozen_layers, extra_lora_qkvo, fig6, fig8
 from .base import (DIVERGING, KIND_COLORS, METRIC_LABELS, OKABE_ITO, Ctx, as_ctx, bars, figure, layer_band,
-                   legend_kinds, metric_panels, p_text, save, seed_counts, seed_mean, short)
+                   metric_panels, p_text, save, seed_counts, seed_mean, short)
 from .links import CAPTIONS as LINK_CAPTIONS, FIGURES as LINK_FIGURES
-from .zeroshot import fig7, fig15
+from .zeroshot import fig7, fig15, zeroshot_baseline
 
 def baseline_structure(baseline: dict, out_path: str | Path) -> Path | str:
     """Fig. 2: the pretrained model's 4 metrics × layers (experiment report §3.1).
@@ -159,7 +160,11 @@ def fig13(src: Ctx | str | Path, out: Path) -> Path | str:
 
 
 def fig16(src: Ctx | str | Path, out: Path) -> Path | str:
-    """Fig. 16: one-page dashboard of accuracy, entropy Δ, zero-shot and the LR sweep."""
+    """Fig. 16: one-page dashboard of accuracy, entropy Δ, zero-shot and the LR sweep.
+
+    The family legend sits outside the panels (inside it hid bars) and the zero-shot panel
+    draws the pretrained model's level, the line every fine-tuned bar is read against.
+    """
     ctx = as_ctx(src)
     groups = roles.by_config(ctx.matrix.done)
     if not groups:
@@ -167,20 +172,28 @@ def fig16(src: Ctx | str | Path, out: Path) -> Path | str:
     colors = [KIND_COLORS.get(ctx.kind(rs[0]), "black") for rs in groups.values()]
     fig, ax = figure(11.0, 7.0, 2, 2)
     bars(ax[0, 0], groups, lambda r: 100 * r.get("best_acc", np.nan), colors, ylabel="best accuracy (%)", ids_only=True)
-    bars(ax[0, 1], groups, lambda r: r.delta(), colors, ylabel="entropy Δ%", ids_only=True)
+    bars(ax[0, 1], groups, lambda r: r.delta(), colors, ylabel="entropy Δ% (final vs initial)", ids_only=True)
     bars(ax[1, 0], groups, lambda r: None if r.get("zeroshot_acc") is None else 100 * r.get("zeroshot_acc"),
          colors, ylabel="zero-shot top-1 (%)", ids_only=True)
+    base = zeroshot_baseline(ctx)
+    if base is not None:
+        ax[1, 0].axhline(100 * base, color="black", ls="--", lw=0.9, label=f"pretrained {100 * base:.1f}%")
+        ax[1, 0].legend(fontsize=6, loc="upper right")
     for a, t in zip(ax.flat, ("Task accuracy", "Entropy change", "Zero-shot (adapter-active)")):
         a.set_title(t)
     sweep = roles.by_config(ctx.roles["lr_sweep"])
     if len(sweep) >= 2:
         v = [seed_mean(rs, lambda r: r.delta()) for rs in sweep.values()]
-        ax[1, 1].errorbar([rs[0].get("lr") for rs in sweep.values()], [x[0] for x in v], [x[1] for x in v],
-                          marker="o", color=KIND_COLORS["LR sweep"])
-        ax[1, 1].set(xscale="log", xlabel="learning rate", ylabel="entropy Δ%", title="LR sweep")
+        several = any(len(rs) > 1 for rs in sweep.values())
+        ax[1, 1].errorbar([rs[0].get("lr") for rs in sweep.values()], [x[0] for x in v],
+                          [x[1] for x in v] if several else None, marker="o", color=KIND_COLORS["LR sweep"], capsize=2)
+        ax[1, 1].axhline(0, color="black", lw=0.6)
+        ax[1, 1].set(xscale="log", xlabel="learning rate", ylabel="entropy Δ% (final vs initial)", title="LR sweep")
     else:
         ax[1, 1].text(0.5, 0.5, "LR sweep runs missing", ha="center", transform=ax[1, 1].transAxes)
-    legend_kinds(ax[0, 0], {ctx.kind(rs[0]) for rs in groups.values()}, fontsize=6, loc="lower left")
+    kinds = {ctx.kind(rs[0]) for rs in groups.values()}
+    handles = [Patch(facecolor=c, edgecolor="black", linewidth=0.4, label=k) for k, c in KIND_COLORS.items() if k in kinds]
+    fig.legend(handles=handles, loc="outside upper center", ncols=len(handles), fontsize=7)
     return save(fig, out)
 
 
