@@ -134,11 +134,17 @@ def abs_label(metric: str) -> str:
 
 
 def pct_label(metric: str, text: str, initials: list[Any]) -> str:
-    """`text` (an axis label of a Δ%), with the unstable mark and threshold when a run's Δ% of
-    `metric` is unstable: where a figure keeps the Δ% (its statistics were computed on it)."""
-    if metric not in METRIC_RANGE or not unstable_any(metric, initials):
-        return text
-    return f"{text} {UNSTABLE_MARK}\n(Δ% unstable: initial < {UNSTABLE_FRAC * METRIC_RANGE[metric]:.2g})"
+    """`text` (an axis label of a Δ%) marked † when a run's Δ% of `metric` is unstable: where a
+    figure keeps the Δ% (its statistics were computed on it); `unstable_note` says what † means."""
+    return f"{text} {UNSTABLE_MARK}" if metric in METRIC_RANGE and unstable_any(metric, initials) else text
+
+
+def unstable_note(metrics: list[str]) -> str:
+    """"" or the line that explains † for the flagged metrics (their thresholds)."""
+    if not metrics:
+        return ""
+    th = ", ".join(f"{mt} < {UNSTABLE_FRAC * METRIC_RANGE[mt]:.2g}" for mt in metrics)
+    return f"{UNSTABLE_MARK} Δ% unstable: an initial value near zero ({th}) makes the ratio multiply noise"
 
 
 def abs_delta(r: table.Run, metric: str) -> float | None:

@@ -201,7 +201,12 @@ def _patch_map(rows: np.ndarray) -> np.ndarray | None:
 
 
 def overlays(src: "Ctx | str | Path", out: Path, *, max_rows: int = 4) -> Path | str:
-    """[CLS] attention of the first, middle and last layer over eval images, pretrained vs fine-tuned."""
+    """[CLS] attention of the first, middle and last layer over eval images, pretrained vs fine-tuned.
+
+    Row: one eval image of one run (the image in column 0); then per layer the [CLS]→patch
+    attention (head mean) of the pretrained and of the fine-tuned model as a patch grid on one
+    shared colour scale, drawn opaque beside the image rather than blended over it.
+    """
     ctx = as_ctx(src)
     pref = [r for ds in ctx.roles["datasets"] for r in ctx.roles["reference"][ds][:1] + ctx.roles["lora"][ds][:1]]
     runs = [r for r in pref + ctx.matrix.done if (r.dir / "overlays.npz").exists()]
@@ -237,15 +242,18 @@ def overlays(src: "Ctx | str | Path", out: Path, *, max_rows: int = 4) -> Path |
         for j, (li, which) in enumerate(panels):
             a = ax[i, 1 + j]
             att = maps[(i, j)]
-            a.imshow(img)
+            # The map alone, opaque, one cell per patch: blended over the image, the image's own
+            # colours drowned the attention. The image is column 0 of the same row, same extent.
             if att is not None:
-                shown = a.imshow(att, cmap="inferno", alpha=0.6, vmin=0.0, vmax=vmax,
-                                 extent=[-0.5, S - 0.5, S - 0.5, -0.5], interpolation="bilinear")
+                shown = a.imshow(att, cmap="inferno", vmin=0.0, vmax=vmax,
+                                 extent=[-0.5, S - 0.5, S - 0.5, -0.5], interpolation="nearest")
             if i == 0:
                 a.set_title(f"L{li + 1} {'pretrained' if which == 0 else 'fine-tuned'}", fontsize=6)
     if shown is not None:
-        fig.colorbar(shown, ax=ax[:, 1:].ravel().tolist(), shrink=0.8,
-                     label="[CLS]→patch attention (one scale for all panels)")
+        n = shown.get_array().size  # patches: uniform attention is 1/n, the no-focus level
+        cb = fig.colorbar(shown, ax=ax[:, 1:].ravel().tolist(), shrink=0.8,
+                          label=f"[CLS]→patch attention, one scale for all panels\n(white line: uniform 1/{n})")
+        cb.ax.axhline(1.0 / n, color="white", lw=1.5)
     for a in ax.flat:
         a.set_xticks([])
         a.set_yticks([])

@@ -26,7 +26,8 @@ from .. import roles, table
 from . import curves
 from .ablations import extra_frozen_layers, extra_lora_qkvo, fig6, fig8
 from .base import (DIVERGING, KIND_COLORS, METRIC_LABELS, OKABE_ITO, Ctx, as_ctx, bars, figure, layer_band,
-                   metric_panels, p_text, save, seed_counts, seed_mean, short)
+                   metric_panels, p_text, pct_label, save, seed_counts, seed_mean, short,
+                   unstable_any, unstable_note)
 from .links import CAPTIONS as LINK_CAPTIONS, FIGURES as LINK_FIGURES
 from .zeroshot import fig7, fig15, zeroshot_baseline
 
@@ -152,10 +153,16 @@ def fig13(src: Ctx | str | Path, out: Path) -> Path | str:
         else:
             a.hist([r.delta(mi) for r in runs], bins=8, color=OKABE_ITO[0])
         if i == 3:
-            a.set_xlabel(f"{mj} Δ%")
+            a.set_xlabel(pct_label(mj, f"{mj} Δ%", [r.get(f"{mj}_initial") for r in runs]))
         if j == 0:
-            a.set_ylabel(f"{mi} Δ%")
-    fig.suptitle("Correlations among the metrics' Δ% (runs as points)", fontsize=9)
+            a.set_ylabel(pct_label(mi, f"{mi} Δ%", [r.get(f"{mi}_initial") for r in runs]))
+    flagged = [mt for mt in table.METRICS if unstable_any(mt, [r.get(f"{mt}_initial") for r in runs])]
+    kinds = {ctx.kind(r) for r in runs}
+    fig.legend(handles=[Patch(facecolor=c, edgecolor="black", linewidth=0.4, label=k) for k, c in KIND_COLORS.items()
+                        if k in kinds], loc="outside lower center", ncols=len(kinds), fontsize=7)
+    fig.suptitle("Correlations among the metrics' Δ% (below the diagonal: runs as points; on it: histogram, "
+                 "count of runs; above: Pearson r)"
+                 + (f"\n{unstable_note(flagged)}" if flagged else ""), fontsize=9 if not flagged else 8)
     return save(fig, out)
 
 

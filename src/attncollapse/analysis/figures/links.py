@@ -14,7 +14,8 @@ import numpy as np
 from matplotlib.patches import Patch
 
 from ..statistics import links
-from .base import KIND_COLORS, OKABE_ITO, Ctx, as_ctx, figure, legend_kinds, save
+from .base import (METRIC_RANGE, KIND_COLORS, OKABE_ITO, Ctx, as_ctx, figure, legend_kinds, pct_label, save,
+                   unstable_any, unstable_note)
 
 LABEL_MAX = 12
 """Most points a scatter labels with their run ids."""
@@ -51,12 +52,16 @@ def early_warning(src: Ctx | str | Path, out: Path) -> Path | str:
     entries = {e.get("predictor"): e for e in t.get("entries", [])}
     fig, ax = figure(9.0, 6.0, 2, 3)
     for a, pr in zip(ax.flat, links.PREDICTORS):
-        xl = "mean weight drift at epoch ≈ 1" if pr == "weight_drift" else f"{pr} Δ% at epoch ≈ 1"
+        xl = "mean weight drift at epoch ≈ 1" if pr == "weight_drift" else pct_label(
+            pr, f"{pr} Δ% at epoch ≈ 1", [r.get(f"{pr}_initial") for r in ctx.matrix.done])
         _scatter(a, ctx, entries.get(pr, {"skipped": True, "reason": "no entry"}), xl, "transfer change (pp)")
         a.axhline(0, color="black", lw=0.5)
     ax[1, 2].axis("off")
     legend_kinds(ax[1, 2], {ctx.kind(r) for r in ctx.matrix.done}, fontsize=7, loc="center")
-    fig.suptitle("Early warning: the first epoch's change vs the final transfer change", fontsize=9)
+    flagged = [pr for pr in links.PREDICTORS if pr in METRIC_RANGE
+               and unstable_any(pr, [r.get(f"{pr}_initial") for r in ctx.matrix.done])]
+    fig.suptitle("Early warning: the first epoch's change vs the final transfer change"
+                 + (f"\n{unstable_note(flagged)}" if flagged else ""), fontsize=9)
     return save(fig, out)
 
 
