@@ -60,11 +60,16 @@ def interaction(ctx: CCtx, out: Path) -> Path | str:
     dss = list(st.get("datasets") or {})
     if not dss or not keys:
         return "no finished run"
-    fig, axes = figure(2.6 * len(keys), 2.3 * len(dss), len(dss), len(keys))
+    # At most 4 panels a row (one row per response was 7 wide and unreadably small in a report).
+    ncol = min(4, len(keys))
+    per = -(-len(keys) // ncol)  # rows per dataset
+    fig, axes = figure(3.3 * ncol, 2.6 * per * len(dss), per * len(dss), ncol)
     for i, ds in enumerate(dss):
         block = st["datasets"][ds]
+        for a in axes[i * per:(i + 1) * per].flat[len(keys):]:
+            a.axis("off")
         for j, k in enumerate(keys):
-            ax = axes[i][j]
+            ax = axes[i * per + j // ncol][j % ncol]
             for me in st["factors"]["methods"]:
                 rows = [c for c in block["cells"] if c["method"] == me and (c.get(k) or {}).get("mean") is not None]
                 if not rows:
@@ -77,7 +82,7 @@ def interaction(ctx: CCtx, out: Path) -> Path | str:
             ax.minorticks_off()
             terms = (block["anova"].get(k) or {}).get("terms") or {}
             ax.set_title(f"{ds}: {MEASURES[k][0]}\nANOVA p: method {_p(terms.get('method'))}, lr "
-                         f"{_p(terms.get('lr'))}, ×{_p(terms.get('method:lr'))}", fontsize=7)
+                         f"{_p(terms.get('lr'))}, method×lr {_p(terms.get('method:lr'))}", fontsize=7)
             ax.set(xlabel="learning rate", ylabel=axis_label(k))
             if k.endswith("delta_pct"):
                 ax.axhline(0, color="black", lw=0.5)

@@ -76,12 +76,12 @@ def evolution(metric: str):
         dss = [ds for ds in ctx.roles["datasets"] if any(r.history() for r in ctx.main_runs(ds))]
         if not dss:
             return "no full-FT, LoRA or LR-sweep run with history.json"
-        fig, ax = figure(4.0 * len(dss), 3.2, 1, len(dss))
+        fig, ax = figure(4.5 * len(dss), 4.4, 1, len(dss))
         for a, ds in zip(ax[0], dss):
             for i, rs in enumerate(roles.by_config(ctx.main_runs(ds)).values()):
                 plot_seeds(a, rs, metric, lw=1.2, label=short(rs[0]).replace("\n", ": "), **style_for(i))
             a.set(xlabel="epoch", ylabel=METRIC_LABELS[metric], title=f"{METRIC_LABELS[metric]} on {ds}")
-            a.legend(fontsize=6)
+            a.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncols=2)  # below: inside it hid curves
         return save(fig, out)
     draw.__doc__ = f"{METRIC_LABELS[metric]} mean over layers along training, main runs per dataset."
     return draw

@@ -86,7 +86,7 @@ def fig15(src: Ctx | str | Path, out: Path) -> Path | str:
     names = sorted({n for r in runs for n in r.final["zeroshot"]})
     if not names:
         return "no finished run has zero-shot results"
-    fig, ax = figure(8.0, 3.0 * len(names), len(names), 1)
+    fig, ax = figure(10.5, 3.0 * len(names), len(names), 1)
     for a, name in zip(ax[:, 0], names):
         groups = roles.by_config([r for r in runs if name in r.final["zeroshot"]])
         protos = [(k, lab) for k, lab in PROTOCOLS
@@ -104,5 +104,5 @@ def fig15(src: Ctx | str | Path, out: Path) -> Path | str:
         n = seed_counts([r for rs in groups.values() for r in rs])
         a.set(ylabel="top-1 (%)", title=f"Zero-shot on {name} (base-only bars only exist for LoRA)"
               + (f"; mean ± SD over n={n} seeds" if n else ""))
-        a.legend(fontsize=6)
+        a.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: inside it hid bars
     return save(fig, out)
