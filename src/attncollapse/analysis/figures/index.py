@@ -232,30 +232,90 @@ FIGURES: dict[str, Callable[[Any, Path], Any]] = {
 }
 
 CAPTIONS = {
-    "fig2_baseline_structure": "Pretrained attention structure: 4 metrics × layers (E1)",
-    "fig3_triple_curve": "Accuracy and mean entropy during full fine-tuning",
-    "fig4_layer_entropy_heatmap": "Layer-wise entropy evolution (Δ% vs step 0), full FT and LoRA",
-    "fig5_fullft_vs_lora": "Full FT vs LoRA structural comparison (first dataset), one panel per metric",
-    "fig5b_fullft_vs_lora_pets": "Full FT vs LoRA structural comparison (second dataset), one panel per metric",
-    "fig6_lr_sweep": "Learning-rate sweep: structure and accuracy",
-    "fig7_collapse_vs_zeroshot": "Attention collapse vs zero-shot transfer: entropy Δ% and zero-shot accuracy of "
-                                 "the same (best-accuracy) checkpoint (hollow: LoRA base-only)",
-    "fig8_regularization": "Regularization (APR, entropy floor) and weight decay vs no regularizer",
-    "fig9_head_diversity": "Head diversity evolution",
-    "fig10_per_layer_delta_heatmap": "Per-layer entropy Δ% of every configuration",
-    "fig11_statistical_summary": "Statistical summary: differences with bootstrap CIs, raw and Holm p",
-    "fig12_training_dynamics": "Training dynamics: loss, accuracy, entropy (▼ collapse onset, first point 0.5% below the initial) and Gini",
-    "fig13_metric_correlations": "Correlations among the four metrics' Δ%",
-    "fig14_convergence": "Convergence: each run's late-training statistic against the threshold of the report's one convergence criterion (stats.json `convergence`)",
-    "fig15_zeroshot_extended": "Zero-shot transfer per dataset under each protocol: as trained, frozen pretrained "
-                               "projection, LoRA base-only (adapters off)",
-    "fig16_dashboard": "Dashboard",
-    "fig17_gini_evolution": "Gini evolution",
-    "extra_erf95_evolution": "ERF@0.95 evolution",
-    "extra_frozen_layers": "Frozen-layers ablation",
-    "extra_lora_qkvo": "LoRA QV vs QKVO, one panel per metric",
-    "extra_wise_interpolation": "WiSE-FT weight interpolation: zero-shot vs task accuracy and entropy",
-    "extra_attention_overlays": "[CLS] attention over eval images, pretrained vs fine-tuned",
+    "fig2_baseline_structure": "The pretrained model before any fine-tuning (E1): each panel is one metric, x the "
+                               "layer, one line per dataset. This is the level every Δ in the report is measured "
+                               "from; look for the layers where entropy dips and Gini peaks (already focused heads).",
+    "fig3_triple_curve": "One panel per dataset, full fine-tuning reference run: blue circles = validation accuracy "
+                         "(left axis, %), orange squares = mean attention entropy over layers (right axis, nats), "
+                         "x = epoch. Collapse shows as entropy falling while accuracy rises; a flat orange line means "
+                         "the attention kept its spread.",
+    "fig4_layer_entropy_heatmap": "Per-layer entropy Δ% against step 0 as training proceeds: x = epoch, y = layer, "
+                                  "one panel per run (full FT and LoRA r=8 per dataset), one colour scale for all. "
+                                  "Orange = entropy fell (attention contracted), purple = rose, white = unchanged; "
+                                  "look for which layers turn orange first and how deep it spreads.",
+    "fig5_fullft_vs_lora": "Full FT vs LoRA on the first dataset. Four bar panels, one per metric on its own y "
+                           "scale, one bar per configuration (title: the metrics' initial values); bars below 0 "
+                           "= the metric fell. A panel marked † shows the absolute Δ instead of Δ%, because an "
+                           "initial value near zero makes the ratio meaningless. Bottom middle: per-layer entropy "
+                           "Δ% with the full-FT-vs-LoRA test in its title.",
+    "fig5b_fullft_vs_lora_pets": "As fig. 5, on the second dataset: one bar panel per metric (own y scale; † = "
+                                 "absolute Δ, Δ% unstable), and the per-layer entropy Δ% with its test.",
+    "fig6_lr_sweep": "Learning-rate sweep (log x axis): one panel each for entropy, ERF and Gini change and one "
+                     "for best accuracy, each on its own scale. A falling entropy line = more collapse at higher "
+                     "learning rates (the entropy title gives the sweep's correlation); compare where accuracy "
+                     "peaks with where entropy starts to fall. † = absolute Δ (Δ% unstable).",
+    "fig7_collapse_vs_zeroshot": "One point per configuration: x = entropy Δ% at the best-accuracy checkpoint "
+                                 "(left = more collapse), y = zero-shot top-1 of that same checkpoint; colour = "
+                                 "run family; dashed line = the pretrained model's zero-shot accuracy. Hollow "
+                                 "circles (joined by a dotted line) = the same LoRA run with its adapters off. A "
+                                 "rising cloud from left to right means collapse goes with lost transfer.",
+    "fig8_regularization": "Left: entropy Δ% per configuration (bars; below 0 = collapse), tick labels give each "
+                           "run's Holm-adjusted p against the unregularized reference. Right: best accuracy (bars "
+                           "from 0, value printed on each bar). A useful regularizer lifts the left bar above the "
+                           "reference's without lowering the printed accuracy. Colour = run family, as in fig. 16.",
+    "fig9_head_diversity": "Head diversity (mean over layers) along training, one panel per dataset, one line per "
+                           "configuration of the main runs (legend below). Rising = the heads attend to more "
+                           "different places; note the y scale, which can be near zero for random models.",
+    "fig10_per_layer_delta_heatmap": "Every configuration (rows) × layer (columns): final entropy Δ% against the "
+                                     "pretrained model, value printed in each cell. Orange = contracted, purple = "
+                                     "broadened; read across a row for where in depth a run changed, down a column "
+                                     "for which runs changed a layer.",
+    "fig11_statistical_summary": "Forest plot of every comparison: dot = difference in mean entropy Δ% (a − b, the "
+                                 "row's run minus its reference), bar = bootstrap 95% CI, colour = family of "
+                                 "tests; filled dot = significant after Holm correction. A CI crossing the "
+                                 "vertical 0 line means no detectable difference; raw p, Holm p, Cohen's d and n "
+                                 "are printed at the right.",
+    "fig12_training_dynamics": "Every run on its own line (colour = family, line style and marker = run; legend at "
+                               "the right): train loss, validation accuracy, entropy change and Gini change against "
+                               "epoch. On the entropy panel ▼ marks each run's collapse onset (first eval point "
+                               "0.5% below its initial entropy, dashed line). A change panel marked † plots the "
+                               "absolute Δ vs step 0, because some run's initial value is too close to zero for a "
+                               "Δ% to mean anything.",
+    "fig13_metric_correlations": "Scatter matrix of the four metrics' run-level Δ%: below the diagonal one point per "
+                                 "run (colour = family), on the diagonal a histogram (count of runs), above it "
+                                 "Pearson r with its Holm-adjusted p. Points on a line = the metrics move together; "
+                                 "an axis marked † has unstable Δ% (initial near zero), so read its spread with care.",
+    "fig14_convergence": "One bar per run: its late-training statistic under the report's convergence criterion "
+                         "(stats.json `convergence`; title: the criterion), colour = family. A bar left of the "
+                         "dashed threshold = converged; a bar past it = still moving when training stopped.",
+    "fig15_zeroshot_extended": "Zero-shot top-1 per configuration under each protocol (bar colour, legend at "
+                               "the right), one panel per zero-shot dataset: as trained, fine-tuned tower with the "
+                               "frozen pretrained projection, and LoRA with adapters off. Dashed line = the "
+                               "pretrained model; a bar well below it = transfer lost.",
+    "fig16_dashboard": "One-page overview, one bar per configuration coloured by family (legend on top): task "
+                       "accuracy, entropy Δ% (below 0 = collapse), zero-shot top-1 against the pretrained level "
+                       "(dashed), and entropy Δ% along the learning-rate sweep (log x). Look for the runs that are "
+                       "accurate, above the dashed line and near 0 entropy change.",
+    "fig17_gini_evolution": "Gini of [CLS] attention (mean over layers) along training, one panel per dataset, one "
+                            "line per configuration (legend below). Rising Gini = attention concentrating on fewer "
+                            "patches, the mirror image of falling entropy.",
+    "extra_erf95_evolution": "ERF@0.95 (share of patches holding 95% of the [CLS] attention, mean over layers) along "
+                             "training, one panel per dataset, one line per configuration (legend below). Falling = "
+                             "attention shrinking onto fewer patches.",
+    "extra_frozen_layers": "Layer-freezing ablation. Left: entropy Δ% (blue circles, left axis) and best accuracy "
+                           "(orange squares, right axis) against the number of frozen encoder layers. Right: "
+                           "per-layer entropy Δ% per freezing depth; frozen layers should sit at 0.",
+    "extra_lora_qkvo": "LoRA on Q,V vs on Q,K,V,O at the same rank: one bar panel per metric on its own y scale "
+                       "(† = absolute Δ, Δ% unstable), tick labels give each configuration's accuracy. Taller "
+                       "bars for QKVO = adapting more projections moved the attention more.",
+    "extra_wise_interpolation": "WiSE-FT weight interpolation θ = (1−α)·θ₀ + α·θ, one line per run. Left: zero-shot "
+                                "against task accuracy along α (labels = α; top right is best of both). Right: mean "
+                                "entropy against α (0 = pretrained, 1 = fine-tuned); a bend shows where collapse sets in.",
+    "extra_attention_overlays": "[CLS]→patch attention (mean over heads) on eval images: each row one image of one "
+                                "run (the image itself in the first column), then the first, middle and last "
+                                "layer, pretrained beside fine-tuned, one colour scale for all panels (white line "
+                                "on the colour bar = uniform attention). Brighter, fewer cells after fine-tuning = "
+                                "collapse onto a few patches.",
     **LINK_CAPTIONS,
 }
 
@@ -274,16 +334,16 @@ PER_RUN = {"fig12_training_dynamics", "fig13_metric_correlations", "fig14_conver
 
 def caption(name: str, n_seeds: str = "") -> str:
     """The figure's caption, saying how seeds are drawn when configurations have several (n_seeds "2", "2–3")."""
-    c = CAPTIONS.get(name, name)
+    c = CAPTIONS.get(name, name).rstrip(".")
     if not n_seeds:
-        return c
+        return c + "."
     if name in SEED_BANDS:
-        return f"{c}. Mean ± SD over n={n_seeds} seeds per configuration"
+        return f"{c}. Mean ± SD over n={n_seeds} seeds per configuration (error bars, bands)."
     if name in SEED_MEANS:
-        return f"{c}. Mean over n={n_seeds} seeds per configuration"
+        return f"{c}. Mean over n={n_seeds} seeds per configuration."
     if name in PER_RUN:
-        return f"{c}. Every seed's run drawn on its own (n={n_seeds} seeds per configuration)"
-    return c
+        return f"{c}. Every seed's run drawn on its own (n={n_seeds} seeds per configuration)."
+    return c + "."
 
 
 def render_all(matrix_dir: str | Path) -> dict[str, Path | str]:
