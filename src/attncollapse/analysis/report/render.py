@@ -30,7 +30,7 @@ def slug(text: str) -> str:
     """A heading's anchor: lower-case ASCII words joined by "-", without the section number,
     so renumbering the sections leaves every anchor (and every link to it) unchanged."""
     t = re.sub(r"^\d+[a-z]?\.\s+", "", text)
-    t = re.sub(r"[^a-z0-9]+", "-", t.lower().replace("δ", "delta")).strip("-")
+    t = re.sub(r"[^a-z0-9]+", "-", t.lower().replace("δ", "delta ")).strip("-")
     return t or "section"
 
 
