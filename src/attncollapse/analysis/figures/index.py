@@ -254,8 +254,8 @@ CAPTIONS = {
                      "for best accuracy, each on its own scale. A falling entropy line = more collapse at higher "
                      "learning rates (the entropy title gives the sweep's correlation); compare where accuracy "
                      "peaks with where entropy starts to fall. † = absolute Δ (Δ% unstable).",
-    "fig7_collapse_vs_zeroshot": "One point per configuration: x = entropy Δ% at the best-accuracy checkpoint "
-                                 "(left = more collapse), y = zero-shot top-1 of that same checkpoint; colour = "
+    "fig7_collapse_vs_zeroshot": "One point per configuration: x = entropy Δ% (left = more collapse) and y = "
+                                 "zero-shot top-1, both of the same (best-accuracy) checkpoint; colour = "
                                  "run family; dashed line = the pretrained model's zero-shot accuracy. Hollow "
                                  "circles (joined by a dotted line) = the same LoRA run with its adapters off. A "
                                  "rising cloud from left to right means collapse goes with lost transfer.",
