@@ -71,6 +71,7 @@ def test_contents_link_every_heading_to_an_anchor_that_exists():
     # the contents list exactly the headings below the title, in order, and every link lands
     assert p.toc == [h[1] for h in heads]
     assert set(p.toc) <= set(p.ids)
+    assert html.count('href="#contents"') == sum(h[0] == 2 for h in heads)  # each section links back
     # report.md: the same anchors, every heading (but the contents' own) linked by its text
     md_heads = re.findall(r"^#{2,6} (.+)$", md, flags=re.M)
     links = re.findall(r"^\s*- \[(.+)\]\(#([a-z0-9-]+)\)$", md, flags=re.M)

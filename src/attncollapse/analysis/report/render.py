@@ -22,6 +22,8 @@ Block = tuple
 """("h", level, text) | ("p", text) | ("list", [text]) | ("table", head, rows) | ("fig", name) | ("banner", text);
 `contents` adds ("h", level, text, anchor) and ("toc", [(level, text, anchor)])."""
 TOC_TITLE, TOC_ANCHOR = "Contents", "contents"
+SLUG_MAX = 40
+"""Longest anchor made from one heading's words (a sub-heading's adds its section's)."""
 
 
 # ----------------------------------------------------------------------------- contents and anchors
@@ -31,6 +33,8 @@ def slug(text: str) -> str:
     so renumbering the sections leaves every anchor (and every link to it) unchanged."""
     t = re.sub(r"^\d+[a-z]?\.\s+", "", text)
     t = re.sub(r"[^a-z0-9]+", "-", t.lower().replace("δ", "delta ")).strip("-")
+    if len(t) > SLUG_MAX:  # a long heading: its first words, cut at a word boundary
+        t = t[:SLUG_MAX + 1].rsplit("-", 1)[0]
     return t or "section"
 
 
@@ -171,7 +175,8 @@ tr:nth-child(even) td{background:#f7f7f7}figure{margin:1.2em 0}img{max-width:100
 figcaption{font-size:.85em;color:#555}.banner{border:4px solid #D55E00;background:#fff3e0;color:#7a2d00;
 padding:1em;font-size:1.25em;font-weight:bold}.skip{color:#777;font-style:italic}code{background:#f2f2f2;padding:0 3px}
 .toc{border:1px solid #ccc;background:#fafafa;padding:.3em 1em;font-size:.9em}.toc h2{margin-top:.3em}
-.toc ul{margin:.1em 0;padding-left:1.3em;list-style:none}.toc ul ul{font-size:.92em;columns:2}"""
+.toc>ul{columns:2;column-gap:2em}.toc ul{margin:.1em 0;padding-left:1.1em;list-style:none}
+.toc li{break-inside:avoid}.up{font-size:.6em;text-decoration:none;color:#999}.toc ul ul{font-size:.9em}.toc ul ul li{display:inline;margin-right:.8em}"""
 
 
 def inline(text: str) -> str:
@@ -220,7 +225,8 @@ def html_page(blocks: list[Block], figs: dict, root: Path) -> str:
     for b in blocks:
         if b[0] == "h":
             anchor = f' id="{b[3]}"' if len(b) > 3 else ""
-            out.append(f"<h{b[1]}{anchor}>{inline(b[2])}</h{b[1]}>")
+            up = ' <a class="up" href="#contents" title="back to the contents">↑</a>' if b[1] == 2 and anchor else ""
+            out.append(f"<h{b[1]}{anchor}>{inline(b[2])}{up}</h{b[1]}>")
         elif b[0] == "toc":
             out.append(_toc(b[1]))
         elif b[0] == "banner":
