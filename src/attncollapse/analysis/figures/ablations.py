@@ -90,10 +90,13 @@ def extra_frozen_layers(src: Ctx | str | Path, out: Path) -> Path | str:
     ax[0, 0].errorbar(ks, [x[0] for x in v], [x[1] for x in v] if several else None, marker="o", color=OKABE_ITO[0],
                       capsize=2, label="entropy Δ%")
     t = ax[0, 0].twinx()
-    t.plot(ks, [100 * seed_mean(rs, lambda r: r.get("best_acc"))[0] for rs in groups.values()],
-           marker="s", color=OKABE_ITO[1], label="best acc (%)")
-    ax[0, 0].set(xlabel="frozen encoder layers", ylabel="entropy Δ%", title="Entropy change and accuracy")
-    t.set_ylabel("best accuracy (%)")
+    acc = [100 * seed_mean(rs, lambda r: r.get("best_acc"))[0] for rs in groups.values()]
+    t.plot(ks, acc, marker="s", color=OKABE_ITO[1], label="best accuracy (%)")
+    t.set_ylim(max(0.0, np.nanmin(acc) - 5), min(100.5, np.nanmax(acc) + 5))  # never above 100%
+    ax[0, 0].set(xlabel="frozen encoder layers", title="Entropy change (circles) and accuracy (squares)")
+    ax[0, 0].set_ylabel("entropy Δ% (circles)", color=OKABE_ITO[0])
+    ax[0, 0].set_xticks(sorted(set(ks)))
+    t.set_ylabel("best accuracy (%) (squares)", color=OKABE_ITO[1])
     for i, (k, rs) in enumerate(zip(ks, groups.values())):
         layer_band(ax[0, 1], rs, color=OKABE_ITO[i % 8], label=f"freeze {k}")
     ax[0, 1].set(xlabel="layer", ylabel="entropy Δ%", title="Per-layer entropy Δ")

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from matplotlib.patches import Patch
 
 from .. import roles, table
 from .base import (DIVERGING, KIND_COLORS, METRIC_LABELS, OKABE_ITO, Ctx, abs_label, as_ctx, curve, figure,
@@ -167,6 +168,9 @@ def fig14(src: "Ctx | str | Path", out: Path) -> Path | str:
         a.set_xlabel(lab)
     ax[0, 0].set_yticks(ys, [v["run_id"] for v in rows], fontsize=6)
     ax[0, 0].invert_yaxis()
+    kinds = {ctx.kind(by_id[v["run_id"]]) for v in rows if v["run_id"] in by_id}
+    fig.legend(handles=[Patch(facecolor=c, label=k) for k, c in KIND_COLORS.items() if k in kinds],
+               loc="outside lower center", ncols=min(len(kinds), 4) or 1, fontsize=6)
     fig.suptitle(f"Convergence: {c['n_converged']} of {c['n_runs']} runs — {crit['text']}", fontsize=7, wrap=True)
     return save(fig, out)
 
