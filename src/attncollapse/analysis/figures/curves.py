@@ -181,18 +181,22 @@ def wise(src: "Ctx | str | Path", out: Path) -> Path | str:
     runs = [r for r in ctx.matrix.done if (r.final or {}).get("wise")]
     if not runs:
         return "no run has a WiSE-FT curve (final.json \"wise\" empty)"
-    fig, ax = figure(8.0, 3.2, 1, 2)
+    fig, ax = figure(9.0, 3.4, 1, 2)
     for i, r in enumerate(runs[:8]):
         w = sorted(r.final["wise"], key=lambda p: p["alpha"])
         al = [p["alpha"] for p in w]
         zs = [np.nan if p.get("zeroshot_acc") is None else 100 * p["zeroshot_acc"] for p in w]
         ta = [np.nan if p.get("task_acc") is None else 100 * p["task_acc"] for p in w]
-        ax[0, 0].plot(ta, zs, marker="o", ms=3, label=r.run_id, **style_for(i))
-        for a_, x, y in zip(al, ta, zs):
-            ax[0, 0].annotate(f"{a_:g}", (x, y), fontsize=5, xytext=(2, 2), textcoords="offset points")
-        ax[0, 1].plot(al, [(p.get("mean") or {}).get("entropy", np.nan) for p in w], marker="o", ms=3, **style_for(i))
-    ax[0, 0].set(xlabel="task accuracy (%)", ylabel="zero-shot top-1 (%)", title="Interpolation path (labels: α)")
-    ax[0, 0].legend(fontsize=6)
+        st = style_for(i)
+        ax[0, 0].plot(ta, zs, marker=".", ms=4, label=r.run_id, **st)
+        # The path's ends instead of an α label at every point (those overprinted one another):
+        # hollow circle = α 0 (pretrained weights), star = α 1 (the fine-tuned run).
+        ax[0, 0].plot(ta[:1], zs[:1], "o", ms=7, mfc="white", mec=st["color"], zorder=3)
+        ax[0, 0].plot(ta[-1:], zs[-1:], "*", ms=9, color=st["color"], mec="black", mew=0.3, zorder=3)
+        ax[0, 1].plot(al, [(p.get("mean") or {}).get("entropy", np.nan) for p in w], marker="o", ms=3, **st)
+    ax[0, 0].set(xlabel="task accuracy (%)", ylabel="zero-shot top-1 (%)",
+                 title="Path from ○ α = 0 (pretrained) to ★ α = 1")
+    fig.legend(*ax[0, 0].get_legend_handles_labels(), loc="outside right upper", fontsize=6, title="run")
     ax[0, 1].set(xlabel="α (0 = pretrained, 1 = fine-tuned)", ylabel="mean entropy (nats)", title="Entropy along the path")
     return save(fig, out)
 

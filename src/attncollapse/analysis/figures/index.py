@@ -309,7 +309,8 @@ CAPTIONS = {
                        "(† = absolute Δ, Δ% unstable), tick labels give each configuration's accuracy. Taller "
                        "bars for QKVO = adapting more projections moved the attention more.",
     "extra_wise_interpolation": "WiSE-FT weight interpolation θ = (1−α)·θ₀ + α·θ, one line per run. Left: zero-shot "
-                                "against task accuracy along α (labels = α; top right is best of both). Right: mean "
+                                "against task accuracy along α, from ○ (α = 0, pretrained weights) to ★ (α = 1, "
+                                "the fine-tuned run); top right is the best of both. Right: mean "
                                 "entropy against α (0 = pretrained, 1 = fine-tuned); a bend shows where collapse sets in.",
     "extra_attention_overlays": "[CLS]→patch attention (mean over heads) on eval images: each row one image of one "
                                 "run (the image itself in the first column), then the first, middle and last "
