@@ -343,5 +343,5 @@ def metric_panels(axes: Any, groups: dict[str, list[table.Run]], *, labels: list
         a.set_xticks(xs, labels or list(groups), rotation=30, ha="right", fontsize=7)
         span = "" if not ini else f"initial {min(ini):.3g}" + (f"–{max(ini):.3g}" if max(ini) > min(ini) else "")
         name = METRIC_LABELS[mt].split(" (")[0] + (f" {UNSTABLE_MARK}" if absolute else "")
-        a.set(title=f"{name} ({span})" if span else name,
+        a.set(title=f"{name}\n({span})" if span else name,
               ylabel=abs_label(mt) if absolute else "Δ% (final vs initial)")
