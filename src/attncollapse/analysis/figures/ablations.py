@@ -13,29 +13,37 @@ import numpy as np
 
 from .. import roles
 from .base import (KIND_COLORS, METRIC_LABELS, OKABE_ITO, Ctx, as_ctx, bars, figure, layer_band,
-                   metric_panels, save, seed_mean, short)
+                   UNSTABLE_MARK, abs_delta, abs_label, metric_panels, save, seed_mean, short, unstable_any)
 
 
 def fig6(src: Ctx | str | Path, out: Path) -> Path | str:
-    """Fig. 6: the LR sweep (experiment report §3.4)."""
+    """Fig. 6: the LR sweep (experiment report §3.4): entropy, ERF and Gini change and the best
+    accuracy against the learning rate, each on its own panel and scale (on one shared Δ% axis
+    a metric with a small base flattened the others); a metric whose Δ% is unstable is drawn
+    as its absolute Δ. The entropy panel's title carries the sweep's test (stats.json)."""
     ctx = as_ctx(src)
     groups = roles.by_config(ctx.roles["lr_sweep"])
     if len(groups) < 2:
         return f"LR sweep needs ≥ 2 learning rates on {ctx.roles['primary']}; found {len(groups)}"
     lrs = [rs[0].get("lr") for rs in groups.values()]
-    fig, ax = figure(8.0, 3.2, 1, 2)
-    for i, mt in enumerate(("entropy", "erf", "gini")):
-        v = [seed_mean(rs, lambda r: r.delta(mt)) for rs in groups.values()]
-        ax[0, 0].errorbar(lrs, [x[0] for x in v], [x[1] for x in v], marker="o", ms=4, color=OKABE_ITO[i],
-                          label=METRIC_LABELS[mt].split(" (")[0], capsize=2)
+    several = any(len(rs) > 1 for rs in groups.values())
+    fig, ax = figure(12.0, 3.2, 1, 4)
     e = ctx.test("lr_sweep")
-    sub = "" if e.get("skipped") else f" — r={e['pearson_r']:.3f}, p={e['pearson_p']:.3g}; ρ={e['spearman_rho']:.2f}"
-    ax[0, 0].set(xscale="log", xlabel="learning rate", ylabel="Δ% (final vs initial)", title="Structure" + sub)
-    ax[0, 0].axhline(0, color="black", lw=0.6)
-    ax[0, 0].legend()
+    sub = "" if e.get("skipped") else f"\nr={e['pearson_r']:.3f}, p={e['pearson_p']:.3g}; ρ={e['spearman_rho']:.2f}"
+    for i, (a, mt) in enumerate(zip(ax[0], ("entropy", "erf", "gini"))):
+        absolute = unstable_any(mt, [r.get(f"{mt}_initial") for r in ctx.roles["lr_sweep"]])
+        v = [seed_mean(rs, (lambda r: abs_delta(r, mt)) if absolute else (lambda r: r.delta(mt)))
+             for rs in groups.values()]
+        a.errorbar(lrs, [x[0] for x in v], [x[1] for x in v] if several else None, marker="o", ms=4,
+                   color=OKABE_ITO[i], capsize=2)
+        a.axhline(0, color="black", lw=0.6)
+        name = METRIC_LABELS[mt].split(" (")[0]
+        a.set(xscale="log", xlabel="learning rate", ylabel=abs_label(mt) if absolute else f"{name} Δ% (final vs initial)",
+              title=name + (f" {UNSTABLE_MARK}" if absolute else "") + (sub if mt == "entropy" else ""))
     v = [seed_mean(rs, lambda r: r.get("best_acc")) for rs in groups.values()]
-    ax[0, 1].errorbar(lrs, [100 * x[0] for x in v], [100 * x[1] for x in v], marker="s", color=OKABE_ITO[3], capsize=2)
-    ax[0, 1].set(xscale="log", xlabel="learning rate", ylabel="best accuracy (%)", title="Task accuracy")
+    ax[0, 3].errorbar(lrs, [100 * x[0] for x in v], [100 * x[1] for x in v] if several else None, marker="s",
+                      color=OKABE_ITO[3], capsize=2)
+    ax[0, 3].set(xscale="log", xlabel="learning rate", ylabel="best accuracy (%)", title="Task accuracy")
     return save(fig, out)
 
 
@@ -57,9 +65,15 @@ def fig8(src: Ctx | str | Path, out: Path) -> Path | str:
                                              for c in groups], rotation=45, ha="right")
     ax[0, 0].set_title("Entropy change (Welch p vs no regularizer, Holm-adjusted)")
     bars(ax[0, 1], groups, lambda r: 100 * r.get("best_acc", np.nan), colors, ylabel="best accuracy (%)")
-    lo = np.nanmin([100 * r.get("best_acc", np.nan) for r in ref + cands])
-    ax[0, 1].set_ylim(max(0, lo - 2), 100)
-    ax[0, 1].set_title("Task accuracy")
+    # Bars start at 0 (a bar's length is its value; a truncated axis would inflate 0.3 pp into
+    # half the panel), so the small differences are printed on the bars instead.
+    ax[0, 1].set_ylim(0, 105)
+    for x, rs in enumerate(groups.values()):
+        m, sd = seed_mean(rs, lambda r: 100 * r.get("best_acc", np.nan))
+        if np.isfinite(m):
+            ax[0, 1].text(x, m / 2, f"{m:.2f}" + (f"\n±{sd:.2f}" if len(rs) > 1 else ""), ha="center", va="center",
+                          fontsize=6, rotation=90, color="white", fontweight="bold")
+    ax[0, 1].set_title("Task accuracy (value printed on each bar)")
     return save(fig, out)
 
 
@@ -72,12 +86,17 @@ def extra_frozen_layers(src: Ctx | str | Path, out: Path) -> Path | str:
     ks = [rs[0].get("freeze_layers") or 0 for rs in groups.values()]
     fig, ax = figure(8.0, 3.2, 1, 2)
     v = [seed_mean(rs, lambda r: r.delta()) for rs in groups.values()]
-    ax[0, 0].errorbar(ks, [x[0] for x in v], [x[1] for x in v], marker="o", color=OKABE_ITO[0], label="entropy Δ%")
+    several = any(len(rs) > 1 for rs in groups.values())
+    ax[0, 0].errorbar(ks, [x[0] for x in v], [x[1] for x in v] if several else None, marker="o", color=OKABE_ITO[0],
+                      capsize=2, label="entropy Δ%")
     t = ax[0, 0].twinx()
-    t.plot(ks, [100 * seed_mean(rs, lambda r: r.get("best_acc"))[0] for rs in groups.values()],
-           marker="s", color=OKABE_ITO[1], label="best acc (%)")
-    ax[0, 0].set(xlabel="frozen encoder layers", ylabel="entropy Δ%", title="Entropy change and accuracy")
-    t.set_ylabel("best accuracy (%)")
+    acc = [100 * seed_mean(rs, lambda r: r.get("best_acc"))[0] for rs in groups.values()]
+    t.plot(ks, acc, marker="s", color=OKABE_ITO[1], label="best accuracy (%)")
+    t.set_ylim(max(0.0, np.nanmin(acc) - 5), min(100.5, np.nanmax(acc) + 5))  # never above 100%
+    ax[0, 0].set(xlabel="frozen encoder layers", title="Entropy change (circles) and accuracy (squares)")
+    ax[0, 0].set_ylabel("entropy Δ% (circles)", color=OKABE_ITO[0])
+    ax[0, 0].set_xticks(sorted(set(ks)))
+    t.set_ylabel("best accuracy (%) (squares)", color=OKABE_ITO[1])
     for i, (k, rs) in enumerate(zip(ks, groups.values())):
         layer_band(ax[0, 1], rs, color=OKABE_ITO[i % 8], label=f"freeze {k}")
     ax[0, 1].set(xlabel="layer", ylabel="entropy Δ%", title="Per-layer entropy Δ")

@@ -60,11 +60,16 @@ def interaction(ctx: CCtx, out: Path) -> Path | str:
     dss = list(st.get("datasets") or {})
     if not dss or not keys:
         return "no finished run"
-    fig, axes = figure(2.6 * len(keys), 2.3 * len(dss), len(dss), len(keys))
+    # At most 4 panels a row (one row per response was 7 wide and unreadably small in a report).
+    ncol = min(4, len(keys))
+    per = -(-len(keys) // ncol)  # rows per dataset
+    fig, axes = figure(3.3 * ncol, 2.6 * per * len(dss), per * len(dss), ncol)
     for i, ds in enumerate(dss):
         block = st["datasets"][ds]
+        for a in axes[i * per:(i + 1) * per].flat[len(keys):]:
+            a.axis("off")
         for j, k in enumerate(keys):
-            ax = axes[i][j]
+            ax = axes[i * per + j // ncol][j % ncol]
             for me in st["factors"]["methods"]:
                 rows = [c for c in block["cells"] if c["method"] == me and (c.get(k) or {}).get("mean") is not None]
                 if not rows:
@@ -77,7 +82,7 @@ def interaction(ctx: CCtx, out: Path) -> Path | str:
             ax.minorticks_off()
             terms = (block["anova"].get(k) or {}).get("terms") or {}
             ax.set_title(f"{ds}: {MEASURES[k][0]}\nANOVA p: method {_p(terms.get('method'))}, lr "
-                         f"{_p(terms.get('lr'))}, ×{_p(terms.get('method:lr'))}", fontsize=7)
+                         f"{_p(terms.get('lr'))}, method×lr {_p(terms.get('method:lr'))}", fontsize=7)
             ax.set(xlabel="learning rate", ylabel=axis_label(k))
             if k.endswith("delta_pct"):
                 ax.axhline(0, color="black", lw=0.5)
@@ -203,15 +208,23 @@ FIGURES: dict[str, Callable[[CCtx, Path], Path | str]] = {
     "controlled_retention": retention,
 }
 CAPTIONS = {
-    "controlled_interaction": "Method × learning-rate interaction: cell mean ± SD over seeds per response, "
-                              "with the two-way ANOVA's p-values (method, lr, interaction)",
-    "controlled_layer_heatmaps": "Per-layer Δentropy (%) per cell, seed mean: learning rate × layer, per dataset "
-                                 "and method (purple: broader, orange: contracted)",
-    "controlled_correlations": "Every run's Δentropy against its zero-shot accuracy (left) and its best accuracy "
-                               "(right), per dataset",
-    "controlled_cka": "Mean CKA to the pretrained tower against Δentropy (run level) and per layer",
-    "controlled_retention": "Retention model: OLS coefficients with 95% CIs (structural predictors per SD, "
-                            "log10 lr per tenfold)",
+    "controlled_interaction": "One panel per response and dataset: cell mean ± SD over seeds (bars) against the "
+                              "learning rate (log x), one line per method (colour). Parallel lines = no "
+                              "interaction; crossing or diverging lines = the method's effect depends on the "
+                              "learning rate. Titles give the two-way ANOVA p of method, lr and method×lr.",
+    "controlled_layer_heatmaps": "Per-layer entropy Δ% (seed mean) per cell: y = learning rate, x = layer, one panel "
+                                 "per dataset and method, value printed in each cell, one colour scale for all. "
+                                 "Orange = contracted, purple = broadened; compare the methods' panels row by row.",
+    "controlled_correlations": "One point per run (colour = method): x = entropy Δ%, y = zero-shot accuracy (left) "
+                               "or best accuracy (right), one row per dataset, Pearson r in each title. A tilted "
+                               "cloud = the two move together; compare the colours' positions for the method effect.",
+    "controlled_cka": "Left: each run's mean CKA to the pretrained tower (x; 1 = unchanged representations) "
+                      "against its entropy Δ% (colour = method), r in the title. Right: the same correlation per "
+                      "layer (bar height = Pearson r); tall bars = layers where representation change and "
+                      "attention change go together.",
+    "controlled_retention": "Retention model (OLS): one row per predictor, dot = coefficient in retention points, "
+                            "bar = 95% CI (structural predictors per SD, log10 lr per tenfold). A CI that crosses "
+                            "the vertical 0 line = no detectable effect; title: R² and n.",
 }
 
 

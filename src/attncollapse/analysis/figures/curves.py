@@ -9,10 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from matplotlib.patches import Patch
 
 from .. import roles, table
-from .base import (DIVERGING, KIND_COLORS, METRIC_LABELS, OKABE_ITO, Ctx, as_ctx, curve, figure,
-                   plot_seeds, save, seed_counts, short, style_for)
+from .base import (DIVERGING, KIND_COLORS, METRIC_LABELS, OKABE_ITO, Ctx, abs_label, as_ctx, curve, figure,
+                   plot_seeds, run_styles, save, seed_counts, short, style_for, unstable_any)
 
 
 def fig3(src: "Ctx | str | Path", out: Path) -> Path | str:
@@ -76,46 +77,63 @@ def evolution(metric: str):
         dss = [ds for ds in ctx.roles["datasets"] if any(r.history() for r in ctx.main_runs(ds))]
         if not dss:
             return "no full-FT, LoRA or LR-sweep run with history.json"
-        fig, ax = figure(4.0 * len(dss), 3.2, 1, len(dss))
+        fig, ax = figure(4.5 * len(dss), 4.4, 1, len(dss))
         for a, ds in zip(ax[0], dss):
             for i, rs in enumerate(roles.by_config(ctx.main_runs(ds)).values()):
                 plot_seeds(a, rs, metric, lw=1.2, label=short(rs[0]).replace("\n", ": "), **style_for(i))
             a.set(xlabel="epoch", ylabel=METRIC_LABELS[metric], title=f"{METRIC_LABELS[metric]} on {ds}")
-            a.legend(fontsize=6)
+            a.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncols=2)  # below: inside it hid curves
         return save(fig, out)
     draw.__doc__ = f"{METRIC_LABELS[metric]} mean over layers along training, main runs per dataset."
     return draw
 
 
 def fig12(src: "Ctx | str | Path", out: Path) -> Path | str:
-    """Fig. 12: loss, accuracy, entropy Δ% and Gini Δ% along training, every run by family;
-    on the entropy panel each run's collapse onset (the reports' definition, `table.collapse_onset`:
-    the first eval point 0.5% below the initial mean entropy) is marked ▼ and the threshold dashed."""
+    """Fig. 12: loss, accuracy, entropy Δ and Gini Δ along training, every run on its own.
+
+    Each run has its own style (colour = family, then line style and marker, `run_styles`)
+    and a legend entry, so 21 runs stay apart. The entropy and Gini panels show Δ% vs step 0,
+    or the absolute Δ when a run's step-0 value makes its Δ% unstable (`instability.unstable`).
+    On the entropy panel each run's collapse onset (the reports' definition,
+    `table.collapse_onset`: the first eval point 0.5% below the initial mean entropy) is
+    marked ▼ and the threshold dashed.
+    """
     ctx = as_ctx(src)
-    runs = [r for r in ctx.matrix.done if r.history()]
+    runs = sorted((r for r in ctx.matrix.done if r.history()), key=lambda r: (ctx.kind(r), r.run_id))
     if not runs:
         return "no finished run with history.json"
-    fig, ax = figure(8.0, 5.5, 2, 2)
-    spec = (("train_loss", False, "train loss"), (None, False, "val accuracy"),
-            ("entropy", True, "entropy Δ% vs step 0"), ("gini", True, "Gini Δ% vs step 0"))
-    for a, (metric, rel, lab) in zip(ax.flat, spec):
+    styles = run_styles(runs, ctx.kind)
+    fig, ax = figure(11.0, 6.2, 2, 2)
+
+    def first(r, metric):
+        x, y = curve(r, metric)
+        return y[0] if len(y) else None
+
+    absolute = {mt: unstable_any(mt, [first(r, mt) for r in runs]) for mt in ("entropy", "gini")}
+    spec = (("train_loss", "train loss"), (None, "val accuracy"),
+            ("entropy", abs_label("entropy") if absolute["entropy"] else "entropy Δ% vs step 0"),
+            ("gini", abs_label("gini") if absolute["gini"] else "Gini Δ% vs step 0"))
+    for a, (metric, lab) in zip(ax.flat, spec):
+        rel = metric in absolute
         for r in runs:
-            x, y = curve(r, metric, relative=rel)
-            a.plot(x, y, color=KIND_COLORS.get(ctx.kind(r), "black"), lw=0.8, alpha=0.8)
+            x, y = curve(r, metric, relative=rel, absolute=absolute.get(metric, False))
+            a.plot(x, y, lw=0.9, ms=3, markevery=max(1, len(x) // 6), label=r.run_id, **styles[r.run_id])
         a.set(xlabel="epoch", ylabel=lab)
     onsets = 0
     for r in runs:
         on = table.collapse_onset(r.history())
         if on is not None:
-            x, y = curve(r, "entropy", relative=True)
-            ax[1, 0].plot(x[on["index"]], y[on["index"]], "v", color=KIND_COLORS.get(ctx.kind(r), "black"), ms=5)
+            x, y = curve(r, "entropy", relative=True, absolute=absolute["entropy"])
+            ax[1, 0].plot(x[on["index"]], y[on["index"]], "v", color=styles[r.run_id]["color"], mec="black",
+                          mew=0.4, ms=6, zorder=4)
             onsets += 1
-    ax[1, 0].axhline(-table.ONSET_PCT, color="black", ls="--", lw=0.6)
+    if not absolute["entropy"]:
+        ax[1, 0].axhline(-table.ONSET_PCT, color="black", ls="--", lw=0.6)
     ax[1, 0].set_title(f"▼ collapse onset (first point {table.ONSET_PCT:g}% below initial): {onsets} of {len(runs)} runs",
                        fontsize=7)
-    for k in sorted({ctx.kind(r) for r in runs}):
-        ax[0, 0].plot([], [], color=KIND_COLORS.get(k, "black"), label=k)
-    ax[0, 0].legend(fontsize=6)
+    handles, labels = ax[0, 0].get_legend_handles_labels()
+    fig.legend(handles, [f"{lab} ({ctx.kind(r)})" for lab, r in zip(labels, runs)], loc="outside right upper",
+               fontsize=6, ncols=1 if len(runs) <= 26 else 2, title="run (colour: family)", title_fontsize=7)
     fig.suptitle("Training dynamics of every run", fontsize=9)
     return save(fig, out)
 
@@ -150,6 +168,9 @@ def fig14(src: "Ctx | str | Path", out: Path) -> Path | str:
         a.set_xlabel(lab)
     ax[0, 0].set_yticks(ys, [v["run_id"] for v in rows], fontsize=6)
     ax[0, 0].invert_yaxis()
+    kinds = {ctx.kind(by_id[v["run_id"]]) for v in rows if v["run_id"] in by_id}
+    fig.legend(handles=[Patch(facecolor=c, label=k) for k, c in KIND_COLORS.items() if k in kinds],
+               loc="outside lower center", ncols=min(len(kinds), 4) or 1, fontsize=6)
     fig.suptitle(f"Convergence: {c['n_converged']} of {c['n_runs']} runs — {crit['text']}", fontsize=7, wrap=True)
     return save(fig, out)
 
@@ -160,18 +181,22 @@ def wise(src: "Ctx | str | Path", out: Path) -> Path | str:
     runs = [r for r in ctx.matrix.done if (r.final or {}).get("wise")]
     if not runs:
         return "no run has a WiSE-FT curve (final.json \"wise\" empty)"
-    fig, ax = figure(8.0, 3.2, 1, 2)
+    fig, ax = figure(9.0, 3.4, 1, 2)
     for i, r in enumerate(runs[:8]):
         w = sorted(r.final["wise"], key=lambda p: p["alpha"])
         al = [p["alpha"] for p in w]
         zs = [np.nan if p.get("zeroshot_acc") is None else 100 * p["zeroshot_acc"] for p in w]
         ta = [np.nan if p.get("task_acc") is None else 100 * p["task_acc"] for p in w]
-        ax[0, 0].plot(ta, zs, marker="o", ms=3, label=r.run_id, **style_for(i))
-        for a_, x, y in zip(al, ta, zs):
-            ax[0, 0].annotate(f"{a_:g}", (x, y), fontsize=5, xytext=(2, 2), textcoords="offset points")
-        ax[0, 1].plot(al, [(p.get("mean") or {}).get("entropy", np.nan) for p in w], marker="o", ms=3, **style_for(i))
-    ax[0, 0].set(xlabel="task accuracy (%)", ylabel="zero-shot top-1 (%)", title="Interpolation path (labels: α)")
-    ax[0, 0].legend(fontsize=6)
+        st = style_for(i)
+        ax[0, 0].plot(ta, zs, marker=".", ms=4, label=r.run_id, **st)
+        # The path's ends instead of an α label at every point (those overprinted one another):
+        # hollow circle = α 0 (pretrained weights), star = α 1 (the fine-tuned run).
+        ax[0, 0].plot(ta[:1], zs[:1], "o", ms=7, mfc="white", mec=st["color"], zorder=3)
+        ax[0, 0].plot(ta[-1:], zs[-1:], "*", ms=9, color=st["color"], mec="black", mew=0.3, zorder=3)
+        ax[0, 1].plot(al, [(p.get("mean") or {}).get("entropy", np.nan) for p in w], marker="o", ms=3, **st)
+    ax[0, 0].set(xlabel="task accuracy (%)", ylabel="zero-shot top-1 (%)",
+                 title="Path from ○ α = 0 (pretrained) to ★ α = 1")
+    fig.legend(*ax[0, 0].get_legend_handles_labels(), loc="outside right upper", fontsize=6, title="run")
     ax[0, 1].set(xlabel="α (0 = pretrained, 1 = fine-tuned)", ylabel="mean entropy (nats)", title="Entropy along the path")
     return save(fig, out)
 
@@ -184,7 +209,12 @@ def _patch_map(rows: np.ndarray) -> np.ndarray | None:
 
 
 def overlays(src: "Ctx | str | Path", out: Path, *, max_rows: int = 4) -> Path | str:
-    """[CLS] attention of the first, middle and last layer over eval images, pretrained vs fine-tuned."""
+    """[CLS] attention of the first, middle and last layer over eval images, pretrained vs fine-tuned.
+
+    Row: one eval image of one run (the image in column 0); then per layer the [CLS]→patch
+    attention (head mean) of the pretrained and of the fine-tuned model as a patch grid on one
+    shared colour scale, drawn opaque beside the image rather than blended over it.
+    """
     ctx = as_ctx(src)
     pref = [r for ds in ctx.roles["datasets"] for r in ctx.roles["reference"][ds][:1] + ctx.roles["lora"][ds][:1]]
     runs = [r for r in pref + ctx.matrix.done if (r.dir / "overlays.npz").exists()]
@@ -220,15 +250,18 @@ def overlays(src: "Ctx | str | Path", out: Path, *, max_rows: int = 4) -> Path |
         for j, (li, which) in enumerate(panels):
             a = ax[i, 1 + j]
             att = maps[(i, j)]
-            a.imshow(img)
+            # The map alone, opaque, one cell per patch: blended over the image, the image's own
+            # colours drowned the attention. The image is column 0 of the same row, same extent.
             if att is not None:
-                shown = a.imshow(att, cmap="inferno", alpha=0.6, vmin=0.0, vmax=vmax,
-                                 extent=[-0.5, S - 0.5, S - 0.5, -0.5], interpolation="bilinear")
+                shown = a.imshow(att, cmap="inferno", vmin=0.0, vmax=vmax,
+                                 extent=[-0.5, S - 0.5, S - 0.5, -0.5], interpolation="nearest")
             if i == 0:
                 a.set_title(f"L{li + 1} {'pretrained' if which == 0 else 'fine-tuned'}", fontsize=6)
     if shown is not None:
-        fig.colorbar(shown, ax=ax[:, 1:].ravel().tolist(), shrink=0.8,
-                     label="[CLS]→patch attention (one scale for all panels)")
+        n = shown.get_array().size  # patches: uniform attention is 1/n, the no-focus level
+        cb = fig.colorbar(shown, ax=ax[:, 1:].ravel().tolist(), shrink=0.8,
+                          label=f"[CLS]→patch attention, one scale for all panels\n(white line: uniform 1/{n})")
+        cb.ax.axhline(1.0 / n, color="white", lw=1.5)
     for a in ax.flat:
         a.set_xticks([])
         a.set_yticks([])

@@ -19,15 +19,17 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+from matplotlib.patches import Patch
 
 from ..._io import DamagedFile, disk_full_message, write_json
 from .. import roles, table
 from . import curves
 from .ablations import extra_frozen_layers, extra_lora_qkvo, fig6, fig8
 from .base import (DIVERGING, KIND_COLORS, METRIC_LABELS, OKABE_ITO, Ctx, as_ctx, bars, figure, layer_band,
-                   legend_kinds, metric_panels, p_text, save, seed_counts, seed_mean, short)
+                   metric_panels, p_text, pct_label, save, seed_counts, seed_mean, short,
+                   unstable_any, unstable_note)
 from .links import CAPTIONS as LINK_CAPTIONS, FIGURES as LINK_FIGURES
-from .zeroshot import fig7, fig15
+from .zeroshot import fig7, fig15, zeroshot_baseline
 
 def baseline_structure(baseline: dict, out_path: str | Path) -> Path | str:
     """Fig. 2: the pretrained model's 4 metrics × layers (experiment report §3.1).
@@ -151,15 +153,25 @@ def fig13(src: Ctx | str | Path, out: Path) -> Path | str:
         else:
             a.hist([r.delta(mi) for r in runs], bins=8, color=OKABE_ITO[0])
         if i == 3:
-            a.set_xlabel(f"{mj} Δ%")
+            a.set_xlabel(pct_label(mj, f"{mj} Δ%", [r.get(f"{mj}_initial") for r in runs]))
         if j == 0:
-            a.set_ylabel(f"{mi} Δ%")
-    fig.suptitle("Correlations among the metrics' Δ% (runs as points)", fontsize=9)
+            a.set_ylabel(pct_label(mi, f"{mi} Δ%", [r.get(f"{mi}_initial") for r in runs]))
+    flagged = [mt for mt in table.METRICS if unstable_any(mt, [r.get(f"{mt}_initial") for r in runs])]
+    kinds = {ctx.kind(r) for r in runs}
+    fig.legend(handles=[Patch(facecolor=c, edgecolor="black", linewidth=0.4, label=k) for k, c in KIND_COLORS.items()
+                        if k in kinds], loc="outside lower center", ncols=len(kinds), fontsize=7)
+    fig.suptitle("Correlations among the metrics' Δ% (below the diagonal: runs as points; on it: histogram, "
+                 "count of runs; above: Pearson r)"
+                 + (f"\n{unstable_note(flagged)}" if flagged else ""), fontsize=9 if not flagged else 8)
     return save(fig, out)
 
 
 def fig16(src: Ctx | str | Path, out: Path) -> Path | str:
-    """Fig. 16: one-page dashboard of accuracy, entropy Δ, zero-shot and the LR sweep."""
+    """Fig. 16: one-page dashboard of accuracy, entropy Δ, zero-shot and the LR sweep.
+
+    The family legend sits outside the panels (inside it hid bars) and the zero-shot panel
+    draws the pretrained model's level, the line every fine-tuned bar is read against.
+    """
     ctx = as_ctx(src)
     groups = roles.by_config(ctx.matrix.done)
     if not groups:
@@ -167,20 +179,28 @@ def fig16(src: Ctx | str | Path, out: Path) -> Path | str:
     colors = [KIND_COLORS.get(ctx.kind(rs[0]), "black") for rs in groups.values()]
     fig, ax = figure(11.0, 7.0, 2, 2)
     bars(ax[0, 0], groups, lambda r: 100 * r.get("best_acc", np.nan), colors, ylabel="best accuracy (%)", ids_only=True)
-    bars(ax[0, 1], groups, lambda r: r.delta(), colors, ylabel="entropy Δ%", ids_only=True)
+    bars(ax[0, 1], groups, lambda r: r.delta(), colors, ylabel="entropy Δ% (final vs initial)", ids_only=True)
     bars(ax[1, 0], groups, lambda r: None if r.get("zeroshot_acc") is None else 100 * r.get("zeroshot_acc"),
          colors, ylabel="zero-shot top-1 (%)", ids_only=True)
+    base = zeroshot_baseline(ctx)
+    if base is not None:
+        ax[1, 0].axhline(100 * base, color="black", ls="--", lw=0.9, label=f"pretrained {100 * base:.1f}%")
+        ax[1, 0].legend(fontsize=6, loc="upper right")
     for a, t in zip(ax.flat, ("Task accuracy", "Entropy change", "Zero-shot (adapter-active)")):
         a.set_title(t)
     sweep = roles.by_config(ctx.roles["lr_sweep"])
     if len(sweep) >= 2:
         v = [seed_mean(rs, lambda r: r.delta()) for rs in sweep.values()]
-        ax[1, 1].errorbar([rs[0].get("lr") for rs in sweep.values()], [x[0] for x in v], [x[1] for x in v],
-                          marker="o", color=KIND_COLORS["LR sweep"])
-        ax[1, 1].set(xscale="log", xlabel="learning rate", ylabel="entropy Δ%", title="LR sweep")
+        several = any(len(rs) > 1 for rs in sweep.values())
+        ax[1, 1].errorbar([rs[0].get("lr") for rs in sweep.values()], [x[0] for x in v],
+                          [x[1] for x in v] if several else None, marker="o", color=KIND_COLORS["LR sweep"], capsize=2)
+        ax[1, 1].axhline(0, color="black", lw=0.6)
+        ax[1, 1].set(xscale="log", xlabel="learning rate", ylabel="entropy Δ% (final vs initial)", title="LR sweep")
     else:
         ax[1, 1].text(0.5, 0.5, "LR sweep runs missing", ha="center", transform=ax[1, 1].transAxes)
-    legend_kinds(ax[0, 0], {ctx.kind(rs[0]) for rs in groups.values()}, fontsize=6, loc="lower left")
+    kinds = {ctx.kind(rs[0]) for rs in groups.values()}
+    handles = [Patch(facecolor=c, edgecolor="black", linewidth=0.4, label=k) for k, c in KIND_COLORS.items() if k in kinds]
+    fig.legend(handles=handles, loc="outside upper center", ncols=len(handles), fontsize=7)
     return save(fig, out)
 
 
@@ -212,30 +232,91 @@ FIGURES: dict[str, Callable[[Any, Path], Any]] = {
 }
 
 CAPTIONS = {
-    "fig2_baseline_structure": "Pretrained attention structure: 4 metrics × layers (E1)",
-    "fig3_triple_curve": "Accuracy and mean entropy during full fine-tuning",
-    "fig4_layer_entropy_heatmap": "Layer-wise entropy evolution (Δ% vs step 0), full FT and LoRA",
-    "fig5_fullft_vs_lora": "Full FT vs LoRA structural comparison (first dataset), one panel per metric",
-    "fig5b_fullft_vs_lora_pets": "Full FT vs LoRA structural comparison (second dataset), one panel per metric",
-    "fig6_lr_sweep": "Learning-rate sweep: structure and accuracy",
-    "fig7_collapse_vs_zeroshot": "Attention collapse vs zero-shot transfer: entropy Δ% and zero-shot accuracy of "
-                                 "the same (best-accuracy) checkpoint (hollow: LoRA base-only)",
-    "fig8_regularization": "Regularization (APR, entropy floor) and weight decay vs no regularizer",
-    "fig9_head_diversity": "Head diversity evolution",
-    "fig10_per_layer_delta_heatmap": "Per-layer entropy Δ% of every configuration",
-    "fig11_statistical_summary": "Statistical summary: differences with bootstrap CIs, raw and Holm p",
-    "fig12_training_dynamics": "Training dynamics: loss, accuracy, entropy (▼ collapse onset, first point 0.5% below the initial) and Gini",
-    "fig13_metric_correlations": "Correlations among the four metrics' Δ%",
-    "fig14_convergence": "Convergence: each run's late-training statistic against the threshold of the report's one convergence criterion (stats.json `convergence`)",
-    "fig15_zeroshot_extended": "Zero-shot transfer per dataset under each protocol: as trained, frozen pretrained "
-                               "projection, LoRA base-only (adapters off)",
-    "fig16_dashboard": "Dashboard",
-    "fig17_gini_evolution": "Gini evolution",
-    "extra_erf95_evolution": "ERF@0.95 evolution",
-    "extra_frozen_layers": "Frozen-layers ablation",
-    "extra_lora_qkvo": "LoRA QV vs QKVO, one panel per metric",
-    "extra_wise_interpolation": "WiSE-FT weight interpolation: zero-shot vs task accuracy and entropy",
-    "extra_attention_overlays": "[CLS] attention over eval images, pretrained vs fine-tuned",
+    "fig2_baseline_structure": "The pretrained model before any fine-tuning (E1): each panel is one metric, x the "
+                               "layer, one line per dataset. This is the level every Δ in the report is measured "
+                               "from; look for the layers where entropy dips and Gini peaks (already focused heads).",
+    "fig3_triple_curve": "One panel per dataset, full fine-tuning reference run: blue circles = validation accuracy "
+                         "(left axis, %), orange squares = mean attention entropy over layers (right axis, nats), "
+                         "x = epoch. Collapse shows as entropy falling while accuracy rises; a flat orange line means "
+                         "the attention kept its spread.",
+    "fig4_layer_entropy_heatmap": "Per-layer entropy Δ% against step 0 as training proceeds: x = epoch, y = layer, "
+                                  "one panel per run (full FT and LoRA r=8 per dataset), one colour scale for all. "
+                                  "Orange = entropy fell (attention contracted), purple = rose, white = unchanged; "
+                                  "look for which layers turn orange first and how deep it spreads.",
+    "fig5_fullft_vs_lora": "Full FT vs LoRA on the first dataset. Four bar panels, one per metric on its own y "
+                           "scale, one bar per configuration (title: the metrics' initial values); bars below 0 "
+                           "= the metric fell. A panel marked † shows the absolute Δ instead of Δ%, because an "
+                           "initial value near zero makes the ratio meaningless. Bottom middle: per-layer entropy "
+                           "Δ% with the full-FT-vs-LoRA test in its title.",
+    "fig5b_fullft_vs_lora_pets": "As fig. 5, on the second dataset: one bar panel per metric (own y scale; † = "
+                                 "absolute Δ, Δ% unstable), and the per-layer entropy Δ% with its test.",
+    "fig6_lr_sweep": "Learning-rate sweep (log x axis): one panel each for entropy, ERF and Gini change and one "
+                     "for best accuracy, each on its own scale. A falling entropy line = more collapse at higher "
+                     "learning rates (the entropy title gives the sweep's correlation); compare where accuracy "
+                     "peaks with where entropy starts to fall. † = absolute Δ (Δ% unstable).",
+    "fig7_collapse_vs_zeroshot": "One point per configuration: x = entropy Δ% (left = more collapse) and y = "
+                                 "zero-shot top-1, both of the same (best-accuracy) checkpoint; colour = "
+                                 "run family; dashed line = the pretrained model's zero-shot accuracy. Hollow "
+                                 "circles (joined by a dotted line) = the same LoRA run with its adapters off. A "
+                                 "rising cloud from left to right means collapse goes with lost transfer.",
+    "fig8_regularization": "Left: entropy Δ% per configuration (bars; below 0 = collapse), tick labels give each "
+                           "run's Holm-adjusted p against the unregularized reference. Right: best accuracy (bars "
+                           "from 0, value printed on each bar). A useful regularizer lifts the left bar above the "
+                           "reference's without lowering the printed accuracy. Colour = run family, as in fig. 16.",
+    "fig9_head_diversity": "Head diversity (mean over layers) along training, one panel per dataset, one line per "
+                           "configuration of the main runs (legend below). Rising = the heads attend to more "
+                           "different places; note the y scale, which can be near zero for random models.",
+    "fig10_per_layer_delta_heatmap": "Every configuration (rows) × layer (columns): final entropy Δ% against the "
+                                     "pretrained model, value printed in each cell. Orange = contracted, purple = "
+                                     "broadened; read across a row for where in depth a run changed, down a column "
+                                     "for which runs changed a layer.",
+    "fig11_statistical_summary": "Forest plot of every comparison: dot = difference in mean entropy Δ% (a − b, the "
+                                 "row's run minus its reference), bar = bootstrap 95% CI, colour = family of "
+                                 "tests; filled dot = significant after Holm correction. A CI crossing the "
+                                 "vertical 0 line means no detectable difference; raw p, Holm p, Cohen's d and n "
+                                 "are printed at the right.",
+    "fig12_training_dynamics": "Every run on its own line (colour = family, line style and marker = run; legend at "
+                               "the right): train loss, validation accuracy, entropy change and Gini change against "
+                               "epoch. On the entropy panel ▼ marks each run's collapse onset (first eval point "
+                               "0.5% below its initial entropy, dashed line). A change panel marked † plots the "
+                               "absolute Δ vs step 0, because some run's initial value is too close to zero for a "
+                               "Δ% to mean anything.",
+    "fig13_metric_correlations": "Scatter matrix of the four metrics' run-level Δ%: below the diagonal one point per "
+                                 "run (colour = family), on the diagonal a histogram (count of runs), above it "
+                                 "Pearson r with its Holm-adjusted p. Points on a line = the metrics move together; "
+                                 "an axis marked † has unstable Δ% (initial near zero), so read its spread with care.",
+    "fig14_convergence": "One bar per run: its late-training statistic under the report's convergence criterion "
+                         "(stats.json `convergence`; title: the criterion), colour = family. A bar left of the "
+                         "dashed threshold = converged; a bar past it = still moving when training stopped.",
+    "fig15_zeroshot_extended": "Zero-shot top-1 per configuration under each protocol (bar colour, legend at "
+                               "the right), one panel per zero-shot dataset: as trained, fine-tuned tower with the "
+                               "frozen pretrained projection, and LoRA with adapters off. Dashed line = the "
+                               "pretrained model; a bar well below it = transfer lost.",
+    "fig16_dashboard": "One-page overview, one bar per configuration coloured by family (legend on top): task "
+                       "accuracy, entropy Δ% (below 0 = collapse), zero-shot top-1 against the pretrained level "
+                       "(dashed), and entropy Δ% along the learning-rate sweep (log x). Look for the runs that are "
+                       "accurate, above the dashed line and near 0 entropy change.",
+    "fig17_gini_evolution": "Gini of [CLS] attention (mean over layers) along training, one panel per dataset, one "
+                            "line per configuration (legend below). Rising Gini = attention concentrating on fewer "
+                            "patches, the mirror image of falling entropy.",
+    "extra_erf95_evolution": "ERF@0.95 (share of patches holding 95% of the [CLS] attention, mean over layers) along "
+                             "training, one panel per dataset, one line per configuration (legend below). Falling = "
+                             "attention shrinking onto fewer patches.",
+    "extra_frozen_layers": "Layer-freezing ablation. Left: entropy Δ% (blue circles, left axis) and best accuracy "
+                           "(orange squares, right axis) against the number of frozen encoder layers. Right: "
+                           "per-layer entropy Δ% per freezing depth; frozen layers should sit at 0.",
+    "extra_lora_qkvo": "LoRA on Q,V vs on Q,K,V,O at the same rank: one bar panel per metric on its own y scale "
+                       "(† = absolute Δ, Δ% unstable), tick labels give each configuration's accuracy. Taller "
+                       "bars for QKVO = adapting more projections moved the attention more.",
+    "extra_wise_interpolation": "WiSE-FT weight interpolation θ = (1−α)·θ₀ + α·θ, one line per run. Left: zero-shot "
+                                "against task accuracy along α, from ○ (α = 0, pretrained weights) to ★ (α = 1, "
+                                "the fine-tuned run); top right is the best of both. Right: mean "
+                                "entropy against α (0 = pretrained, 1 = fine-tuned); a bend shows where collapse sets in.",
+    "extra_attention_overlays": "[CLS]→patch attention (mean over heads) on eval images: each row one image of one "
+                                "run (the image itself in the first column), then the first, middle and last "
+                                "layer, pretrained beside fine-tuned, one colour scale for all panels (white line "
+                                "on the colour bar = uniform attention). Brighter, fewer cells after fine-tuning = "
+                                "collapse onto a few patches.",
     **LINK_CAPTIONS,
 }
 
@@ -254,16 +335,16 @@ PER_RUN = {"fig12_training_dynamics", "fig13_metric_correlations", "fig14_conver
 
 def caption(name: str, n_seeds: str = "") -> str:
     """The figure's caption, saying how seeds are drawn when configurations have several (n_seeds "2", "2–3")."""
-    c = CAPTIONS.get(name, name)
+    c = CAPTIONS.get(name, name).rstrip(".")
     if not n_seeds:
-        return c
+        return c + "."
     if name in SEED_BANDS:
-        return f"{c}. Mean ± SD over n={n_seeds} seeds per configuration"
+        return f"{c}. Mean ± SD over n={n_seeds} seeds per configuration (error bars, bands)."
     if name in SEED_MEANS:
-        return f"{c}. Mean over n={n_seeds} seeds per configuration"
+        return f"{c}. Mean over n={n_seeds} seeds per configuration."
     if name in PER_RUN:
-        return f"{c}. Every seed's run drawn on its own (n={n_seeds} seeds per configuration)"
-    return c
+        return f"{c}. Every seed's run drawn on its own (n={n_seeds} seeds per configuration)."
+    return c + "."
 
 
 def render_all(matrix_dir: str | Path) -> dict[str, Path | str]:

@@ -14,7 +14,8 @@ import numpy as np
 from matplotlib.patches import Patch
 
 from ..statistics import links
-from .base import KIND_COLORS, OKABE_ITO, Ctx, as_ctx, figure, legend_kinds, save
+from .base import (METRIC_RANGE, KIND_COLORS, OKABE_ITO, Ctx, as_ctx, figure, legend_kinds, pct_label, save,
+                   unstable_any, unstable_note)
 
 LABEL_MAX = 12
 """Most points a scatter labels with their run ids."""
@@ -51,12 +52,16 @@ def early_warning(src: Ctx | str | Path, out: Path) -> Path | str:
     entries = {e.get("predictor"): e for e in t.get("entries", [])}
     fig, ax = figure(9.0, 6.0, 2, 3)
     for a, pr in zip(ax.flat, links.PREDICTORS):
-        xl = "mean weight drift at epoch ≈ 1" if pr == "weight_drift" else f"{pr} Δ% at epoch ≈ 1"
+        xl = "mean weight drift at epoch ≈ 1" if pr == "weight_drift" else pct_label(
+            pr, f"{pr} Δ% at epoch ≈ 1", [r.get(f"{pr}_initial") for r in ctx.matrix.done])
         _scatter(a, ctx, entries.get(pr, {"skipped": True, "reason": "no entry"}), xl, "transfer change (pp)")
         a.axhline(0, color="black", lw=0.5)
     ax[1, 2].axis("off")
     legend_kinds(ax[1, 2], {ctx.kind(r) for r in ctx.matrix.done}, fontsize=7, loc="center")
-    fig.suptitle("Early warning: the first epoch's change vs the final transfer change", fontsize=9)
+    flagged = [pr for pr in links.PREDICTORS if pr in METRIC_RANGE
+               and unstable_any(pr, [r.get(f"{pr}_initial") for r in ctx.matrix.done])]
+    fig.suptitle("Early warning: the first epoch's change vs the final transfer change"
+                 + (f"\n{unstable_note(flagged)}" if flagged else ""), fontsize=9)
     return save(fig, out)
 
 
@@ -124,11 +129,17 @@ def families(src: Ctx | str | Path, out: Path) -> Path | str:
 FIGURES = {"extra_early_warning": early_warning, "extra_weight_drift": weight_drift,
            "extra_model_families": families}
 CAPTIONS = {
-    "extra_early_warning": "Early warning: each metric's Δ% (and the mean weight drift) at the eval point nearest "
-                           "epoch 1 vs the final transfer change in pp (transfer_acc where a run has it, else "
-                           "zero-shot; vs the pretrained model's), runs as points",
-    "extra_weight_drift": "Weight-drift control: mean ‖θ−θ₀‖/‖θ₀‖ over blocks vs entropy Δ% and vs transfer change, "
-                          "coloured by method; per-layer drift of every run",
-    "extra_model_families": "Model families: per-layer entropy Δ% of each family per configuration, and entropy Δ% "
-                            "vs transfer change per run coloured by family",
+    "extra_early_warning": "Does the first epoch predict the end? One panel per predictor: x = its change at the "
+                           "eval point nearest epoch 1 (a metric's Δ%, or the mean weight drift), y = the final "
+                           "transfer change in pp (transfer_acc where a run has it, else zero-shot, vs the "
+                           "pretrained model), one point per run coloured by family; titles give Pearson and "
+                           "Spearman correlations with Holm p. A tilted cloud = an early warning; † = Δ% unstable.",
+    "extra_weight_drift": "Weight-space control. Left and middle: mean relative weight drift ‖θ−θ₀‖/‖θ₀‖ over blocks "
+                          "against entropy Δ% and against transfer change, one point per run coloured by family "
+                          "(titles: correlations). Right: drift per layer, one line per run. If drift explains "
+                          "transfer as well as entropy does, attention is not needed to explain it.",
+    "extra_model_families": "Model families compared: one panel per configuration group with per-layer entropy Δ% "
+                            "of each family (colour; x = relative depth when depths differ), and a last panel of "
+                            "entropy Δ% against transfer change, one point per run coloured by family. Look for "
+                            "whether the families collapse in the same layers and to the same cost.",
 }

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from .. import roles
-from .base import KIND_COLORS, OKABE_ITO, Ctx, as_ctx, figure, save, seed_counts, seed_mean, short
+from .base import (KIND_COLORS, OKABE_ITO, Ctx, as_ctx, figure, label_points, save, seed_counts, seed_err, seed_mean,
+                   short)
 
 PROTOCOLS = (("acc", "as trained (adapter-active / fine-tuned projection)"),
              ("acc_frozen_projection", "fine-tuned tower + frozen pretrained projection"),
@@ -40,15 +41,16 @@ def fig7(src: Ctx | str | Path, out: Path) -> Path | str:
     runs = [r for r in ctx.matrix.done if r.get("zeroshot_acc") is not None and r.zeroshot_delta()[0] is not None]
     if not runs:
         return "no finished run has zero-shot results"
-    fig, ax = figure(6.0, 4.0)
+    fig, ax = figure(7.0, 4.6)
     a = ax[0, 0]
+    pts = []
     for cid, rs in roles.by_config(runs).items():
         c = KIND_COLORS.get(ctx.kind(rs[0]), "black")
         (x, sx), (y, sy) = seed_mean(rs, lambda r: r.zeroshot_delta()[0]), seed_mean(rs, _pct("zeroshot_acc"))
         several = len(rs) > 1
         a.errorbar(x, y, xerr=sx if several else None, yerr=sy if several else None, fmt="o", color=c, mec="black",
                    mew=0.4, ecolor=c, elinewidth=0.8, capsize=2, zorder=3)
-        a.annotate(cid, (x, y), fontsize=6, xytext=(3, 2), textcoords="offset points")
+        pts.append((x, y, cid))
         yb, syb = seed_mean(rs, _pct("zeroshot_acc_base_only"))
         if np.isfinite(yb):
             a.errorbar(x, yb, yerr=syb if several else None, fmt="o", mfc="white", mec=c, ecolor=c,
@@ -69,7 +71,11 @@ def fig7(src: Ctx | str | Path, out: Path) -> Path | str:
     zs_name = roles.headline_zeroshot(runs) or ""
     a.set(xlabel=f"entropy Δ% vs step 0, {where}",
           ylabel=f"zero-shot top-1 on {zs_name} (%), same checkpoint", title="Collapse vs zero-shot" + sub)
-    a.legend(fontsize=6)
+    a.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    missed = label_points(a, [p[0] for p in pts], [p[1] for p in pts], [p[2] for p in pts])
+    if missed:  # points too close to label legibly: named under the axis instead of overprinted
+        a.text(0.0, -0.2, "unlabelled (crowded): " + ", ".join(sorted(missed)), transform=a.transAxes, fontsize=6,
+               va="top", wrap=True)
     return save(fig, out)
 
 
@@ -80,7 +86,7 @@ def fig15(src: Ctx | str | Path, out: Path) -> Path | str:
     names = sorted({n for r in runs for n in r.final["zeroshot"]})
     if not names:
         return "no finished run has zero-shot results"
-    fig, ax = figure(8.0, 3.0 * len(names), len(names), 1)
+    fig, ax = figure(10.5, 3.0 * len(names), len(names), 1)
     for a, name in zip(ax[:, 0], names):
         groups = roles.by_config([r for r in runs if name in r.final["zeroshot"]])
         protos = [(k, lab) for k, lab in PROTOCOLS
@@ -88,7 +94,8 @@ def fig15(src: Ctx | str | Path, out: Path) -> Path | str:
         xs, w = np.arange(len(groups)), 0.8 / max(len(protos), 1)
         for i, (key, lab) in enumerate(protos):
             v = [seed_mean(rs, lambda r: r.final["zeroshot"][name].get(key)) for rs in groups.values()]
-            a.bar(xs + (i - (len(protos) - 1) / 2) * w, [100 * x[0] for x in v], w, yerr=[100 * x[1] for x in v],
+            err = seed_err(groups, [100 * x[1] for x in v])
+            a.bar(xs + (i - (len(protos) - 1) / 2) * w, [100 * x[0] for x in v], w, yerr=err,
                   color=OKABE_ITO[i], edgecolor="black", lw=0.4, capsize=2, label=lab)
         base = zeroshot_baseline(ctx, name)
         if base is not None:
@@ -97,5 +104,5 @@ def fig15(src: Ctx | str | Path, out: Path) -> Path | str:
         n = seed_counts([r for rs in groups.values() for r in rs])
         a.set(ylabel="top-1 (%)", title=f"Zero-shot on {name} (base-only bars only exist for LoRA)"
               + (f"; mean ± SD over n={n} seeds" if n else ""))
-        a.legend(fontsize=6)
+        a.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: inside it hid bars
     return save(fig, out)
