@@ -21,6 +21,7 @@ from ..analysis.statistics import controlled as controlled_stats
 from ..config import MatrixConfig, load_matrix
 from .collect import write_results
 from .executors import dispatch
+from .forgetting import interpolate_matrix
 from .execute import busy_outcome
 from .locks import inspect_lock
 from .preflight import check_hub as check_hub_access
@@ -78,6 +79,12 @@ def run_matrix(matrix: MatrixConfig | str | Path, out_dir: str | Path | None = N
     kw = dict(train_fn=train_fn, baseline_fn=baseline_fn, gpus=gpus, runs_per_gpu=runs_per_gpu,
               options=executor_options or {}, log=log)
     outcomes = _settle_busy(tasks, dispatch(executor, tasks, **kw), executor, kw, log)
+    if matrix.design == "forgetting" and train_fn is None:  # its sweeps read the finished runs
+        sweeps = interpolate_matrix(matrix, out, log=log)
+        if sweeps:
+            log(f"interpolation: {sum(v != 'kept' and not v.startswith('failed') for v in sweeps.values())} "
+                f"sweeps written, {sum(v == 'kept' for v in sweeps.values())} kept, "
+                f"{sum(v.startswith('failed') for v in sweeps.values())} failed -> {out / 'interpolation'}")
     analysis = run_analysis(out, matrix=matrix, log=log) if analyze else {}
     counts: dict[str, int] = {}
     for o in outcomes:
@@ -159,7 +166,8 @@ CONTROLLED_STAGES: dict[str, Callable[[Path], Any]] = {
 
 def design_stages(design: str) -> dict[str, Callable[[Path], Any]]:
     """The analysis stages of a matrix's design, looked up at call time (tests narrow them)."""
-    return {"study": ANALYSIS_STAGES, "controlled": CONTROLLED_STAGES}[design]
+    # "forgetting" has its stages from its analysis (attncollapse.analysis.forgetting) once merged
+    return {"study": ANALYSIS_STAGES, "controlled": CONTROLLED_STAGES}.get(design, {})
 
 
 def run_analysis(out_dir: str | Path, *, matrix: MatrixConfig | None = None,

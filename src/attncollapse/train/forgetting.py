@@ -84,7 +84,7 @@ def trainable_state(clf: nn.Module) -> dict[str, torch.Tensor]:
 def _run(cfg: RunConfig, run_dir: Path) -> dict:
     t0 = time.time()
     run_dir.mkdir(parents=True, exist_ok=True)
-    s = _setup(cfg, run_dir)
+    s = setup_run(cfg, run_dir)
     _io.write_yaml(run_dir / "config.yaml", cfg.model_dump(mode="json"), checksum=True)
     params = [p for p in s.clf.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
@@ -103,7 +103,8 @@ def _run(cfg: RunConfig, run_dir: Path) -> dict:
     return _finish(s, elapsed + time.time() - t0)
 
 
-def _setup(cfg: RunConfig, run_dir: Path) -> Setup:
+def setup_run(cfg: RunConfig, run_dir: Path) -> Setup:
+    """Data, model (freshly built: the pretrained weights), transfer sets and the epoch-0 reference of a run."""
     fcfg = cfg.forgetting
     device = resolve_device(cfg.device)
     size = image_size(cfg.model)
