@@ -82,30 +82,46 @@ class InterpolationConfig(Strict):
 
 
 def grid_warnings(runs: list[tuple[str, Any]]) -> list[str]:
-    """Warnings for a forgetting matrix whose (backbone, dataset, method, lr, seed) grid is
-    confounded (runs of one cell differ in something else) or incomplete (an lr or seed
-    missing for some method where it is present for another of the same dataset)."""
+    """Warnings for a forgetting matrix whose grid is confounded or incomplete.
+
+    Confounded: two runs in one (backbone, dataset, method, lr, seed) cell (the analysis
+    cannot tell them apart), or one backbone role played by two models. Incomplete: two
+    methods of one (backbone, dataset) whose lr sets overlap without one holding the other
+    (the paired method tests pair on identical lr and seed), or a method missing a seed at
+    some lr. Reference arms on a subset of the core lrs (the study's design) do not warn.
+    """
     out: list[str] = []
     cells: dict[tuple, str] = {}
-    by_group: dict[tuple, dict[str, set]] = {}
+    models: dict[str, set] = {}
+    groups: dict[tuple, dict[str, set]] = {}
     for rid, cfg in runs:
-        f = cfg.forgetting
-        backbone = f.backbone if f is not None else "primary"
-        cell = (backbone, cfg.dataset, method_name(cfg), float(cfg.optim.lr), cfg.seed)
+        backbone = cfg.forgetting.backbone if cfg.forgetting is not None else "primary"
+        m = method_name(cfg)
+        cell = (backbone, cfg.dataset, m, float(cfg.optim.lr), cfg.seed)
         if cell in cells:
-            out.append(f"{rid}: repeats the cell backbone={backbone}, dataset={cfg.dataset}, method={method_name(cfg)}, "
-                       f"lr={cfg.optim.lr:g}, seed={cfg.seed} of {cells[cell]} (confounded: the analysis cannot tell them apart)")
+            out.append(f"{rid}: repeats the cell backbone={backbone}, dataset={cfg.dataset}, method={m}, "
+                       f"lr={cfg.optim.lr:g}, seed={cfg.seed} of {cells[cell]} (confounded: the analysis cannot "
+                       "tell them apart)")
         cells.setdefault(cell, rid)
-        by_group.setdefault((backbone, cfg.dataset), {}).setdefault(method_name(cfg), set()).add(
-            (float(cfg.optim.lr), cfg.seed))
-    for (backbone, ds), methods in by_group.items():
-        seeds = {s for cells_ in methods.values() for _lr, s in cells_}
+        models.setdefault(backbone, set()).add(cfg.model)
+        groups.setdefault((backbone, cfg.dataset), {}).setdefault(m, set()).add((float(cfg.optim.lr), cfg.seed))
+    for backbone, ms in models.items():
+        if len(ms) > 1:
+            out.append(f"backbone {backbone}: played by {len(ms)} models ({', '.join(sorted(ms))}); confounded: "
+                       "give each model its own forgetting.backbone")
+    for (backbone, ds), methods in groups.items():
+        seeds = {s for got in methods.values() for _lr, s in got}
+        lrs = {m: {lr for lr, _s in got} for m, got in methods.items()}
         for m, got in methods.items():
-            lrs = {lr for lr, _s in got}
-            missing = sorted(set(itertools.product(lrs, seeds)) - got)
+            missing = sorted(set(itertools.product(lrs[m], seeds)) - got)
             if missing:
                 out.append(f"{backbone}/{ds}/{m}: incomplete grid, missing (lr, seed) "
                            + ", ".join(f"({lr:g}, {s})" for lr, s in missing[:4]))
+        for a, b in itertools.combinations(sorted(lrs), 2):
+            if lrs[a] & lrs[b] and not (lrs[a] <= lrs[b] or lrs[b] <= lrs[a]):
+                only = sorted(lrs[a] ^ lrs[b])
+                out.append(f"{backbone}/{ds}: incomplete grid, {a} and {b} share some lrs but not "
+                           f"{', '.join(f'{lr:g}' for lr in only)} (paired comparisons lose those cells)")
     return out
 
 
