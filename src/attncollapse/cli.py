@@ -430,7 +430,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", help="a finished run's directory (runs/<matrix>/<run id>)")
     p.add_argument("--variant", choices=["exact", "authors"], default="exact",
                    help="LoRA: exact = α·s·B·A (default); authors = A and B interpolated as tensors")
-    p.add_argument("--alphas", nargs="+", type=float, default=[0.0, 0.25, 0.5, 0.75, 1.0])
+    p.add_argument("--alphas", nargs="+", type=float, default=[0.0, 0.25, 0.5, 0.75, 1.0],
+                   help="interpolation coefficients (0 = pretrained, 1 = the run; default 0 .25 .5 .75 1)")
     p.add_argument("--out", default=None, help="output directory (default: <matrix>/interpolation)")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: the run's config)")
     p.set_defaults(func=cmd_interpolate)
