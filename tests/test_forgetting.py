@@ -260,3 +260,56 @@ def test_confounded_or_incomplete_grid_warns(tmp_path):
     assert len(warns) == 1 and "incomplete grid" in warns[0] and "full_ft and lora_r8" in warns[0]
     with pytest.raises(Exception, match="data.split"):
         matrix_from_dict({**base, "defaults": {"model": "tiny"}, "runs": {"a": {}}})
+
+
+# --- corruption splits of an hf: source, and resuming an interrupted run -------------------------
+
+def _eurosat_look_alike(root: Path) -> str:
+    """A tiny `save_to_disk` dataset with EuroSAT's layout: train, test and a corrupted split."""
+    import datasets as hfd
+    from PIL import Image
+
+    rng = np.random.RandomState(0)
+    feats = hfd.Features({"image": hfd.Image(), "label": hfd.ClassLabel(names=["annual_crop", "forest", "river"])})
+
+    def split(n):
+        labels = [i % 3 for i in range(n)]
+        imgs = [Image.fromarray(rng.randint(0, 256, (16, 16, 3), dtype=np.uint8)) for _ in labels]
+        return hfd.Dataset.from_dict({"image": imgs, "label": labels}, features=feats)
+
+    hfd.DatasetDict({"train": split(30), "test": split(9), "gaussian_noise": split(12)}).save_to_disk(str(root))
+    return f"hf:{root}"
+
+
+def test_corruptions_and_resume_give_the_same_record(tmp_path, monkeypatch):
+    import attncollapse.train.forgetting as fg
+
+    source = _eurosat_look_alike(tmp_path / "eurosat")
+    cfg = RunConfig.model_validate({
+        "model": "tiny", "dataset": source, "method": "lora", "lora": {"rank": 8, "alpha": 16}, "seed": 7,
+        "cpu_threads": 1, "optim": {"lr": 3e-2, "epochs": 2, "batch_size": 4, "precision": "fp32"},
+        "data": {"split": "carve", "split_seed": 0, "carve": {"val": 2, "probe": 2, "train": 4},
+                 "cache_dir": str(tmp_path / "cache")},
+        "forgetting": {"transfer": "digits", "track_per_class": 2, "second_transfer": None,
+                       "corruptions": ["gaussian_noise"], "corruption_per_class": 2}})
+    whole = fg.run_forgetting(cfg, tmp_path / "whole")
+    rec = _io.read_json_checked(tmp_path / "whole" / "record.json")
+    assert set(rec["corruption_acc"]) == {"gaussian_noise"} and "cifar10" not in rec["transfer"]
+    assert rec["config"]["splits"] == {"train": 12, "val": 6, "probe": 6, "test": 9}
+
+    real = fg._checkpoint
+
+    def stop_after_first(s, opt, epoch, elapsed):
+        real(s, opt, epoch, elapsed)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fg, "_checkpoint", stop_after_first)
+    with pytest.raises(KeyboardInterrupt):
+        fg.run_forgetting(cfg, tmp_path / "cut")
+    monkeypatch.setattr(fg, "_checkpoint", real)
+    resumed = fg.run_forgetting(cfg, tmp_path / "cut")
+    again = _io.read_json_checked(tmp_path / "cut" / "record.json")
+    assert resumed["best_acc"] == whole["best_acc"]
+    for a, b in zip(again["history"], rec["history"]):
+        assert a == b
+    assert again["final"] == rec["final"] and again["corruption_acc"] == rec["corruption_acc"]

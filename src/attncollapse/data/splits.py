@@ -136,7 +136,10 @@ def load_splits(source: str, cfg, *, image_size: int) -> Splits:
         raise DataError(f"unknown split protocol {cfg.split!r}; known: hub, pooled_80_20, holdout_val")
     if cfg.max_train_images is not None and cfg.max_train_images < len(train):
         train = _cap(train, cfg.max_train_images, cfg.split_seed)
-    eval_idx = eval_subset_indices(test.labels, cfg.eval_subset_size, cfg.eval_subset_seed)
+    n_eval = cfg.eval_subset_size
+    if cfg.split == "carve":  # its signals read the probe set; the test-drawn subset is only a courtesy
+        n_eval = min(n_eval, len(test))
+    eval_idx = eval_subset_indices(test.labels, n_eval, cfg.eval_subset_seed)
     sizes = {"train": len(train), "val": len(val), "test": len(test)}
     if cfg.split == "carve":
         sizes["probe"] = len(probe)
