@@ -212,7 +212,7 @@ def test_lora_interpolation_variants_match_merging_by_hand(demo):
     stem = "vision.base_model.model.encoder.layers.1.self_attn.q_proj.lora_{}.default.weight"
     A0, A1, B1 = theta0[stem.format("A")], theta1[stem.format("A")], theta1[stem.format("B")]
     s, alpha = 16 / 8, 0.5
-    wk = [k for k in w0 if k.endswith(key)][0]  # PEFT's prefix, `.base_layer` dropped
+    wk = next(k for k in w0 if k.endswith(key))  # PEFT's prefix, `.base_layer` dropped
     set_alpha(clf, theta0, theta1, alpha, "exact")
     with rescale_adapter_scale(clf.vision, alpha):
         exact = encoder_weights(clf.vision)[wk]

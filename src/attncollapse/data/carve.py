@@ -10,7 +10,7 @@ draw with a fresh generator each (docs/FORGETTING_RUNS.md).
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -8,8 +8,8 @@ intact is kept (resuming), a damaged one is computed again.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from .. import _io
 from ..config import InterpolationConfig, MatrixConfig

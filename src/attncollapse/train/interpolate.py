@@ -19,9 +19,9 @@ For runs without LoRA the two variants are the same computation.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from torch import nn
