@@ -173,6 +173,21 @@ def cmd_zeroshot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_interpolate(args: argparse.Namespace) -> int:
+    from .train.interpolate import interpolate_run
+
+    run_dir = Path(args.run_dir)
+    if not (run_dir / "record.json").is_file():
+        raise FileNotFoundError(f"{run_dir}: no record.json; give a finished run of a design: forgetting matrix")
+    out = interpolate_run(run_dir, variant=args.variant, alphas=args.alphas, out_dir=args.out, device=args.device)
+    print(f"{'alpha':>6} {'test':>7} {'transfer':>9} {'retain %':>9} {'ΔH %':>8} {'CKA':>7} {'emb':>7} {'weights':>8}")
+    for r in out["sweep"]:
+        print(f"{r['alpha']:>6.2f} {r['test_acc']:>7.4f} {r['transfer_acc']:>9.4f} {r['transfer_retention']:>9.2f} "
+              f"{r['delta_entropy_pct']:>+8.3f} {r['cka_mean']:>7.4f} {r['embedding_drift']:>7.4f} "
+              f"{r['weight_drift_rel']:>8.5f}")
+    return 0
+
+
 def cmd_baseline(args: argparse.Namespace) -> int:
     from . import _io
     from .config import DataConfig, EvalConfig, RunConfig, ZeroShotConfig
@@ -437,6 +452,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--datasets", nargs="+", help="zero-shot sources (default: the run's config)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: the run's config)")
     p.set_defaults(func=cmd_zeroshot)
+
+    p = add("interpolate", "weight interpolation of a finished forgetting run",
+            "θ(α) = (1−α)θ0 + αθ over every weight but the head, for a finished run of a design: "
+            "forgetting matrix: test accuracy, transfer retention, ΔH, CKA, embedding and weight drift "
+            "per α, written to <matrix>/interpolation/<run id>__<variant>.json (docs/FORGETTING_RUNS.md).")
+    p.add_argument("run_dir", help="a finished run's directory (runs/<matrix>/<run id>)")
+    p.add_argument("--variant", choices=["exact", "authors"], default="exact",
+                   help="LoRA: exact = α·s·B·A (default); authors = A and B interpolated as tensors")
+    p.add_argument("--alphas", nargs="+", type=float, default=[0.0, 0.25, 0.5, 0.75, 1.0],
+                   help="interpolation coefficients (0 = pretrained, 1 = the run; default 0 .25 .5 .75 1)")
+    p.add_argument("--out", default=None, help="output directory (default: <matrix>/interpolation)")
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: the run's config)")
+    p.set_defaults(func=cmd_interpolate)
 
     p = add("baseline", "E1: attention structure of a pretrained model",
             "Experiment E1: the pretrained model's per-layer attention metrics on a dataset's "

@@ -22,7 +22,7 @@ import numpy as np
 from .roles import headline_zeroshot, pretrained_zeroshot
 from .table import Matrix, Run
 
-DESIGNS = ("study", "controlled")
+DESIGNS = ("study", "controlled", "forgetting")
 
 # Per-run measures: key → (label, unit). `retention_pct` is derived (zero-shot / E1's
 # zero-shot × 100); the others are results.csv columns. Accuracies are stored as fractions.

@@ -5,6 +5,7 @@ Imports `data` and `models` of attncollapse for names only (sources, presets).
 """
 
 from .checks import hub_dataset_id, hub_model_id, model_depth
+from .forgetting import FORGETTING_METHODS, ForgettingConfig, InterpolationConfig, grid_warnings, method_name
 from .loading import (ConfigError, packaged_configs, parse_assignments, parse_value, read_config_yaml,
                       resolve_config_path)
 from .matrix import (MatrixConfig, PlannedRun, format_value, load_matrix, match_only, matrix_from_dict,
@@ -16,6 +17,7 @@ from .schema import (DEFAULTS, DataConfig, EvalConfig, LoraConfig, OptimConfig, 
 from .validate import load_run_config, read_recorded_config, run_config_from_dict
 
 __all__ = [
+    "FORGETTING_METHODS", "ForgettingConfig", "InterpolationConfig", "grid_warnings", "method_name",
     "ConfigError", "DEFAULTS", "DataConfig", "EvalConfig", "LoraConfig", "MatrixConfig", "OptimConfig",
     "PlannedRun", "Prepared", "RegularizerConfig", "RunConfig", "ZeroShotConfig", "compile_key",
     "config_change", "diff_fields", "fingerprint", "fingerprint_fields", "format_value", "hub_dataset_id",

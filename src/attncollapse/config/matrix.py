@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, PrivateAttr, ValidationError, field_validator
 
 from .checks import source_problem
+from .forgetting import InterpolationConfig, run_problems
 from .loading import ConfigError, parse_assignments, read_config_yaml, resolve_config_path
 from .schema import SEED_MAX, RunConfig, Strict, diff_fields, fingerprint_fields, name_problem
 from .validate import (deep_merge, get_path, has_path, key_problem, pydantic_problems, semantic_problems,
@@ -31,7 +32,7 @@ from .validate import (deep_merge, get_path, has_path, key_problem, pydantic_pro
 # may carry `sweep:` to expand into several runs with stable, readable ids. Validation
 # collects every problem of every run before anything runs (torchtune's ConfigError).
 
-_MATRIX_KEYS = ("name", "description", "seeds", "baseline", "defaults", "runs", "design")
+_MATRIX_KEYS = ("name", "description", "seeds", "baseline", "defaults", "runs", "design", "interpolation")
 
 # Short labels of swept fields in expanded ids (A1-lr1e-06, A3-freeze3, R3-wd0.0); a sweep
 # entry may name its own label (`{label: apr, values: [...]}` gives R1-apr0.1).
@@ -108,11 +109,17 @@ class MatrixConfig(Strict):
     directory is runs/<name>, so a path here would write outside runs/."""
     description: str = ""
     """Free text (what this matrix reproduces, for whom)."""
-    design: Literal["study", "controlled"] = "study"
+    design: Literal["study", "controlled", "forgetting"] = "study"
     """How the analysis reads the runs: `study` (the reports' 21 configurations, by role) or
     `controlled` (a factorial dataset × method × lr with seeds as replicates: two-way ANOVA,
     matched-LR tables, retention model; docs/CONTROLLED.md). A controlled matrix holds one
-    run per (dataset, method, lr) cell and seed, its runs of a dataset differing only there."""
+    run per (dataset, method, lr) cell and seed, its runs of a dataset differing only there.
+    `forgetting`: the authors' final study (docs/FORGETTING_RUNS.md): every run follows the
+    forgetting protocol (its `forgetting:` section, default values unless given) and writes
+    record.json; a confounded or incomplete grid warns."""
+    interpolation: InterpolationConfig | None = None
+    """design: forgetting only: the weight-interpolation sweep after the runs (None = the
+    defaults: the best-validation run per method on the first dataset and seed)."""
     seeds: list[Annotated[int, Field(ge=0, le=SEED_MAX)]] = Field(default_factory=lambda: [42], min_length=1)
     """Each run is repeated per seed; run dirs get `-s<seed>` only with several (reports: [42])."""
     baseline: list[str] = Field(default_factory=list)
@@ -279,6 +286,10 @@ def _validate_run(loc: str, entry: str, delta: dict, merged: dict, sweep_locs: d
 
 def _expand(matrix: MatrixConfig) -> list[PlannedRun]:
     errors: list[str] = []
+    if matrix.design == "forgetting" and "forgetting" not in matrix.defaults:
+        matrix = matrix.model_copy(update={"defaults": {**matrix.defaults, "forgetting": {}}})
+    elif matrix.design != "forgetting" and matrix.interpolation is not None:
+        errors.append("interpolation: only a design: forgetting matrix runs the interpolation sweep")
     known = _check_defaults(matrix, errors)
     planned: list[PlannedRun] = []
     where_ids: dict[str, str] = {}
@@ -305,6 +316,12 @@ def _expand(matrix: MatrixConfig) -> list[PlannedRun]:
             errors.append(f"baseline[{i}]: {p}")
     if matrix.design == "controlled":
         errors.extend(_factorial_problems(planned, where_ids))
+    for run in planned:
+        if (run.config.forgetting is not None) != (matrix.design == "forgetting"):
+            errors.append(f"{where_ids[run.id]}: a forgetting: section needs design: forgetting (and that design "
+                          "gives every run one)")
+        elif matrix.design == "forgetting":
+            errors.extend(f"{where_ids[run.id]}.{p}" for p in run_problems(run.config))
     if errors:
         raise ConfigError(errors)
     return planned

@@ -12,14 +12,10 @@ import json
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-
-class Strict(BaseModel):
-    # strict: YAML's `true` is not a batch size and `1e12` is not an int (pydantic's lax
-    # mode would turn them into 1 and 1000000000000); an int still serves as a float.
-    # allow_inf_nan=False: `lr: .inf` or `.nan` would pass `gt=0` checks and train nothing.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True, allow_inf_nan=False)
+from .base import Strict
+from .forgetting import ForgettingConfig
 
 
 SEED_MAX = 2**32 - 1
@@ -53,12 +49,25 @@ def name_problem(v: str, what: str) -> str | None:
     return None
 
 
+class CarveCounts(Strict):
+    val: int = Field(30, ge=1)
+    """Validation images per class (checkpoint selection)."""
+    probe: int = Field(20, ge=1)
+    """Unlabelled probe images per class (the per-epoch signals)."""
+    train: int = Field(160, ge=1)
+    """Training images per class."""
+
+
 class DataConfig(Strict):
-    split: Literal["hub", "pooled_80_20", "holdout_val"] = "hub"
+    split: Literal["hub", "pooled_80_20", "holdout_val", "carve"] = "hub"
     """Split protocol: "hub" = the dataset's own train/test, test doubling as validation
     (original study's code); "pooled_80_20" = the reports' stated stratified 80/20 of
     train+test (seed 42; the hub's EuroSAT has 24,300 images, so 19,440 / 4,860, not the
-    reports' 21,600 / 5,400 of 27,000); "holdout_val" = val carved from train, test kept apart."""
+    reports' 21,600 / 5,400 of 27,000); "holdout_val" = val carved from train, test kept apart;
+    "carve" = val, probe and train drawn per class from train in that order (`carve`
+    counts, one `RandomState(split_seed)`; the authors' final study), test kept apart."""
+    carve: CarveCounts = Field(default_factory=lambda: CarveCounts())
+    """Images per class of each carved split under split="carve" (EuroSAT 30/20/160, Pets 10/6/40)."""
     val_frac: float = Field(0.1, gt=0.0, lt=1.0)
     """Fraction of train held out as validation under split="holdout_val"."""
     split_seed: int = 42
@@ -236,9 +245,11 @@ class RunConfig(Strict):
     """Hub id, local directory or preset (`tiny`, `vit-b-32-random`)."""
     dataset: str = "eurosat"
     """Training source: eurosat, pets, cifar100, hf:<id>, imagefolder:<path>, synthetic, digits."""
-    method: Literal["full", "lora", "linear_probe"] = "full"
+    method: Literal["full", "lora", "linear_probe", "last_block"] = "full"
     """Full fine-tuning or LoRA on the vision tower, or "linear_probe": tower and projection
-    frozen, only the head trains (the "no collapse" reference: every Δ is exactly 0)."""
+    frozen, only the head trains (the "no collapse" reference: every Δ is exactly 0), or
+    "last_block": the last encoder block, the post-LayerNorm, the projection and the head
+    train (the authors' final study's code; docs/FORGETTING_RUNS.md)."""
     freeze_layers: int = Field(0, ge=0)
     """Freeze the first k encoder layers (A3: 3, 6, 9); the patch embedding and
     pre-LayerNorm keep training, as in the original code (see `freeze_embeddings`)."""
@@ -255,6 +266,9 @@ class RunConfig(Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     zeroshot: ZeroShotConfig = Field(default_factory=ZeroShotConfig)
+    forgetting: ForgettingConfig | None = None
+    """Set by a `design: forgetting` matrix: the run follows the forgetting protocol
+    (train/forgetting.py: per-epoch signals, record.json; docs/FORGETTING_RUNS.md)."""
     checkpoints_per_epoch: int = Field(1, ge=1)
     """Checkpoints written per epoch (at least one, atomically)."""
     keep_checkpoints: int = Field(2, ge=1)

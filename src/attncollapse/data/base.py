@@ -136,6 +136,8 @@ class Splits:
     eval_idx: np.ndarray
     protocol: str = "hub"
     info: dict = field(default_factory=dict)
+    probe: ImageSet | None = None
+    """The unlabelled probe images of split "carve" (None under the other protocols)."""
 
     @property
     def eval_set(self) -> ImageSet:

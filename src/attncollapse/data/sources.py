@@ -152,6 +152,9 @@ def _hf(arg: str, cfg: Any, image_size: int, *, image_column: str | None = None,
         splits = {"train": make(train.select(tr), "train"), "test": make(train.select(te), "test")}
     else:
         splits = {"train": make(train, "train"), "test": make(test, "test")}
+    for k, d in parts.items():  # other splits by their own names (EuroSAT's corruptions)
+        if k not in ("all", "train") and k not in splits and d is not test:
+            splits[k] = make(d, k)
     return Source(name, class_names, splits)
 
 

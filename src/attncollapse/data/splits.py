@@ -12,6 +12,7 @@ import numpy as np
 
 from .base import DataError, ImageSet, Source, Splits, cache_root, readable_names, stratified_split
 from .cache import PREPROCESS_VERSION, cached_images, variant
+from .carve import carve_indices
 from .sources import resolve
 
 
@@ -99,7 +100,9 @@ def load_splits(source: str, cfg, *, image_size: int) -> Splits:
     with `cfg.split_seed`, the 20% serving as val and test (the reports' stated split; the
     hub's EuroSAT has 24,300 images, not the full 27,000, so it gives 19,440 / 4,860, not
     the reports' 21,600 / 5,400);
-    "holdout_val" = val carved stratified from train (`cfg.val_frac`), test kept apart.
+    "holdout_val" = val carved stratified from train (`cfg.val_frac`), test kept apart;
+    "carve" = val, probe and train drawn per class from train (`cfg.carve`, carve.py), the
+    probe set in `Splits.probe`, test kept apart.
     `cfg.max_train_images` then caps train (seeded, stratified). The eval subset indexes
     `test`.
 
@@ -124,15 +127,36 @@ def load_splits(source: str, cfg, *, image_size: int) -> Splits:
     elif cfg.split == "holdout_val":
         tr, va = stratified_split(train.labels, cfg.val_frac, cfg.split_seed)
         train, val = train.subset(tr, train.name), train.subset(va, f"{src.name}/val")
+    elif cfg.split == "carve":
+        got = carve_indices(train.labels, [("val", cfg.carve.val), ("probe", cfg.carve.probe),
+                                           ("train", cfg.carve.train)], cfg.split_seed)
+        probe = train.subset(got["probe"], f"{src.name}/probe")
+        train, val = train.subset(got["train"], train.name), train.subset(got["val"], f"{src.name}/val")
     else:
         raise DataError(f"unknown split protocol {cfg.split!r}; known: hub, pooled_80_20, holdout_val")
     if cfg.max_train_images is not None and cfg.max_train_images < len(train):
         train = _cap(train, cfg.max_train_images, cfg.split_seed)
-    eval_idx = eval_subset_indices(test.labels, cfg.eval_subset_size, cfg.eval_subset_seed)
-    info = {"source": src.name, "sizes": {"train": len(train), "val": len(val), "test": len(test)},
+    n_eval = cfg.eval_subset_size
+    if cfg.split == "carve":  # its signals read the probe set; the test-drawn subset is only a courtesy
+        n_eval = min(n_eval, len(test))
+    eval_idx = eval_subset_indices(test.labels, n_eval, cfg.eval_subset_seed)
+    sizes = {"train": len(train), "val": len(val), "test": len(test)}
+    if cfg.split == "carve":
+        sizes["probe"] = len(probe)
+    info = {"source": src.name, "sizes": sizes,
             "classes": train.num_classes, "split_seed": cfg.split_seed,
             "preprocess_version": PREPROCESS_VERSION, "preprocess": variant(cfg.preprocess, cfg.alpha)}
-    return Splits(train=train, val=val, test=test, eval_idx=eval_idx, protocol=cfg.split, info=info)
+    return Splits(train=train, val=val, test=test, eval_idx=eval_idx, protocol=cfg.split, info=info,
+                  probe=probe if cfg.split == "carve" else None)
+
+
+def load_named_split(source: str, cfg, split: str, *, image_size: int) -> ImageSet:
+    """Any split a source provides by name (an `hf:` dataset's extra splits, e.g. EuroSAT's
+    `gaussian_noise`); DataError naming the splits there are when it has none of that name."""
+    src = resolve(source, cfg, image_size=image_size)
+    if split not in src.splits:
+        raise DataError(f"{src.name} has no split {split!r}; splits: {', '.join(src.splits)}")
+    return _load(source, cfg, image_size, (split,))[1][split]
 
 
 def load_test_split(source: str, cfg, *, image_size: int) -> ImageSet:

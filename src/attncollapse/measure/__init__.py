@@ -4,7 +4,7 @@ Works on any vision tower it is handed; imports only `data` and `_device` of att
 """
 
 from .drift import cka_per_block, embedding_drift, encoder_weights, weight_drift_rel
-from .evaluate import (attention_table, classifier_accuracy, eval_rows, eval_rows_structure, format_table,
+from .evaluate import (attention_table, classifier_accuracy, probe_pass, eval_rows, eval_rows_structure, format_table,
                        representations, summarize_rows)
 from .layout import LAYOUTS, Layout, UnknownLayout, layout_fields, tower_config
 from .metrics import METRICS, delta_pct, entropy, erf, gini, head_diversity, layer_mean, patch_rows, summarize
@@ -15,7 +15,7 @@ from .structure import (STRUCTURE, StructureObs, StructureReference, js_divergen
 
 __all__ = [
     "LAYOUTS", "Layout", "cka_per_block", "embedding_drift", "encoder_weights", "representations",
-    "weight_drift_rel",
+    "weight_drift_rel", "probe_pass",
     "METRICS", "PROBE", "STRUCTURE", "StructureObs", "StructureReference", "eval_rows_structure",
     "js_divergence", "linear_cka", "observe", "patch_entropy", "rollout_rows", "structure_run_values",
     "structure_table", "PROBE_SPEC_ATTR", "ProbeRows", "ProbeSpec", "attention_modules", "attention_table",

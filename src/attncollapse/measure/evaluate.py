@@ -120,6 +120,42 @@ def representations(vision: nn.Module, pixel_values: Tensor, *, projection: nn.M
     return torch.cat(states, dim=1), torch.cat(embeds)
 
 
+@torch.no_grad()
+def probe_pass(vision: nn.Module, feeder: Feeder, *, projection: nn.Module | None = None,
+               batch_size: int = 256) -> tuple[Tensor, Tensor, Tensor]:
+    """[CLS] rows, per-block query states and image embeddings from ONE fp32 forward per batch.
+
+    What the forgetting design reads on its probe set every epoch (`eval_rows` plus
+    `representations`, sharing the forward: half the cost of calling both).
+
+    Args:
+        vision: the vision tower (eval mode inside, its mode restored after).
+        feeder: the probe images, in order.
+        projection: applied to the pooled output (CLIP's `visual_projection`); None = the
+            pooled output itself.
+        batch_size: images per forward.
+
+    Returns:
+        ((L, N, H, T) fp32 rows, (L, N, D) query token after each block, (N, E) embeddings).
+    """
+    spec = spec_of(vision)
+    mods = attention_modules(vision)
+    chunks, states, embeds = [], [], []
+    with (eval_mode(vision), autocast(feeder.device, "fp32"), probing(vision) as rows,
+          _layer_tokens(vision, mods, spec.query) as tokens):
+        for x, _ in feeder.batches(batch_size):
+            tokens.clear()
+            rows.clear()
+            out = vision(pixel_values=x)
+            chunks.append(stack_rows(rows, len(mods)).float())
+            states.append(torch.stack(tokens).float())
+            pooled = getattr(out, "pooler_output", None)
+            if pooled is None:
+                pooled = query_token(out.last_hidden_state, spec.query)
+            embeds.append((projection(pooled) if projection is not None else pooled).float())
+    return torch.cat(chunks, dim=1), torch.cat(states, dim=1), torch.cat(embeds)
+
+
 def summarize_rows(rows: Tensor, *, group_size: int = 32, erf_q: float = 0.95,
                    diversity: str = "batch_mean", aggregate: str = "per_batch") -> dict[str, list[float]]:
     """Per-layer table of eval rows (L, N, H, T) (`metrics.summarize`).

@@ -17,11 +17,11 @@ from transformers import (CLIPConfig, CLIPTextConfig, CLIPVisionConfig, Dinov2Co
 _TINY = dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=3, num_attention_heads=4)
 
 
-def _tiny(layers: int = 3) -> CLIPConfig:
+def _tiny(layers: int = 3, patch: int = 8) -> CLIPConfig:
     # The test-sized CLIP of STYLE.md (timm's test_vit, transformers' CLIPVisionModelTester):
     # image 32, patch 8 (16 patches), hidden 32, 4 heads, 3 layers.
     vision = CLIPVisionConfig(
-        image_size=32, patch_size=8, hidden_size=32, intermediate_size=64,
+        image_size=32, patch_size=patch, hidden_size=32, intermediate_size=64,
         num_hidden_layers=layers, num_attention_heads=4, projection_dim=16,
     )
     text = CLIPTextConfig(
@@ -37,6 +37,12 @@ def _tiny_6l() -> CLIPConfig:
     # (one-way ANOVA over the early / middle / late thirds of the layers, per run) has two
     # layers per third to compare; 3 layers give one value per third and no test.
     return _tiny(6)
+
+
+def _tiny_p4() -> CLIPConfig:
+    # The tiny CLIP with 4-px patches (64 per image, 4x the tiny's 16): the forgetting demo's
+    # stand-in for ViT-B/16 next to `tiny` in the ViT-B/32 role (196 vs 49 patches).
+    return _tiny(3, patch=4)
 
 
 def _vit_b(patch: int) -> Callable[[], CLIPConfig]:
@@ -86,6 +92,7 @@ def _tiny_vit() -> ViTConfig:
 PRESETS: dict[str, Callable[[], PretrainedConfig]] = {
     "tiny": _tiny,
     "tiny-6l": _tiny_6l,
+    "tiny-p4": _tiny_p4,
     "tiny-siglip": _tiny_siglip,
     "tiny-siglip2": _tiny_siglip2,
     "tiny-dinov2": _tiny_dinov2,

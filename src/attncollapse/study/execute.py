@@ -16,12 +16,14 @@ from typing import Any, Callable
 
 from .. import _io
 from ..config import RunConfig, config_change, fingerprint_fields, read_recorded_config
-from ..train import baseline, run
+from ..train import baseline, run, run_forgetting
 from .locks import acquire_lock, heartbeat, inspect_lock, machine, release_lock
 from .tasks import COMPANIONS, Task, TrainFn
 
 
 def _default_train(cfg: RunConfig, run_dir: Path) -> Any:
+    if cfg.forgetting is not None:  # a design: forgetting run (docs/FORGETTING_RUNS.md)
+        return run_forgetting(cfg, run_dir)
     return run(cfg, run_dir)
 
 

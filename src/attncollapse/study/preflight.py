@@ -52,7 +52,9 @@ def hub_needs(configs: list[tuple[str, RunConfig]], baselines: list[tuple[str, R
     for tid, cfg in [*configs, *baselines]:
         add("model", hub_model_id(cfg.model), tid)
         sources = [cfg.dataset]  # a baseline's config trains on its dataset (MatrixConfig.baseline_config)
-        if cfg.zeroshot.enabled:
+        if cfg.forgetting is not None:  # a forgetting run reads its own transfer sets, not zeroshot:
+            sources += [s for s in (cfg.forgetting.transfer, cfg.forgetting.second_transfer) if s]
+        elif cfg.zeroshot.enabled:
             sources += cfg.zeroshot.datasets
         for src in sources:
             add("dataset", hub_dataset_id(src), tid)

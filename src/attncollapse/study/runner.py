@@ -22,6 +22,7 @@ from ..analysis.statistics import controlled as controlled_stats
 from ..config import MatrixConfig, load_matrix
 from .collect import write_results
 from .executors import dispatch
+from .forgetting import interpolate_matrix
 from .execute import busy_outcome
 from .locks import inspect_lock
 from .preflight import check_hub as check_hub_access
@@ -79,6 +80,12 @@ def run_matrix(matrix: MatrixConfig | str | Path, out_dir: str | Path | None = N
     kw = dict(train_fn=train_fn, baseline_fn=baseline_fn, gpus=gpus, runs_per_gpu=runs_per_gpu,
               options=executor_options or {}, log=log)
     outcomes = _settle_busy(tasks, dispatch(executor, tasks, **kw), executor, kw, log)
+    if matrix.design == "forgetting" and train_fn is None:  # its sweeps read the finished runs
+        sweeps = interpolate_matrix(matrix, out, log=log)
+        if sweeps:
+            log(f"interpolation: {sum(v != 'kept' and not v.startswith('failed') for v in sweeps.values())} "
+                f"sweeps written, {sum(v == 'kept' for v in sweeps.values())} kept, "
+                f"{sum(v.startswith('failed') for v in sweeps.values())} failed -> {out / 'interpolation'}")
     analysis = run_analysis(out, matrix=matrix, log=log) if analyze else {}
     counts: dict[str, int] = {}
     for o in outcomes:

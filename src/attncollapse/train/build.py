@@ -10,7 +10,7 @@ from .. import _io
 from .._device import resolve_device
 from ..config import RunConfig, read_recorded_config
 from ..models import (apply_lora, build_classifier, freeze_layers, freeze_projection, image_projection, load_model,
-                      vision_tower, zeroshot_problem)
+                      num_layers, vision_tower, zeroshot_problem)
 from ..transfer import head_from_text
 from .checkpoints import BEST_NAME, load_best, load_newest, load_weights
 
@@ -40,6 +40,10 @@ def build(cfg: RunConfig, num_classes: int, device: torch.device, class_names: l
     freeze_layers(clf, cfg.freeze_layers, embeddings=cfg.freeze_embeddings)
     if cfg.freeze_projection:
         freeze_projection(clf)
+    if cfg.method == "last_block":
+        # The authors' final study (their code, not their paper's words): the last encoder
+        # block and the post-LayerNorm train, with the projection and the head.
+        freeze_layers(clf, num_layers(clip) - 1, embeddings=True)
     if cfg.method == "linear_probe":
         # The "no collapse" reference (issue 16): tower and projection frozen, only the
         # head trains, so every attention metric and the zero-shot stay the pretrained ones.

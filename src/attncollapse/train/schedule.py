@@ -10,9 +10,11 @@ import math
 import torch
 
 
-def lr_at(step: int, total: int, peak: float, warmup_frac: float) -> float:
-    """Linear warmup over `warmup_frac` of the steps, then cosine to 0 (reports §2.3)."""
-    warm = int(total * warmup_frac)
+def lr_at(step: int, total: int, peak: float, warmup_frac: float, *, min_warmup: int = 0) -> float:
+    """Linear warmup over `warmup_frac` of the steps (at least `min_warmup`), then cosine to 0
+    (reports §2.3). The forgetting design uses min_warmup=1 (the authors' `max(1, int(0.05·T))`:
+    step 0 has lr 0 even in a short run)."""
+    warm = max(min_warmup, int(total * warmup_frac))
     if step < warm:
         return peak * step / warm
     progress = (step - warm) / max(1, total - warm)

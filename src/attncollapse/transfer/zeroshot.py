@@ -126,6 +126,8 @@ def evaluate_dataset(clf: Classifier, clip: nn.Module, tokenizer, imageset: Imag
         {"acc", "top5", "acc_base_only", "top5_base_only", "acc_frozen_projection",
         "templates", "images"}; base-only fields are None unless method == "lora".
     """
+    if method == "last_block":  # part of the tower trained: scored as "full"
+        method = "full"
     if method not in ("full", "lora", "linear_probe"):
         raise ValueError(f"unknown method {method!r}; expected 'full', 'lora' or 'linear_probe'")
     if method == "lora" and not is_peft(clf.vision):

@@ -14,7 +14,7 @@ from typing import Any
 
 from ..._io import read_json, read_yaml, write_text
 from .. import table
-from ..design import DESIGNS, MEASURES, lr_label
+from ..design import MEASURES, lr_label
 from ..statistics import controlled as cstats
 from .render import Block, below, html_page, markdown, num, pval
 
@@ -314,7 +314,7 @@ def write(matrix_dir: str | Path) -> tuple[Path, Path]:
     root = Path(matrix_dir)
     m = table.load(root)
     st = read_json(root / "stats.json") if (root / "stats.json").exists() else cstats.analyze(root)
-    if st.get("design") not in DESIGNS[1:]:
+    if st.get("design") != "controlled":
         st = cstats.analyze(root)  # a stats.json of the other design (the matrix changed design)
     figs = read_json(root / "figures" / "figures.json") if (root / "figures" / "figures.json").exists() else {}
     B = blocks(m, st, figs)
