@@ -20,6 +20,28 @@ import yaml
 from .checksum import CHECKSUM_KEY, YAML_CHECKSUM_PREFIX, json_text, sha256_text
 
 
+def umask() -> int:
+    """The process's umask, read without changing it where Linux allows (/proc), since
+    setting it to read it back would race with other threads creating files."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+def follow_umask(path: str | os.PathLike, *, directory: bool = False) -> None:
+    """Give `path` the mode a plain `open`/`mkdir` would have: `tempfile` creates files
+    0600 and directories 0700, so results written through it could not be opened by
+    colleagues on a shared server whose umask allows it."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~umask())
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it is renamed onto `path`.
@@ -36,6 +58,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
+        follow_umask(tmp_path)
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from .atomic import read_json, write_json
+from .atomic import follow_umask, read_json, write_json
 from .checksum import sha256_file
 
 
@@ -33,6 +33,7 @@ def checkpoint_dir(root: str | os.PathLike, step: int) -> Iterator[Path]:
         yield tmp
         manifest = {"step": step, "files": {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}}
         write_json(tmp / "manifest.json", manifest)
+        follow_umask(tmp, directory=True)  # mkdtemp made it 0700
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
