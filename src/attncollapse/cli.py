@@ -112,7 +112,24 @@ def cmd_validate(args: argparse.Namespace) -> int:
     else:
         print(f"{path}: ok — run {cfg.id!r} ({cfg.method} on {cfg.dataset}, model {cfg.model})")
     _warn(prep.warnings)
+    _validate_hub(matrix, cfg)
     return 0
+
+
+def _validate_hub(matrix, cfg) -> None:
+    """`run`'s hub check, said plainly instead of failing: the config is valid, but `run`
+    stops at once when a hub model or dataset is neither cached nor reachable."""
+    from .study import HubUnavailable, check_hub, hub_needs
+
+    if matrix is not None:
+        need = hub_needs([(r.id, r.config) for r in matrix.expand()],
+                         [(f"E1:{ds}", matrix.baseline_config(ds)) for ds in matrix.baseline])
+    else:
+        need = hub_needs([(cfg.id, cfg)])
+    try:
+        check_hub(need, log=lambda line: None)
+    except HubUnavailable as exc:
+        print(f"but `run` would stop before any work: {exc}")
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -183,7 +200,7 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     result = baseline(args.model, args.data, data_cfg=data_cfg, eval_cfg=EvalConfig(), out_dir=out,
                       zeroshot_cfg=zs_cfg, device=args.device, out_name="baseline.json")
     if not (out / "baseline.json").exists():
-        _io.write_json(out / "baseline.json", result)
+        _io.write_json(out / "baseline.json", result, checksum=True)
     print(f"{args.model} on {args.data}: {result.get('images')} eval images "
           f"(head diversity: {result.get('diversity')})")
     print(format_table(result["layers"]))

@@ -3,7 +3,7 @@
 - `atomic`: atomic writes (temp file, fsync, `os.replace`), unchecked reads, disk-full lines;
 - `checksum`: the digests self-verifying files carry (docs/FORMATS.md "Verified files");
 - `verified`: reading files back checked (`DamagedFile` names a damaged or edited one);
-- `tensors`: safetensors files with their own digest;
+- `tensors`: safetensors files with their own digest; `arrays`: .npz files likewise;
 - `checkpoints`: checkpoint directories with a manifest;
 - `env`: the environment record (`env.json`);
 - `progress`: progress lines for terminals and logs.
@@ -27,6 +27,7 @@ from .atomic import (
     write_text,
     write_yaml,
 )
+from .arrays import ARRAYS_CHECKSUM, arrays_digest, load_arrays_checked, save_arrays
 from .checkpoints import (
     checkpoint_dir,
     checkpoint_name,
@@ -55,6 +56,7 @@ from .verified import (
 )
 
 __all__ = [
+    "ARRAYS_CHECKSUM", "arrays_digest", "load_arrays_checked", "save_arrays",
     "CHECKSUM_KEY", "FINAL_JSON_KEYS", "TENSOR_META_KEY", "YAML_CHECKSUM_PREFIX",
     "DamagedFile", "PlainProgress",
     "atomic_path", "checkpoint_dir", "checkpoint_name", "checkpoints", "clean_orphans",
