@@ -180,15 +180,16 @@ def _directory(spec: str, path: Path, kind: str = "directory") -> Loaded:
     except (OSError, ValueError, AttributeError) as e:
         raise InputError(f"{path / 'config.json'}: not a readable JSON config ({type(e).__name__}); "
                          "save the model again with save_pretrained") from None
-    _check_weights(path)
+    if model_type not in VISION_ONLY:
+        try:
+            family_for_type(model_type)
+        except ValueError:
+            known = sorted({t for f in FAMILIES.values() for t in f.model_types} | set(VISION_ONLY))
+            raise InputError(f"{path / 'config.json'}: model_type {model_type!r} is not a vision transformer this "
+                             f"tool knows ({', '.join(known)}); give one of those") from None
+    _check_weights(path)  # named here, not as transformers' "no file named ..." or a header error
     if model_type in VISION_ONLY:
         return _vision_only(spec, str(path), "vision-only " + kind)
-    try:
-        family_for_type(model_type)
-    except ValueError:
-        known = sorted({t for f in FAMILIES.values() for t in f.model_types} | set(VISION_ONLY))
-        raise InputError(f"{path / 'config.json'}: model_type {model_type!r} is not a vision transformer this "
-                         f"tool knows ({', '.join(known)}); give one of those") from None
     return _full(spec, kind, load_model(str(path)))
 
 
