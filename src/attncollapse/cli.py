@@ -405,8 +405,9 @@ def cmd_maps(args: argparse.Namespace) -> int:
     opts = _lab_options(args)
     opts["limit"] = args.limit if args.limit is not None else 4
     result = attention_maps(args.model, images, vs=vs, layers=args.layers, heads=_heads(args.heads), out=out, **opts)
+    drawn = result["maps"][:result.get("figure_rows", len(result["names"]))]  # the figure's scale
     print(f"{len(result['names'])} images x {len(result['columns'])} maps ({', '.join(result['columns'])}); "
-          f"one colour scale 0 to {result['vmax']:.3f}")
+          f"one colour scale 0 to {float(drawn.max()):.3f}")
     for line in _model_notes(*result["models"]):
         print(f"note: {line}")
     if result.get("figure_rows", 0) < len(result["names"]):
