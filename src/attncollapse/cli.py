@@ -40,6 +40,13 @@ def _positive_int(text: str) -> int:
     return int(text)
 
 
+def _seed(text: str) -> int:
+    """argparse type: a seed numpy's default_rng takes, 0 to 2**32 - 1."""
+    if not text.strip().isdigit() or int(text) >= 2**32:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number from 0 to {2**32 - 1}")
+    return int(text)
+
+
 def _gpu_list(text: str) -> str:
     """argparse type: a GPU count (2) or ids (0,2); anything else would silently run on the CPU."""
     if not re.fullmatch(r"\d+(,\d+)*", text.replace(" ", "")):
@@ -118,7 +125,24 @@ def cmd_validate(args: argparse.Namespace) -> int:
     else:
         print(f"{path}: ok — run {cfg.id!r} ({cfg.method} on {cfg.dataset}, model {cfg.model})")
     _warn(prep.warnings)
+    _validate_hub(matrix, cfg)
     return 0
+
+
+def _validate_hub(matrix, cfg) -> None:
+    """`run`'s hub check, said plainly instead of failing: the config is valid, but `run`
+    stops at once when a hub model or dataset is neither cached nor reachable."""
+    from .study import HubUnavailable, check_hub, hub_needs
+
+    if matrix is not None:
+        need = hub_needs([(r.id, r.config) for r in matrix.expand()],
+                         [(f"E1:{ds}", matrix.baseline_config(ds)) for ds in matrix.baseline])
+    else:
+        need = hub_needs([(cfg.id, cfg)])
+    try:
+        check_hub(need, log=lambda line: None)
+    except HubUnavailable as exc:
+        print(f"but `run` would stop before any work: {exc}")
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -204,7 +228,7 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     result = baseline(args.model, args.data, data_cfg=data_cfg, eval_cfg=EvalConfig(), out_dir=out,
                       zeroshot_cfg=zs_cfg, device=args.device, out_name="baseline.json")
     if not (out / "baseline.json").exists():
-        _io.write_json(out / "baseline.json", result)
+        _io.write_json(out / "baseline.json", result, checksum=True)
     print(f"{args.model} on {args.data}: {result.get('images')} eval images "
           f"(head diversity: {result.get('diversity')})")
     print(format_table(result["layers"]))
@@ -239,12 +263,68 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def _lab_out(args: argparse.Namespace, command: str, *specs: str) -> Path:
-    """--out, else runs/<command>/<model(s)>-<images> (names made path-safe)."""
+    """--out, else runs/<command>/<model(s)>-<images> (names made path-safe); checked, with
+    --device and the MODEL arguments' preset names, before any model is loaded."""
     if args.out:
-        return Path(args.out)
-    slug = "-vs-".join(re.sub(r"[^A-Za-z0-9.]+", "_", Path(s).name or s).strip("_") for s in specs)
-    images = re.sub(r"[^A-Za-z0-9.]+", "_", Path(args.images).name or args.images).strip("_")
-    return Path("runs") / command / f"{slug}-{images}"
+        out = Path(args.out)
+    else:
+        slug = "-vs-".join(re.sub(r"[^A-Za-z0-9.]+", "_", Path(s).name or s).strip("_") for s in specs)
+        images = re.sub(r"[^A-Za-z0-9.]+", "_", Path(args.images).name or args.images).strip("_")
+        out = Path("runs") / command / f"{slug}-{images}"
+    _lab_preflight(args, command, specs, out)
+    return out
+
+
+def _lab_preflight(args: argparse.Namespace, command: str, specs: tuple[str, ...], out: Path) -> None:
+    """What would otherwise fail only after the whole measurement (an --out that cannot be
+    written: the CSV and PNG written, the JSON not) or as a bare exception: one line each."""
+    import tempfile
+
+    from .config.checks import device_problem
+    from .lab import InputError
+    from .lab.load import preset_typo
+    from .models import PRESETS
+
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", args.device):
+        raise InputError(f"--device {args.device!r}: expected auto, cpu, cuda, cuda:N or mps")
+    if args.device != "auto" and (why := device_problem(args.device)) is not None:
+        raise InputError(f"--device {why.split('; ')[0]}; use --device auto (CUDA when present, else CPU) or cpu")
+    for spec in specs:
+        if (typo := preset_typo(spec)) is not None:
+            raise InputError(f"MODEL {spec!r}: not a preset, file or directory here; did you mean {typo}? "
+                             f"(presets: {', '.join(PRESETS)})")
+    where = out.expanduser()
+    if where.exists() and not where.is_dir():
+        raise InputError(f"--out {out}: an existing file, not a directory; give a directory (it is created)")
+    first = next(p for p in [where, *where.absolute().parents] if p.exists())  # the directory it is made in
+    if not first.is_dir():
+        raise InputError(f"--out {out}: {first} is a file, so {out} cannot be a directory; give another --out")
+    try:
+        with tempfile.TemporaryFile(dir=first):  # os.access says yes to root even on read-only mounts
+            pass
+    except OSError as e:
+        raise InputError(f"--out {out}: cannot write in {first} ({e.strerror or e}); give a writable --out") from None
+    earlier = where / f"{command}.json" if command != "maps" else where / "maps.npz"
+    if earlier.is_file():  # the chosen behaviour: replace, and say so up front (docs/FORMATS.md)
+        what = ""
+        if command != "maps":
+            try:
+                rec = _json_head(earlier)
+                what = f" ({', '.join(str(v) for v in rec if v)})" if any(rec) else ""
+            except (OSError, ValueError):
+                pass
+        print(f"note: {out} already holds a {command} result{what}; this one replaces it "
+              f"(give another --out to keep both)", file=sys.stderr)
+
+
+def _json_head(path: Path) -> list:
+    """(model or A/B spec, images spec) an earlier measure.json / compare.json records."""
+    import json
+
+    rec = json.loads(path.read_text())
+    models = [rec.get("model", {}).get("spec")] if "model" in rec else [rec.get("a", {}).get("spec"),
+                                                                       rec.get("b", {}).get("spec")]
+    return [" vs ".join(str(m) for m in models if m), f"on {rec.get('images', {}).get('spec')}"]
 
 
 def _lab_options(args: argparse.Namespace) -> dict:
@@ -283,6 +363,8 @@ def cmd_measure(args: argparse.Namespace) -> int:
           f"{result['model']['family']} {result['model']['grid'][0]}x{result['model']['grid'][1]} patches; "
           "mean ± SD over images")
     print(format_measure(result))
+    for line in _model_notes(result["model"]):
+        print(f"note: {line}")
     print("wrote " + ", ".join(result["files"].values()))
     return 0
 
@@ -297,8 +379,26 @@ def cmd_compare(args: argparse.Namespace) -> int:
           "Δ% = 100·(B − A)/A of the means over images; map JS = Jensen-Shannon divergence of the "
           "head-averaged maps, mean ± SD over images")
     print(format_compare(result))
+    for line in _model_notes(result["a"], result["b"]):
+        print(f"note: {line}")
     print("wrote " + ", ".join(result["files"].values()))
     return 0
+
+
+def _model_notes(*records: dict) -> list[str]:
+    """Caveats about what was measured: an unfinished run's checkpoint, and a comparison of
+    a [CLS] row with a family's mean query row (SigLIP has no [CLS])."""
+    from .models import FAMILIES
+
+    notes = [f"{r['spec']}: measured its {r['checkpoint']}" for r in records
+             if "unfinished" in str(r.get("checkpoint", ""))]
+    queries = {r["spec"]: getattr(FAMILIES.get(r.get("family")), "query", None) for r in records}
+    if len(set(queries.values()) - {None}) > 1:
+        rows = "; ".join(f"{s}: {'the [CLS] row' if q == 'first' else 'the mean row over all queries (no [CLS])'}"
+                         for s, q in queries.items())
+        notes.append(f"the two models' rows are different quantities ({rows}): their Δ mixes the model change "
+                     "with the change of query; compare within a family")
+    return notes
 
 
 def _heads(values: list[str] | None) -> list[int] | None:
@@ -342,8 +442,14 @@ def cmd_maps(args: argparse.Namespace) -> int:
     opts = _lab_options(args)
     opts["limit"] = args.limit if args.limit is not None else 4
     result = attention_maps(args.model, images, vs=vs, layers=args.layers, heads=_heads(args.heads), out=out, **opts)
+    drawn = result["maps"][:result.get("figure_rows", len(result["names"]))]  # the figure's scale
     print(f"{len(result['names'])} images x {len(result['columns'])} maps ({', '.join(result['columns'])}); "
-          f"one colour scale 0 to {result['vmax']:.3f}")
+          f"one colour scale 0 to {float(drawn.max()):.3f}")
+    for line in _model_notes(*result["models"]):
+        print(f"note: {line}")
+    if result.get("figure_rows", 0) < len(result["names"]):
+        print(f"maps.png draws the first {result['figure_rows']} of the {len(result['names'])} images "
+              "(a taller figure is slow to lay out and not read); maps.npz holds every map")
     print("wrote " + ", ".join(result["files"].values()))
     return 0
 
@@ -359,7 +465,7 @@ def cmd_explore(args: argparse.Namespace) -> int:
 def _add_lab_options(p: argparse.ArgumentParser, *, limit_help: str) -> None:
     p.add_argument("--out", help="output directory (default runs/<command>/<model>-<images>)")
     p.add_argument("--limit", type=_positive_int, help=limit_help)
-    p.add_argument("--seed", type=int, default=0, help="seed of the --limit sample (default 0)")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the --limit sample (default 0)")
     p.add_argument("--batch-size", type=_positive_int, default=64, help="images per forward pass (default 64)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default auto: CUDA when available)")
     p.add_argument("--preprocess", choices=["original", "clip"], default="original",
@@ -575,6 +681,17 @@ def _user_error(exc: BaseException) -> str | None:
     return None
 
 
+def _interrupted(func: str) -> str:
+    """What Ctrl-C left, said for the command that was interrupted."""
+    if func in ("cmd_run", "cmd_demo"):
+        return "interrupted (finished runs are kept; `attncollapse run` resumes the rest)"
+    lab = func.removeprefix("cmd_")
+    if lab in ("measure", "compare", "maps"):
+        return (f"interrupted: nothing written ({lab} writes its files only once every image is measured); "
+                "rerun it, with --limit N to measure a seeded sample")
+    return "interrupted (every file is written whole or not at all: nothing half-written is left)"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status (tests call it in-process).
 
@@ -590,7 +707,7 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         return 0
     except KeyboardInterrupt:
-        print("interrupted (finished runs are kept; `attncollapse run` resumes the rest)", file=sys.stderr)
+        print(_interrupted(getattr(args.func, "__name__", "")), file=sys.stderr)
         return 130
     except Exception as exc:
         if getattr(args, "debug", False):

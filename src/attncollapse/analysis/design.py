@@ -174,3 +174,24 @@ def layer_values(run: Run, key: str) -> np.ndarray | None:
         except ValueError:
             return None
     return run.layer_delta(key)
+
+
+def crossing(f: Factorial, dataset: str) -> dict[str, Any]:
+    """How method and learning rate are crossed among `dataset`'s finished runs.
+
+    The report's design prose is derived from this, never assumed: a matrix that trained
+    each method at its own lr is confounded, and says so.
+
+    Returns:
+        methods, lrs: the levels with a finished run on `dataset`; shared: the lrs at
+        which every one of those methods ran; only: method → the lrs only it ran at;
+        seeds: the sorted distinct counts of finished seeds per non-empty cell;
+        crossed: more than one method, and every lr shared.
+    """
+    cells = {(me, lr): len(f.cell(dataset, me, lr)) for me in f.methods for lr in f.lrs if f.cell(dataset, me, lr)}
+    methods = [me for me in f.methods if any(k[0] == me for k in cells)]
+    lrs = sorted({lr for _, lr in cells})
+    shared = [lr for lr in lrs if all((me, lr) in cells for me in methods)]
+    return {"methods": methods, "lrs": lrs, "shared": shared,
+            "only": {me: [lr for lr in lrs if (me, lr) in cells and lr not in shared] for me in methods},
+            "seeds": sorted(set(cells.values())), "crossed": len(methods) > 1 and shared == lrs}

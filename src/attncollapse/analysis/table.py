@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .._io import DamagedFile, read_json, read_json_checked, read_yaml, read_yaml_checked, write_text
+from .._io import DamagedFile, read_json_checked, read_yaml_checked, write_text
 
 METRICS = ("entropy", "erf", "gini", "head_diversity")
 STRUCTURE_DELTAS = ("rollout_entropy", "rollout_erf", "rollout_gini", "patch_entropy")
@@ -275,7 +275,7 @@ def _parse_cell(key: str, v: str | None) -> Any:
 
 def _row_from_dir(d: Path) -> dict[str, Any]:
     """Rebuild a results.csv row from config.yaml + final.json (results.csv missing)."""
-    cfg = read_yaml(d / "config.yaml") or {}
+    cfg = read_yaml_checked(d / "config.yaml")
     fin = read_json_checked(d / "final.json") if (d / "final.json").exists() else None
     hist = read_json_checked(d / "history.json") if fin and (d / "history.json").exists() else None
     status = "failed" if (d / "error.txt").exists() else "incomplete"
@@ -300,12 +300,17 @@ def load(matrix_dir: str | Path) -> Matrix:
         if (run.dir / "final.json").exists() and row.get("status") in (None, "done"):
             run.final = read_json_checked(run.dir / "final.json", fix=run.repair_fix)  # checksum verified
         runs.append(run)
-    base = {p.stem: read_json(p) for p in sorted((d / "baseline").glob("*.json"))} if (d / "baseline").is_dir() else {}
+    # every file read back verified (docs/FORMATS.md "Verified files"): an edited E1 number
+    # would otherwise move every retention and Δ quietly
+    remake = f"rerun `attncollapse run <your matrix.yaml> --out {d}`: it measures E1 again and rewrites the file"
+    base = ({p.stem: read_json_checked(p, fix=remake) for p in sorted((d / "baseline").glob("*.json"))
+             if not p.name.endswith((".lock.json", ".error.json"))} if (d / "baseline").is_dir() else {})
     for run in runs:
         if run.final is not None:
             _fill_from_files(run, base)
-    env = read_json(d / "env.json") if (d / "env.json").exists() else {}
-    spec = (read_yaml(d / "matrix.yaml") or {}) if (d / "matrix.yaml").exists() else {}
+    rewrite = f"rerun `attncollapse run <your matrix.yaml> --out {d}` to rewrite it"
+    env = read_json_checked(d / "env.json", fix=rewrite) if (d / "env.json").exists() else {}
+    spec = read_yaml_checked(d / "matrix.yaml", fix=rewrite) if (d / "matrix.yaml").exists() else {}
     return Matrix(d, runs, base, env, spec, notes)
 
 

@@ -279,3 +279,41 @@ def collect_warnings(configs: list[tuple[str, Any]]) -> list[str]:
         for w in run_warnings(cfg):
             seen.setdefault(w, []).append(rid)
     return [f"{', '.join(ids[:4])}{' …' if len(ids) > 4 else ''}: {w}" for w, ids in seen.items()]
+
+
+def design_warnings(planned: list[Any]) -> list[str]:
+    """A controlled matrix whose method × lr grid is not crossed on some dataset, each a sentence.
+
+    The design exists to tell the method's effect from the learning rate's; a matrix that
+    trains each method at its own lr (or leaves cells out) is legal but cannot, so
+    `validate` and `run` say so before any work.
+
+    Args:
+        planned: the matrix's PlannedRuns (`MatrixConfig.expand()`).
+    """
+    by_ds: dict[str, dict[tuple[str, float], set]] = {}
+    for p in planned:
+        c = p.config
+        by_ds.setdefault(c.dataset, {}).setdefault((c.method, float(c.optim.lr)), set()).add(c.seed)
+    out = []
+    for ds, cells in by_ds.items():
+        methods = list(dict.fromkeys(me for me, _ in cells))
+        lrs = sorted({lr for _, lr in cells})
+        shared = [lr for lr in lrs if all((me, lr) in cells for me in methods)]
+        only = "; ".join(f"{me} only at lr {', '.join(f'{lr:g}' for lr in lrs if (me, lr) in cells and lr not in shared)}"
+                         for me in methods if any((me, lr) in cells and lr not in shared for lr in lrs))
+        if len(methods) < 2:
+            out.append(f"design: controlled, dataset {ds}: only method {methods[0]} — no method effect can be estimated")
+        elif not shared:
+            out.append(f"design: controlled, dataset {ds}: method and learning rate are confounded ({only}), so a "
+                       "difference between methods cannot be told from one of learning rates; put every method on "
+                       "one lr grid (sweep: {method: [full, lora], optim.lr: [...]})")
+        elif shared != lrs:
+            out.append(f"design: controlled, dataset {ds}: the method × lr grid is incomplete ({only}); the two-way "
+                       "ANOVA needs every cell and methods are compared only at lr "
+                       + ", ".join(f"{lr:g}" for lr in shared))
+        counts = {len(s) for s in cells.values()}
+        if len(counts) > 1:
+            out.append(f"design: controlled, dataset {ds}: cells have {min(counts)} to {max(counts)} seeds; "
+                       "unequal replicates weaken the ANOVA")
+    return out

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .checks import collect_warnings
+from .checks import collect_warnings, design_warnings
 from .forgetting import grid_warnings
 from .loading import ConfigError, read_config_yaml, resolve_config_path
 from .matrix import MatrixConfig, matrix_from_dict
@@ -63,9 +63,12 @@ def prepare(path: str | Path, overrides: list[str] | tuple = (), *, need_matrix:
             why = "a single run's config, not a matrix: give it as `runs: {<id>: {...}}` under `name:` (see configs/demo.yaml)"
             raise ConfigError([why], str(path))
         matrix = matrix_from_dict(data, overrides=overrides, source=str(path), extra_errors=dups)
-        warns = collect_warnings([(r.id, r.config) for r in matrix.expand()])
+        planned = matrix.expand()
+        warns = collect_warnings([(r.id, r.config) for r in planned])
+        if matrix.design == "controlled":
+            warns += design_warnings(planned)
         if matrix.design == "forgetting":
-            warns += grid_warnings([(r.id, r.config) for r in matrix.expand()])
+            warns += grid_warnings([(r.id, r.config) for r in planned])
         return Prepared(path, matrix=matrix, warnings=warns)
     cfg = run_config_from_dict(data, overrides=overrides, source=str(path), extra_errors=dups)
     return Prepared(path, run=cfg, warnings=collect_warnings([(cfg.id, cfg)]))

@@ -13,6 +13,7 @@ centre crop), so a folder of 100,000 images is never held in memory at once.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -138,6 +139,12 @@ def load_images(spec: str, *, limit: int | None = None, seed: int = 0) -> Images
     if path.is_dir():
         files = sorted((p for p in path.rglob("*") if _is_image(p)), key=lambda p: p.relative_to(path).parts)
         files = [p for p in files if not any(part.startswith(".") for part in p.relative_to(path).parts)]
+        dangling = [p for p in path.rglob("*") if p.is_symlink() and not p.exists()
+                    and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")]
+        if dangling:  # never dropped silently from the count
+            raise InputError(f"{dangling[0]}: a symlink to nothing ({os.readlink(dangling[0])})"
+                             + (f", and {len(dangling) - 1} more" if len(dangling) > 1 else "")
+                             + f"; point it at the image or remove it from {spec}")
         if not files:
             raise InputError(f"{spec}: no image files ({_SUFFIXES}) in this folder or its sub-folders; "
                              "give a folder of images, a list file or a dataset source (synthetic, digits, hf:<dir>)")
@@ -172,6 +179,11 @@ def _list_file(path: Path, spec: str, limit: int | None, seed: int) -> Images:
             continue
         p = Path(line).expanduser()
         p = p if p.is_absolute() else path.parent / p
+        if p.is_dir():
+            raise InputError(f"{spec} line {n}: {line} is a folder, not an image file; list its images one per "
+                             "line, or give the folder itself as IMAGES")
+        if p.is_symlink() and not p.exists():
+            raise InputError(f"{spec} line {n}: {line} is a symlink to nothing ({os.readlink(p)}); fix or delete the line")
         if not p.is_file():
             raise InputError(f"{spec} line {n}: {line} does not exist (relative paths are read from "
                              f"{path.parent}); fix or delete the line")

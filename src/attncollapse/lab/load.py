@@ -111,9 +111,52 @@ def load_any(spec: str, *, device: str = "cpu") -> Loaded:
     return loaded
 
 
+def preset_typo(spec: str) -> str | None:
+    """The preset `spec` is probably a typo of (`tinyy`, `tiyn` → `tiny`), or None.
+
+    Only for a name that is no preset, no path here and no `owner/name` hub id: such a
+    name would otherwise be asked of the hub, whose answer (offline: "not in the cache")
+    says nothing about the typo.
+    """
+    import difflib
+
+    if spec in PRESETS or "/" in spec or Path(spec).expanduser().exists():
+        return None
+    close = difflib.get_close_matches(spec, list(PRESETS), n=1, cutoff=0.7)
+    return close[0] if close else None
+
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+"""What `save_pretrained` leaves in a model directory: one of these holds the weights."""
+
+
+def check_safetensors(path: Path, fix: str) -> None:
+    """InputError naming `path` when it is not a readable safetensors file (empty,
+    truncated, garbage): read before the model is, so the file is named, not a header error."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            list(fh.keys())
+    except Exception as e:  # noqa: BLE001 - SafetensorError, OSError: the file is unreadable
+        why = "empty" if path.stat().st_size == 0 else f"unreadable ({str(e).splitlines()[0][:80]})"
+        raise InputError(f"{path}: {why} — truncated or damaged; {fix}") from None
+
+
+def _check_weights(path: Path) -> None:
+    fix = "save the model again with save_pretrained (or copy it again)"
+    if not any((path / name).is_file() for name in WEIGHT_FILES):
+        raise InputError(f"{path}: config.json but no weights (model.safetensors or pytorch_model.bin); {fix}")
+    if (path / "model.safetensors").is_file():
+        check_safetensors(path / "model.safetensors", fix)
+
+
 def _load(spec: str) -> Loaded:
     if spec in PRESETS:
         return _full(spec, "preset", load_model(spec))
+    if (typo := preset_typo(spec)) is not None:
+        raise InputError(f"MODEL {spec!r}: not a preset, file or directory; did you mean {typo}? "
+                         f"(presets: {', '.join(PRESETS)})")
     path = Path(spec).expanduser()
     if path.is_file():
         return _checkpoint(spec, path)
@@ -137,14 +180,16 @@ def _directory(spec: str, path: Path, kind: str = "directory") -> Loaded:
     except (OSError, ValueError, AttributeError) as e:
         raise InputError(f"{path / 'config.json'}: not a readable JSON config ({type(e).__name__}); "
                          "save the model again with save_pretrained") from None
+    if model_type not in VISION_ONLY:
+        try:
+            family_for_type(model_type)
+        except ValueError:
+            known = sorted({t for f in FAMILIES.values() for t in f.model_types} | set(VISION_ONLY))
+            raise InputError(f"{path / 'config.json'}: model_type {model_type!r} is not a vision transformer this "
+                             f"tool knows ({', '.join(known)}); give one of those") from None
+    _check_weights(path)  # named here, not as transformers' "no file named ..." or a header error
     if model_type in VISION_ONLY:
         return _vision_only(spec, str(path), "vision-only " + kind)
-    try:
-        family_for_type(model_type)
-    except ValueError:
-        known = sorted({t for f in FAMILIES.values() for t in f.model_types} | set(VISION_ONLY))
-        raise InputError(f"{path / 'config.json'}: model_type {model_type!r} is not a vision transformer this "
-                         f"tool knows ({', '.join(known)}); give one of those") from None
     return _full(spec, kind, load_model(str(path)))
 
 
@@ -210,10 +255,28 @@ def _run(spec: str, path: Path) -> Loaded:
                          "deleted); run it (`attncollapse run`) or give another model")
     clip, clf, cfg = load_trained(path, device="cpu")
     loaded = _full(spec, "run", clip, {"run_id": cfg.id, "base_model": cfg.model, "method": cfg.method,
-                                       "checkpoint": "best"})
+                                       "checkpoint": _which_checkpoint(path)})
     loaded.tower = clf.vision  # the trained tower (PEFT-wrapped for a LoRA run)
     loaded.keep.append(clf)
     return loaded
+
+
+def _which_checkpoint(path: Path) -> str:
+    """Which weights `load_trained(which="best")` took, in words (an unfinished run's too)."""
+    if (path / "final.json").is_file():
+        return "best"
+    best = path / "checkpoints" / "best.safetensors"
+    if best.is_file():
+        from safetensors import safe_open
+
+        from .. import _io
+
+        with safe_open(str(best), framework="pt") as fh:  # verified by load_trained already
+            step = json.loads((fh.metadata() or {}).get(_io.TENSOR_META_KEY, "{}")).get("step")
+        return f"best so far, step {step} (unfinished run: no final.json)"
+    steps = sorted(path.glob("checkpoints/step-*"))
+    newest = int(steps[-1].name.split("-")[1]) if steps else "?"
+    return f"newest checkpoint, step {newest} (unfinished run: no final.json)"
 
 
 def _adapter(spec: str, path: Path) -> Loaded:
@@ -251,6 +314,7 @@ def _adapter_keys(path: Path) -> list[str]:
     if st.is_file():
         from safetensors import safe_open
 
+        check_safetensors(st, "save the adapter again with save_pretrained (or copy it again)")
         with safe_open(str(st), "pt") as fh:
             keys = list(fh.keys())
     elif binf.is_file():

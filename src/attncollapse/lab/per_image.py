@@ -7,6 +7,7 @@ once to per-image numbers, so memory stays one batch of rows whatever the image 
 
 from __future__ import annotations
 
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from typing import Callable, Iterator
@@ -90,6 +91,9 @@ def stream(models: list[Loaded], images: Images, reduce: Callable[[list[Tensor]]
     each batch's rows, one (L, B, H, 1 + P) tensor per model, to `reduce`."""
     dev = torch.device(device)
     sizes = {m.image_size for m in models}
+    every = images.limit is None or images.limit >= images.total
+    print(f"{desc or 'images'}: {len(images)} images" + (f" — every image of {images.spec}; --limit N measures "
+          "a seeded sample of N" if every and len(images) > 1 else ""), file=sys.stderr, flush=True)
     with ExitStack() as stack:
         rows_of = [stack.enter_context(probing(m.tower)) for m in models]
         bar = _io.progress(len(images), desc=desc or "images", unit="image")

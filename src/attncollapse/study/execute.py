@@ -139,7 +139,7 @@ def _execute_locked(task: Task, train_fn, baseline_fn, outcome: Callable[..., di
         else:
             result = (baseline_fn or _default_baseline)(task)
             if not task.done_file.exists() and isinstance(result, dict):
-                _io.write_json(task.done_file, result)
+                _io.write_json(task.done_file, result, checksum=True)  # read back verified
         if not task.done_file.exists():
             raise RuntimeError(f"returned without writing {task.done_file.name}")
     except Exception as exc:  # keep going past a failed run; KeyboardInterrupt stops

@@ -74,7 +74,7 @@ def run_matrix(matrix: MatrixConfig | str | Path, out_dir: str | Path | None = N
                                    [(t.id, t.config) for t in todo if t.kind == "baseline"]), log=log)
     out.mkdir(parents=True, exist_ok=True)
     _io.write_yaml(out / "matrix.yaml", matrix.model_dump(mode="json"), checksum=True)  # verified by matrix_of
-    _io.write_json(out / "env.json", _io.environment())
+    _io.write_json(out / "env.json", _io.environment(), checksum=True)
     n_base = sum(t.kind == "baseline" for t in tasks)
     log(f"{matrix.name}: {len(tasks) - n_base} runs + {n_base} baselines -> {out} (executor {executor})")
     kw = dict(train_fn=train_fn, baseline_fn=baseline_fn, gpus=gpus, runs_per_gpu=runs_per_gpu,

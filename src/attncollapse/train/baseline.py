@@ -59,7 +59,7 @@ def baseline(model: str, source: str, *, data_cfg=None, eval_cfg=None, out_dir: 
                                               erf_q=eval_cfg.erf_q, aggregate=eval_cfg.aggregate)
     if zeroshot_cfg is not None and zeroshot_cfg.enabled and zeroshot_cfg.datasets:
         result.update(_transfer(clip, model, zeroshot_cfg, data_cfg, size, dev, precision))
-    _io.write_json(Path(out_dir) / (out_name or "baseline.json"), result)
+    _io.write_json(Path(out_dir) / (out_name or "baseline.json"), result, checksum=True)  # read back verified
     return result
 
 

@@ -143,7 +143,7 @@ def _run(cfg: RunConfig, run_dir: Path, before_step: Callable[[int], None] | Non
     if state.points:  # rebuilt from the checkpoint: repairs a damaged or lost history.json
         _write_history(r, state)
     _io.write_json(r.dir / "env.json", {**_io.environment(), "device_used": str(r.device),
-                                        "precision_used": r.precision})
+                                        "precision_used": r.precision}, checksum=True)
     # Checkpoints are copied at their step and written by a background thread.
     writer = CheckpointWriter(r.dir / "checkpoints", cfg)
     try:
@@ -448,9 +448,8 @@ def _write_overlays(r: Run, overlay_initial: torch.Tensor) -> None:
     """overlays.npz: the first eval images and their [CLS] rows before and after training."""
     shown = r.splits.eval_set.subset(np.arange(min(N_OVERLAY, len(r.splits.eval_idx))))
     overlay_final = eval_rows(r.clf.vision, r.eval_feed.of(shown), batch_size=N_OVERLAY, precision=r.precision)
-    with _io.atomic_path(r.dir / "overlays.npz") as tmp, open(tmp, "wb") as fh:
-        np.savez_compressed(fh, images=shown.images, initial=overlay_initial.cpu().numpy(),
-                            final=overlay_final.cpu().numpy())
+    _io.save_arrays(r.dir / "overlays.npz", {"images": shown.images, "initial": overlay_initial.cpu().numpy(),
+                                              "final": overlay_final.cpu().numpy()})
 
 
 def _steady_rate(state: TrainState) -> float | None:

@@ -6,11 +6,13 @@ overlays; registered in `index.FIGURES` (the one registry). Plumbing in `base`.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
 from matplotlib.patches import Patch
 
+from ..._io import DamagedFile, load_arrays_checked
 from .. import roles, table
 from .base import (DIVERGING, KIND_COLORS, METRIC_LABELS, OKABE_ITO, Ctx, abs_label, as_ctx, curve, figure,
                    plot_seeds, run_styles, save, seed_counts, short, style_for, unstable_any)
@@ -221,10 +223,18 @@ def overlays(src: "Ctx | str | Path", out: Path, *, max_rows: int = 4) -> Path |
     runs = list(dict.fromkeys(runs))[:2]
     if not runs:
         return "no run has overlays.npz"
-    data = []
+    data, damaged = [], []
     for r in runs:
-        with np.load(r.dir / "overlays.npz") as z:
-            data.append((r, z["images"], z["initial"], z["final"]))
+        try:  # verified (checksum); it cannot be remade without training again, so a damaged one is left out, named
+            z = load_arrays_checked(r.dir / "overlays.npz", required=("images", "initial", "final"),
+                                    fix="delete it to draw this figure from the other runs")
+        except DamagedFile as exc:
+            warnings.warn(str(exc))
+            damaged.append(str(exc))
+            continue
+        data.append((r, z["images"], z["initial"], z["final"]))
+    if not data:
+        return damaged[0]
     per_run = max(1, max_rows // len(data))  # e.g. full FT and LoRA, two images each
     rows = [(r, k) for r, im, _, _ in data for k in range(min(per_run, len(im)))]
     L = data[0][2].shape[0]

@@ -19,7 +19,7 @@ from typing import Any
 from . import document, future_work, reports_tests, runtables, scorecard
 from .. import roles, table
 from ..statistics import stats
-from ..._io import read_json, write_text
+from ..._io import read_json, read_json_checked, write_text
 from .render import (Block, below, dpct, html_page, markdown, num, pct, pval, ran, skipped_note,
                      verdict)
 
@@ -54,7 +54,7 @@ def _setup(m: table.Matrix, sel: dict) -> list[Block]:
     o, ev, dc = cfg.get("optim", {}), cfg.get("eval", {}), cfg.get("data", {})
     lr_ = next((r for r in m.runs if r.get("method") == "lora" and (r.dir / "config.yaml").exists()), None)
     lcfg = lr_.config().get("lora", {}) if lr_ else {}
-    env = m.env or ((read_json(r0.dir / "env.json") if r0 and (r0.dir / "env.json").exists() else {}))
+    env = m.env or ((read_json_checked(r0.dir / "env.json") if r0 and (r0.dir / "env.json").exists() else {}))
     gpu = env.get("gpu") or {}
     seeds = sorted({r.get("seed") for r in m.runs if r.get("seed") is not None})
     rows = [

@@ -12,9 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..._io import read_json, read_yaml, write_text
+from ..._io import read_json, write_text
 from .. import table
-from ..design import MEASURES, lr_label
+from ..design import DESIGNS, MEASURES, crossing, factorial, lr_label
 from ..statistics import controlled as cstats
 from .render import Block, below, html_page, markdown, num, pval
 
@@ -67,14 +67,58 @@ def demo_reasons(m: table.Matrix) -> list[str]:
     return why + [f"the dataset `{x}` is offline demo data" for x in sorted(filter(None, ds)) if x in DEMO_DATASETS]
 
 
+def seeds_text(m: table.Matrix) -> str:
+    """"2 seed(s) per cell", or "1–2 seeds per cell (…)" when a cell lacks a seed: from the runs."""
+    f = factorial(m)
+    counts = sorted({n for ds in f.datasets for n in crossing(f, ds)["seeds"]})
+    if not counts:
+        return "no finished run"
+    if len(counts) == 1:
+        return f"{counts[0]} seed(s) per cell"
+    short = [f"{ds} {method_name(me)} lr {lr_label(lr)}" for (ds, me, lr), rs in f.cells.items() if len(rs) < counts[-1]]
+    return (f"{counts[0]}–{counts[-1]} seeds per cell ({len(short)} cell(s) with fewer than {counts[-1]}: "
+            f"{', '.join(short[:4])}{' …' if len(short) > 4 else ''})")
+
+
+def design_claim(m: table.Matrix) -> str:
+    """What the design can separate, derived from the runs it has: crossed, partly crossed,
+    confounded (each method only at its own lrs) or a single method, per dataset."""
+    f = factorial(m)
+    said, crossed = [], []
+    for ds in f.datasets:
+        c = crossing(f, ds)
+        lrs = lambda xs: ", ".join(lr_label(x) for x in xs)  # noqa: E731
+        if len(c["methods"]) < 2:
+            said.append(f"On {ds} only {method_name(c['methods'][0]) if c['methods'] else 'no method'} ran: "
+                        "no method effect can be estimated there.")
+        elif c["crossed"]:
+            crossed.append(ds)
+        elif not c["shared"]:
+            only = "; ".join(f"{method_name(me)} only at lr {lrs(v)}" for me, v in c["only"].items() if v)
+            said.append(f"On {ds} method and learning rate are confounded ({only}): a difference between the "
+                        "methods there cannot be told from a difference of learning rates.")
+        else:
+            only = "; ".join(f"{method_name(me)} alone at lr {lrs(v)}" for me, v in c["only"].items() if v)
+            said.append(f"On {ds} the methods share only lr {lrs(c['shared'])} ({only}): the methods are "
+                        "compared at the shared learning rates only, and the two-way ANOVA needs every cell.")
+    if crossed and not said:
+        return ("It separates what the method does from what the learning rate does, which a design that "
+                "trains each method at its own learning rate cannot.")
+    if crossed:
+        said.insert(0, f"On {', '.join(crossed)} method and learning rate are crossed on one shared grid.")
+    return " ".join(said)
+
+
 # ----------------------------------------------------------------------------- sections
 
 def design_section(m: table.Matrix, st: dict) -> list[Block]:
     fa = st["factors"]
+    claim = design_claim(m)
+    crossed = claim.startswith("It separates")
     r0 = next((r for r in m.done if (r.dir / "config.yaml").exists()), None)
-    cfg = (read_yaml(r0.dir / "config.yaml") or {}) if r0 else {}
+    cfg = r0.config() if r0 else {}
     o, ev = cfg.get("optim") or {}, cfg.get("eval") or {}
-    lcfg = next(((read_yaml(r.dir / "config.yaml") or {}).get("lora") or {} for r in m.done
+    lcfg = next((r.config().get("lora") or {} for r in m.done
                  if r.get("method") == "lora" and (r.dir / "config.yaml").exists()), {})
     epochs = {ds: sorted({r.get("epochs") for r in m.done if r.get("dataset") == ds}) for ds in fa["datasets"]}
     zs = st["zeroshot"]
@@ -82,12 +126,14 @@ def design_section(m: table.Matrix, st: dict) -> list[Block]:
     n_cells = len(fa["datasets"]) * len(fa["methods"]) * len(fa["lrs"])
     rows = [
         ["Factors", f"dataset ({len(fa['datasets'])}) × method ({len(fa['methods'])}) × learning rate "
-                    f"({len(fa['lrs'])}) = {n_cells} cells, seeds as replicates"],
+                    f"({len(fa['lrs'])}) = {n_cells} cells"
+                    + (f" ({len(factorial(m).cells)} with runs)" if len(factorial(m).cells) < n_cells else "")
+                    + ", seeds as replicates"],
         ["Datasets", ", ".join(f"{ds} ({'/'.join(num(e, 'g') for e in epochs[ds])} epochs)" for ds in fa["datasets"])],
         ["Methods", ", ".join(method_name(x) for x in fa["methods"])
          + (f" (LoRA rank {lcfg.get('rank')}, alpha {lcfg.get('alpha')}, targets {lcfg.get('targets')})" if lcfg else "")],
-        ["Learning rates (shared grid)", ", ".join(lr_label(x) for x in fa["lrs"])],
-        ["Seeds", ", ".join(map(str, fa["seeds"]))],
+        ["Learning rates" + (" (shared grid)" if crossed else ""), ", ".join(lr_label(x) for x in fa["lrs"])],
+        ["Seeds", ", ".join(map(str, fa["seeds"])) + f" ({seeds_text(m)})"],
         ["Runs", f"{st['runs_done']} finished of {st['runs_total']}"],
         ["Model", ", ".join(sorted({str(r.get("model")) for r in m.done})) or "—"],
         ["Optimiser", f"AdamW, weight decay {o.get('weight_decay', '—')}, batch {o.get('batch_size', '—')}, warmup "
@@ -101,10 +147,10 @@ def design_section(m: table.Matrix, st: dict) -> list[Block]:
         ["Measured beyond the four metrics", ", ".join(k for k, v in st["measured"].items() if v) or "none"],
     ]
     return [("h", 2, "Design"),
-            ("p", "Method and learning rate are crossed on one shared grid, so a difference between "
-                  "methods is never a difference of learning rates. Each dataset is analysed on its own "
-                  "(the datasets train for different epochs and differ in difficulty); the seeds of a cell "
-                  "are its replicates."),
+            ("p", ("Method and learning rate are crossed on one shared grid, so a difference between "
+                   "methods is never a difference of learning rates. " if crossed else claim + " ")
+             + "Each dataset is analysed on its own (the datasets train for different epochs and differ in "
+               "difficulty); the seeds of a cell are its replicates."),
             ("table", ["Item", "Value"], rows)]
 
 
@@ -280,10 +326,9 @@ def blocks(m: table.Matrix, st: dict, figs: dict) -> list[Block]:
     if why:
         B.append(("banner", BANNER.format(why=(s := "; ".join(why))[:1].upper() + s[1:] + ".")))
     B.append(("p", f"A factorial study of how fine-tuning changes the attention of a vision transformer: "
-                   f"{' and '.join(method_name(x) for x in fa['methods'])} on a shared grid of "
-                   f"{len(fa['lrs'])} learning rates, {len(fa['datasets'])} dataset(s), {len(fa['seeds'])} seed(s) "
-                   f"per cell ({st['runs_done']} runs). It separates what the method does from what the learning "
-                   "rate does, which a design that trains each method at its own learning rate cannot."))
+                   f"{' and '.join(method_name(x) for x in fa['methods'])} at "
+                   f"{len(fa['lrs'])} learning rates, {len(fa['datasets'])} dataset(s), {seeds_text(m)} "
+                   f"({st['runs_done']} runs). {design_claim(m)}"))
     B += design_section(m, st)
     B += [("h", 2, "Research questions"), ("list", [f"**{k}.** {q}" for k, q in RQS])]
     B += answers(st)

@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import Any
 
 from .. import roles
-from ..._io import read_yaml
 from .render import Block, below, dpct, num, pval, ran, verdict
 from .runtables import config_means, confounds, unstable
 from ..table import METRICS, Matrix, Run
@@ -340,7 +339,7 @@ def _run_config(m: Matrix, pick) -> dict[str, Any]:
     """config.yaml of the first finished run for which `pick(run)` holds, or {}."""
     for r in m.done:
         if pick(r) and (r.dir / "config.yaml").exists():
-            return read_yaml(r.dir / "config.yaml") or {}
+            return r.config()
     return {}
 
 
@@ -356,7 +355,7 @@ def methods(m: Matrix) -> list[Block]:
     lr_txt = "; ".join(f"{k}: {', '.join(f'{v:g}' for v in sorted(vs))}" for k, vs in lrs.items()) or "—"
     lora = (_run_config(m, lambda r: r.get("method") == "lora").get("lora") or {})
     pairs = {(c.get("rank"), c.get("alpha")) for r in m.done if r.get("method") == "lora"
-             and (r.dir / "config.yaml").exists() for c in [(read_yaml(r.dir / "config.yaml") or {}).get("lora") or {}]}
+             and (r.dir / "config.yaml").exists() for c in [r.config().get("lora") or {}]}
     alpha = ("2·rank" if all(a is None or (k and float(a) == 2 * k) for k, a in pairs)
              else ", ".join(f"{a:g} at rank {k}" for k, a in sorted(pairs, key=str) if a is not None))
     reg = lambda kind: (_run_config(m, lambda r: r.get("regularizer") == kind).get("regularizer") or {})  # noqa: E731
