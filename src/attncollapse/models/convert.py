@@ -1,6 +1,6 @@
 """Convert OpenAI and OpenCLIP ViT checkpoints into a Hugging Face `CLIPModel` directory.
 
-Reads OpenAI's TorchScript `ViT-*.pt` archives and `open_clip_torch` state dicts (`.bin`,
+Reads OpenAI's TorchScript `ViT-*.pt` archives (tensors only, no code run: torchscript.py) and `open_clip_torch` state dicts (`.bin`,
 `.pt`, `.pth`, `.safetensors`, a `{"state_dict": ...}` training checkpoint), remaps the keys
 and writes `config.json`, `model.safetensors` and `preprocessor_config.json` (plus the
 tokenizer files when CLIP's BPE merges file is at hand), so `load_clip(OUT)` and
@@ -28,6 +28,7 @@ from torch import Tensor
 from transformers import CLIPConfig, CLIPModel
 
 from .. import _io
+from .torchscript import read_torchscript
 
 ACTS = ("quick_gelu", "gelu")
 HEAD_WIDTH = 64  # OpenAI: heads = width // 64 (clip/model.py build_model)
@@ -98,10 +99,11 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], str | None]:
 
             return load_file(str(path)), None
         if _is_torchscript(path):
-            module = torch.jit.load(str(path), map_location="cpu")
-            return dict(module.state_dict()), _scripted_act(module)
+            # Never torch.jit.load: it runs the archive's code (`__setstate__`) while loading.
+            sd, classes = read_torchscript(path)
+            return sd, _scripted_act(classes)
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # garbage, truncated or pickled objects: one line, not torch's essay
+    except Exception as exc:  # garbage, truncated or pickled code: one line, not torch's essay
         first = (str(exc).strip().splitlines() or [""])[0].split(". ")[0][:120]
         raise ValueError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {first}); pass an "
                          "OpenAI ViT-*.pt archive, an open_clip state dict (open_clip_pytorch_model.bin) "
@@ -122,11 +124,10 @@ def _is_torchscript(path: Path) -> bool:
         return any(n.endswith("constants.pkl") for n in zf.namelist())
 
 
-def _scripted_act(module: torch.jit.ScriptModule) -> str:
+def _scripted_act(names: set[str]) -> str:
     # Scripted and traced modules keep their Python class name: OpenAI's MLP holds a
     # `QuickGELU` module (clip/model.py), a GELU model an `nn.GELU`. TorchScript is
     # OpenAI's release format, and all OpenAI CLIPs use QuickGELU.
-    names = {getattr(m, "original_name", "") for _, m in module.named_modules()}
     return "gelu" if "GELU" in names and "QuickGELU" not in names else "quick_gelu"
 
 
