@@ -25,8 +25,8 @@ from types import SimpleNamespace
 
 from torch import nn
 
-from ..models import (FAMILIES, PRESETS, PROBE_SPEC_ATTR, family_for_type, image_size, load_model, normalization,
-                      num_layers, prefix_tokens, vision_config, vision_tower)
+from ..models import (FAMILIES, PRESETS, PROBE_SPEC_ATTR, family_for_type, from_pretrained_checked, image_size,
+                      load_model, normalization, num_layers, prefix_tokens, vision_config, vision_tower)
 from ..models.naflex import accept_square_images
 from .images import InputError
 
@@ -152,7 +152,7 @@ def _vision_only(spec: str, where: str, kind: str) -> Loaded:
     """A CLIPVisionModel / SiglipVisionModel / Siglip2VisionModel: the tower is the model (or its `vision_model`)."""
     from transformers import AutoModel
 
-    model = AutoModel.from_pretrained(where, attn_implementation="sdpa")
+    model = from_pretrained_checked(AutoModel, where, attn_implementation="sdpa")
     fam = FAMILIES[VISION_ONLY[model.config.model_type]]
     tower = getattr(model, "vision_model", model)  # transformers 5: the vision model is the tower
     if fam.pixels == "naflex":

@@ -252,13 +252,26 @@ def _remap_block(key: str, value: Tensor, path: Path) -> dict[str, Tensor]:
                      f"non-CLIP block); {_FIX}")
 
 
+def _natural(key: str) -> list:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", key)]  # layer 10 after layer 9
+
+
+def _named(keys: list[str]) -> str:
+    """'5 tensors (a, b, c, ...)': the first few named, all counted."""
+    return f"{len(keys)} tensor{'s' * (len(keys) != 1)} ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})"
+
+
 def _check_against(config: CLIPConfig, hf: dict[str, Tensor], path: Path) -> None:
     # Building on the meta device costs no memory, even for ViT-bigG.
     with torch.device("meta"):
         expected = {k: v.shape for k, v in CLIPModel(config).state_dict().items()}
-    missing = sorted(set(expected) - set(hf))
+    missing = sorted(set(expected) - set(hf), key=_natural)
+    unexpected = sorted(set(hf) - set(expected), key=_natural)
     if missing:
-        raise ValueError(f"{path}: missing tensors for {missing[:3]}; the checkpoint is incomplete")
+        raise ValueError(f"{path}: {_named(missing)} missing; the checkpoint is incomplete")
+    if unexpected:  # e.g. layers 0, 1, 3: layer 3 is not among the 3 layers counted
+        raise ValueError(f"{path}: {_named(unexpected)} that a CLIP of this shape does not have (layers not "
+                         f"numbered 0..N-1?); {_FIX}")
     for key, shape in expected.items():
         if hf[key].shape != shape:
             raise ValueError(f"{path}: {key} has shape {tuple(hf[key].shape)} but layer 0 implies "
