@@ -10,6 +10,7 @@ as `openai/clip-vit-base-patch32`, `google/siglip-base-patch16-224`,
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Sequence
 
@@ -76,6 +77,10 @@ def load_model(spec: str, *, seed: int = 0, attn_implementation: str = "sdpa") -
     return attach_probe_spec(model).eval()
 
 
+PICKLE_REFUSED = ("a weights file (.bin/.pt) holds pickled objects besides tensors, which could run code: refused "
+                  "unread; use its model.safetensors, or re-save it from a source you trust")
+"""Why a pickled weights file is refused (torch.load(weights_only=True) raised)."""
+
 # Checkpoint entries a family's `*Model` class leaves unused by design: the task head of a
 # `*ForImageClassification` checkpoint and the pooler a family is built without (ViT).
 _UNUSED_BY_DESIGN = ("classifier.", "pooler.")
@@ -91,7 +96,10 @@ def from_pretrained_checked(cls, where: str, **kwargs) -> nn.Module:
     Raises:
         _io.DamagedFile: missing or unexpected weights, the first few named and counted.
     """
-    model, info = cls.from_pretrained(where, output_loading_info=True, **kwargs)
+    try:
+        model, info = cls.from_pretrained(where, output_loading_info=True, **kwargs)
+    except pickle.UnpicklingError:  # torch.load(weights_only=True) met a pickled object: nothing of it ran
+        raise _io.DamagedFile(where, PICKLE_REFUSED) from None
     missing = sorted(info.get("missing_keys") or ())
     unexpected = sorted(k for k in info.get("unexpected_keys") or () if not k.startswith(_UNUSED_BY_DESIGN))
     problems = [f"{len(keys)} {what} ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})"

@@ -19,6 +19,7 @@ import gzip
 import importlib.util
 import json
 import math
+import pickle
 import re
 import zipfile
 from pathlib import Path
@@ -105,6 +106,9 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], str | None]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # garbage, truncated or pickled code: one line, not torch's essay
         first = (str(exc).strip().splitlines() or [""])[0].split(". ")[0][:120]
+        if isinstance(exc, pickle.UnpicklingError):  # nothing of it was run
+            raise ValueError(f"{path}: holds pickled objects besides tensors ({first}), which could run code: "
+                             "refused unread; use a .safetensors copy, or re-save it from a source you trust") from None
         raise ValueError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {first}); pass an "
                          "OpenAI ViT-*.pt archive, an open_clip state dict (open_clip_pytorch_model.bin) "
                          "or a .safetensors file, re-downloaded if it may be truncated") from exc
