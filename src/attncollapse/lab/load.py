@@ -18,7 +18,6 @@ One string names the model:
 from __future__ import annotations
 
 import json
-import pickle
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +26,8 @@ from types import SimpleNamespace
 from torch import nn
 
 from ..models import (FAMILIES, PICKLE_REFUSED, PRESETS, PROBE_SPEC_ATTR, family_for_type, from_pretrained_checked,
-                      image_size, load_model, normalization, num_layers, prefix_tokens, vision_config, vision_tower)
+                      image_size, load_model, normalization, num_layers, pickled_code, prefix_tokens, vision_config,
+                      vision_tower)
 from ..models.naflex import accept_square_images
 from .images import InputError
 
@@ -259,8 +259,9 @@ def _adapter_keys(path: Path) -> list[str]:
 
         try:
             keys = list(torch.load(binf, map_location="cpu", weights_only=True))
-        except pickle.UnpicklingError:  # weights_only met a pickled object: nothing of it ran
-            raise InputError(f"{binf}: {PICKLE_REFUSED}") from None
+        except Exception as e:  # weights_only refused a pickled object (nothing of it ran), or garbage
+            why = PICKLE_REFUSED if pickled_code(e) else f"not readable ({type(e).__name__})"
+            raise InputError(f"{binf}: {why}; save the adapter again with save_pretrained") from None
     else:
         raise InputError(f"{path}: adapter_config.json but no adapter_model.safetensors or adapter_model.bin; "
                          "save the adapter again with save_pretrained")

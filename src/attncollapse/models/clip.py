@@ -81,6 +81,13 @@ PICKLE_REFUSED = ("a weights file (.bin/.pt) holds pickled objects besides tenso
                   "unread; use its model.safetensors, or re-save it from a source you trust")
 """Why a pickled weights file is refused (torch.load(weights_only=True) raised)."""
 
+
+def pickled_code(exc: BaseException) -> bool:
+    """Whether an unpickling error was a refused global or class (code), not a damaged file."""
+    text = str(exc).lower()
+    return isinstance(exc, pickle.UnpicklingError) and any(
+        s in text for s in ("unsupported global", "unsupported class", "refused global"))
+
 # Checkpoint entries a family's `*Model` class leaves unused by design: the task head of a
 # `*ForImageClassification` checkpoint and the pooler a family is built without (ViT).
 _UNUSED_BY_DESIGN = ("classifier.", "pooler.")
@@ -98,8 +105,9 @@ def from_pretrained_checked(cls, where: str, **kwargs) -> nn.Module:
     """
     try:
         model, info = cls.from_pretrained(where, output_loading_info=True, **kwargs)
-    except pickle.UnpicklingError:  # torch.load(weights_only=True) met a pickled object: nothing of it ran
-        raise _io.DamagedFile(where, PICKLE_REFUSED) from None
+    except pickle.UnpicklingError as exc:  # from torch.load(weights_only=True): nothing of the file ran
+        why = PICKLE_REFUSED if pickled_code(exc) else "a weights file (.bin/.pt) is not readable; save the model again"
+        raise _io.DamagedFile(where, why) from None
     missing = sorted(info.get("missing_keys") or ())
     unexpected = sorted(k for k in info.get("unexpected_keys") or () if not k.startswith(_UNUSED_BY_DESIGN))
     problems = [f"{len(keys)} {what} ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})"

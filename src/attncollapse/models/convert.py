@@ -19,7 +19,6 @@ import gzip
 import importlib.util
 import json
 import math
-import pickle
 import re
 import zipfile
 from pathlib import Path
@@ -29,6 +28,7 @@ from torch import Tensor
 from transformers import CLIPConfig, CLIPModel
 
 from .. import _io
+from .clip import pickled_code
 from .torchscript import read_torchscript
 
 ACTS = ("quick_gelu", "gelu")
@@ -106,8 +106,10 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], str | None]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # garbage, truncated or pickled code: one line, not torch's essay
         first = (str(exc).strip().splitlines() or [""])[0].split(". ")[0][:120]
-        if isinstance(exc, pickle.UnpicklingError):  # nothing of it was run
-            raise ValueError(f"{path}: holds pickled objects besides tensors ({first}), which could run code: "
+        if pickled_code(exc):  # nothing of it was run
+            found = re.search(r"(?:unsupported global: GLOBAL|refused global) ([\w.]+)", str(exc), re.I)
+            what = f"{found.group(1)}, " if found else ""
+            raise ValueError(f"{path}: holds pickled objects besides tensors ({what}which could run code): "
                              "refused unread; use a .safetensors copy, or re-save it from a source you trust") from None
         raise ValueError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {first}); pass an "
                          "OpenAI ViT-*.pt archive, an open_clip state dict (open_clip_pytorch_model.bin) "
