@@ -235,8 +235,9 @@ def test_regularizers_at_exact_zeros_equal_a_float64_reference():
     assert (torch.softmax(z.float(), -1) == 0).sum() == 1  # the premise: one fp32 underflow
     q_rows = torch.softmax(torch.randn(L, B, H, T, generator=torch.Generator().manual_seed(1)), -1)
     q_rows[1, 0, 0, 5] = 0.0  # a target zero too
-    cases = [(lambda r: entropy_floor(r, FLOOR, 0.1), lambda z: _ref_floor(_ref_entropy(z), 0.1)),
-             (lambda r: EntropyFloorLoss(FLOOR / 0.7, ratio=0.7, lam=0.1)(r), lambda z: _ref_floor(_ref_entropy(z), 0.1)),
+    floor_ref = lambda z: _ref_floor(_ref_entropy(z), 0.1)  # noqa: E731
+    cases = [(lambda r: entropy_floor(r, FLOOR, 0.1), floor_ref),
+             (lambda r: EntropyFloorLoss(FLOOR / 0.7, ratio=0.7, lam=0.1)(r), floor_ref),
              (lambda r: apr(r, q_rows, 0.1), lambda z: 0.1 * _ref_kl(z, q_rows).mean()),
              (lambda r: AttentionPriorLoss(0.1)(r, q_rows), lambda z: 0.1 * _ref_kl(z, q_rows).mean())]
     for ours, ref in cases:
@@ -331,7 +332,8 @@ def test_the_study_data_stage_reads_16_bit_and_float_images_as_8_bit(tmp_path):
     arrays = {}
     for sub in ("u8", "u16", "f32"):
         splits = resolve(f"imagefolder:{tmp_path / sub}", DataConfig(), image_size=32).splits
-        arrays[sub] = [preprocess(img, 32) for s in sorted(splits) for img in splits[s].reader.images(0, len(splits[s]))]
+        arrays[sub] = [preprocess(img, 32) for name in sorted(splits)
+                       for img in splits[name].reader.images(0, len(splits[name]))]
     assert np.array_equal(arrays["u16"], arrays["u8"]) and np.array_equal(arrays["f32"], arrays["u8"])
 
 

@@ -1,7 +1,8 @@
 """Convert OpenAI and OpenCLIP ViT checkpoints into a Hugging Face `CLIPModel` directory.
 
-Reads OpenAI's TorchScript `ViT-*.pt` archives (tensors only, no code run: torchscript.py) and `open_clip_torch` state dicts (`.bin`,
-`.pt`, `.pth`, `.safetensors`, a `{"state_dict": ...}` training checkpoint), remaps the keys
+Reads OpenAI's TorchScript `ViT-*.pt` archives (their tensors only, running none of their
+code: torchscript.py) and `open_clip_torch` state dicts (`.bin`, `.pt`, `.pth`,
+`.safetensors`, a `{"state_dict": ...}` training checkpoint), remaps the keys
 and writes `config.json`, `model.safetensors` and `preprocessor_config.json` (plus the
 tokenizer files when CLIP's BPE merges file is at hand), so `load_clip(OUT)` and
 `CLIPModel.from_pretrained(OUT)` load it. Plain torch: open_clip is not needed.
