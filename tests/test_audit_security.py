@@ -374,6 +374,21 @@ def test_a_config_that_does_not_fit_the_weights_is_refused(tmp_path, folder, cap
                 models.load_model(str(d))
 
 
+def test_an_adapter_whose_config_targets_more_than_its_weights_is_refused(tmp_path, folder, capsys):
+    from peft import LoraConfig, get_peft_model
+
+    peft_model = get_peft_model(models.load_model("tiny"), LoraConfig(
+        r=2, target_modules=r".*vision_model.*\.(q_proj|v_proj)", init_lora_weights=False))
+    peft_model.peft_config["default"].base_model_name_or_path = "tiny"
+    peft_model.save_pretrained(tmp_path / "adapter")
+    cfg_path = tmp_path / "adapter" / "adapter_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["target_modules"] = r".*vision_model.*\.(q_proj|k_proj|v_proj)"  # k_proj: LoRA B = 0, no effect
+    cfg_path.write_text(json.dumps(cfg))
+    _one_line_error(*_cli(["measure", tmp_path / "adapter", folder, "--out", tmp_path / "m"], capsys),
+                    "6 missing weights (base_model.model.vision_model.encoder.layers.0.self_attn.k_proj.lora_A")
+
+
 def test_a_run_whose_model_no_longer_fits_its_weights_is_refused(tmp_path, folder, capsys):
     from conftest import tiny_run_config
 

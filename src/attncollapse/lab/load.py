@@ -240,14 +240,46 @@ def _adapter(spec: str, path: Path) -> Loaded:
                          "to where it is") from None
     wrapped = _adapter_root(inner, path)
     peft_model = PeftModel.from_pretrained(wrapped, str(path))  # LoRA layers go into `wrapped` in place
+    _check_adapter_fits(peft_model, path)
     inner.keep.append(peft_model)
     inner.spec, inner.kind = spec, "peft-adapter"
     inner.info = {"base_model": base, **{k: v for k, v in inner.info.items() if k != "base_model"}}
     return inner
 
 
+def _check_adapter_fits(peft_model, path: Path) -> None:
+    """The adapter's file holds exactly the weights its adapter_config.json gives the model.
+
+    PEFT only warns when they differ: a module targeted in the config but absent from the
+    file keeps its fresh LoRA weights (B = 0: no change), silently measured as adapted.
+    """
+    from peft import get_peft_model_state_dict
+
+    want, have = set(get_peft_model_state_dict(peft_model)), set(_adapter_file_keys(path))
+    problems = [f"{len(keys)} {what} ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})"
+                for what, keys in (("missing weights", sorted(want - have)),
+                                   ("unexpected weights", sorted(have - want))) if keys]
+    if problems:
+        raise InputError(f"{path}: the adapter's weights do not fit its adapter_config.json: {'; '.join(problems)}; "
+                         "save the adapter again with save_pretrained, or restore the adapter_config.json it was "
+                         "saved with")
+
+
 def _adapter_keys(path: Path) -> list[str]:
     """Module paths the adapter's weights name (PEFT's `base_model.model.<path>.lora_A.weight`)."""
+    out = []
+    for k in _adapter_file_keys(path):
+        k = k.removeprefix("base_model.model.")
+        for marker in (".lora_", ".modules_to_save", ".weight", ".bias"):
+            if marker in k:
+                k = k.split(marker)[0]
+                break
+        out.append(k)
+    return sorted(set(out))
+
+
+def _adapter_file_keys(path: Path) -> list[str]:
+    """The tensor names in the adapter's weights file."""
     st, binf = path / "adapter_model.safetensors", path / "adapter_model.bin"
     if st.is_file():
         from safetensors import safe_open
@@ -265,15 +297,7 @@ def _adapter_keys(path: Path) -> list[str]:
     else:
         raise InputError(f"{path}: adapter_config.json but no adapter_model.safetensors or adapter_model.bin; "
                          "save the adapter again with save_pretrained")
-    out = []
-    for k in keys:
-        k = k.removeprefix("base_model.model.")
-        for marker in (".lora_", ".modules_to_save", ".weight", ".bias"):
-            if marker in k:
-                k = k.split(marker)[0]
-                break
-        out.append(k)
-    return sorted(set(out))
+    return keys
 
 
 def _adapter_root(inner: Loaded, path: Path) -> nn.Module:
