@@ -88,6 +88,7 @@ def pickled_code(exc: BaseException) -> bool:
     return isinstance(exc, pickle.UnpicklingError) and any(
         s in text for s in ("unsupported global", "unsupported class", "refused global"))
 
+
 # Checkpoint entries a family's `*Model` class leaves unused by design: the task head of a
 # `*ForImageClassification` checkpoint and the pooler a family is built without (ViT).
 _UNUSED_BY_DESIGN = ("classifier.", "pooler.")
