@@ -194,6 +194,7 @@ def open_image(src: str | os.PathLike | io.BytesIO, name: str) -> Image.Image:
     An EXIF orientation tag is applied (`PIL.ImageOps.exif_transpose`), exactly when
     `datasets.Image.decode_example` applies it (the tag is present), so an `hf:` source
     decoded here gives the pixels the original study's `datasets` loader gave it.
+    Grey images of more than 8 bits are scaled to 8 bits (`to_8bit`), not clipped.
     """
     try:
         img = Image.open(src)
@@ -203,7 +204,38 @@ def open_image(src: str | os.PathLike | io.BytesIO, name: str) -> Image.Image:
     except Exception as e:  # PIL raises many types; all mean "this file is bad"
         msg = " ".join(str(e).split())
         raise DataError(f"unreadable image {name}: {type(e).__name__}: {msg}") from None
-    return img
+    return to_8bit(img, name)
+
+
+# Grey modes PIL decodes at more than 8 bits; `convert("RGB")` clips them at 255 instead
+# of scaling (a 16-bit PNG comes out almost all white, a [0, 1] float image black).
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
+_SIXTEEN_BIT_CONTAINERS = ("PNG", "PPM")  # 16-bit grey PGM decodes as mode "I"
+
+
+def to_8bit(img: Image.Image, name: str) -> Image.Image:
+    """An 8-bit ("L") image of a 16-bit or float grey image; any other image unchanged.
+
+    16-bit pixels v become round(255·v / 65535) (so v = 257·u gives back the 8-bit u);
+    float pixels must lie in [0, 1] and become round(255·v). Anything else is refused.
+
+    Raises:
+        DataError: 32-bit integer pixels, or float pixels outside [0, 1] (naming the file).
+    """
+    mode = img.mode
+    if mode not in _SIXTEEN_BIT + ("I", "I;16S", "F"):
+        return img
+    a = np.asarray(img, dtype=np.float64)
+    if mode == "F":
+        if not np.isfinite(a).all() or a.min() < 0 or a.max() > 1:
+            raise DataError(f"unreadable image {name}: float pixels from {a.min():g} to {a.max():g}, not in "
+                            "[0, 1]; save it as an 8- or 16-bit image, or scale its values to [0, 1]")
+        return Image.fromarray(np.round(a * 255).astype(np.uint8))
+    sixteen = mode in _SIXTEEN_BIT or (mode == "I" and img.format in _SIXTEEN_BIT_CONTAINERS)
+    if not sixteen or a.min() < 0 or a.max() > 65535:
+        raise DataError(f"unreadable image {name}: {mode} pixels ({'signed' if a.min() < 0 else '32-bit'} "
+                        "integers) have no known white level; save it as an 8- or 16-bit image")
+    return Image.fromarray(np.round(a * (255 / 65535)).astype(np.uint8))
 
 
 def stratified_split(labels: np.ndarray, test_frac: float | int, seed: int) -> tuple[np.ndarray, np.ndarray]:

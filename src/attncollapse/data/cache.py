@@ -34,9 +34,10 @@ from PIL import Image
 from .. import _io
 from .base import DataError, RawSplit
 
-PREPROCESS_VERSION = 2
+PREPROCESS_VERSION = 3
 """Bump when `preprocess` changes: every cache entry of an older version becomes stale.
-v2: EXIF orientation applied; the variant (geometry, alpha) joined the cache key."""
+v2: EXIF orientation applied; the variant (geometry, alpha) joined the cache key.
+v3: 16-bit and float grey images scaled to 8 bits, not clipped (`base.to_8bit`)."""
 
 _INPROCESS_BELOW = 512  # smaller splits are built without worker processes (start-up costs more)
 

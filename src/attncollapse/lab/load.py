@@ -25,8 +25,9 @@ from types import SimpleNamespace
 
 from torch import nn
 
-from ..models import (FAMILIES, PRESETS, PROBE_SPEC_ATTR, family_for_type, image_size, load_model, normalization,
-                      num_layers, prefix_tokens, vision_config, vision_tower)
+from ..models import (FAMILIES, PICKLE_REFUSED, PRESETS, PROBE_SPEC_ATTR, family_for_type, from_pretrained_checked,
+                      image_size, load_model, normalization, num_layers, pickled_code, prefix_tokens, vision_config,
+                      vision_tower)
 from ..models.naflex import accept_square_images
 from .images import InputError
 
@@ -197,7 +198,7 @@ def _vision_only(spec: str, where: str, kind: str) -> Loaded:
     """A CLIPVisionModel / SiglipVisionModel / Siglip2VisionModel: the tower is the model (or its `vision_model`)."""
     from transformers import AutoModel
 
-    model = AutoModel.from_pretrained(where, attn_implementation="sdpa")
+    model = from_pretrained_checked(AutoModel, where, attn_implementation="sdpa")
     fam = FAMILIES[VISION_ONLY[model.config.model_type]]
     tower = getattr(model, "vision_model", model)  # transformers 5: the vision model is the tower
     if fam.pixels == "naflex":
@@ -302,14 +303,46 @@ def _adapter(spec: str, path: Path) -> Loaded:
                          "to where it is") from None
     wrapped = _adapter_root(inner, path)
     peft_model = PeftModel.from_pretrained(wrapped, str(path))  # LoRA layers go into `wrapped` in place
+    _check_adapter_fits(peft_model, path)
     inner.keep.append(peft_model)
     inner.spec, inner.kind = spec, "peft-adapter"
     inner.info = {"base_model": base, **{k: v for k, v in inner.info.items() if k != "base_model"}}
     return inner
 
 
+def _check_adapter_fits(peft_model, path: Path) -> None:
+    """The adapter's file holds exactly the weights its adapter_config.json gives the model.
+
+    PEFT only warns when they differ: a module targeted in the config but absent from the
+    file keeps its fresh LoRA weights (B = 0: no change), silently measured as adapted.
+    """
+    from peft import get_peft_model_state_dict
+
+    want, have = set(get_peft_model_state_dict(peft_model)), set(_adapter_file_keys(path))
+    problems = [f"{len(keys)} {what} ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})"
+                for what, keys in (("missing weights", sorted(want - have)),
+                                   ("unexpected weights", sorted(have - want))) if keys]
+    if problems:
+        raise InputError(f"{path}: the adapter's weights do not fit its adapter_config.json: {'; '.join(problems)}; "
+                         "save the adapter again with save_pretrained, or restore the adapter_config.json it was "
+                         "saved with")
+
+
 def _adapter_keys(path: Path) -> list[str]:
     """Module paths the adapter's weights name (PEFT's `base_model.model.<path>.lora_A.weight`)."""
+    out = []
+    for k in _adapter_file_keys(path):
+        k = k.removeprefix("base_model.model.")
+        for marker in (".lora_", ".modules_to_save", ".weight", ".bias"):
+            if marker in k:
+                k = k.split(marker)[0]
+                break
+        out.append(k)
+    return sorted(set(out))
+
+
+def _adapter_file_keys(path: Path) -> list[str]:
+    """The tensor names in the adapter's weights file."""
     st, binf = path / "adapter_model.safetensors", path / "adapter_model.bin"
     if st.is_file():
         from safetensors import safe_open
@@ -320,19 +353,15 @@ def _adapter_keys(path: Path) -> list[str]:
     elif binf.is_file():
         import torch
 
-        keys = list(torch.load(binf, map_location="cpu", weights_only=True))
+        try:
+            keys = list(torch.load(binf, map_location="cpu", weights_only=True))
+        except Exception as e:  # weights_only refused a pickled object (nothing of it ran), or garbage
+            why = PICKLE_REFUSED if pickled_code(e) else f"not readable ({type(e).__name__})"
+            raise InputError(f"{binf}: {why}; save the adapter again with save_pretrained") from None
     else:
         raise InputError(f"{path}: adapter_config.json but no adapter_model.safetensors or adapter_model.bin; "
                          "save the adapter again with save_pretrained")
-    out = []
-    for k in keys:
-        k = k.removeprefix("base_model.model.")
-        for marker in (".lora_", ".modules_to_save", ".weight", ".bias"):
-            if marker in k:
-                k = k.split(marker)[0]
-                break
-        out.append(k)
-    return sorted(set(out))
+    return keys
 
 
 def _adapter_root(inner: Loaded, path: Path) -> nn.Module:

@@ -10,6 +10,7 @@ as `openai/clip-vit-base-patch32`, `google/siglip-base-patch16-224`,
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Sequence
 
@@ -18,6 +19,7 @@ import transformers
 from torch import Tensor, nn
 from transformers import AutoConfig, CLIPTokenizer, PretrainedConfig
 
+from .. import _io
 from .families import FAMILIES, Family, attach_probe_spec, family_of, feature_dim, image_projection, vision_config, vision_tower
 from .naflex import accept_square_images, naflex_image_size
 from .presets import PRESETS
@@ -68,11 +70,54 @@ def load_model(spec: str, *, seed: int = 0, attn_implementation: str = "sdpa") -
         # A hub id or a local directory: real from_pretrained, which needs the network only
         # for a hub id that is not in the local cache.
         path = Path(spec).expanduser()
-        model = cls.from_pretrained(str(path) if path.exists() else spec,
-                                    attn_implementation=attn_implementation, **kwargs)
+        model = from_pretrained_checked(cls, str(path) if path.exists() else spec,
+                                        attn_implementation=attn_implementation, **kwargs)
     if fam.pixels == "naflex":
         accept_square_images(vision_tower(model))  # SigLIP 2: (B, 3, S, S) in, patches to the tower
     return attach_probe_spec(model).eval()
+
+
+PICKLE_REFUSED = ("a weights file (.bin/.pt) holds pickled objects besides tensors, which could run code: refused "
+                  "unread; use its model.safetensors, or re-save it from a source you trust")
+"""Why a pickled weights file is refused (torch.load(weights_only=True) raised)."""
+
+
+def pickled_code(exc: BaseException) -> bool:
+    """Whether an unpickling error was a refused global or class (code), not a damaged file."""
+    text = str(exc).lower()
+    return isinstance(exc, pickle.UnpicklingError) and any(
+        s in text for s in ("unsupported global", "unsupported class", "refused global"))
+
+
+# Checkpoint entries a family's `*Model` class leaves unused by design: the task head of a
+# `*ForImageClassification` checkpoint and the pooler a family is built without (ViT).
+_UNUSED_BY_DESIGN = ("classifier.", "pooler.")
+
+
+def from_pretrained_checked(cls, where: str, **kwargs) -> nn.Module:
+    """`cls.from_pretrained(where, **kwargs)`, refusing weights that do not fit the config.
+
+    transformers only logs missing weights (it initialises them at random) and unexpected
+    ones (it drops them): a 6-layer config.json over 3-layer weights would be measured as
+    3 trained layers and 3 random ones.
+
+    Raises:
+        _io.DamagedFile: missing or unexpected weights, the first few named and counted.
+    """
+    try:
+        model, info = cls.from_pretrained(where, output_loading_info=True, **kwargs)
+    except pickle.UnpicklingError as exc:  # from torch.load(weights_only=True): nothing of the file ran
+        why = PICKLE_REFUSED if pickled_code(exc) else "a weights file (.bin/.pt) is not readable; save the model again"
+        raise _io.DamagedFile(where, why) from None
+    missing = sorted(info.get("missing_keys") or ())
+    unexpected = sorted(k for k in info.get("unexpected_keys") or () if not k.startswith(_UNUSED_BY_DESIGN))
+    problems = [f"{len(keys)} {what} ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})"
+                for what, keys in (("missing weights", missing), ("unexpected weights", unexpected)) if keys]
+    if problems:
+        raise _io.DamagedFile(where, f"the weights do not fit config.json ({cls.__name__}): {'; '.join(problems)}; "
+                                     "save the model again with save_pretrained, or restore the config.json "
+                                     "it was saved with")
+    return model
 
 
 load_clip = load_model  # the name of the CLIP-only days; every family loads through it

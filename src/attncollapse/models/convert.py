@@ -1,7 +1,8 @@
 """Convert OpenAI and OpenCLIP ViT checkpoints into a Hugging Face `CLIPModel` directory.
 
-Reads OpenAI's TorchScript `ViT-*.pt` archives and `open_clip_torch` state dicts (`.bin`,
-`.pt`, `.pth`, `.safetensors`, a `{"state_dict": ...}` training checkpoint), remaps the keys
+Reads OpenAI's TorchScript `ViT-*.pt` archives (their tensors only, running none of their
+code: torchscript.py) and `open_clip_torch` state dicts (`.bin`, `.pt`, `.pth`,
+`.safetensors`, a `{"state_dict": ...}` training checkpoint), remaps the keys
 and writes `config.json`, `model.safetensors` and `preprocessor_config.json` (plus the
 tokenizer files when CLIP's BPE merges file is at hand), so `load_clip(OUT)` and
 `CLIPModel.from_pretrained(OUT)` load it. Plain torch: open_clip is not needed.
@@ -28,6 +29,8 @@ from torch import Tensor
 from transformers import CLIPConfig, CLIPModel
 
 from .. import _io
+from .clip import pickled_code
+from .torchscript import read_torchscript
 
 ACTS = ("quick_gelu", "gelu")
 HEAD_WIDTH = 64  # OpenAI: heads = width // 64 (clip/model.py build_model)
@@ -98,11 +101,17 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], str | None]:
 
             return load_file(str(path)), None
         if _is_torchscript(path):
-            module = torch.jit.load(str(path), map_location="cpu")
-            return dict(module.state_dict()), _scripted_act(module)
+            # Never torch.jit.load: it runs the archive's code (`__setstate__`) while loading.
+            sd, classes = read_torchscript(path)
+            return sd, _scripted_act(classes)
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # garbage, truncated or pickled objects: one line, not torch's essay
+    except Exception as exc:  # garbage, truncated or pickled code: one line, not torch's essay
         first = (str(exc).strip().splitlines() or [""])[0].split(". ")[0][:120]
+        if pickled_code(exc):  # nothing of it was run
+            found = re.search(r"(?:unsupported global: GLOBAL|refused global) ([\w.]+)", str(exc), re.I)
+            what = f"{found.group(1)}, " if found else ""
+            raise ValueError(f"{path}: holds pickled objects besides tensors ({what}which could run code): "
+                             "refused unread; use a .safetensors copy, or re-save it from a source you trust") from None
         raise ValueError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {first}); pass an "
                          "OpenAI ViT-*.pt archive, an open_clip state dict (open_clip_pytorch_model.bin) "
                          "or a .safetensors file, re-downloaded if it may be truncated") from exc
@@ -122,11 +131,10 @@ def _is_torchscript(path: Path) -> bool:
         return any(n.endswith("constants.pkl") for n in zf.namelist())
 
 
-def _scripted_act(module: torch.jit.ScriptModule) -> str:
+def _scripted_act(names: set[str]) -> str:
     # Scripted and traced modules keep their Python class name: OpenAI's MLP holds a
     # `QuickGELU` module (clip/model.py), a GELU model an `nn.GELU`. TorchScript is
     # OpenAI's release format, and all OpenAI CLIPs use QuickGELU.
-    names = {getattr(m, "original_name", "") for _, m in module.named_modules()}
     return "gelu" if "GELU" in names and "QuickGELU" not in names else "quick_gelu"
 
 
@@ -251,13 +259,26 @@ def _remap_block(key: str, value: Tensor, path: Path) -> dict[str, Tensor]:
                      f"non-CLIP block); {_FIX}")
 
 
+def _natural(key: str) -> list:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", key)]  # layer 10 after layer 9
+
+
+def _named(keys: list[str]) -> str:
+    """'5 tensors (a, b, c, ...)': the first few named, all counted."""
+    return f"{len(keys)} tensor{'s' * (len(keys) != 1)} ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})"
+
+
 def _check_against(config: CLIPConfig, hf: dict[str, Tensor], path: Path) -> None:
     # Building on the meta device costs no memory, even for ViT-bigG.
     with torch.device("meta"):
         expected = {k: v.shape for k, v in CLIPModel(config).state_dict().items()}
-    missing = sorted(set(expected) - set(hf))
+    missing = sorted(set(expected) - set(hf), key=_natural)
+    unexpected = sorted(set(hf) - set(expected), key=_natural)
     if missing:
-        raise ValueError(f"{path}: missing tensors for {missing[:3]}; the checkpoint is incomplete")
+        raise ValueError(f"{path}: {_named(missing)} missing; the checkpoint is incomplete")
+    if unexpected:  # e.g. layers 0, 1, 3: layer 3 is not among the 3 layers counted
+        raise ValueError(f"{path}: {_named(unexpected)} that a CLIP of this shape does not have (layers not "
+                         f"numbered 0..N-1?); {_FIX}")
     for key, shape in expected.items():
         if hf[key].shape != shape:
             raise ValueError(f"{path}: {key} has shape {tuple(hf[key].shape)} but layer 0 implies "

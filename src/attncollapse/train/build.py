@@ -79,5 +79,5 @@ def load_trained(run_dir: str | Path, *, which: str = "best", device: str = "aut
     num_classes = tensors["head.weight"].shape[0]
     clip, clf = build(cfg.model_copy(update={"head_init": "random"}), num_classes, dev)
     clf.normalize_features = cfg.head_init == "text"
-    load_weights(clf, tensors)
+    load_weights(clf, tensors, run_dir / "checkpoints")
     return clip, clf.eval(), cfg

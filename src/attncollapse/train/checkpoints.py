@@ -200,12 +200,24 @@ def load_newest(ckpt_root: Path, cfg: RunConfig):
     return None
 
 
-def load_weights(clf: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
-    """Copy saved trainable tensors into `clf` (names must exist in it)."""
+def load_weights(clf: nn.Module, tensors: dict[str, torch.Tensor], where: str | Path = "checkpoint") -> None:
+    """Copy saved trainable tensors into `clf`: exactly its trainable parameters, by name.
+
+    Raises:
+        _io.DamagedFile: the checkpoint lacks some of `clf`'s trainable parameters (they
+            would stay pretrained or random) or holds some it lacks; the first few named,
+            all counted.
+    """
     params = dict(clf.named_parameters())
     unknown = sorted(set(tensors) - set(params))
-    if unknown:
-        raise RuntimeError(f"checkpoint holds parameters the model lacks: {unknown[:5]}")
+    missing = sorted(set(trainable(clf)) - set(tensors))
+    problems = [f"{len(keys)} {what} ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})"
+                for what, keys in (("trainable weights missing", missing),
+                                   ("weights the model lacks", unknown)) if keys]
+    if problems:
+        raise _io.DamagedFile(where, f"the checkpoint does not fit the run's model: {'; '.join(problems)}; "
+                                     "the run's config.yaml (model, method, freezing) must be the one it "
+                                     "was trained with")
     with torch.no_grad():
         for n, t in tensors.items():
             params[n].copy_(t)
