@@ -193,6 +193,12 @@ class EvalConfig(Strict):
     L·B·H·T²·4 bytes (ViT-B/32, 256 images: 0.37 GB; ViT-B/16: 5.7 GB — lower
     `forward_batch_size` where short). Not in the resume fingerprint: it adds measures only."""
 
+    report_to: list[Literal["tensorboard", "wandb", "mlflow", "trackio"]] = Field(
+        default_factory=lambda: ["tensorboard"])
+    """Trackers every eval point is logged to (attncollapse.track): per-layer curves of the
+    four metrics, structure measures, loss, accuracy and [CLS]→patch map pictures, written
+    under the run's `tb/`; [] = none. Not in the resume fingerprint."""
+
     def metric_options(self) -> dict:
         """The keyword arguments of `measure.summarize_rows` / `attention_table` this config sets."""
         return {"group_size": self.batch_size, "erf_q": self.erf_q, "diversity": self.diversity,
@@ -297,7 +303,8 @@ DEFAULTS = RunConfig().model_dump()
 # eval.structure only adds measures (the four metrics, training and accuracy are the same
 # either way), so runs checkpointed before it existed still resume; a run whose switch
 # changed midway has no structure_summary (train/loop.py).
-_NOT_FINGERPRINTED = {"device", "cpu_threads", "eval.forward_batch_size", "eval.structure", "data.cache_dir",
+_NOT_FINGERPRINTED = {"device", "cpu_threads", "eval.forward_batch_size", "eval.structure", "eval.report_to",
+                      "data.cache_dir",
                       "data.gpu_resident", "data.cache_workers", "data.data_root", "zeroshot"}
 
 

@@ -273,6 +273,6 @@ class CollapseMonitor:
             self._tracker = Tracker(self.report_to, self.log_dir, run_name=self.run_name)
         images = {}
         if self.map_images and math.isqrt(snap.maps.shape[-1]) ** 2 == snap.maps.shape[-1]:
-            images[f"{self.prefix}/maps"] = map_grid(self._pictures, snap.maps, title=f"step {step}")
+            images[f"{self.prefix}/maps"] = map_grid(self._pictures, snap.maps)
         self._tracker.log(step, logs, images)
         return logs
