@@ -26,9 +26,7 @@ def _alpha_cmap():
 
     colors = colormaps[CMAP](np.linspace(0.0, 1.0, 256))
     colors[:, 3] = np.linspace(0.0, MAX_ALPHA, 256)
-    cmap = ListedColormap(colors)
-    cmap.set_under((0, 0, 0, 0))  # below uniform: nothing drawn
-    return cmap
+    return ListedColormap(colors).with_extremes(under=(0, 0, 0, 0))  # below uniform: nothing drawn
 
 
 def _greyscale(picture: np.ndarray) -> np.ndarray:
