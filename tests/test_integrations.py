@@ -32,11 +32,11 @@ def _doc_blocks() -> list[str]:
     return re.findall(r"```python\n(.*?)```", DOC.read_text(), flags=re.S)
 
 
-@pytest.mark.parametrize("index", range(3))
+@pytest.mark.parametrize("index", range(4))
 def test_docs_integrations_examples_run(index):
     # Each example asserts its logged numbers equal a direct summarize(cls_rows(...)).
     blocks = _doc_blocks()
-    assert len(blocks) == 3
+    assert len(blocks) == 4
     exec(compile(blocks[index], f"INTEGRATIONS.md[{index}]", "exec"), {"__name__": "__doc_example__"})
 
 
