@@ -141,6 +141,10 @@ class CollapseMonitor:
     def start(self, model: nn.Module, *, step: int = 0, log_dir: str | Path | None = None) -> dict[str, float]:
         """Take the reference (the model as it is now, before its first step) and log it at `step`.
 
+        A run resumed from a checkpoint at `step` > 0 takes the resumed model as its reference
+        (its Δs count from there), and TensorBoard drops what an earlier attempt logged from
+        `step` on.
+
         Raises:
             ValueError: the fixed images do not fit the tower, or trackers but no log_dir.
         """
@@ -157,6 +161,10 @@ class CollapseMonitor:
         self._pictures = self._images(model)
         self._ref, self.history = None, []
         self._ref = self._snapshot(model, reference=True)
+        if self.report_to:
+            self.close()
+            # a run resumed at `step` replaces what a crashed attempt logged from there on (TensorBoard)
+            self._tracker = Tracker(self.report_to, self.log_dir, run_name=self.run_name, purge_step=step or None)
         return self._emit(step, self._ref)
 
     def measure(self, model: nn.Module, step: int) -> dict[str, float]:
