@@ -4,7 +4,7 @@ A low-level stage both the study's loop (`train/loop.py`) and the integrations
 (`integrations/monitor.py`) write through. `SINKS` maps a `report_to` name to its sink
 class; each imports its library only when opened and, where it is missing, says in one line
 which extra to install. `map_grid` draws [CLS]→patch maps over their images on one fixed
-colour scale. Imports nothing of ours but `_io`.
+colour scale. Imports nothing of ours but `analysis.instability` (the Δ% rule, on first use).
 """
 
 from .maps import MAP_SCALE, map_grid
