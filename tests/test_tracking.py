@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from attncollapse import load_model
-from attncollapse.integrations import CollapseMonitor, TrackingSet, find_tower
+from attncollapse.integrations import CollapseMonitor, TrackingSet, find_tower, fixed_set_table
+from attncollapse.measure import embedding_drift, representations
 from attncollapse.track import map_grid
 
 PIXELS = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(21))
@@ -57,14 +58,21 @@ def test_bf16_autocast_around_the_call_changes_nothing_and_zero_shot_retention_i
     dim = model.visual_projection.out_features
     text = nn.functional.normalize(torch.randn(3, dim, generator=torch.Generator().manual_seed(2)), dim=-1)
     labels = torch.tensor([0, 1, 2, 0, 1, 2])
-    plain = CollapseMonitor(PIXELS, report_to=[], tracking_set=TrackingSet(PIXELS, labels, text_embeddings=text))
-    under_bf16 = CollapseMonitor(PIXELS, report_to=[], tracking_set=TrackingSet(PIXELS, labels, text_embeddings=text))
+    plain = CollapseMonitor(PIXELS, report_to=[], tracking_set=TrackingSet(PIXELS, labels, text_embeddings=text),
+                            batch_size=4)  # two forwards (4 + 2 images), each giving rows and representations
+    under_bf16 = CollapseMonitor(PIXELS, report_to=[], tracking_set=TrackingSet(PIXELS, labels, text_embeddings=text),
+                                 batch_size=4)
     start = plain.start(model)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert under_bf16.start(model) == start
     assert start["collapse/zeroshot/retention"] == 1.0 and start["collapse/drift/cka_mean"] == pytest.approx(1.0)
+    _, e_start = representations(model.vision_model, PIXELS, projection=model.visual_projection)
     _perturb(model)
     now = plain.measure(model, 5)
+    table = fixed_set_table(model.vision_model, PIXELS)  # the probe's own forward, all images at once
+    assert [now[f"collapse/gini/layer_{i + 1}"] for i in range(3)] == pytest.approx(table["gini"], abs=1e-6)
+    _, e_now = representations(model.vision_model, PIXELS, projection=model.visual_projection)
+    assert now["collapse/drift/embedding"] == pytest.approx(embedding_drift(e_start, e_now), abs=1e-6)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert under_bf16.measure(model, 5) == now  # identical numbers, every one of them
     # zero-shot by hand: projected pooled output, cosine against the class rows

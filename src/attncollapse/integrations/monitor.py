@@ -27,11 +27,11 @@ import torch
 from torch import Tensor, nn
 
 from .._device import autocast
-from ..measure import (cka_per_block, embedding_drift, encoder_weights, patch_rows, representations, summarize_rows,
-                       weight_drift_rel)
+from ..measure import (attention_modules, cka_per_block, embedding_drift, encoder_weights, patch_rows, probing,
+                       representations, stack_rows, summarize_rows, weight_drift_rel)
 from ..track import Tracker, check_report_to, delta_logs, map_grid, metric_logs
 from . import checks
-from .towers import find_owner, find_tower, fixed_set_rows
+from .towers import find_owner, find_tower
 
 
 @dataclass
@@ -205,16 +205,32 @@ class CollapseMonitor:
         tower = self._tower(model)
         device = next(tower.parameters()).device
         with autocast(device, "fp32"):  # fp32 whatever the caller's autocast (Trainer, Lightning AMP)
-            rows = fixed_set_rows(tower, self.pixel_values, batch_size=self.batch_size)
+            rows, states, embeds = self._forward(tower, self._projection(model))
             table = summarize_rows(rows, group_size=self.group_size)
-            states, embeds = representations(tower, self.pixel_values, projection=self._projection(model),
-                                             batch_size=self.batch_size)
             weights = encoder_weights(tower)
             zeroshot = self._zeroshot(model, tower) if self._text is not None else None
             maps = patch_rows(rows[:, :self.map_images]).mean(-2).double().cpu().numpy()
         if reference:
             return _Snapshot(table, states, embeds, weights, 0.0, maps, zeroshot)
         return _Snapshot(table, states, embeds, None, weight_drift_rel(self._ref.weights, weights), maps, zeroshot)
+
+    def _forward(self, tower: nn.Module, projection: nn.Module | None) -> tuple[Tensor, Tensor, Tensor]:
+        """One forward per batch of the fixed images gives both the probe's rows (what
+        `fixed_set_rows` returns) and `representations` (block states, embeddings).
+
+        Returns:
+            (L, N, H, 1 + P) rows, (L, N, D) [CLS] states, (N, E) embeddings; fp32.
+        """
+        n_layers = len(attention_modules(tower))
+        rows, states, embeds = [], [], []
+        with probing(tower) as probe:
+            for x in self.pixel_values.split(self.batch_size):
+                probe.clear()
+                s, e = representations(tower, x, projection=projection, batch_size=len(x))
+                rows.append(stack_rows(probe, n_layers).float())
+                states.append(s)
+                embeds.append(e)
+        return torch.cat(rows, dim=1), torch.cat(states, dim=1), torch.cat(embeds)
 
     def _zeroshot(self, model: nn.Module, tower: nn.Module) -> float:
         from ..transfer import zeroshot_accuracy
