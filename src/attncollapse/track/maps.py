@@ -98,13 +98,13 @@ def map_grid(pictures: np.ndarray, maps: np.ndarray) -> np.ndarray:
     if g * g != p:
         raise ValueError(f"attention maps of {p} patches are not a square grid; no map picture can be drawn")
     frame, boxes = _frame(n_layers, n, p)
-    out = frame.astype(np.float64) / 255.0
+    out = frame.astype(np.float32) / 255.0
     # the colour bar's LogNorm(1/P, 1) by hand (it takes no 3-D array); below 1/P is "under": transparent
     scaled = np.log(np.clip(maps, 1e-12, 1.0) * p) / math.log(p)
-    colours = _alpha_cmap()(scaled)  # (L, N, P, 4)
+    colours = _alpha_cmap()(scaled).astype(np.float32)  # (L, N, P, 4)
     for i, j, y0, y1, x0, x1 in boxes:
         h, w = y1 - y0, x1 - x0
-        picture = _resize(np.clip(pictures[i], 0.0, 1.0), h, w)
+        picture = _resize(np.clip(pictures[i], 0.0, 1.0).astype(np.float32), h, w)
         if j > 0:
             rgba = _resize(colours[j - 1, i].reshape(g, g, 4), h, w)
             alpha = rgba[..., 3:]
