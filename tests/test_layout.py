@@ -19,15 +19,16 @@ PKG = "attncollapse"
 ALLOWED = {
     "cli": None,  # anything
     "lab": {"train", "transfer", "measure", "models", "data", "config", "analysis"},
-    "integrations": {"train", "measure", "models", "data"},
+    "integrations": {"train", "transfer", "track", "measure", "models", "data"},
     "study": {"train", "config", "analysis"},
-    "train": {"transfer", "measure", "models", "data", "config"},
+    "train": {"transfer", "track", "measure", "models", "data", "config"},
     "transfer": {"measure", "models", "data"},
     "measure": {"data"},
     "config": {"data", "models"},
     "data": set(),
     "models": set(),
     "analysis": set(),
+    "track": {"analysis"},  # tracker sinks and map pictures, below train and integrations
 }
 
 

@@ -206,6 +206,12 @@ class EvalConfig(Strict):
     evalmaps.npz (fp16, L·H·P·2 bytes per image and point: ViT-B/32 14 KiB) for `attncollapse
     explore`; 0 = none. Not in the resume fingerprint: it keeps maps only."""
 
+    report_to: list[Literal["tensorboard", "wandb", "mlflow", "trackio"]] = Field(
+        default_factory=lambda: ["tensorboard"])
+    """Trackers every eval point is logged to (attncollapse.track): per-layer curves of the
+    four metrics, structure measures, loss, accuracy and [CLS]→patch map pictures, written
+    under the run's `tb/`; [] = none. Not in the resume fingerprint."""
+
     def metric_options(self) -> dict:
         """The keyword arguments of `measure.summarize_rows` / `attention_table` this config sets."""
         return {"group_size": self.batch_size, "erf_q": self.erf_q, "diversity": self.diversity,
@@ -316,7 +322,8 @@ DEFAULTS = RunConfig().model_dump()
 # either way), so runs checkpointed before it existed still resume; a run whose switch
 # changed midway has no structure_summary (train/loop.py).
 _NOT_FINGERPRINTED = {"device", "cpu_threads", "eval.forward_batch_size", "eval.structure", "eval.map_images",
-                      "data.cache_dir", "data.gpu_resident", "data.cache_workers", "data.data_root", "zeroshot"}
+                      "eval.report_to", "data.cache_dir", "data.gpu_resident", "data.cache_workers", "data.data_root",
+                      "zeroshot"}
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

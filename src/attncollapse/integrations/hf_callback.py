@@ -1,75 +1,94 @@
-"""`CollapseCallback`: the four metrics per layer on a fixed image set, in a `transformers.Trainer`.
+"""`CollapseCallback`: a `CollapseMonitor` driven by a `transformers.Trainer`'s events.
 
-A `TrainerCallback` is not handed the trainer, and the evaluation's log has reached the
-reporting callbacks (TensorBoard, W&B) before `on_evaluate` runs. So the callback logs
-through `trainer.log` — the path every reporting callback listens on, which also appends to
-`state.log_history` — once it knows the trainer (`attach(trainer)`); without it (passed as
-`Trainer(callbacks=[...])`), the numbers go into `state.log_history` and the metrics that
-`trainer.evaluate()` returns, and a warning says to attach.
+`on_train_begin` takes the reference (the model before its first step) and logs it at the
+current global step (0 for a fresh run); `on_evaluate` and every `every_n_steps` steps
+measure at `state.global_step`, once per step. The numbers go through the monitor's own
+trackers into the run's log directory, named exactly `collapse/...`: the Trainer's
+`trainer.log` path would hand them to its TensorBoard callback, which renames every
+training-time scalar to `train/...`. They are still appended to `state.log_history` and to
+the metrics `trainer.evaluate()` returns.
 """
 
 from __future__ import annotations
 
+import os
 import warnings
+from pathlib import Path
 
-from torch import Tensor, nn
+from torch import Tensor
 from transformers import TrainerCallback
 
-from .towers import as_logs, find_tower, fixed_set_table
+from .monitor import CollapseMonitor
+
+
+def log_dir_of(args) -> Path:
+    """Where the callback's trackers write: `args.logging_dir` (transformers < 5), else
+    `TENSORBOARD_LOGGING_DIR` (what transformers 5's TensorBoard callback reads), else
+    `<output_dir>/collapse`."""
+    found = getattr(args, "logging_dir", None) or os.environ.get("TENSORBOARD_LOGGING_DIR")
+    return Path(found) if found else Path(args.output_dir) / "collapse"
 
 
 class CollapseCallback(TrainerCallback):
-    """Measure attention collapse at every evaluation (and every N steps if asked).
+    """Measure attention collapse at train start, at every evaluation, and every N steps if asked.
 
     Args:
-        pixel_values: (N, 3, S, S) normalised images, the fixed set measured every time.
-        tower: the vision tower to probe; None = found inside the trained model (`find_tower`).
-        every_n_steps: also measure every N optimisation steps (None = only at evaluations).
-        prefix: first part of the logged names (`collapse/entropy/layer_1`, `.../mean`).
-        batch_size, group_size: images per forward and per metric batch (reports: 32).
+        pixel_values: (N, 3, S, S) normalised images, or a ready `CollapseMonitor`.
+        **monitor: `CollapseMonitor`'s keyword arguments (`report_to`, `tracking_set`,
+            `every_n_steps`, `map_images`, `log_dir`, `tower`, ...). `log_dir` None = the
+            Trainer's (`log_dir_of`).
     """
 
-    def __init__(self, pixel_values: Tensor, *, tower: nn.Module | None = None, every_n_steps: int | None = None,
-                 prefix: str = "collapse", batch_size: int = 256, group_size: int = 32):
-        if not isinstance(pixel_values, Tensor) or pixel_values.dim() != 4:
-            raise ValueError("CollapseCallback: pixel_values must be a (N, 3, S, S) tensor of normalised images")
-        if every_n_steps is not None and every_n_steps < 1:
-            raise ValueError(f"CollapseCallback: every_n_steps must be >= 1, got {every_n_steps}")
-        self.pixel_values, self.tower, self.every_n_steps, self.prefix = pixel_values, tower, every_n_steps, prefix
-        self.batch_size, self.group_size = batch_size, group_size
-        self.trainer = None
-        self._warned = False
+    def __init__(self, pixel_values: Tensor | CollapseMonitor, **monitor):
+        self.monitor = (pixel_values if isinstance(pixel_values, CollapseMonitor)
+                        else CollapseMonitor(pixel_values, who="CollapseCallback", **monitor))
 
     def attach(self, trainer) -> "CollapseCallback":
-        """Add to `trainer` and log through `trainer.log` (what TensorBoard/W&B callbacks see)."""
+        """Add to `trainer` (the same as `Trainer(callbacks=[...])`)."""
         trainer.add_callback(self)
-        self.trainer = trainer
         return self
 
-    def measure(self, model: nn.Module) -> dict[str, float]:
-        """The logged scalars for `model` now: every layer's four metrics and their layer means."""
-        tower = self.tower if self.tower is not None else find_tower(model)
-        table = fixed_set_table(tower, self.pixel_values, batch_size=self.batch_size, group_size=self.group_size)
-        return as_logs(table, self.prefix)
+    def _start(self, args, state, model) -> None:
+        if self.monitor.log_dir is None:
+            self.monitor.log_dir = log_dir_of(args)
+        self.monitor.start(model, step=state.global_step)
 
-    def _emit(self, state, logs: dict[str, float]) -> None:
-        if self.trainer is not None:
-            self.trainer.log(dict(logs))
+    def _record(self, state, logs: dict[str, float], new: bool) -> None:
+        if new:  # one entry per measured step
+            state.log_history.append({**logs, "epoch": state.epoch, "step": state.global_step})
+
+    def _measure(self, args, state, model) -> dict[str, float]:
+        if not self.monitor.started:  # evaluate() without train(): the model now is the reference
+            self._start(args, state, model)
+            logs = self.monitor.history[-1][1]
+            self._record(state, logs, True)
+            return logs
+        before = len(self.monitor.history)
+        logs = self.monitor.measure(model, state.global_step)
+        self._record(state, logs, len(self.monitor.history) > before)
+        return logs
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if not state.is_world_process_zero:
             return
-        state.log_history.append({**logs, "epoch": state.epoch, "step": state.global_step})
-        if not self._warned:
-            warnings.warn("CollapseCallback: reporting callbacks (TensorBoard, W&B) only see the metrics when "
-                          "the callback is added with CollapseCallback(...).attach(trainer)", stacklevel=2)
-            self._warned = True
+        no_eval = getattr(args.eval_strategy, "value", args.eval_strategy) == "no"
+        if no_eval and not self.monitor.every_n_steps:
+            warnings.warn("CollapseCallback: eval_strategy is 'no' and every_n_steps is None, so nothing is measured "
+                          "after train start; set eval_strategy or every_n_steps", stacklevel=2)
+        self._start(args, state, model)
+        self._record(state, self.monitor.history[-1][1], True)
 
     def on_evaluate(self, args, state, control, model=None, metrics=None, **kwargs):
         if not state.is_world_process_zero:
             return
-        logs = self.measure(model)
+        logs = self._measure(args, state, model)
         if metrics is not None:
             metrics.update(logs)  # what trainer.evaluate() returns
-        self._emit(state, logs)
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
-        if self.every_n_steps and state.global_step % self.every_n_steps == 0 and state.is_world_process_zero:
-            self._emit(state, self.measure(model))
+        if state.is_world_process_zero and self.monitor.started and self.monitor.due(state.global_step):
+            self._measure(args, state, model)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self.monitor.close()

@@ -1,53 +1,61 @@
-"""`LightningCollapseCallback`: the four metrics per layer on a fixed image set, in a `lightning.Trainer`.
+"""`LightningCollapseCallback`: a `CollapseMonitor` driven by a `lightning.Trainer`'s events.
 
-At validation it logs through `pl_module.log_dict`, so every logger of the trainer
-(TensorBoard, CSV, W&B) gets the numbers and `trainer.callback_metrics` holds them; every
-N steps it writes to `trainer.loggers` directly, at the step measured.
+`on_train_start` (after the sanity check, with a checkpoint's weights loaded) takes the
+reference and logs it at `trainer.global_step`; the end of every validation and every
+`every_n_steps` steps measure at `trainer.global_step`, once per step, so the logged steps
+only increase. The numbers go through the monitor's own trackers into the trainer's log
+directory, and into `trainer.callback_metrics` (so `ModelCheckpoint` or `EarlyStopping` can
+monitor a `collapse/...` value).
 """
 
 from __future__ import annotations
 
-import lightning
-from torch import Tensor, nn
+import warnings
+from pathlib import Path
 
-from .towers import as_logs, find_tower, fixed_set_table
+import lightning
+import torch
+from torch import Tensor
+
+from .monitor import CollapseMonitor
 
 
 class LightningCollapseCallback(lightning.Callback):
-    """Measure attention collapse at the end of every validation epoch (and every N steps if asked).
+    """Measure attention collapse at train start, at every validation end, and every N steps if asked.
 
     Args:
-        pixel_values: (N, 3, S, S) normalised images, the fixed set measured every time.
-        tower: the vision tower to probe; None = found inside the LightningModule (`find_tower`).
-        every_n_steps: also measure every N optimisation steps (None = only at validation).
-        prefix: first part of the logged names (`collapse/entropy/layer_1`, `.../mean`).
-        batch_size, group_size: images per forward and per metric batch (reports: 32).
+        pixel_values: (N, 3, S, S) normalised images, or a ready `CollapseMonitor`.
+        **monitor: `CollapseMonitor`'s keyword arguments. `log_dir` None = `trainer.log_dir`
+            (the first logger's directory), else `trainer.default_root_dir`.
     """
 
-    def __init__(self, pixel_values: Tensor, *, tower: nn.Module | None = None, every_n_steps: int | None = None,
-                 prefix: str = "collapse", batch_size: int = 256, group_size: int = 32):
-        if not isinstance(pixel_values, Tensor) or pixel_values.dim() != 4:
-            raise ValueError("LightningCollapseCallback: pixel_values must be a (N, 3, S, S) tensor of normalised images")
-        if every_n_steps is not None and every_n_steps < 1:
-            raise ValueError(f"LightningCollapseCallback: every_n_steps must be >= 1, got {every_n_steps}")
-        self.pixel_values, self.tower, self.every_n_steps, self.prefix = pixel_values, tower, every_n_steps, prefix
-        self.batch_size, self.group_size = batch_size, group_size
+    def __init__(self, pixel_values: Tensor | CollapseMonitor, **monitor):
+        self.monitor = (pixel_values if isinstance(pixel_values, CollapseMonitor)
+                        else CollapseMonitor(pixel_values, who="LightningCollapseCallback", **monitor))
 
-    def measure(self, pl_module: nn.Module) -> dict[str, float]:
-        """The logged scalars for the module now: every layer's four metrics and their layer means."""
-        tower = self.tower if self.tower is not None else find_tower(pl_module)
-        table = fixed_set_table(tower, self.pixel_values, batch_size=self.batch_size, group_size=self.group_size)
-        return as_logs(table, self.prefix)
+    def _publish(self, trainer, logs: dict[str, float]) -> None:
+        trainer.callback_metrics.update({k: torch.tensor(v) for k, v in logs.items()})
 
-    def on_validation_epoch_end(self, trainer, pl_module):
-        if trainer.sanity_checking:
+    def on_train_start(self, trainer, pl_module):
+        if not trainer.is_global_zero:
             return
-        pl_module.log_dict(self.measure(pl_module), on_step=False, on_epoch=True)
+        if not trainer.enable_validation and not self.monitor.every_n_steps:
+            warnings.warn("LightningCollapseCallback: the trainer runs no validation and every_n_steps is None, "
+                          "so nothing is measured after train start; add a validation loop or set every_n_steps",
+                          stacklevel=2)
+        if self.monitor.log_dir is None:
+            self.monitor.log_dir = Path(trainer.log_dir or trainer.default_root_dir)
+        self._publish(trainer, self.monitor.start(pl_module, step=trainer.global_step))
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        # Straight to the loggers: a `log_dict(on_step=True)` value stays in Lightning's step
-        # results and is written again at later steps that did not measure.
-        if self.every_n_steps and trainer.global_step % self.every_n_steps == 0 and trainer.is_global_zero:
-            logs = self.measure(pl_module)
-            for logger in trainer.loggers:
-                logger.log_metrics(logs, step=trainer.global_step)
+        if trainer.is_global_zero and self.monitor.started and self.monitor.due(trainer.global_step):
+            self._publish(trainer, self.monitor.measure(pl_module, trainer.global_step))
+
+    def on_validation_end(self, trainer, pl_module):
+        if trainer.sanity_checking or not trainer.is_global_zero or not self.monitor.started:
+            return  # a validate() outside fit has no reference
+        self._publish(trainer, self.monitor.measure(pl_module, trainer.global_step))
+
+    def on_fit_end(self, trainer, pl_module):
+        if trainer.is_global_zero:
+            self.monitor.close()

@@ -13,7 +13,8 @@ import torch
 from torch import Tensor, nn
 
 from .._device import autocast, eval_mode
-from ..measure import LAYOUTS, attention_modules, layer_mean, probed_forward, probing, summarize_rows
+from ..measure import LAYOUTS, attention_modules, probed_forward, probing, summarize_rows
+from ..track import metric_logs
 
 # Where the supported families keep their vision tower inside a bigger model: CLIP/SigLIP
 # (`vision_model`), ViT/DINOv2 task heads (`vit`, `dinov2`), LLaVA-style (`vision_tower`).
@@ -65,6 +66,26 @@ def find_tower(model: nn.Module) -> nn.Module:
 
 
 @torch.no_grad()
+def fixed_set_rows(tower: nn.Module, pixel_values: Tensor, *, batch_size: int = 256,
+                   precision: str = "fp32") -> Tensor:
+    """[CLS] rows of the tower on a fixed image set: (L, N, H, 1 + P) fp32 on the tower's device.
+
+    Args:
+        tower: the vision tower (eval mode inside, its mode restored after).
+        pixel_values: (N, 3, S, S) normalised images.
+        batch_size: images per forward pass.
+        precision: autocast of the forwards ("fp32" = off, an enclosing autocast included).
+    """
+    param = next(tower.parameters())
+    n_layers = len(attention_modules(tower))
+    chunks = []
+    with eval_mode(tower), probing(tower) as rows:
+        for x in pixel_values.split(batch_size):
+            with autocast(param.device, precision):
+                chunks.append(probed_forward(tower, rows, x.to(param.device, param.dtype), n_layers).float())
+    return torch.cat(chunks, dim=1)
+
+
 def fixed_set_table(tower: nn.Module, pixel_values: Tensor, *, batch_size: int = 256, group_size: int = 32,
                     precision: str = "fp32") -> dict[str, list[float]]:
     """Per-layer table of the four metrics on a fixed image set, as at every eval point.
@@ -79,18 +100,26 @@ def fixed_set_table(tower: nn.Module, pixel_values: Tensor, *, batch_size: int =
     Returns:
         {"entropy": [L], "erf": [L], "gini": [L], "head_diversity": [L]}.
     """
-    param = next(tower.parameters())
-    n_layers = len(attention_modules(tower))
-    chunks = []
-    with eval_mode(tower), probing(tower) as rows:
-        for x in pixel_values.split(batch_size):
-            with autocast(param.device, precision):
-                chunks.append(probed_forward(tower, rows, x.to(param.device, param.dtype), n_layers).float())
-    return summarize_rows(torch.cat(chunks, dim=1), group_size=group_size)
+    rows = fixed_set_rows(tower, pixel_values, batch_size=batch_size, precision=precision)
+    return summarize_rows(rows, group_size=group_size)
+
+
+def find_owner(model: nn.Module, attr: str) -> nn.Module | None:
+    """The module inside `model` (itself included, wrappers unwrapped, two levels down) that has
+    a submodule `attr` (CLIP's `visual_projection`, `text_model`), or None."""
+    def search(m: nn.Module, depth: int) -> nn.Module | None:
+        m = _unwrap(m)
+        if isinstance(m._modules.get(attr), nn.Module):
+            return m
+        for child in (m.children() if depth > 0 else ()):
+            found = search(child, depth - 1)
+            if found is not None:
+                return found
+        return None
+
+    return search(model, 2)
 
 
 def as_logs(table: dict[str, list[float]], prefix: str) -> dict[str, float]:
     """Flat scalars for a logger: `{prefix}/{metric}/layer_{i}` (1-based) and `{prefix}/{metric}/mean`."""
-    logs = {f"{prefix}/{m}/layer_{i + 1}": float(v) for m, vals in table.items() for i, v in enumerate(vals)}
-    logs.update({f"{prefix}/{m}/mean": float(v) for m, v in layer_mean(table).items()})
-    return logs
+    return metric_logs(table, prefix)

@@ -25,8 +25,9 @@ from .._device import cpu_threads, effective_precision, resolve_device
 from ..config import RunConfig
 from ..data import Feeder, Splits, load_splits
 from ..measure import (StructureReference, classifier_accuracy, delta_pct, eval_rows, eval_rows_structure,
-                       layer_mean, probing, structure_run_values, structure_table, summarize_rows)
+                       layer_mean, patch_rows, probing, structure_run_values, structure_table, summarize_rows)
 from ..models import PRESETS, block_weights, count_parameters, family_of, image_size, normalization, weight_drift
+from ..track import Tracker, map_grid, metric_logs
 from ..transfer import evaluate_for_run, vision_state
 from .build import build
 from .checkpoints import CheckpointWriter, load_best, load_newest, load_weights, trainable
@@ -147,7 +148,7 @@ def _run(cfg: RunConfig, run_dir: Path, before_step: Callable[[int], None] | Non
     # Checkpoints are copied at their step and written by a background thread.
     writer = CheckpointWriter(r.dir / "checkpoints", cfg)
     try:
-        board = _tensorboard(r.dir, state.step)
+        board = _tracker(cfg, r.dir, state.step)
         if not state.points:  # the initial point: the model before its first step
             rows0 = _eval_point(r, state, writer, board, 0, with_val=False)
             overlay_initial = rows0[:, :N_OVERLAY].contiguous()
@@ -334,14 +335,7 @@ def _eval_point(r: Run, state: TrainState, writer: CheckpointWriter, board, step
         if acc > state.best_acc:
             state.best_acc, state.best_step = acc, step
             writer.save_best(r.clf, step)
-    for name, value in point["mean"].items():
-        board.add_scalar(f"attention/{name}", value, step)
-    for name, value in (structure_run_values(structure) if structure is not None else {}).items():
-        board.add_scalar(f"structure/{name}", value, step)
-    if loss is not None:
-        board.add_scalar("train/loss", loss, step)
-    if acc is not None:
-        board.add_scalar("val/acc", acc, step)
+    _track(r, board, step, point, rows)
     _write_history(r, state)
     return rows
 
@@ -360,22 +354,34 @@ def _resident(cfg: RunConfig) -> bool | None:
     return {"auto": None, "always": True, "never": False}[cfg.data.gpu_resident]
 
 
-def _tensorboard(run_dir: Path, step: int):
+def _tracker(cfg: RunConfig, run_dir: Path, step: int) -> Tracker:
+    """The trackers of `eval.report_to`, writing into `run_dir/tb`; a missing library warns, the run goes on."""
     try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # tensorboard is a declared dependency; keep runs going without it
-        warnings.warn("tensorboard is not installed; no TensorBoard scalars", stacklevel=2)
-        return _NoBoard()
-    # purge_step drops events a crashed attempt wrote past the checkpoint we resume from.
-    return SummaryWriter(str(run_dir / "tb"), purge_step=step if step else None)
+        # purge_step drops events a crashed attempt wrote past the checkpoint we resume from.
+        return Tracker(cfg.eval.report_to, run_dir / "tb", run_name=cfg.id, purge_step=step if step else None)
+    except ValueError as e:
+        warnings.warn(f"{e}; this run logs to no tracker", stacklevel=2)
+        return Tracker([], run_dir / "tb")
 
 
-class _NoBoard:
-    def add_scalar(self, *a, **k):
-        pass
-
-    def close(self):
-        pass
+def _track(r: Run, board: Tracker, step: int, point: dict, rows: torch.Tensor) -> None:
+    """An eval point in the trackers: every layer's four metrics and their means (`collapse/...`, the
+    callbacks' names), structure measures, loss, accuracy, and the first eval images' [CLS]→patch maps."""
+    if not board.names:
+        return
+    scalars = metric_logs(point["layers"], "collapse")
+    scalars.update({f"structure/{k}": v for k, v in (structure_run_values(point["structure"])
+                                                     if point.get("structure") else {}).items()})
+    scalars.update({f"collapse/weight_drift/layer_{i + 1}": v for i, v in enumerate(point["weight_drift"] or [])})
+    if point["train_loss"] is not None:
+        scalars["train/loss"] = point["train_loss"]
+    if point["val_acc"] is not None:
+        scalars["val/acc"] = point["val_acc"]
+    n = min(N_OVERLAY, rows.shape[1])
+    pictures = np.asarray(r.splits.eval_set.images[:n]).transpose(0, 2, 3, 1) / 255.0
+    maps = patch_rows(rows[:, :n]).mean(-2).double().cpu().numpy()  # (L, n, P) head-mean [CLS]→patch
+    images = {"collapse/maps": map_grid(pictures, maps)} if math.isqrt(maps.shape[-1]) ** 2 == maps.shape[-1] else {}
+    board.log(step, scalars, images)
 
 
 def _write_history(r: Run, state: TrainState) -> None:
