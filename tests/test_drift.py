@@ -41,7 +41,7 @@ def test_weight_drift_merges_lora_and_matches_the_merged_model():
     for name, mod in clf.base_vision.named_modules():
         if hasattr(mod, "lora_A") and "default" in mod.lora_A:
             key = f"{name}.weight".replace(".base_layer", "")
-            a, b = mod.lora_A["default"].weight.double(), mod.lora_B["default"].weight.double()
+            a, b = mod.lora_A["default"].weight.detach().double(), mod.lora_B["default"].weight.detach().double()
             merged[key] = before[key].double() + (8 / 4) * (b @ a)
     num = sum(float((merged[k].double() - before[k].double()).square().sum()) for k in before)
     den = sum(float(before[k].double().square().sum()) for k in before)
