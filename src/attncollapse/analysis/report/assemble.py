@@ -331,7 +331,7 @@ def _number(B: list[Block]) -> list[Block]:
     return out
 
 
-def _blocks(m: table.Matrix, st: dict, figs: dict) -> list[Block]:
+def _blocks(m: table.Matrix, st: dict, figs: dict, card: dict) -> list[Block]:
     sel = roles.select(m)
     why = _demo_reasons(m)
     answers = document.research_questions(m, st, sel)
@@ -349,7 +349,7 @@ def _blocks(m: table.Matrix, st: dict, figs: dict) -> list[Block]:
     B += _results(m, st, sel)
     placed = {b[1] for b in B if b[0] == "fig"}
     B += [("fig", n) for n in figs if n not in placed]  # a figure registered later still appears
-    B += [("h", 2, "Reproduction scorecard")] + scorecard.blocks(scorecard.compare(scorecard.ours(m, st)))
+    B += [("h", 2, "Reproduction scorecard")] + scorecard.blocks(card)
     B += [("h", 2, "Findings"), ("list", _findings(m, st, sel))]
     B += [("h", 2, "Discussion")] + document.discussion(m, st, sel)
     B += [("h", 2, "Limitations")] + document.limitations(m, st, why)
@@ -365,7 +365,8 @@ def _blocks(m: table.Matrix, st: dict, figs: dict) -> list[Block]:
 
 
 def write(matrix_dir: str | Path) -> tuple[Path, Path]:
-    """Write `report.md` and a self-contained `report.html` into the matrix directory.
+    """Write `report.md`, a self-contained `report.html` and every scorecard row (`scorecard.csv`)
+    into the matrix directory.
 
     Reads results.csv (via `table.load`), stats.json (running `stats.analyze` first if it is
     missing) and figures/figures.json (or, without it, whatever figures/*.png exist).
@@ -380,7 +381,9 @@ def write(matrix_dir: str | Path) -> tuple[Path, Path]:
         figs = read_json(root / "figures" / "figures.json")
     else:
         figs = {p.stem: {"file": f"figures/{p.name}", "caption": p.stem} for p in sorted((root / "figures").glob("*.png"))}
-    B = _blocks(m, st, figs)
+    card = scorecard.compare(scorecard.ours(m, st))
+    scorecard.write_csv(card, root / "scorecard.csv")
+    B = _blocks(m, st, figs, card)
     md, hp = root / "report.md", root / "report.html"
     write_text(md, markdown(B, figs))
     write_text(hp, html_page(B, figs, root))
