@@ -6,6 +6,7 @@ number must reproduce), then moved across a tolerance by hand-worked amounts."""
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 
@@ -275,3 +276,30 @@ def test_zero_shot_protocols_read_from_the_run_files(tmp_path):
     assert ch["ours"] == pytest.approx(100 * (0.1271 - 0.6022) / 0.6022) and ch["verdict"] == "within"
     assert _row(card, "E5", "zeroshot_cifar100.acc_pct_base_only")["ours"] == pytest.approx(60.22)
     assert _row(card, "E1", "zeroshot_cifar100.acc_pct_pretrained")["ours"] == pytest.approx(60.22)
+
+
+def test_report_writes_every_row_to_scorecard_csv(tmp_path):
+    """report.write puts every scorecard row — and every published number of a run the matrix
+    lacks, as "absent" — in scorecard.csv, each with its rule, verdict, source and our origin."""
+    import csv
+
+    from analysis_fixture import build_matrix
+    from attncollapse.analysis import report, stats, table
+
+    d = build_matrix(tmp_path / "m", ["E2", "E5"], overlays=(), wise=())
+    md = report.write(d)[0].read_text()
+    with open(d / "scorecard.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    card = scorecard.compare(scorecard.ours(table.load(d), stats.read(d)))
+    assert len(rows) == len(card["rows"]) + sum(card["absent_runs"].values())
+    pub = load_published()
+    n_numbers = _count_published(pub)
+    assert sum(1 for r in rows if r["category"] == "value" or r["quantity"] in ("p", "p_gt")) == n_numbers
+    assert {r["verdict"] for r in rows} <= {"within", "outside", "missing", "not comparable", "absent"}
+    e2 = next(r for r in rows if (r["run"], r["quantity"]) == ("E2", "entropy.delta_pct"))
+    ours = json.loads((d / "E2" / "final.json").read_text())["delta_pct"]["entropy"]
+    assert float(e2["ours"]) == pytest.approx(ours) and e2["ours_from"] == "results.csv entropy_delta_pct"
+    assert e2["source"].startswith("001 §6.1") and e2["published"] == "-0.14" and e2["section"] == "run"
+    assert all(r["rule"] and r["source"] for r in rows if r["verdict"] != "absent")
+    assert {r["section"] for r in rows} == {"run", "E1", "statistic", "summary", "claim"}
+    assert "scorecard.csv" in md

@@ -29,7 +29,8 @@ def _mean(our: dict, rid: str, q: str) -> float | None:
 def _values(our: dict, rids: list[str], q: str) -> tuple[list[float], list[str]]:
     """Our values of `q` for `rids`, and the runs that lack one."""
     vals = {r: _mean(our, r, q) for r in rids}
-    return [v for v in vals.values() if v is not None], [r for r, v in vals.items() if v is None]
+    return ([v for v in vals.values() if v is not None],
+            [r if r not in our["runs"] else f"{q} for {r}" for r, v in vals.items() if v is None])
 
 
 def _fmt(xs: list[float]) -> str:
@@ -62,7 +63,8 @@ def direction_rows(pub: dict, printed: dict, our: dict) -> list[dict]:
             o = (our["runs"][rid].get(q) or {})
             verdict, rule, diff = judge(float(v), o or None, "sign", unit=printed_unit(s))
             row = _row(rid, f"{q} sign", "direction", p["table"] if "zeroshot" not in q else z["table"],
-                       float(v), o.get("mean"), rule, verdict, "the sign of the same number's value row")
+                       float(v), o.get("mean"), rule, verdict, "the sign of the same number's value row",
+                       f"{rid} has no {q}" if verdict == "missing" else None)
             row["diff"] = diff
             rows.append(row)
     return rows
@@ -85,7 +87,8 @@ def summary_rows(pub: dict, printed: dict, our: dict) -> list[dict]:
         verdict, rule, diff = judge(float(v), None if m is None else {"mean": m, "sd": None, "n": 1}, "delta",
                                     unit=printed_unit(vp))
         rows.append({**_row("full_ft_zeroshot_change", f"{rid} {s['quantity']}", "direction", s["table"], float(v),
-                            m, rule, verdict, f"{rid}'s {s['quantity']}", None if m is not None else f"no {rid}"),
+                            m, rule, verdict, f"{rid}'s {s['quantity']}",
+                            None if m is not None else f"no {s['quantity']} for {rid}"),
                      "diff": diff})
     return rows
 
@@ -108,12 +111,13 @@ def _check(c: dict, our: dict) -> tuple[str, str, str, list[str]]:
         ref, lref = _values(our, [c["reference"]], q)
         sc, lsc = _values(our, c["scale"], q)
         lack += lref + lsc
+        rule = f"every |run − {c['reference']}| < |{c['scale'][0]} − {c['scale'][1]}|"
         if lack:
-            return "—", "missing", "", lack
+            return "—", "missing", rule, lack
         step = abs(sc[0] - sc[1])
         far = max(abs(x - ref[0]) for x in v)
         return (f"max |run − {c['reference']}| = {far:.3g} vs step {step:.3g}", "within" if far < step else "outside",
-                f"every |run − {c['reference']}| < |{c['scale'][0]} − {c['scale'][1]}|", [])
+                rule, [])
     if c["check"] == "only_significant":
         ps = {t: (our["statistics"].get(t) or {}).get("p") for t in c["tests"]}
         lack = [t for t, p in ps.items() if p is None]

@@ -223,7 +223,8 @@ def compare(our: dict[str, Any], published: dict[str, Any] | None = None) -> dic
     Returns:
         {"comparable": bool, "reasons": [text], "rows": [{"run", "quantity", "category", "source",
         "published", "ours", "sd", "diff", "rule", "verdict", "test", "why"}], "counts": {verdict: n},
-        "absent_runs": {published run id this matrix lacks: its count of published numbers}};
+        "absent_runs": {published run id this matrix lacks: its count of published numbers},
+        "absent_rows": those numbers as rows (verdict "absent"; scorecard.csv lists them)};
         verdicts: within, outside, missing, not comparable; categories: value, direction,
         ordering, size, significance.
     """
@@ -234,16 +235,22 @@ def compare(our: dict[str, Any], published: dict[str, Any] | None = None) -> dic
     rows = []
     matched = [rid for rid in pub["runs"] if rid in our["runs"]]
     absent: dict[str, int] = {}
+    absent_rows: list[dict] = []
     for rid, ds, q, v, src, unit, eff in _published_run_rows(pub, printed):
         if rid not in our["runs"]:
-            absent[rid] = absent.get(rid, 0) + 1  # named in the section, not a row each
+            absent[rid] = absent.get(rid, 0) + 1  # named in the section, a row of scorecard.csv
+            absent_rows.append({"run": rid, "quantity": q, "category": "value", "source": src, "published": v,
+                                "ours": None, "sd": None, "diff": None, "rule": "—", "verdict": "absent",
+                                "why": "no run of this id in the matrix", "test": _measured_by(q)})
             continue
         o = our["runs"][rid]
         row = {"run": rid, "quantity": q, "category": "value", "source": src, "published": v,
                "ours": (o.get(q) or {}).get("mean"), "sd": (o.get(q) or {}).get("sd"), "test": _measured_by(q)}
         row["verdict"], row["rule"], row["diff"] = judge(v, o.get(q), _kind(q), unit=unit, effect=eff)
+        if row["verdict"] == "missing":
+            row["why"] = f"{rid} has no {row['test'].split(',')[0]}"
         rows.append(row)
-    rows += _baseline_rows(pub, printed, our) + _stat_rows(pub, printed, our)
+    rows += _baseline_rows(pub, printed, our, absent, absent_rows) + _stat_rows(pub, printed, our)
     rows += claims.direction_rows(pub, printed["runs"], our) + claims.summary_rows(pub, printed, our)
     rows += claims.claim_rows(pub, our)
     other = {rid: o.get("dataset") for rid, o in our["runs"].items() if rid in pub["runs"]
@@ -260,7 +267,8 @@ def compare(our: dict[str, Any], published: dict[str, Any] | None = None) -> dic
     counts: dict[str, int] = {}
     for r in rows:
         counts[r["verdict"]] = counts.get(r["verdict"], 0) + 1
-    return {"comparable": not reasons, "reasons": reasons, "rows": rows, "counts": counts, "absent_runs": absent}
+    return {"comparable": not reasons, "reasons": reasons, "rows": rows, "counts": counts, "absent_runs": absent,
+            "absent_rows": absent_rows}
 
 
 def _claim_runs(pub: dict, name: str) -> list[str]:
@@ -284,7 +292,7 @@ def _measured_by(quantity: str) -> str:
     return f"results.csv {mt}_{k}"
 
 
-def _baseline_rows(pub: dict, printed: dict, our: dict) -> list[dict]:
+def _baseline_rows(pub: dict, printed: dict, our: dict, absent: dict, absent_rows: list) -> list[dict]:
     """E1: the means of both datasets, EuroSAT's 48 per-layer values, the zero-shot accuracy."""
     b, bp, rows = pub["baseline_E1"], printed["baseline_E1"], []
     items = [(f"{ds}.{mt}", float(v), bp[ds]["mean"][mt], b[ds]["table"], f"baseline/<{ds}>.json mean.{mt}")
@@ -298,6 +306,10 @@ def _baseline_rows(pub: dict, printed: dict, our: dict) -> list[dict]:
     for q, v, s, src, test in items:
         o = our["baseline"].get(q)
         if o is None and not our["baseline"]:
+            absent["E1"] = absent.get("E1", 0) + 1  # no E1 on EuroSAT / Pets / CIFAR-100
+            absent_rows.append({"run": "E1", "quantity": q, "category": "value", "source": src, "published": v,
+                                "ours": None, "sd": None, "diff": None, "rule": "—", "verdict": "absent",
+                                "why": "no E1 on the paper's dataset in this matrix", "test": test})
             continue
         verdict, rule, diff = judge(v, None if o is None else {"mean": float(o), "sd": None, "n": 1},
                                     "acc" if "acc" in q else "level", unit=printed_unit(s))
@@ -356,7 +368,7 @@ def write_csv(card: dict, path: str | Path) -> Path:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(CSV_COLUMNS)
-    for r in card["rows"]:
+    for r in card["rows"] + card.get("absent_rows", []):
         w.writerow([_section(r), r["run"], r["quantity"], r["category"], _cell(r["published"]), _cell(r["ours"]),
                     _cell(r.get("sd")), _cell(r.get("diff")), r["rule"], r["verdict"], r.get("why", ""),
                     r.get("test", ""), r["source"]])
