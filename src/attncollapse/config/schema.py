@@ -1,7 +1,7 @@
 """Typed, validated run configs. YAML in, every problem reported at once.
 
 A `RunConfig` is everything one fine-tuning run needs; its defaults are the original
-study's (DESIGN.md "Reproduction defaults"). Unknown keys are errors that list the valid
+study's (docs/STUDY.md "The original code, and which commit"). Unknown keys are errors that list the valid
 ones (pydantic `extra="forbid"`). Study matrices built from these are `matrix.py`.
 """
 

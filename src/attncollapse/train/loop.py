@@ -194,11 +194,11 @@ def _apr_reference(cfg: RunConfig, clf: nn.Module, train_feed: Feeder, device: t
         return None, None
     ref_vision = None
     if cfg.method == "full":
-        # A frozen copy of the pretrained tower gives the reference rows (half precision
-        # on GPU: it only runs forward). LoRA uses its adapter-disabled forward instead.
+        # A frozen copy of the pretrained tower gives the reference rows, kept in fp32 and run
+        # under the training step's autocast as the original's (so the penalty is 0 at step 0
+        # and pulls toward the pretrained weights, not rounded ones). LoRA uses its
+        # adapter-disabled forward instead.
         ref_vision = copy.deepcopy(clf.vision).requires_grad_(False).eval()
-        if device.type == "cuda":
-            ref_vision.to(torch.bfloat16)
     if cfg.regularizer.reference != "cached":
         return ref_vision, None
     ref_cache = ReferenceRows.build(clf, ref_vision, train_feed, hflip=cfg.data.hflip,

@@ -1,7 +1,7 @@
 """report.md and a self-contained report.html from a matrix directory's result files.
 
 The assembler: it reads the files once and puts the sections in order. Reading and
-formatting only (DESIGN.md: the report computes nothing new): the numbers come from
+formatting only (the report computes nothing new): the numbers come from
 results.csv, the runs' final.json and history.json, baseline/*.json and stats.json; the
 figures from figures/figures.json. Prose lives in `document` (abstract, research questions,
 definitions, discussion, limitations, conclusions), per-run tables in `runtables`, the

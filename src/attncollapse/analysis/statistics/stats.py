@@ -1,9 +1,9 @@
 """The study's statistical tests, on plain arrays and on a finished matrix directory.
 
-numpy/scipy only (DESIGN.md: stats know nothing of torch). The tests are the English
+numpy/scipy only (the analysis stage reads files only: tests/test_layout.py). The tests are the English
 report's §2.5 — Welch's t, Mann–Whitney U, bootstrap 95% CIs (10,000 resamples), Cohen's
 d, one-way ANOVA over layer-position groups, Pearson + Spearman — plus Holm's correction
-over every family of tests, which the study lacked (DESIGN.md "Known flaws"). Small
+over every family of tests, which the study lacked (docs/STUDY.md "What this tool adds"). Small
 samples get exact p-values: Spearman by enumerating all n! pairings (n ≤ 9), Mann–Whitney
 by its exact U distribution (scipy's rule: no ties and a sample of ≤ 8).
 
