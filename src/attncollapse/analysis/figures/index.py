@@ -224,7 +224,7 @@ CAPTIONS = {
     "fig9_head_diversity": "Head diversity evolution",
     "fig10_per_layer_delta_heatmap": "Per-layer entropy Δ% of every configuration",
     "fig11_statistical_summary": "Statistical summary: differences with bootstrap CIs, raw and Holm p",
-    "fig12_training_dynamics": "Training dynamics: loss, accuracy, entropy (▼ collapse onset, first point 0.5% below the initial) and Gini",
+    "fig12_training_dynamics": "Training dynamics: loss, accuracy, entropy (▼ collapse onset, first point 1% below the initial, as the original's report) and Gini",
     "fig13_metric_correlations": "Correlations among the four metrics' Δ%",
     "fig14_convergence": "Convergence: each run's late-training statistic against the threshold of the report's one convergence criterion (stats.json `convergence`)",
     "fig15_zeroshot_extended": "Zero-shot transfer per dataset under each protocol: as trained, frozen pretrained "
