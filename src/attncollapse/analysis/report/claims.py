@@ -34,7 +34,7 @@ def _values(our: dict, rids: list[str], q: str) -> tuple[list[float], list[str]]
 
 
 def _fmt(xs: list[float]) -> str:
-    return ", ".join(f"{x:+.4g}" for x in xs)
+    return ", ".join(f"{x:+.4g}" for x in xs) or "—"
 
 
 def _row(name: str, quantity: str, category: str, src: str, published: Any, ours: Any, rule: str,
