@@ -173,7 +173,10 @@ def test_analyze_paper_matrix(tmp_path):
     lg = T["layer_groups"]["entries"]
     assert len(lg) == 21 and lg[0]["groups"] == [[1, 2, 3, 4], [5, 6, 7, 8], [9, 10, 11, 12]]
     assert len(T["metric_correlations"]["entries"]) == 6
-    assert T["collapse_vs_zeroshot"]["n"] == 21
+    assert T["collapse_vs_zeroshot_as_trained"]["n"] == 21
+    # the reports' protocol: the fixture's full-FT runs have no frozen-projection accuracy, its 5 LoRA runs
+    # an adapters-off one
+    assert T["collapse_vs_zeroshot"]["n"] == 5 and T["collapse_vs_zeroshot"]["protocol"] == "reports"
     assert st["default_lr"] == pytest.approx(1e-5) and st["primary_dataset"] == "eurosat"
 
 
