@@ -154,7 +154,7 @@ def _entropy_vs_accuracy(runs: list[Run], datasets: list[str]) -> dict:
         for scope, rs in scopes:
             pts = [(r.run_id, r.delta(), r.get(col)) for r in rs if r.delta() is not None and r.get(col) is not None]
             pts = [p for p in pts if math.isfinite(p[1]) and math.isfinite(float(p[2]))]
-            label = f"final entropy Δ% vs {what}{' as trained (secondary to RQ3)' if col == 'zeroshot_acc' else ''} ({scope})"
+            label = f"entropy Δ% vs {what}{' as trained (secondary to RQ3)' if col == 'zeroshot_acc' else ''} ({scope})"
             if len(pts) < 3:
                 entries.append({"label": label, **skip(f"needs ≥ 3 runs with {col}, found {len(pts)}")})
                 continue
