@@ -15,6 +15,7 @@ import pytest
 
 from analysis_fixture import build_matrix, rendered_matrix
 from attncollapse.analysis import report
+from attncollapse.analysis.published import published_statistics
 from attncollapse.analysis.report import render
 
 SMALL = {"overlays": (), "wise": ()}
@@ -338,7 +339,9 @@ def test_reports_tests_table_shows_stats_json(written):
     for e in T["reports_regularizers"]["entries"]:
         row = rows[f"{e['label']}, paired t"]
         assert row[1] == e["grouping"] and row[2] == f"t({e['df']}) = {e['t']:.2f}" and row[3] == render.pval(e["paired_p"])
-        assert row[5] == ("p = 0.023" if e["regularizer"] == "entropy_floor" and e["reg_lambda"] == 0.1 else "not printed")
+        orig = published_statistics(as_printed=True).get(f"regularizer_{e['run']}")  # the original report's own
+        assert row[5] == (f"t = {orig['t']}, p = {orig['p']}, d = {orig['cohens_d']} (original report)" if orig else
+                          "p = 0.023" if e["regularizer"] == "entropy_floor" and e["reg_lambda"] == 0.1 else "not printed")
     for e in T["reports_layer_position"]["entries"]:
         row = rows[f"{e['label']}, one-way ANOVA"]
         orig = "F = 0.29, p = 0.755" if e["role"] == "full-FT reference" else "F = 0.85, p = 0.460"
