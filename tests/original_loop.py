@@ -2,8 +2,8 @@
 
 Written here, in this file's own code, after the logic of `train_one_experiment`,
 `compute_metrics_on_eval`, `evaluate_accuracy`, `CLIPClassifier.forward` and the two
-regularizers of the original code (xiaruize0911/Attention_Collapse_in_CLIP_Fine-tuning_repo:
-`run_all_experiments.py`, `src/model.py`, `src/metrics.py`, `src/regularizer.py`):
+regularizers of the original code (xiaruize0911/Attention_Collapse_in_CLIP_Fine-tuning_repo at
+commit 0aed578, which made the reports' numbers: `run_all_experiments.py`, `src/model.py`, `src/metrics.py`, `src/regularizer.py`):
 
 - AdamW over the parameters with `requires_grad`, `LambdaLR` with a linear warmup over
   `int(0.05 · steps)` then cosine to 0, stepped after every update;

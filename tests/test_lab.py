@@ -31,7 +31,7 @@ METRICS = ("entropy", "erf", "gini", "head_diversity")
 # ------------------------------------------------------------------ independent reference
 
 def np_metrics(p: np.ndarray) -> np.ndarray:
-    """(L, N, H, P) patch rows → (L, N, 4) by the DESIGN.md formulas, loops and numpy only."""
+    """(L, N, H, P) patch rows → (L, N, 4) by the formulas of docs/API.md and the English report §2, loops and numpy only."""
     L, N, H, P = p.shape
     out = np.zeros((L, N, 4))
     for l in range(L):

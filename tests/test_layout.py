@@ -1,4 +1,4 @@
-"""The package's shape (DESIGN.md "Layout"): imports run downward between stages, with no
+"""The package's shape (docs/API.md, the module docstrings): imports run downward between stages, with no
 cycle (imports inside functions counted), no private name crossing modules, and an
 analysis stage that loads no torch."""
 

@@ -1,10 +1,10 @@
 """The original study's code, reproduced: eval subset, metric loop, preprocessing, inputs.
 
 Each test writes an independent reference of what the original code
-(xiaruize0911/Attention_Collapse_in_CLIP_Fine-tuning_repo: `src/dataset.py`,
+(xiaruize0911/Attention_Collapse_in_CLIP_Fine-tuning_repo at commit 0aed578: `src/dataset.py`,
 `src/metrics.py`, `run_all_experiments.py` `compute_metrics_on_eval`) computes, in this
 file's own code, and checks the package against it on look-alikes of the hub datasets
-(DESIGN.md "Hub schemas"), written with `datasets` and `save_to_disk`: offline throughout.
+(the hub datasets' schemas), written with `datasets` and `save_to_disk`: offline throughout.
 """
 
 from __future__ import annotations

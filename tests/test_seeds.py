@@ -114,7 +114,7 @@ def test_zeroshot_pairs_with_the_delta_of_the_best_checkpoint(study):
         at = next(p for p in h if p["step"] == best)
         want = 100 * (at["mean"]["entropy"] - h[0]["mean"]["entropy"]) / h[0]["mean"]["entropy"]
         assert r.zeroshot_delta() == (pytest.approx(want), "best")
-    e = json.loads((study / "stats.json").read_text())["tests"]["collapse_vs_zeroshot"]
+    e = json.loads((study / "stats.json").read_text())["tests"]["collapse_vs_zeroshot_as_trained"]
     assert e["n"] == 4 and e["unit"] == "runs" and e["runs_at_final_step"] == []
 
 
@@ -157,7 +157,7 @@ def test_best_step_before_the_end_moves_the_pairing(tmp_path):
     assert runs["E4"].zeroshot_delta() == (pytest.approx(100 * (h3 - h0) / h0), "best")
     assert runs["E4"].zeroshot_delta()[0] != pytest.approx(runs["E4"].delta())
     assert runs["E5"].zeroshot_delta() == (runs["E5"].delta(), "final")
-    e = stats.analyze(d, n_boot=200, write=False)["tests"]["collapse_vs_zeroshot"]
+    e = stats.analyze(d, n_boot=200, write=False)["tests"]["collapse_vs_zeroshot_as_trained"]
     x = [runs[i].zeroshot_delta()[0] for i in e["runs"]]
     y = [runs[i].get("zeroshot_acc") for i in e["runs"]]
     assert e["runs_at_final_step"] == ["E5"] and e["pearson_r"] == pytest.approx(sp.pearsonr(x, y).statistic)

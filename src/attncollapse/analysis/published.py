@@ -25,10 +25,19 @@ Schema (top-level keys):
     statistics: one entry per test: test, what it compares, the printed statistics
         (t, p, cohens_d, r, rho, p_gt for a printed bound), `rows` (run ids) where known;
         `methods` lists the tests 000 names, with those it prints no value for.
-    summaries: averages and ranges the reports quote in prose.
+    summaries: averages and ranges the reports quote in prose, with the `runs` and
+        `quantity` they summarise.
+    claims: the orderings and comparisons the findings state in words (`check`: below,
+        decreasing, smaller_than, only_significant; the runs or tests and quantity each
+        rests on), scored by `report.claims`.
 
-Every entry of baseline_E1, runs, statistics and summaries carries `table`: where its
-numbers are printed, as "<report> §<section> <title>" (several joined by "; "). A `note`
+Besides the two seed reports, `source.original_report` is the authors' own
+experiment_report.md (commit 5ee6260 of their repository): the exact test values behind the
+seeds' rounded headlines (statistics anova_E2, anova_E5, mannwhitney_*, regularizer_*).
+
+Every entry of baseline_E1, runs, statistics, summaries and claims carries `table`: where its
+numbers are printed, as "<report> §<section> <title>" (report 000, 001 or original_report;
+several joined by "; "). A `note`
 records a disagreement between or inside the reports, or an inference, and says which.
 Anything a report does not print is absent, never estimated.
 

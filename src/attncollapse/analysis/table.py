@@ -31,7 +31,8 @@ RESULTS_COLUMNS = [
     "best_acc", "final_acc",
     *[f"{m}_{k}" for m in METRICS for k in ("initial", "final", "delta_pct")],
     "zeroshot_acc", "zeroshot_acc_base_only", "zeroshot_acc_frozen_projection",
-    "knn_acc", "linear_probe_acc", "transfer_acc", "weight_drift_final", "collapse_onset_epoch", *STRUCTURE_COLUMNS,
+    "knn_acc", "linear_probe_acc", "transfer_acc", "weight_drift_final", "collapse_onset_epoch", "collapse_onset_frac",
+    *STRUCTURE_COLUMNS,
 ]
 """results.csv columns before the per-dataset `zeroshot_<dataset>` ones (docs/FORMATS.md)."""
 
@@ -46,9 +47,10 @@ _STR_COLS = {"run_id", "group", "method", "dataset", "model", "model_family", "l
 _INT_COLS = {"seed", "lora_rank", "freeze_layers", "batch_size"}
 
 
-ONSET_PCT = 0.5
-"""Collapse onset threshold: % below the initial mean entropy (the original `enhanced_analysis.py`
-`detect_collapse_onset(history, threshold_pct=0.5)`)."""
+ONSET_PCT = 1.0
+"""Collapse onset threshold: % below the initial mean entropy. The original's
+`detect_collapse_onset` defaults to 0.5, but its report (§3.9) and fig. 12 use the 1% onset
+(`onset_1pct`, docs/STUDY.md "The original code, and which commit")."""
 
 
 def collapse_onset(history: dict | None, threshold_pct: float = ONSET_PCT) -> dict | None:
@@ -56,14 +58,15 @@ def collapse_onset(history: dict | None, threshold_pct: float = ONSET_PCT) -> di
     (1 − threshold_pct/100) × the initial (step-0) one, or None when none is.
 
     Returns:
-        {"step", "epoch", "index"} of that history.json point (`index` counts points, 0 = initial;
-        the original reported index / number of points).
+        {"step", "epoch", "index", "fraction"} of that history.json point (`index` counts points,
+        0 = initial; `fraction` = index / number of points, the fraction of training the
+        original reported).
     """
     pts = [p for p in (history or {}).get("points") or [] if (p.get("mean") or {}).get("entropy") is not None]
     if not pts:
         return None
     limit = float(pts[0]["mean"]["entropy"]) * (1 - threshold_pct / 100)
-    return next(({"step": p.get("step"), "epoch": p.get("epoch"), "index": i}
+    return next(({"step": p.get("step"), "epoch": p.get("epoch"), "index": i, "fraction": i / len(pts)}
                  for i, p in enumerate(pts) if float(p["mean"]["entropy"]) < limit), None)
 
 
@@ -137,6 +140,7 @@ def results_row(config: dict, final: dict | None, *, run_id: str, group: str, st
         "regularizer": reg.get("kind"), "reg_lambda": reg.get("lam") if regularized else None,
         **_final_cells(final or {}, zs_datasets), "status": (final.get("status", "done") if final else status),
         "collapse_onset_epoch": (collapse_onset(history) or {}).get("epoch") if final else None,
+        "collapse_onset_frac": (collapse_onset(history) or {}).get("fraction") if final else None,
     }
     zeroshot = (final or {}).get("zeroshot") or {}
     for ds in zs_datasets + list(zeroshot):
@@ -321,8 +325,9 @@ def _fill_from_files(run: Run, baseline: dict[str, dict]) -> None:
     if run.row.get("weight_drift_final") is None and (drift := run.drift_at()):
         run.row["weight_drift_final"] = float(np.mean(drift))
         run.row["weight_drift_layers"] = " ".join(repr(v) for v in drift)
-    if "collapse_onset_epoch" not in run.row:  # a results.csv written before the column existed
-        run.row["collapse_onset_epoch"] = (collapse_onset(run.history()) or {}).get("epoch")
+    if "collapse_onset_frac" not in run.row:  # a results.csv written before the 1% onset columns
+        on = collapse_onset(run.history()) or {}
+        run.row["collapse_onset_epoch"], run.row["collapse_onset_frac"] = on.get("epoch"), on.get("fraction")
     if run.row.get("model_family") is None:
         run.row["model_family"] = next((b["family"] for b in baseline.values()
                                         if b.get("model") == run.get("model") and b.get("family")), None)

@@ -1,7 +1,7 @@
 """Typed, validated run configs. YAML in, every problem reported at once.
 
 A `RunConfig` is everything one fine-tuning run needs; its defaults are the original
-study's (DESIGN.md "Reproduction defaults"). Unknown keys are errors that list the valid
+study's (docs/STUDY.md "The original code, and which commit"). Unknown keys are errors that list the valid
 ones (pydantic `extra="forbid"`). Study matrices built from these are `matrix.py`.
 """
 
@@ -190,6 +190,10 @@ class EvalConfig(Strict):
     """Accuracy evaluations per epoch on the selection split."""
     erf_q: float = Field(0.95, gt=0, le=1)
     """Mass of ERF (reports: 0.95)."""
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    """Autocast of every measurement — attention metrics, accuracy, zero-shot — whatever
+    `optim.precision` the training step runs in (original code: fp32, outside autocast; only
+    its training step ran under fp16 AMP). fp32 keeps a run's step-0 point equal to E1's."""
     structure: bool = True
     """Also measure, in the same forward passes of every eval point, the original authors'
     follow-up structure measures per layer (measure/structure.py): [CLS] attention rollout

@@ -25,7 +25,7 @@ from .base import IMAGE_EXTENSIONS, DataError, RawSplit, Source, cache_root, ope
 from .synthetic import synthetic
 
 
-# The original study's hub datasets (DESIGN.md "Reproduction defaults", read from its
+# The original study's hub datasets (docs/STUDY.md "The original code, and which commit", read from its
 # public code). Pinning the exact ids and columns keeps `dataset: eurosat` meaning the same
 # data the reports trained on; anything else is reachable as `hf:<id>`.
 HF_SHORTCUTS: dict[str, dict[str, str | None]] = {

@@ -1,6 +1,6 @@
 """The four attention-structure metrics, as pure tensor functions.
 
-Definitions follow DESIGN.md "Metric definitions (exact)" and the English report §2:
+Definitions follow docs/STUDY.md "What is measured", docs/CHOICES.md and the English report §2:
 entropy in nats, ERF@q as a fraction of patches, Gini over the sorted row, head
 diversity as one minus the mean pairwise cosine between heads. Every function works on
 any leading dimensions; the metric is taken over the last one (patches) or the last two

@@ -31,7 +31,7 @@ def _default_baseline(task: Task) -> dict:
     cfg = task.config
     return baseline(cfg.model, cfg.dataset, data_cfg=cfg.data, eval_cfg=cfg.eval,
                     out_dir=task.path.parent, zeroshot_cfg=cfg.zeroshot, device=cfg.device,
-                    out_name=task.path.name)
+                    out_name=task.path.name, precision=cfg.eval.precision)  # as every run's eval points
 
 
 def _config_changed(task: Task) -> str | None:

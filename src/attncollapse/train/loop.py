@@ -109,6 +109,7 @@ class Run:
     pretrained_state: dict | None = None
     initial_blocks: list | None = None  # models.block_weights before the first step (weight drift)
     structure_ref: StructureReference | None = None  # eval.structure: the pretrained side of CKA, map drift
+    eval_precision: str = "fp32"  # eval.precision: every measurement's, whatever the training step's
 
 
 def run(cfg: RunConfig, run_dir: str | Path, *, before_step: Callable[[int], None] | None = None,
@@ -185,7 +186,8 @@ def _setup(cfg: RunConfig, run_dir: Path) -> Run:
     return Run(cfg=cfg, dir=run_dir, device=device, precision=precision, splits=splits, train_feed=train_feed,
                val_feed=train_feed.of(splits.val), eval_feed=train_feed.of(splits.eval_set), clip=clip, clf=clf,
                opt=opt, scaler=scaler, schedule=schedule_of(cfg, len(splits.train)), ref_vision=ref_vision,
-               ref_cache=ref_cache, pretrained_state=pretrained_state, initial_blocks=initial_blocks)
+               ref_cache=ref_cache, pretrained_state=pretrained_state, initial_blocks=initial_blocks,
+               eval_precision=effective_precision(cfg.eval.precision, device))
 
 
 def _apr_reference(cfg: RunConfig, clf: nn.Module, train_feed: Feeder, device: torch.device,
@@ -195,11 +197,11 @@ def _apr_reference(cfg: RunConfig, clf: nn.Module, train_feed: Feeder, device: t
         return None, None
     ref_vision = None
     if cfg.method == "full":
-        # A frozen copy of the pretrained tower gives the reference rows (half precision
-        # on GPU: it only runs forward). LoRA uses its adapter-disabled forward instead.
+        # A frozen copy of the pretrained tower gives the reference rows, kept in fp32 and run
+        # under the training step's autocast as the original's (so the penalty is 0 at step 0
+        # and pulls toward the pretrained weights, not rounded ones). LoRA uses its
+        # adapter-disabled forward instead.
         ref_vision = copy.deepcopy(clf.vision).requires_grad_(False).eval()
-        if device.type == "cuda":
-            ref_vision.to(torch.bfloat16)
     if cfg.regularizer.reference != "cached":
         return ref_vision, None
     ref_cache = ReferenceRows.build(clf, ref_vision, train_feed, hflip=cfg.data.hflip,
@@ -218,7 +220,7 @@ def _resume(r: Run) -> tuple[TrainState, torch.Tensor | None]:
         # The pretrained reference from the weights before the checkpoint loads: the same
         # forward as the step-0 point, so a resumed run's numbers equal an uninterrupted one's.
         _, obs = eval_rows_structure(r.clf.vision, r.eval_feed, batch_size=r.cfg.eval.forward_batch_size,
-                                     precision=r.precision)
+                                     precision=r.eval_precision)
         r.structure_ref = StructureReference.of(obs)
     load_weights(r.clf, tensors)
     r.opt.load_state_dict(blob["optimizer"])
@@ -304,13 +306,13 @@ def _eval_point(r: Run, state: TrainState, writer: CheckpointWriter, board, step
     structure = None
     if cfg.eval.structure:  # the same forward passes, with full maps and hidden states
         rows, obs = eval_rows_structure(r.clf.vision, r.eval_feed, batch_size=cfg.eval.forward_batch_size,
-                                        precision=r.precision)
+                                        precision=r.eval_precision)
         if r.structure_ref is None:  # the initial point: the model before its first step is the reference
             r.structure_ref = StructureReference.of(obs)
         structure = structure_table(obs, r.structure_ref, group_size=cfg.eval.batch_size, erf_q=cfg.eval.erf_q,
                                     aggregate=cfg.eval.aggregate)
     else:
-        rows = eval_rows(r.clf.vision, r.eval_feed, batch_size=cfg.eval.forward_batch_size, precision=r.precision)
+        rows = eval_rows(r.clf.vision, r.eval_feed, batch_size=cfg.eval.forward_batch_size, precision=r.eval_precision)
     if cfg.eval.map_images:
         _keep_maps(r, state, step, rows)
     table = summarize_rows(rows, **cfg.eval.metric_options())
@@ -321,7 +323,8 @@ def _eval_point(r: Run, state: TrainState, writer: CheckpointWriter, board, step
         raise TrainingDiverged(msg)
     if loss is not None and cfg.eval.train_loss == "last":
         loss = state.last_loss
-    acc = (classifier_accuracy(r.clf, r.val_feed, batch_size=max(cfg.optim.batch_size, 256), precision=r.precision)
+    acc = (classifier_accuracy(r.clf, r.val_feed, batch_size=max(cfg.optim.batch_size, 256),
+                               precision=r.eval_precision)
            if with_val else None)
     lr = lr_at(max(step - 1, 0), sched.total, cfg.optim.lr, cfg.optim.warmup_frac) if step else 0.0
     point = {"step": step, "epoch": step / sched.steps_per_epoch, "lr": lr, "train_loss": loss, "val_acc": acc,
@@ -415,7 +418,7 @@ def _finish(r: Run, state: TrainState, overlay_initial: torch.Tensor, timings: d
         "images_per_s": train_images / state.wall_time_s if state.wall_time_s > 0 else None,
         "images_per_s_steady": _steady_rate(state),
         "trainable_params": params["trainable"], "total_params": params["total"],
-        "precision_used": r.precision, "zeroshot": {}, "zeroshot_acc": None,
+        "precision_used": r.precision, "eval_precision_used": r.eval_precision, "zeroshot": {}, "zeroshot_acc": None,
         "zeroshot_acc_base_only": None, "wise": [],
     }
     result.update(_structure_result(state))
@@ -425,7 +428,7 @@ def _finish(r: Run, state: TrainState, overlay_initial: torch.Tensor, timings: d
             # verified: a damaged best.safetensors is restored from the checkpoint of the
             # same step or stops the run naming it, never replaced by other weights
             load_weights(r.clf, load_best(r.dir / "checkpoints", state.best_step))
-        result.update(evaluate_for_run(cfg, r.clip, r.clf, splits, device=r.device, precision=r.precision,
+        result.update(evaluate_for_run(cfg, r.clip, r.clf, splits, device=r.device, precision=r.eval_precision,
                                        pretrained_state=r.pretrained_state))
     # This process's wall time by phase (a resumed run: the last process only); the
     # warm-up is summed over processes and is part of wall_time_s.
@@ -453,7 +456,7 @@ def _structure_result(state: TrainState) -> dict:
 def _write_overlays(r: Run, overlay_initial: torch.Tensor) -> None:
     """overlays.npz: the first eval images and their [CLS] rows before and after training."""
     shown = r.splits.eval_set.subset(np.arange(min(N_OVERLAY, len(r.splits.eval_idx))))
-    overlay_final = eval_rows(r.clf.vision, r.eval_feed.of(shown), batch_size=N_OVERLAY, precision=r.precision)
+    overlay_final = eval_rows(r.clf.vision, r.eval_feed.of(shown), batch_size=N_OVERLAY, precision=r.eval_precision)
     _io.save_arrays(r.dir / "overlays.npz", {"images": shown.images, "initial": overlay_initial.cpu().numpy(),
                                               "final": overlay_final.cpu().numpy()})
 

@@ -44,7 +44,7 @@ def evaluate_run(run_dir: str | Path, datasets: Sequence[str] | None = None, *,
     cfg = read_recorded_config(run_dir / "config.yaml")
     dev = resolve_device(str(device) if device is not None else cfg.device)
     clip, clf, cfg = load_trained(run_dir, device=str(dev))
-    res = evaluate_for_run(cfg, clip, clf, device=dev, precision=precision or cfg.optim.precision,
+    res = evaluate_for_run(cfg, clip, clf, device=dev, precision=precision or cfg.eval.precision,
                            datasets=datasets, pretrained=pretrained, batch_size=batch_size, cache=cache)
     if not res["zeroshot"]:
         return final

@@ -1,7 +1,7 @@
 """Attention regularizers on probe rows: APR and the entropy floor.
 
 Both take the training forward's [CLS] rows (L, B, H, T) from `probe.probing` and return
-a scalar loss that trains through them (DESIGN.md "Reproduction defaults").
+a scalar loss that trains through them (docs/STUDY.md "The original code, and which commit"; docs/CHOICES.md).
 
 A sharply collapsed head underflows in an fp32 softmax: some [CLS]→patch entries are an
 exact 0, and in the limit the whole patch mass is (everything on [CLS]). The loss and its

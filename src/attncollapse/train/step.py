@@ -115,8 +115,10 @@ class ReferenceRows:
 
     The pretrained tower is frozen and its forward is deterministic, so its [CLS] rows
     for a given image and flip state never change: one pass over the training set (both
-    flip states when flipping is on) replaces a second forward on every step. ~0.6 GB
-    in fp16 for EuroSAT at ViT-B/32 (21,600 × 2 × 12 layers × 12 heads × 50 tokens).
+    flip states when flipping is on) replaces a second forward on every step. Stored in
+    fp32, the precision of the original's online reference (fp32 weights under the step's
+    autocast, rows out of an fp32 softmax), so the cached and online penalties are equal:
+    ~1.2 GB for EuroSAT at ViT-B/32 (21,600 × 2 × 12 layers × 12 heads × 50 tokens × 4 bytes).
     """
 
     def __init__(self, table: torch.Tensor):
@@ -128,7 +130,7 @@ class ReferenceRows:
         from tqdm.auto import tqdm
 
         n_layers = len(attention_modules(clf.vision))
-        dtype = torch.float16 if feeder.device.type == "cuda" else torch.float32
+        dtype = torch.float32  # not fp16: a rounded reference makes the penalty non-zero at step 0
         flips = (False, True) if hflip else (False,)
         n = len(feeder)
         out = None

@@ -13,7 +13,7 @@ model passed in; training and `attncollapse zeroshot` pass the best-accuracy che
 
 Image features = (fine-tuned) vision tower pooled output → (fine-tuned) visual
 projection → L2 norm; prediction = cosine-similarity argmax against the class text
-embeddings of text.py (DESIGN.md "Reproduction defaults").
+embeddings of text.py (docs/STUDY.md "The original code, and which commit").
 """
 
 from __future__ import annotations

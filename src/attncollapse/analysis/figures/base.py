@@ -2,7 +2,7 @@
 (seed means and bands, bars, per-metric panels).
 
 matplotlib's object API on the Agg canvas only (no pyplot state, no torch, no models):
-figures are drawn from the result files alone (DESIGN.md "figures.py").
+figures are drawn from the result files alone (docs/FORMATS.md).
 """
 
 from __future__ import annotations

@@ -278,7 +278,8 @@ CAPTIONS = {
     "fig12_training_dynamics": "Every run on its own line (colour = family, line style and marker = run; legend at "
                                "the right): train loss, validation accuracy, entropy change and Gini change against "
                                "epoch. On the entropy panel ▼ marks each run's collapse onset (first eval point "
-                               "0.5% below its initial entropy, dashed line). A change panel marked † plots the "
+                               "1% below its initial entropy, dashed line, as the original's report). A change "
+                               "panel marked † plots the "
                                "absolute Δ vs step 0, because some run's initial value is too close to zero for a "
                                "Δ% to mean anything.",
     "fig13_metric_correlations": "Scatter matrix of the four metrics' run-level Δ%: below the diagonal one point per "

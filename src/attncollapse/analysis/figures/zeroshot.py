@@ -63,7 +63,7 @@ def fig7(src: Ctx | str | Path, out: Path) -> Path | str:
         a.scatter([], [], color=KIND_COLORS.get(k, "black"), label=k)
     a.scatter([], [], facecolor="white", edgecolor="black", label="LoRA base-only (adapters off)")
     n = seed_counts(runs)
-    e = ctx.test("collapse_vs_zeroshot")
+    e = ctx.test("collapse_vs_zeroshot_as_trained")  # the test of exactly these points (as trained, same checkpoint)
     sub = "" if e.get("skipped") else f" (r={e['pearson_r']:.2f}, p={e['pearson_p']:.3g}, n={e['n']} runs)"
     sub += f"\npoints: mean ± SD over n={n} seeds" if n else ""
     at_final = [r.run_id for r in runs if r.zeroshot_delta()[1] == "final"]

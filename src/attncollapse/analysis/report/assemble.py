@@ -1,7 +1,7 @@
 """report.md and a self-contained report.html from a matrix directory's result files.
 
 The assembler: it reads the files once and puts the sections in order. Reading and
-formatting only (DESIGN.md: the report computes nothing new): the numbers come from
+formatting only (the report computes nothing new): the numbers come from
 results.csv, the runs' final.json and history.json, baseline/*.json and stats.json; the
 figures from figures/figures.json. Prose lives in `document` (abstract, research questions,
 definitions, discussion, limitations, conclusions), per-run tables in `runtables`, the
@@ -28,6 +28,11 @@ DEMO_DATASETS = ("synthetic", "digits")
 BANNER = ("PIPELINE DEMONSTRATION — NOT A SCIENTIFIC RESULT. {why} The numbers below show that the "
           "pipeline runs end to end; they say nothing about how fine-tuning changes CLIP's attention.")
 
+
+PRIMARY_TWO_SAMPLE = ("Welch's t is the primary test of every comparison (the reports' test; it compares the mean "
+                      "Δ%, which is what the reports' claims are about, without assuming equal variances): its Holm p "
+                      "carries the verdict. Mann–Whitney U (MW) is a rank check that needs no normality, shown beside "
+                      "it with its own Holm p.")
 
 PRIMARY_CORRELATION = ("Where Pearson and Spearman are both shown, Pearson is the primary test (as in the reports): "
                        "its p, Holm-corrected within the family, carries the verdict; Spearman's rank correlation is "
@@ -65,8 +70,7 @@ def _setup(m: table.Matrix, sel: dict) -> list[Block]:
         ["Epochs / batch size", f"{', '.join(sorted({num(r.get('epochs'), 'g') for r in m.runs}))} / "
                                 f"{', '.join(sorted({num(r.get('batch_size'), 'g') for r in m.runs}))}"],
         ["Warmup / grad clip / precision", f"{o.get('warmup_frac', '—')} / {o.get('grad_clip', '—')} / {o.get('precision', '—')}"],
-        ["LoRA alpha / dropout", (f"{lcfg.get('alpha') or '2·rank'} / {lcfg.get('dropout', '—')}" if lcfg
-                                  else "— (no LoRA runs)")],
+        ["LoRA alpha / dropout", (f"{_lora_alphas(m)} / {lcfg.get('dropout', '—')}" if lcfg else "— (no LoRA runs)")],
         ["Split protocol", f"{dc.get('split', '—')} (eval subset seed {dc.get('eval_subset_seed', '—')})"],
         ["Metric eval", f"{dc.get('eval_subset_size', '—')} images, batches of "
                         f"{ev.get('batch_size', '—')}, aggregation {ev.get('aggregate', '—')}, head diversity "
@@ -82,6 +86,19 @@ def _setup(m: table.Matrix, sel: dict) -> list[Block]:
     return [("h", 2, "Setup"), ("table", ["Item", "Value"], rows)] + [("p", n) for n in m.notes]
 
 
+def _lora_alphas(m: table.Matrix) -> str:
+    """Every LoRA run's alpha with its rank and runs ("2·rank" when all are), from its config.yaml."""
+    by: dict[tuple, list[str]] = {}
+    for r in m.runs:
+        if r.get("method") == "lora" and (r.dir / "config.yaml").exists():
+            c = r.config().get("lora") or {}
+            by.setdefault((c.get("rank"), c.get("alpha")), []).append(r.run_id)
+    if all(a is None or (k and float(a) == 2 * float(k)) for k, a in by):
+        return "2·rank (" + ", ".join(f"{2 * k:g} at rank {k}" for k, _ in sorted(by, key=lambda t: t[0] or 0) if k) + ")"
+    return "; ".join(f"{'2·rank' if a is None else f'{a:g}'} at rank {k} ({', '.join(rs)})"
+                     for (k, a), rs in sorted(by.items(), key=lambda t: (t[0][0] or 0, t[0][1] or 0)))
+
+
 def _family_table(test: dict, alpha: float, a: str = "a", b: str = "reference") -> list[Block]:
     """A family's comparisons, one row each; its skipped entries in one line below."""
     head = ["Comparison", "n (unit)", f"mean Δ% {a}", f"mean Δ% {b}", "diff [95% CI]", "Welch t", "p", "Holm p",
@@ -93,7 +110,12 @@ def _family_table(test: dict, alpha: float, a: str = "a", b: str = "reference") 
                      num(e["welch_t"], ".2f"), pval(e["welch_p"]), pval(e["welch_p_holm"]), pval(e["mwu_p"]),
                      pval(e["mwu_p_holm"]), num(e["cohens_d"], ".2f")])
     note = skipped_note(test.get("entries", []), "comparisons")
-    return ([("table", head, rows)] if rows else []) + ([note] if note else [])
+    only_mw = [e["label"].split(":")[0] for e in ran(test) if below(e.get("mwu_p_holm"), alpha)
+               and not below(e.get("welch_p_holm"), alpha)]
+    why = [("p", PRIMARY_TWO_SAMPLE + (f" Here Mann–Whitney alone is below α after Holm for {', '.join(only_mw)}: the "
+                                       "ranks differ while the means do not differ significantly, so the verdict "
+                                       "stays not significant." if only_mw else ""))] if rows else []
+    return ([("table", head, rows)] if rows else []) + why + ([note] if note else [])
 
 
 def _runs_table(runs: list[table.Run], extra: list[tuple[str, Any]] = ()) -> Block:
@@ -123,14 +145,19 @@ def _family_sentence(test: dict, alpha: float, what: str) -> str:
     if not done:
         return f"{what}: not tested ({test.get('reason', 'no runs')})."
     sig = [e for e in done if below(e["p_holm"], alpha)]
+    mw = [e for e in done if below(e.get("mwu_p_holm"), alpha) and not below(e["p_holm"], alpha)]
+    mw_txt = ("; Mann–Whitney, the rank check, alone is below α after Holm for " + ", ".join(
+        f"{e['label'].split(':')[0]} (MW Holm p = {pval(e['mwu_p_holm'])})" for e in mw)
+              + " — the verdict follows Welch's t, the primary test" if mw else "")
     if not sig:
         best = min(done, key=lambda e: e["p"] if below(e["p"], 2.0) else 2.0)
-        return (f"{what}: none of the {len(done)} configuration(s) changes entropy Δ significantly "
-                f"(smallest p = {pval(best['p'])} for {best['label']}, Holm p = {pval(best['p_holm'])}; not significant).")
+        return (f"{what}: none of the {len(done)} configuration(s) changes entropy Δ significantly by Welch's t "
+                f"(smallest p = {pval(best['p'])} for {best['label']}, Holm p = {pval(best['p_holm'])}; not significant)"
+                f"{mw_txt}.")
     parts = [f"{e['label']} ({'higher' if e['diff'] > 0 else 'lower'} by {abs(e['diff']):.2f} pp, "
              f"p = {pval(e['p'])}, Holm p = {pval(e['p_holm'])}, d = {num(e['cohens_d'], '.2f')})" for e in sig]
-    return (f"{what}: {len(sig)} of {len(done)} configuration(s) differ significantly after Holm correction: "
-            + "; ".join(parts) + ".")
+    return (f"{what}: {len(sig)} of {len(done)} configuration(s) differ significantly by Welch's t after Holm "
+            "correction: " + "; ".join(parts) + mw_txt + ".")
 
 
 def _zeroshot_findings(m: table.Matrix, ref: list[table.Run], lora: list[table.Run]) -> list[str]:
@@ -198,8 +225,8 @@ def _findings(m: table.Matrix, st: dict, sel: dict) -> list[str]:
             f"{e['a']}–{e['b']} r = {num(e['pearson_r'], '.2f')} (Holm p = {pval(e['pearson_p_holm'])}, "
             f"{verdict(e, alpha, 'pearson_p_holm')})" for e in mc) + ".")
     e = T.get("collapse_vs_zeroshot", {})
-    if e and not e.get("skipped"):
-        out.append(f"Collapse vs zero-shot across runs: Pearson r = {num(e['pearson_r'], '.2f')}, p = "
+    if e and not e.get("skipped"):  # RQ3's one answer: the reports' protocol (the as-trained view is secondary)
+        out.append(f"Collapse vs zero-shot across runs ({e['label']}): Pearson r = {num(e['pearson_r'], '.2f')}, p = "
                    f"{pval(e['pearson_p'])} (n = {e['n']} runs) — {verdict(e, alpha, 'pearson_p')}; "
                    "an association, not a cause (experiment report §4.3).")
     return out
@@ -331,7 +358,7 @@ def _number(B: list[Block]) -> list[Block]:
     return out
 
 
-def _blocks(m: table.Matrix, st: dict, figs: dict) -> list[Block]:
+def _blocks(m: table.Matrix, st: dict, figs: dict, card: dict) -> list[Block]:
     sel = roles.select(m)
     why = _demo_reasons(m)
     answers = document.research_questions(m, st, sel)
@@ -349,7 +376,7 @@ def _blocks(m: table.Matrix, st: dict, figs: dict) -> list[Block]:
     B += _results(m, st, sel)
     placed = {b[1] for b in B if b[0] == "fig"}
     B += [("fig", n) for n in figs if n not in placed]  # a figure registered later still appears
-    B += [("h", 2, "Reproduction scorecard")] + scorecard.blocks(scorecard.compare(scorecard.ours(m, st)))
+    B += [("h", 2, "Reproduction scorecard")] + scorecard.blocks(card)
     B += [("h", 2, "Findings"), ("list", _findings(m, st, sel))]
     B += [("h", 2, "Discussion")] + document.discussion(m, st, sel)
     B += [("h", 2, "Limitations")] + document.limitations(m, st, why)
@@ -365,7 +392,8 @@ def _blocks(m: table.Matrix, st: dict, figs: dict) -> list[Block]:
 
 
 def write(matrix_dir: str | Path) -> tuple[Path, Path]:
-    """Write `report.md` and a self-contained `report.html` into the matrix directory.
+    """Write `report.md`, a self-contained `report.html` and every scorecard row (`scorecard.csv`)
+    into the matrix directory.
 
     Reads results.csv (via `table.load`), stats.json (running `stats.analyze` first if it is
     missing) and figures/figures.json (or, without it, whatever figures/*.png exist).
@@ -380,7 +408,9 @@ def write(matrix_dir: str | Path) -> tuple[Path, Path]:
         figs = read_json(root / "figures" / "figures.json")
     else:
         figs = {p.stem: {"file": f"figures/{p.name}", "caption": p.stem} for p in sorted((root / "figures").glob("*.png"))}
-    B = _blocks(m, st, figs)
+    card = scorecard.compare(scorecard.ours(m, st))
+    scorecard.write_csv(card, root / "scorecard.csv")
+    B = _blocks(m, st, figs, card)
     md, hp = root / "report.md", root / "report.html"
     write_text(md, markdown(B, figs))
     write_text(hp, html_page(B, figs, root))

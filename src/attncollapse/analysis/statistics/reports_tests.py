@@ -1,8 +1,8 @@
 """The reports' own tests, recomputed exactly as the original study ran them.
 
 The reports print their statistics without saying how they were computed; the original
-code (`enhanced_analysis.py` `compute_statistical_tests`, read for DESIGN.md "The reports'
-statistics") says:
+code (`enhanced_analysis.py` `compute_statistical_tests`, commit 5ee6260 of the authors'
+repository; docs/STUDY.md "The original code, and which commit") says:
 
 - Full FT vs LoRA: Welch's t and Mann–Whitney U on per-layer entropy Δ% of E2 (12 layers)
   vs E4 + E5 + E6 (36 layers), Cohen's d as LoRA − full FT (so its sign is the reverse of t's).

@@ -6,7 +6,7 @@ results.csv value column (accuracy, each metric's initial / final / Δ%, every z
 number): mean, sample SD (ddof 1), and the two-sided 95% Student-t interval of the mean,
 mean ± t₀.₉₇₅,ₙ₋₁ · SD/√n (scipy.stats.t), which needs n ≥ 2. `write_aggregate_csv` writes
 the same as `results_by_config.csv` (docs/FORMATS.md), one row per configuration.
-No torch (DESIGN.md: the analysis reads only files).
+No torch (the analysis reads only files: tests/test_layout.py).
 """
 
 from __future__ import annotations
