@@ -18,7 +18,7 @@ from torch import Tensor
 
 from .. import _io
 from ..data import Feeder, ImageSet
-from ..measure import METRICS, entropy, erf, gini, head_diversity, patch_rows, probed_forward, probing
+from ..measure import entropy, erf, gini, head_diversity, patch_rows, probed_forward, probing
 from ..measure.probe import attention_modules
 from .images import Images
 from .load import Loaded

@@ -14,7 +14,7 @@ from typing import Any
 
 from ..._io import read_json, write_text
 from .. import table
-from ..design import DESIGNS, MEASURES, crossing, factorial, lr_label
+from ..design import MEASURES, crossing, factorial, lr_label
 from ..statistics import controlled as cstats
 from .render import Block, below, html_page, markdown, num, pval
 
