@@ -121,11 +121,28 @@ def test_fig12_gives_each_of_21_runs_its_own_style_and_legend_entry(tmp_path, dr
     d = build_matrix(tmp_path / "m", points=4, **SMALL)
     curves.fig12(_ctx(d), tmp_path / "f.png")
     fig = drawn[0]
-    for ax in fig.axes:
+    for ax in fig.axes[:5]:  # the sixth panel is the onset bars
         lines = [ln for ln in ax.get_lines() if not ln.get_label().startswith("_")]
         assert len(lines) == 21
         assert len({(ln.get_color(), ln.get_linestyle(), ln.get_marker()) for ln in lines}) == 21
     assert len(fig.legends[0].get_texts()) == 21
+
+
+def test_fig12_draws_entropy_velocity_and_onset_as_a_fraction_of_training(tmp_path, drawn):
+    # the original's report: the 1% onset as a fraction of training, beside an entropy-velocity panel
+    d = build_matrix(tmp_path / "m", ["E2", "E4", "A1-lr5e-05"], points=6, **SMALL)
+    curves.fig12(_ctx(d), tmp_path / "f.png")
+    vel, bars = drawn[0].axes[4], drawn[0].axes[5]
+    for run_id in ("E2", "E4", "A1-lr5e-05"):
+        ent = [p["mean"]["entropy"] for p in json.loads((d / run_id / "history.json").read_text())["points"]]
+        line = next(ln for ln in vel.get_lines() if ln.get_label() == run_id)
+        assert line.get_ydata() == pytest.approx(np.diff(ent))
+        assert line.get_xdata() == pytest.approx(np.arange(1, len(ent)) / len(ent))
+    onset = {r.run_id: table.collapse_onset(r.history()) for r in table.load(d).done}
+    widths = [p.get_width() for p in bars.patches]
+    assert widths, "the fixture's runs collapse, so the onset panel has bars"
+    assert sorted(widths) == pytest.approx(sorted(o["fraction"] for o in onset.values() if o))
+    assert all(0 < w <= 1 for w in widths)
 
 
 def _small_base(monkeypatch, **metrics):

@@ -91,21 +91,22 @@ def evolution(metric: str):
 
 
 def fig12(src: "Ctx | str | Path", out: Path) -> Path | str:
-    """Fig. 12: loss, accuracy, entropy Δ and Gini Δ along training, every run on its own.
+    """Fig. 12: loss, accuracy, entropy and Gini change, entropy velocity and collapse onset.
 
     Each run has its own style (colour = family, then line style and marker, `run_styles`)
     and a legend entry, so 21 runs stay apart. The entropy and Gini panels show Δ% vs step 0,
     or the absolute Δ when a run's step-0 value makes its Δ% unstable (`instability.unstable`).
-    On the entropy panel each run's collapse onset (the reports' definition,
-    `table.collapse_onset`: the first eval point 0.5% below the initial mean entropy) is
-    marked ▼ and the threshold dashed.
+    As the original's report drew it: each run's collapse onset (`table.collapse_onset`, the
+    first eval point 1% below the initial mean entropy) is marked ▼ on the entropy panel and
+    given as a fraction of training in its own panel, beside the entropy velocity (the change
+    of the layer-mean entropy from one eval point to the next) along the fraction of training.
     """
     ctx = as_ctx(src)
     runs = sorted((r for r in ctx.matrix.done if r.history()), key=lambda r: (ctx.kind(r), r.run_id))
     if not runs:
         return "no finished run with history.json"
     styles = run_styles(runs, ctx.kind)
-    fig, ax = figure(11.0, 6.2, 2, 2)
+    fig, ax = figure(15.0, 6.2, 2, 3)
 
     def first(r, metric):
         x, y = curve(r, metric)
@@ -121,23 +122,53 @@ def fig12(src: "Ctx | str | Path", out: Path) -> Path | str:
             x, y = curve(r, metric, relative=rel, absolute=absolute.get(metric, False))
             a.plot(x, y, lw=0.9, ms=3, markevery=max(1, len(x) // 6), label=r.run_id, **styles[r.run_id])
         a.set(xlabel="epoch", ylabel=lab)
-    onsets = 0
+    ent = ax.flat[2]
+    onsets: list[tuple[table.Run, float]] = []
     for r in runs:
         on = table.collapse_onset(r.history())
         if on is not None:
             x, y = curve(r, "entropy", relative=True, absolute=absolute["entropy"])
-            ax[1, 0].plot(x[on["index"]], y[on["index"]], "v", color=styles[r.run_id]["color"], mec="black",
-                          mew=0.4, ms=6, zorder=4)
-            onsets += 1
+            ent.plot(x[on["index"]], y[on["index"]], "v", color=styles[r.run_id]["color"], mec="black",
+                     mew=0.4, ms=6, zorder=4)
+            onsets.append((r, on["fraction"]))
     if not absolute["entropy"]:
-        ax[1, 0].axhline(-table.ONSET_PCT, color="black", ls="--", lw=0.6)
-    ax[1, 0].set_title(f"▼ collapse onset (first point {table.ONSET_PCT:g}% below initial): {onsets} of {len(runs)} runs",
-                       fontsize=7)
+        ent.axhline(-table.ONSET_PCT, color="black", ls="--", lw=0.6)
+    ent.set_title(f"▼ collapse onset (first point {table.ONSET_PCT:g}% below initial): "
+                  f"{len(onsets)} of {len(runs)} runs", fontsize=7)
+    vel = ax.flat[4]
+    for r in runs:
+        frac, v = entropy_velocity(r)
+        vel.plot(frac, v, lw=0.9, ms=3, markevery=max(1, len(frac) // 6), label=r.run_id, **styles[r.run_id])
+    vel.axhline(0, color="black", lw=0.5)
+    vel.set(xlabel="fraction of training", ylabel="entropy velocity (nats per eval point)", xlim=(0, 1))
+    vel.set_title("change of the mean entropy since the previous eval point (below 0 = contracting)", fontsize=7)
+    bars = ax.flat[5]
+    if onsets:
+        ys = np.arange(len(onsets))
+        bars.barh(ys, [f for _, f in onsets], color=[styles[r.run_id]["color"] for r, _ in onsets])
+        bars.set_yticks(ys, [r.run_id for r, _ in onsets], fontsize=6)
+        bars.invert_yaxis()
+    bars.set(xlabel="fraction of training at collapse onset", xlim=(0, 1))
+    missing = [r.run_id for r in runs if r not in {o for o, _ in onsets}]
+    bars.set_title(f"collapse onset ({table.ONSET_PCT:g}% below initial) as a fraction of training"
+                   + (f"\nno onset: {', '.join(missing)}" if missing else ""), fontsize=7)
     handles, labels = ax[0, 0].get_legend_handles_labels()
     fig.legend(handles, [f"{lab} ({ctx.kind(r)})" for lab, r in zip(labels, runs)], loc="outside right upper",
                fontsize=6, ncols=1 if len(runs) <= 26 else 2, title="run (colour: family)", title_fontsize=7)
     fig.suptitle("Training dynamics of every run", fontsize=9)
     return save(fig, out)
+
+
+def entropy_velocity(r: table.Run) -> tuple[np.ndarray, np.ndarray]:
+    """(fraction of training, change of the layer-mean entropy since the previous eval point).
+
+    The fraction is the one `table.collapse_onset` reports: a point's index over the number
+    of eval points, so the onset panel and the velocity share one axis.
+    """
+    _, y = curve(r, "entropy")
+    if len(y) < 2:
+        return np.zeros(0), np.zeros(0)
+    return np.arange(1, len(y)) / len(y), np.diff(y)
 
 
 def fig14(src: "Ctx | str | Path", out: Path) -> Path | str:

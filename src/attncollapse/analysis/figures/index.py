@@ -279,6 +279,73 @@ CAPTIONS = {
                                "the right): train loss, validation accuracy, entropy change and Gini change against "
                                "epoch. On the entropy panel ▼ marks each run's collapse onset (first eval point "
                                "1% below its initial entropy, dashed line, as the original's report). A change "
+                               "panel marked † plots the absolute Δ vs step 0, because some run's initial value is "
+                               "too close to zero for a Δ% to mean anything. Bottom middle: entropy velocity, the "
+                               "change of the mean entropy since the previous eval point along the fraction of "
+                               "training (below 0 = contracting; look for when it settles at 0). Bottom right: "
+                               "each run's onset as a fraction of training (short bar = early collapse); runs "
+                               "without an onset are named in its title.",
+    "fig13_metric_correlations": fig13,
+    "fig14_convergence": curves.fig14,
+    "fig15_zeroshot_extended": fig15,
+    "fig16_dashboard": fig16,
+    "fig17_gini_evolution": curves.evolution("gini"),
+    "extra_erf95_evolution": curves.evolution("erf"),
+    "extra_frozen_layers": extra_frozen_layers,
+    "extra_lora_qkvo": extra_lora_qkvo,
+    "extra_wise_interpolation": curves.wise,
+    "extra_attention_overlays": curves.overlays,
+    **LINK_FIGURES,  # early warning, weight drift, model families (links.py)
+}
+
+CAPTIONS = {
+    "fig2_baseline_structure": "The pretrained model before any fine-tuning (E1): each panel is one metric, x the "
+                               "layer, one line per dataset. This is the level every Δ in the report is measured "
+                               "from; look for the layers where entropy dips and Gini peaks (already focused heads).",
+    "fig3_triple_curve": "One panel per dataset, full fine-tuning reference run: blue circles = validation accuracy "
+                         "(left axis, %), orange squares = mean attention entropy over layers (right axis, nats), "
+                         "x = epoch. Collapse shows as entropy falling while accuracy rises; a flat orange line means "
+                         "the attention kept its spread.",
+    "fig4_layer_entropy_heatmap": "Per-layer entropy Δ% against step 0 as training proceeds: x = epoch, y = layer, "
+                                  "one panel per run (full FT and LoRA r=8 per dataset), one colour scale for all. "
+                                  "Orange = entropy fell (attention contracted), purple = rose, white = unchanged; "
+                                  "look for which layers turn orange first and how deep it spreads.",
+    "fig5_fullft_vs_lora": "Full FT vs LoRA on the first dataset. Four bar panels, one per metric on its own y "
+                           "scale, one bar per configuration (title: the metrics' initial values); bars below 0 "
+                           "= the metric fell. A panel marked † shows the absolute Δ instead of Δ%, because an "
+                           "initial value near zero makes the ratio meaningless. Bottom middle: per-layer entropy "
+                           "Δ% with the full-FT-vs-LoRA test in its title.",
+    "fig5b_fullft_vs_lora_pets": "As fig. 5, on the second dataset: one bar panel per metric (own y scale; † = "
+                                 "absolute Δ, Δ% unstable), and the per-layer entropy Δ% with its test.",
+    "fig6_lr_sweep": "Learning-rate sweep (log x axis): one panel each for entropy, ERF and Gini change and one "
+                     "for best accuracy, each on its own scale. A falling entropy line = more collapse at higher "
+                     "learning rates (the entropy title gives the sweep's correlation); compare where accuracy "
+                     "peaks with where entropy starts to fall. † = absolute Δ (Δ% unstable).",
+    "fig7_collapse_vs_zeroshot": "One point per configuration: x = entropy Δ% (left = more collapse) and y = "
+                                 "zero-shot top-1, both of the same (best-accuracy) checkpoint; colour = "
+                                 "run family; dashed line = the pretrained model's zero-shot accuracy. Hollow "
+                                 "circles (joined by a dotted line) = the same LoRA run with its adapters off. A "
+                                 "rising cloud from left to right means collapse goes with lost transfer.",
+    "fig8_regularization": "Left: entropy Δ% per configuration (bars; below 0 = collapse), tick labels give each "
+                           "run's Holm-adjusted p against the unregularized reference. Right: best accuracy (bars "
+                           "from 0, value printed on each bar). A useful regularizer lifts the left bar above the "
+                           "reference's without lowering the printed accuracy. Colour = run family, as in fig. 16.",
+    "fig9_head_diversity": "Head diversity (mean over layers) along training, one panel per dataset, one line per "
+                           "configuration of the main runs (legend below). Rising = the heads attend to more "
+                           "different places; note the y scale, which can be near zero for random models.",
+    "fig10_per_layer_delta_heatmap": "Every configuration (rows) × layer (columns): final entropy Δ% against the "
+                                     "pretrained model, value printed in each cell. Orange = contracted, purple = "
+                                     "broadened; read across a row for where in depth a run changed, down a column "
+                                     "for which runs changed a layer.",
+    "fig11_statistical_summary": "Forest plot of every comparison: dot = difference in mean entropy Δ% (a − b, the "
+                                 "row's run minus its reference), bar = bootstrap 95% CI, colour = family of "
+                                 "tests; filled dot = significant after Holm correction. A CI crossing the "
+                                 "vertical 0 line means no detectable difference; raw p, Holm p, Cohen's d and n "
+                                 "are printed at the right.",
+    "fig12_training_dynamics": "Every run on its own line (colour = family, line style and marker = run; legend at "
+                               "the right): train loss, validation accuracy, entropy change and Gini change against "
+                               "epoch. On the entropy panel ▼ marks each run's collapse onset (first eval point "
+                               "1% below its initial entropy, dashed line, as the original's report). A change "
                                "panel marked † plots the "
                                "absolute Δ vs step 0, because some run's initial value is too close to zero for a "
                                "Δ% to mean anything.",
