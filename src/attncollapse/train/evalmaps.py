@@ -10,7 +10,6 @@ equals an uninterrupted one's. Reading needs numpy only.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -29,16 +28,6 @@ def point_maps(rows, k: int):
     return patch_rows(rows[:, :k]).half().cpu()
 
 
-def digest(arrays: dict[str, np.ndarray]) -> str:
-    """`sha256:<hex>` over each array's name, dtype, shape and bytes, in name order."""
-    h = hashlib.sha256()
-    for name in sorted(arrays):
-        a = np.ascontiguousarray(arrays[name])
-        h.update(f"{name}|{a.dtype.str}|{list(a.shape)}\n".encode())
-        h.update(a.tobytes())
-    return "sha256:" + h.hexdigest()
-
-
 def write_store(path: Path, points: list, images: np.ndarray, eval_idx: np.ndarray, info: dict) -> None:
     """Write the store atomically.
 
@@ -53,7 +42,7 @@ def write_store(path: Path, points: list, images: np.ndarray, eval_idx: np.ndarr
               "images": np.ascontiguousarray(images, np.uint8), "eval_idx": np.asarray(eval_idx, np.int64),
               "info": np.asarray(json.dumps({"format": FORMAT, **info}, sort_keys=True))}
     with _io.atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, checksum=np.asarray(digest(arrays)), **arrays)
+        np.savez(fh, checksum=np.asarray(_io.arrays_digest(arrays)), **arrays)
 
 
 def read_store(path: str | Path) -> dict:
@@ -72,7 +61,7 @@ def read_store(path: str | Path) -> dict:
     except Exception as exc:  # noqa: BLE001 - BadZipFile, ValueError, OSError: unreadable
         raise _io.DamagedFile(path, f"unreadable ({type(exc).__name__}) — truncated or damaged") from None
     want = str(arrays.pop("checksum", ""))
-    if not want or digest(arrays) != want:
+    if not want or _io.arrays_digest(arrays) != want:
         raise _io.DamagedFile(path, "checksum mismatch or missing — changed after it was written")
     out = {k: arrays[k] for k in ("steps", "images", "eval_idx")}
     out["maps"] = arrays["maps"].astype(np.float32)
