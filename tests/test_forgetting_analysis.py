@@ -204,3 +204,15 @@ def test_a_forgetting_matrix_directory_runs_through_the_runner_stage(tmp_path):
         assert (tmp_path / name).exists()
     html = (tmp_path / "report.html").read_text()
     assert '<a href="#weight-interpolation">' in html and '<h2 id="weight-interpolation">' in html
+
+
+def test_reanalyse_of_a_folder_without_readable_records_is_refused_in_one_line_and_writes_nothing(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "garbage").mkdir()
+    (tmp_path / "garbage" / "S2_x.json").write_text("{not json")
+    for folder, count in (("empty", 0), ("garbage", 1)):
+        out = tmp_path / f"out-{folder}"
+        assert main(["reanalyse", str(tmp_path / folder), "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"no readable run record among {count} JSON file(s)" in err[0]
+        assert not out.exists()

@@ -27,11 +27,19 @@ def _locate(records_dir: Path) -> tuple[list[Path], list[Path], Path | None]:
 
 
 def run(runs: list[Path], inter: list[Path], out: Path, published: Path | None = None,
-        title: str = "Forgetting study") -> dict:
-    """Read, compute, and write every output into `out`; returns the stats dict."""
+        title: str = "Forgetting study", require_records: bool = False) -> dict:
+    """Read, compute, and write every output into `out`; returns the stats dict.
+
+    require_records: refuse (FileNotFoundError, one line, nothing written) when no run
+    record is readable, instead of writing a report of nothing.
+    """
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     rows, problems = records.read_runs(runs)
+    if require_records and not rows:
+        first = f" (first: {problems[0]})" if problems else ""
+        raise FileNotFoundError(f"no readable run record among {len(runs)} JSON file(s){first}; give the "
+                                "study2 folder (with results/) or a folder of S2_*.json records")
+    out.mkdir(parents=True, exist_ok=True)
     sweeps, more = records.read_interpolations(inter)
     stats = summary.compute(rows, sweeps, problems + more)
     if not rows:
@@ -64,4 +72,5 @@ def reanalyse(records_dir: str | Path, out: str | Path, published: str | Path | 
     if pub is not None and not (pub / "summary.json").is_file():
         raise FileNotFoundError(f"{pub}: no summary.json there; give --published the folder holding the "
                                 "authors' summary.json and digest.md")
-    return run(runs, inter, Path(out), pub, title="Forgetting study: reanalysis of the authors' records")
+    return run(runs, inter, Path(out), pub, title="Forgetting study: reanalysis of the authors' records",
+               require_records=True)
