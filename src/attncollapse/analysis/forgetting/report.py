@@ -2,25 +2,16 @@
 
 Each section answers one of the study's questions with numbers read from the stats dict
 (nothing is recomputed here); a statistic the design could not support shows its one-line
-reason. Blocks and renderers are `analysis/report/render.py`'s; the table of contents links
-to anchors (GitHub-style slugs in Markdown, ids added to the HTML headings).
+reason. Blocks and renderers are `analysis/report/render.py`'s, which also give it the linked
+table of contents and heading anchors every report has (`render.contents`).
 """
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
-from ..report.render import html_page, inline, markdown, num, pval
+from ..report.render import html_page, markdown, num, pval
 from .predictors import PREDICTORS
-
-TOC = "@@TOC@@"
-
-
-def slug(text: str) -> str:
-    """GitHub's heading anchor: lower case, punctuation dropped, spaces to hyphens."""
-    return re.sub(r"\s", "-", re.sub(r"[^\w\s-]", "", text.lower()).strip())
-
 
 def _unsupported(value) -> str | None:
     return value.get("unsupported") if isinstance(value, dict) else None
@@ -262,8 +253,7 @@ SECTIONS = (("Design and cells", design), ("Does the learning rate order drift a
 
 
 def blocks(s: dict, card: list[dict], title: str) -> list:
-    out = [("h", 1, title), ("p", "Every number below is read from stats.json; docs/FORGETTING.md defines each statistic."),
-           ("p", TOC)]
+    out = [("h", 1, title), ("p", "Every number below is read from stats.json; docs/FORGETTING.md defines each statistic.")]
     for name, fn in SECTIONS:
         out += [("h", 2, name)] + fn(s)
     out += [("h", 2, "Reproduction of the published numbers")] + reproduction(s, card)
@@ -274,12 +264,5 @@ def blocks(s: dict, card: list[dict], title: str) -> list:
 def write(stats: dict, figs: dict, card: list[dict], out: Path, title: str = "Forgetting study") -> None:
     """report.md and report.html in `out` (figures linked from figures/)."""
     bl = blocks(stats, card, title)
-    heads = [b[2] for b in bl if b[0] == "h" and b[1] == 2]
-    md = markdown(bl, figs).replace(TOC, "**Contents**\n\n" + "\n".join(f"- [{h}](#{slug(h)})" for h in heads))
-    page = html_page(bl, figs, Path(out))
-    for h in heads:
-        page = page.replace(f"<h2>{inline(h)}</h2>", f'<h2 id="{slug(h)}">{inline(h)}</h2>', 1)
-    toc = "<nav><b>Contents</b><ul>" + "".join(f'<li><a href="#{slug(h)}">{inline(h)}</a></li>' for h in heads) + "</ul></nav>"
-    page = page.replace(f"<p>{TOC}</p>", toc)
-    (Path(out) / "report.md").write_text(md)
-    (Path(out) / "report.html").write_text(page)
+    (Path(out) / "report.md").write_text(markdown(bl, figs))
+    (Path(out) / "report.html").write_text(html_page(bl, figs, Path(out)))
