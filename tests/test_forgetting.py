@@ -313,3 +313,17 @@ def test_corruptions_and_resume_give_the_same_record(tmp_path, monkeypatch):
     for a, b in zip(again["history"], rec["history"]):
         assert a == b
     assert again["final"] == rec["final"] and again["corruption_acc"] == rec["corruption_acc"]
+
+
+def test_the_demo_report_says_it_is_a_pipeline_demonstration_and_the_authors_records_do_not(demo, tmp_path):
+    from attncollapse.analysis.forgetting import reanalyse
+
+    rec = json.loads((demo / "es-full-lr0.03-s7" / "record.json").read_text())
+    assert rec["provenance"]["model_random_init"] is True
+    stats = json.loads((demo / "stats.json").read_text())
+    assert stats["demonstration"] == ["the model `tiny` is a randomly initialised preset, not pretrained CLIP",
+                                      "the dataset `synthetic` is offline demo data, not the study's"]
+    assert "PIPELINE DEMONSTRATION" in (demo / "report.md").read_text().split("## ", 1)[0]
+    authors = reanalyse(Path(__file__).parent / "data" / "study2", tmp_path / "re")
+    assert authors["demonstration"] == []
+    assert "PIPELINE DEMONSTRATION" not in (tmp_path / "re" / "report.md").read_text()

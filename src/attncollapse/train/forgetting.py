@@ -27,7 +27,7 @@ from .. import _io
 from .._device import cpu_threads, resolve_device
 from ..config import RunConfig, fingerprint, method_name
 from ..data import Feeder, Splits, load_splits
-from ..models import count_parameters, image_size, normalization
+from ..models import PRESETS, count_parameters, image_size, normalization
 from .build import build
 from .forgetting_signals import (Reference, ZeroShotSet, cached_pretrained, corruption_images, head_accuracy,
                                  reference, signals, store_pretrained, transfer_images, zeroshot, zeroshot_set)
@@ -285,5 +285,6 @@ def build_record(s: Setup, final: dict, test_acc: float, transfer: dict, corrupt
         "environment": {"torch": torch.__version__, "commit": env.get("git_commit")},
         "schema": SCHEMA,
         "provenance": {"config": cfg.model_dump(mode="json"), "seed": cfg.seed, "versions": env,
-                       "commit": env.get("git_commit"), "fingerprint": fingerprint(cfg)},
+                       "commit": env.get("git_commit"), "fingerprint": fingerprint(cfg),
+                       "model_random_init": cfg.model in PRESETS},
     }

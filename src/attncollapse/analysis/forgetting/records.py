@@ -4,7 +4,8 @@ A row is a plain dict with the columns of the authors' `run_level.csv` (docs/FOR
 "Record schema"): the config, the selected-checkpoint signals, their absolute values,
 `log10_lr`, the epoch-1 copies (`epoch1_*`, history[0]), transfer accuracy/retention in %,
 the corruption summary, plus `backbone` ("primary" | "secondary") and, kept out of the CSV,
-`history` and `delta_entropy_per_layer_pct`.
+`history`, `delta_entropy_per_layer_pct` and `random_init` (our runner's provenance says the
+model was a randomly initialised preset).
 
 A file that cannot be read as a record (another schema, truncated JSON, a missing key) gives
 one line naming the file and what is wrong; the lines are collected and returned with the
@@ -135,6 +136,7 @@ def run_row(record: dict) -> dict:
     else:
         row["corruption_mean_acc"] = row["corruption_gap"] = math.nan
     row["backbone"] = backbone_of(config)
+    row["random_init"] = bool((record.get("provenance") or {}).get("model_random_init"))
     row["delta_entropy_per_layer_pct"] = [float(v) for v in per_layer]
     row["history"] = history
     return row

@@ -253,7 +253,13 @@ SECTIONS = (("Design and cells", design), ("Does the learning rate order drift a
 
 
 def blocks(s: dict, card: list[dict], title: str) -> list:
-    out = [("h", 1, title), ("p", "Every number below is read from stats.json; docs/FORGETTING.md defines each statistic.")]
+    out = [("h", 1, title)]
+    if s.get("demonstration"):
+        why = "; ".join(s["demonstration"])
+        out.append(("banner", f"PIPELINE DEMONSTRATION — NOT A SCIENTIFIC RESULT. {why[:1].upper() + why[1:]}. The "
+                    "numbers below show that the forgetting analysis runs end to end; they say nothing about how "
+                    "fine-tuning makes CLIP forget."))
+    out.append(("p", "Every number below is read from stats.json; docs/FORGETTING.md defines each statistic."))
     for name, fn in SECTIONS:
         out += [("h", 2, name)] + fn(s)
     out += [("h", 2, "Reproduction of the published numbers")] + reproduction(s, card)

@@ -93,6 +93,7 @@ def compute(all_rows: list[dict], interpolations: list[dict], problems: list[str
         if isinstance(value, dict) and "unsupported" in value:
             notes.append(f"{key}: {value['unsupported']}")
     out["notes"] = notes
+    out["demonstration"] = demonstration(all_rows)
     out["record_problems"] = problems
     return out
 
@@ -116,3 +117,16 @@ def dose_meter_verdict(s: dict) -> dict:
             "signed_dh_within_groups": dh["spearman_within_groups"], "signed_dh_sign_flips_across_groups": flips,
             "stable_sign_signals": stable, "rule": "within mean |ρ| ≥ 0.7, |overall ρ| < 0.5, sign flips across groups",
             "holds": bool(strong_within and weak_across and flips)}
+
+
+DEMO_DATASETS = ("synthetic", "digits")
+"""The offline stand-in sources (docs/FORGETTING_RUNS.md): numbers on them mean nothing."""
+
+
+def demonstration(rows: list[dict]) -> list[str]:
+    """Why these numbers are a pipeline demonstration, not a result (empty when they are real):
+    randomly initialised preset models, offline stand-in datasets."""
+    why = [f"the model `{m}` is a randomly initialised preset, not pretrained CLIP"
+           for m in sorted({r["model_name"] for r in rows if r.get("random_init")})]
+    return why + [f"the dataset `{d}` is offline demo data, not the study's"
+                  for d in sorted({r["dataset"] for r in rows}) if d in DEMO_DATASETS]
