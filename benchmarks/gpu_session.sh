@@ -12,8 +12,8 @@ export PYTHONUNBUFFERED=1 ATTNCOLLAPSE_CACHE=${ATTNCOLLAPSE_CACHE:-/tmp/acache}
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import torch, transformers, peft; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__)" | tee -a "$OUT/gpu.txt"
-# PART=steps (bench_train + bench_overheads, ~5 min) and PART=study (~7 min) fit one
-# 10-minute device call each; no PART runs both.
+# PART=steps (bench_train + bench_overheads, ~5 min, then the forgetting signal pass) and
+# PART=study (~7 min) fit one 10-minute device call each; no PART runs both.
 if [ "${PART:-steps}" != study ]; then
   timeout "${TRAIN_S:-150}" python3 benchmarks/bench_train.py --batches 64 --iters 15 --kinds "reports (eager+attn)" full \
     full+compile-ro "full+compile-ro layers" "apr (cached ref)" "apr (cached ref)+compile-ro" \
@@ -22,6 +22,9 @@ if [ "${PART:-steps}" != study ]; then
   echo "bench_train rc=$?"; tail -12 "$OUT/train.txt"
   timeout "${OVERHEADS_S:-150}" python3 benchmarks/bench_overheads.py --compile reduce-overhead > "$OUT/overheads.txt" 2>&1
   echo "bench_overheads rc=$?"; tail -12 "$OUT/overheads.txt"
+  # The forgetting design's per-epoch signal pass against a training epoch at ViT-B/32 shapes (issue 27).
+  timeout "${FORGETTING_S:-120}" python3 benchmarks/bench_forgetting.py --device cuda > "$OUT/forgetting.txt" 2>&1
+  echo "bench_forgetting rc=$?"; tail -12 "$OUT/forgetting.txt"
 fi
 if [ "${PART:-study}" != steps ]; then
   # The whole matrix at 1 epoch per run, compiled with CUDA graphs, K runs packed on the GPU.
