@@ -49,6 +49,16 @@ def read_text_checked(path: str | os.PathLike) -> str:
         raise DamagedFile(path, f"is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
 
 
+def _text_and_fix(path: Path, fix: str) -> tuple[str, str]:
+    """The file's text (`read_text_checked`) and the "; fix" tail every message of the caller
+    ends with; a damaged file's line gets the fix too."""
+    tail = f"; {fix}" if fix else ""
+    try:
+        return read_text_checked(path), tail
+    except DamagedFile as exc:
+        raise DamagedFile(path, exc.why + tail) from None
+
+
 def read_json_checked(path: str | os.PathLike, required_keys: tuple[str, ...] = (), *,
                       fix: str = "") -> dict:
     """A JSON object from `path`, checked to hold `required_keys`.
@@ -63,11 +73,7 @@ def read_json_checked(path: str | os.PathLike, required_keys: tuple[str, ...] = 
             missing a required key.
     """
     path = Path(path)
-    tail = f"; {fix}" if fix else ""
-    try:
-        text = read_text_checked(path)
-    except DamagedFile as exc:  # the same line, with the fix
-        raise DamagedFile(path, exc.why + tail) from None
+    text, tail = _text_and_fix(path, fix)
     try:
         obj = json.loads(text)
     except ValueError as exc:
@@ -92,11 +98,7 @@ def read_yaml_checked(path: str | os.PathLike, *, fix: str = "", require_checksu
     `require_checksum` also refuses one without that line (a file this version wrote always has it).
     """
     path = Path(path)
-    tail = f"; {fix}" if fix else ""
-    try:
-        text = read_text_checked(path)
-    except DamagedFile as exc:  # the same line, with the fix
-        raise DamagedFile(path, exc.why + tail) from None
+    text, tail = _text_and_fix(path, fix)
     if text.startswith(YAML_CHECKSUM_PREFIX):  # written with checksum=True
         head, _, body = text.partition("\n")
         if head[len(YAML_CHECKSUM_PREFIX):].strip() != sha256_text(body):
